@@ -30,7 +30,7 @@ class Format:
     p:
         Precision in bits, including the implicit leading bit (binary16: 11).
     emax:
-        Exponent of the largest binade; ``emin = 1 - emax``.
+        Exponent of the largest binade; ``emin = 1 - emax`` for IEEE formats.
     subnormals:
         Whether gradual underflow is supported.  Without subnormals, results
         below ``smallest_normal`` in magnitude are flushed to signed zero
@@ -58,9 +58,18 @@ class Format:
 
     # -- derived constants, named as numpy.finfo names them -----------------
     @property
+    def bias(self) -> int:
+        """Exponent bias of the encoding.
+
+        IEEE formats reserve the top exponent field for inf/NaN, so the bias
+        is ``emax``; "fn" formats use it for numbers, so it is ``emax - 1``.
+        """
+        return self.emax if self.inf_nan == "ieee" else self.emax - 1
+
+    @property
     def emin(self) -> int:
-        """Exponent of the smallest normal binade, ``1 - emax``."""
-        return 1 - self.emax
+        """Exponent of the smallest normal binade, ``1 - bias`` (``1 - emax`` for IEEE)."""
+        return 1 - self.bias
 
     @property
     def u(self) -> float:

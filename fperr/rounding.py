@@ -222,8 +222,9 @@ def _round_generic(
                 away = (x > 0) if mode == "up" else (x < 0)
             else:
                 away = np.full(x.shape, mode != "toward_zero")
-            # Infinite inputs are exact in IEEE formats whatever the mode.
-            if fmt.has_inf and not saturate:
+            # Infinite inputs are exact in IEEE formats and NaN in "fn"
+            # formats, whatever the mode; only saturation clamps them.
+            if not saturate:
                 away |= np.isinf(x)
             big = np.inf if fmt.has_inf else np.nan
             y[over] = np.where(away[over], big, fmt.max)

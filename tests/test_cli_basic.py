@@ -1,0 +1,47 @@
+"""`fperr formats` and `fperr round` through Click's runner."""
+
+import numpy as np
+from click.testing import CliRunner
+
+from fperr.cli import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_formats_table_lists_every_format():
+    res = run("formats")
+    assert res.exit_code == 0
+    for name in ("binary16", "binary32", "bfloat16", "tf32", "float8_e4m3fn", "float8_e5m2"):
+        assert name in res.output
+    assert "65504" in res.output
+
+
+def test_round_shows_value_bits_and_errors():
+    res = run("round", "0.1", "--format", "binary16")
+    assert res.exit_code == 0, res.output
+    assert repr(float(np.float16(0.1))) in res.output
+    assert "0x2e66" in res.output  # numpy's own bits for float16(0.1)
+    assert f"0x{np.float16(0.1).view(np.uint16):04x}" in res.output
+    assert "error (ulps): 0.4" in res.output
+
+
+def test_round_bits_for_other_formats():
+    res = run("round", "-2", "--format", "bfloat16")
+    assert "0xc000" in res.output  # sign 1, exponent 128, fraction 0
+    res = run("round", "448", "--format", "float8_e4m3fn")
+    assert "0x7e" in res.output
+
+
+def test_bad_arguments_exit_2_with_one_line():
+    for args in (
+        ["round", "abc"],
+        ["round", "1", "--format", "fp17"],
+        ["round", "1", "--mode", "x"],
+    ):
+        res = run(*args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "Traceback" not in res.output
+        assert res.output.strip().count("\n") == 0
+        assert res.output.startswith("fperr: error:")
