@@ -1,0 +1,141 @@
+"""Arithmetics an executor runs the IR in: exact float64, or emulated.
+
+A layer's forward pass is written once against this small interface; the
+arithmetic decides where values are rounded:
+
+* :class:`Exact` -- float64 numpy, no rounding beyond float64's own;
+* :class:`Emulated` -- values stored in ``storage``, matmul/conv operands in
+  ``operand`` (TF32 for PyTorch's TF32 mode), dot products accumulated in
+  ``accumulate`` in ``order``; elementwise functions are computed in float64
+  and rounded once to ``storage`` (a kernel computing them in fp32 with an
+  error of at most ``func_ulps`` ulps of ``accumulate`` is covered by the
+  bounds, which add that allowance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .formats import Format, get_format
+from .rounding import round as fround
+
+Array = npt.NDArray[np.float64]
+Order = Literal["sequential", "pairwise", "blocked", "blas"]
+
+
+class Exact:
+    """float64 arithmetic: the reference the bounds are stated against."""
+
+    name = "exact"
+
+    def store(self, x: Array) -> Array:
+        return x
+
+    def to_operand(self, x: Array) -> Array:
+        return x
+
+    def matmul(self, a: Array, b: Array) -> Array:
+        return np.matmul(a, b)
+
+    def func(self, f: Callable[[Array], Array], x: Array) -> Array:
+        return f(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": "exact", "storage": "binary64"}
+
+    def __repr__(self) -> str:
+        return "Exact()"
+
+
+@dataclass(frozen=True)
+class Emulated:
+    """Low-precision arithmetic of a kernel, emulated exactly.
+
+    ``storage``: format of every stored activation and parameter.
+    ``accumulate``: format of the partial sums of dot products.
+    ``operand``: format matmul/conv operands are rounded to (default:
+    ``storage``; ``tf32`` for TF32 tensor cores).
+    ``order``: the summation order emulated; the bounds hold for any order.
+    ``acc_rounding``: ``"truncate"`` models accumulators that chop (tensor
+    cores, see DESIGN.md), doubling the per-addition error in the bounds.
+    ``func_ulps``: accuracy assumed of elementwise functions (exp, tanh, ...)
+    evaluated in ``accumulate`` before the final rounding to ``storage``.
+    """
+
+    storage: Format = field(default_factory=lambda: get_format("binary16"))
+    accumulate: Format = field(default_factory=lambda: get_format("binary32"))
+    operand: Format | None = None
+    order: Order = "blas"
+    block: int = 32
+    acc_rounding: Literal["nearest", "truncate"] = "nearest"
+    func_ulps: float = 1.0
+
+    @classmethod
+    def from_names(
+        cls,
+        storage: str | Format = "binary16",
+        accumulate: str | Format = "binary32",
+        operand: str | Format | None = None,
+        **kw: Any,
+    ) -> Emulated:
+        op = get_format(operand) if operand is not None else None
+        return cls(get_format(storage), get_format(accumulate), op, **kw)
+
+    @property
+    def name(self) -> str:
+        op = f", operand {self.operand.name}" if self.operand else ""
+        return f"{self.storage.name} (accumulate {self.accumulate.name}{op})"
+
+    @property
+    def operand_format(self) -> Format:
+        return self.operand or self.storage
+
+    @property
+    def u_acc(self) -> float:
+        """Per-operation relative error of the accumulator (2u when truncating)."""
+        return self.accumulate.u * (2 if self.acc_rounding == "truncate" else 1)
+
+    def store(self, x: Array) -> Array:
+        return fround(x, self.storage)
+
+    def to_operand(self, x: Array) -> Array:
+        return fround(x, self.operand_format)
+
+    def matmul(self, a: Array, b: Array) -> Array:
+        """Dot products of already-rounded operands, accumulated, then stored."""
+        binary32 = get_format("binary32")
+        if self.order == "blas" and self.accumulate == binary32 and self.operand_format.p <= 24:
+            # Operands are float32 values: a float32 BLAS GEMM is one of the
+            # orders (and FMA patterns) a real fp32-accumulating kernel uses.
+            return self.store(np.matmul(a.astype(np.float32), b.astype(np.float32)))
+        from .accumulation import AccumulationModel
+        from .accumulation import matmul as acc_matmul
+
+        # Operands are exact in `operand`; the model must not round the sums
+        # to `operand` when that is narrower than `storage` (TF32).
+        inner = self.operand_format if self.operand is None else self.accumulate
+        model = AccumulationModel(inner, self.accumulate, self.order, self.block)
+        return self.store(acc_matmul(a, b, model))
+
+    def func(self, f: Callable[[Array], Array], x: Array) -> Array:
+        with np.errstate(over="ignore"):
+            return self.store(f(x))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "storage": self.storage.name,
+            "accumulate": self.accumulate.name,
+            "operand": self.operand_format.name,
+            "order": self.order,
+            "acc_rounding": self.acc_rounding,
+            "func_ulps": self.func_ulps,
+        }
+
+
+Arithmetic = Exact | Emulated

@@ -1,0 +1,310 @@
+"""One bound rule per layer type: enclosure in -> enclosure out.
+
+Each rule computes the layer in the run's arithmetic, maps the incoming
+generators through the layer's (interval) derivative, and appends the local
+error of the layer as new generators.  Notation: ``s`` storage format,
+``u_acc`` the accumulator's unit roundoff (doubled for truncating
+accumulators), ``mag`` a bound on magnitudes that holds for every run (the
+computed value inflated by twice the incoming radius).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import erf
+
+from ..arith import Emulated, Exact
+from ..errors import FperrInputError
+from ..layers import ACTIVATIONS, Activation, BatchNorm, Conv2d, Dense, Pool2d, Residual, Softmax
+from .zonotope import Array, Enclosure, half_ulp
+
+
+@dataclass(frozen=True)
+class Context:
+    """How local errors are bounded.
+
+    ``accumulation``: ``"worst"`` uses gamma_n(u_acc) |W||x| for a dot
+    product of length n (Higham 2002, Lemma 3.1 and eq. 3.11, any order);
+    ``"probabilistic"`` uses lambda sqrt(n) u_acc |W||x| (Higham & Mary 2019,
+    Theorem 2.4), valid with probability >= 1 - 2 exp(-lambda^2 (1-u)^2 / 2)
+    per dot product under their model of independent zero-mean rounding
+    errors.
+    """
+
+    arith: Emulated
+    accumulation: str = "worst"
+    lam: float = 0.0
+
+    def gamma(self, n: int) -> float:
+        u = self.arith.u_acc
+        if self.accumulation == "probabilistic":
+            return float(min(self.lam * math.sqrt(n) * u + n * u * u, _gamma(n, u)))
+        return _gamma(n, u)
+
+    def func_rel(self) -> float:
+        """Relative error allowed for elementwise functions before the storage rounding."""
+        return self.arith.func_ulps * 2 * self.arith.accumulate.u
+
+
+def _gamma(n: int, u: float) -> float:
+    nu = n * u
+    return math.inf if nu >= 1 else nu / (1 - nu)
+
+
+Rule = Callable[[Any, Enclosure, Context, int], Enclosure]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*types: str) -> Callable[[Rule], Rule]:
+    def register(fn: Rule) -> Rule:
+        for t in types:
+            RULES[t] = fn
+        return fn
+
+    return register
+
+
+def apply_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    try:
+        fn = RULES[layer.type]
+    except KeyError:
+        raise FperrInputError(
+            f"no bound rule for layer type {layer.type!r} (have: {', '.join(sorted(RULES))})"
+        ) from None
+    return fn(layer, enc, ctx, index)
+
+
+def _affine_local(
+    s_st: Array, z: Array, w_abs_mag: Array, w_abs_r: Array, extra: Array, ctx: Context, n: int
+) -> Array:
+    """Local error of y = fl(fl(sum) + b) for a dot product of length n.
+
+    ``s_st``: the stored sum, ``z``: the stored result (after the bias add,
+    or ``s_st`` itself without bias), ``w_abs_mag`` = |W| mag(x),
+    ``w_abs_r`` = |W| r(x), ``extra`` = parameter-rounding terms.
+    Any run's pre-rounding sum lies within 2|W|r + 2 acc of ours.
+    """
+    s = ctx.arith.storage
+    acc = ctx.gamma(n) * w_abs_mag
+    drift = 2 * w_abs_r + 2 * acc
+    e1 = half_ulp(np.abs(s_st) + half_ulp(np.abs(s_st), s) + drift, s)
+    e2 = 0.0 if z is s_st else half_ulp(np.abs(z) + half_ulp(np.abs(z), s) + drift + 2 * e1, s)
+    return acc + e1 + e2 + extra
+
+
+@rule("dense")
+def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Dense layer: Higham 2002, Lemma 3.1 / eq. 3.11 for each dot product,
+    plus weight/bias rounding and the storage roundings; errors map through W."""
+    a = ctx.arith
+    x = enc.value
+    w_hat = a.to_operand(layer.weight)
+    s_st = a.matmul(x, w_hat.T)
+    z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
+    r = enc.radius()
+    mag = np.abs(x) + 2 * r
+    wa = np.abs(w_hat)
+    extra = mag @ np.abs(w_hat - layer.weight).T
+    if layer.bias is not None:
+        extra = extra + np.abs(a.store(layer.bias) - layer.bias)
+    local = _affine_local(s_st, z, mag @ wa.T, r @ wa.T, extra, ctx, layer.weight.shape[1])
+    out = enc.linear(z, lambda cols: cols @ layer.weight.T)
+    return out.add_box(local, index, random=True)
+
+
+@rule("conv2d")
+def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Conv2d as dense products over im2col patches (same lemma, n = C/g kh kw)."""
+    a, exact = ctx.arith, Exact()
+    x = enc.value
+    w_hat = a.to_operand(layer.weight)
+    nobias = Conv2d(w_hat, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    s_st = nobias.forward(x, a)
+    z = s_st
+    if layer.bias is not None:
+        z = a.store(s_st + a.store(layer.bias)[None, :, None, None])
+
+    def conv_with(w: Array, v: Array) -> Array:
+        return Conv2d(w, None, layer.stride, layer.padding, layer.dilation, layer.groups).forward(
+            v, exact
+        )
+
+    r = enc.radius()
+    mag = np.abs(x) + 2 * r
+    extra = conv_with(np.abs(w_hat - layer.weight), mag)
+    if layer.bias is not None:
+        extra = extra + np.abs(a.store(layer.bias) - layer.bias)[None, :, None, None]
+    n = int(np.prod(layer.weight.shape[1:]))
+    wa = np.abs(w_hat)
+    local = _affine_local(s_st, z, conv_with(wa, mag), conv_with(wa, r), extra, ctx, n)
+    out = enc.linear(z, lambda cols: conv_with(layer.weight, cols))
+    return out.add_box(local, index, random=True)
+
+
+# -- elementwise ---------------------------------------------------------------------
+def _derivative_range(kind: str, lo: Array, hi: Array) -> tuple[Array, Array]:
+    """Range of f' over [lo, hi] (elementwise), exact for each activation."""
+    if kind in ("tanh", "sigmoid"):
+        f = ACTIVATIONS[kind]
+
+        def d(v: Array) -> Array:
+            y = f(v)
+            return 1 - y * y if kind == "tanh" else y * (1 - y)
+
+        # f' is even and decreasing in |x|: max nearest 0, min at the far end
+        near = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi)))
+        far = np.maximum(np.abs(lo), np.abs(hi))
+        return d(far), d(near)
+    if kind == "gelu":
+
+        def d(v: Array) -> Array:
+            return 0.5 * (1 + erf(v / math.sqrt(2))) + v * np.exp(-v * v / 2) / math.sqrt(
+                2 * math.pi
+            )
+
+        cands = [d(lo), d(hi)]
+        for c in (-math.sqrt(2), math.sqrt(2)):  # extrema of GELU'
+            inside = (lo <= c) & (c <= hi)
+            cands.append(np.where(inside, d(np.full_like(lo, c)), np.nan))
+        st = np.stack(cands)
+        return np.nanmin(st, axis=0), np.nanmax(st, axis=0)
+    raise FperrInputError(f"no derivative enclosure for {kind!r}")  # pragma: no cover
+
+
+@rule("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Mean value form: f(z_hat) - f(z) = f'(xi)(z_hat - z), f'(xi) enclosed over
+    [z_hat - 2r, z_hat + 2r]; the spread of f' becomes a deterministic box."""
+    a = ctx.arith
+    z = enc.value
+    y = layer.forward(z, a)
+    r = enc.radius()
+    lo, hi = z - 2 * r, z + 2 * r
+    s = a.storage
+    if layer.type in ("relu", "leaky_relu"):
+        alpha = 0.0 if layer.type == "relu" else layer.negative_slope
+        dlo = np.where(lo >= 0, 1.0, alpha)
+        dhi = np.where(hi <= 0, alpha, 1.0)
+        local = np.zeros_like(z)
+        if alpha:
+            local = np.where(lo < 0, half_ulp(alpha * np.maximum(np.abs(lo), np.abs(hi)), s), 0.0)
+    else:
+        dlo, dhi = _derivative_range(layer.type, lo, hi)
+        f = ACTIVATIONS[layer.type]
+        fmag = np.maximum(np.abs(f(lo)), np.abs(f(hi)))
+        if layer.type == "gelu":  # GELU's minimum -0.17 at x = -0.7518 inside [lo, hi]
+            fmag = np.where((lo <= -0.7518) & (hi >= -0.7518), np.maximum(fmag, 0.17), fmag)
+        fmag = fmag * (1 + ctx.func_rel())
+        local = half_ulp(fmag, s) + ctx.func_rel() * fmag
+    dc, dr = (dlo + dhi) / 2, (dhi - dlo) / 2
+    out = enc.scale_rows(y, dc)
+    out = out.add_box(dr * r, index, random=False)
+    return out.add_box(local, index, random=True)
+
+
+@rule("softmax")
+def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Softmax: log s_i = z_i - logsumexp(z) and logsumexp is 1-Lipschitz in the
+    max norm, so |log s_i(z') - log s_i(z)| <= rho_i = r_i + max_j r_j; the
+    output error becomes a deterministic box (signs are not tracked)."""
+    a = ctx.arith
+    y = layer.forward(enc.value, a)
+    r = enc.radius()
+    k = y.shape[-1]
+    rel = _gamma(k + 4, a.accumulate.u)  # exp, sum, divide in the accumulator
+    fmag = y + half_ulp(y, a.storage) + rel * y
+    local = half_ulp(fmag * (1 + rel), a.storage) + rel * fmag
+    rho = 2 * r + 2 * r.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):
+        prop = (y + local) * np.exp(rho) * np.expm1(rho)
+    out = Enclosure(y, np.zeros((y.shape[0], enc.n, 0)), [], [])
+    out = out.add_box(prop, index, random=False)
+    return out.add_box(local, index, random=True)
+
+
+# -- pooling, shape, normalisation ------------------------------------------------
+@rule("maxpool2d", "avgpool2d")
+def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Max: exact; the error is the winner's when it wins for every run, else a
+    box max_i r_i (|max a - max b| <= max |a_i - b_i|).  Avg: linear map plus
+    the sum's accumulation error (Higham 2002, eq. 4.4) and one storage rounding."""
+    a = ctx.arith
+    x = enc.value
+    y = layer.forward(x, a)
+    r = enc.radius()
+    k = layer.kernel[0] * layer.kernel[1]
+    # flat input index of every window slot (padding slots get 0; they never win)
+    idx = np.arange(int(np.prod(x.shape[1:])), dtype=np.float64).reshape((1, *x.shape[1:]))
+    index_pool = Pool2d("avg", layer.kernel, layer.stride, layer.padding)
+    win_idx = index_pool.windows(idx).astype(np.int64)[0]  # (C, H', W', k)
+    if layer.kind == "avg":
+        out = enc.linear(y, lambda cols: layer.windows(cols).sum(axis=-1) / k)
+        mag = layer.windows(np.abs(x) + 2 * r).sum(axis=-1) / k
+        local = _gamma(k, a.u_acc) * mag
+        local = local + half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * local +
+                                 4 * layer.windows(r).max(axis=-1), a.storage)  # fmt: skip
+        return out.add_box(local, index, random=True)
+    wv, wr = layer.windows(x), layer.windows(r)
+    wr = np.where(np.isfinite(wv), wr, 0.0)  # padding never carries error
+    arg = np.argmax(wv, axis=-1)
+    top = np.take_along_axis(wv - 2 * wr, arg[..., None], -1)[..., 0]
+    rivals = np.where(np.arange(k) == arg[..., None], -np.inf, wv + 2 * wr).max(axis=-1)
+    sure = top > rivals
+    N = x.shape[0]
+    flat_w = np.broadcast_to(win_idx, (N, *win_idx.shape))
+    src = np.take_along_axis(flat_w, arg[..., None], -1)[..., 0].reshape(N, -1)
+    gens = np.take_along_axis(enc.gens, src[:, :, None], axis=1)
+    gens = gens * sure.reshape(N, -1, 1)
+    out = Enclosure(y, gens, enc.groups, enc.random)
+    return out.add_box(np.where(sure, 0.0, wr.max(axis=-1)), index, random=False)
+
+
+@rule("flatten", "reshape", "dropout")
+def shape_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Reshapes move values without arithmetic: generators keep their rows."""
+    y = layer.forward(enc.value, ctx.arith)
+    return Enclosure(y, enc.gens, enc.groups, enc.random)
+
+
+@rule("batchnorm")
+def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Eval batch norm y = x s + t: errors scale by s; local error from the
+    rounded s, t, the fp evaluation (gamma_2(u_acc)) and the storage rounding."""
+    a = ctx.arith
+    x = enc.value
+    y = layer.forward(x, a)
+    s, t = layer.broadcast(layer.scale, x.ndim), layer.broadcast(layer.shift, x.ndim)
+    s_hat, t_hat = (
+        layer.broadcast(a.store(layer.scale), x.ndim),
+        layer.broadcast(a.store(layer.shift), x.ndim),
+    )
+    r = enc.radius()
+    mag = np.abs(x) + 2 * r
+    evaluation = _gamma(2, a.accumulate.u) * (np.abs(s_hat) * mag + np.abs(t_hat))
+    params = np.abs(s_hat - s) * mag + np.abs(t_hat - t)
+    drift = 2 * np.abs(s_hat) * r + 2 * evaluation
+    store = half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + drift, a.storage)
+    out = enc.scale_rows(y, np.broadcast_to(s, x.shape))
+    return out.add_box(evaluation + params + store, index, random=True)
+
+
+@rule("residual")
+def residual_rule(layer: Residual, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """y = x + F(x): generators add (shared columns align), plus one rounding."""
+    branch = enc
+    for sub in layer.layers:
+        branch = apply_rule(sub, branch, ctx, index)
+    a = ctx.arith
+    y = a.store(enc.value + branch.value)
+    q0 = enc.gens.shape[2]
+    gens = branch.gens.copy()
+    gens[:, :, :q0] += enc.gens
+    r = np.abs(gens).sum(axis=2).reshape(y.shape)
+    local = half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * r, a.storage)
+    out = Enclosure(y, gens, branch.groups, branch.random)
+    return out.add_box(local, index, random=True)

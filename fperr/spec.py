@@ -1,0 +1,144 @@
+"""The YAML model spec, validated by pydantic (extra fields forbidden).
+
+A spec names layers and refers to weights by key in an ``.npz`` or
+``.safetensors`` file; :mod:`fperr.model` turns it into arrays.
+``fperr schema`` prints :func:`json_schema` for editors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+IntPair = int | tuple[int, int]
+
+
+class _Layer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DenseSpec(_Layer):
+    type: Literal["dense"]
+    weight: str = Field(description="key of the (out, in) weight matrix")
+    bias: str | None = Field(None, description="key of the (out,) bias")
+
+
+class Conv2dSpec(_Layer):
+    type: Literal["conv2d"]
+    weight: str = Field(description="key of the (out, in/groups, kh, kw) kernel")
+    bias: str | None = None
+    stride: IntPair = 1
+    padding: IntPair = 0
+    dilation: IntPair = 1
+    groups: int = Field(1, ge=1)
+
+
+class MaxPool2dSpec(_Layer):
+    type: Literal["maxpool2d"]
+    kernel_size: IntPair
+    stride: IntPair | None = None
+    padding: IntPair = 0
+
+
+class AvgPool2dSpec(_Layer):
+    type: Literal["avgpool2d"]
+    kernel_size: IntPair
+    stride: IntPair | None = None
+    padding: IntPair = 0
+
+
+class FlattenSpec(_Layer):
+    type: Literal["flatten"]
+
+
+class ReshapeSpec(_Layer):
+    type: Literal["reshape"]
+    shape: list[int] = Field(description="shape without the batch dimension")
+
+
+class ActivationSpec(_Layer):
+    type: Literal["relu", "tanh", "sigmoid", "gelu"]
+
+
+class LeakyReluSpec(_Layer):
+    type: Literal["leaky_relu"]
+    negative_slope: float = 0.01
+
+
+class SoftmaxSpec(_Layer):
+    type: Literal["softmax"]
+
+
+class BatchNormSpec(_Layer):
+    type: Literal["batchnorm"]
+    weight: str | None = None
+    bias: str | None = None
+    running_mean: str
+    running_var: str
+    eps: float = Field(1e-5, gt=0)
+
+
+class LayerNormSpec(_Layer):
+    type: Literal["layernorm"]
+    weight: str | None = None
+    bias: str | None = None
+    eps: float = Field(1e-5, gt=0)
+    normalized_shape: list[int] | None = Field(
+        None, description="trailing dimensions normalised over (default: from weight)"
+    )
+
+
+class DropoutSpec(_Layer):
+    type: Literal["dropout"]
+    p: float = Field(0.5, ge=0, le=1)
+
+
+class ResidualSpec(_Layer):
+    type: Literal["residual"]
+    layers: list[LayerSpec]
+
+
+_LAYER_SPECS = (
+    DenseSpec, Conv2dSpec, MaxPool2dSpec, AvgPool2dSpec, FlattenSpec, ReshapeSpec,
+    ActivationSpec, LeakyReluSpec, SoftmaxSpec, BatchNormSpec, LayerNormSpec, DropoutSpec,
+    ResidualSpec,
+)  # fmt: skip
+if TYPE_CHECKING:
+    LayerSpec = Any
+else:
+    LayerSpec = Annotated[Union[_LAYER_SPECS], Field(discriminator="type")]  # noqa: UP007
+ResidualSpec.model_rebuild()
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    shape: list[int] = Field(description="shape of one input, without the batch dimension")
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    inputs: str = Field(description="sklearn:NAME or a .npy/.npz/.csv path")
+    labels: str | None = None
+
+
+class ModelSpec(BaseModel):
+    """Top level of ``model.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "model"
+    weights: str | None = Field(None, description=".npz or .safetensors file, relative to the yaml")
+    input: InputSpec
+    layers: list[LayerSpec]
+    data: DataSpec | None = None
+
+
+LAYER_TYPES: tuple[str, ...] = (
+    "dense", "conv2d", "maxpool2d", "avgpool2d", "flatten", "reshape", "relu", "tanh",
+    "sigmoid", "gelu", "leaky_relu", "softmax", "batchnorm", "layernorm", "dropout", "residual",
+)  # fmt: skip
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the model spec, for editor completion of ``model.yaml``."""
+    return ModelSpec.model_json_schema()
