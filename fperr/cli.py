@@ -7,6 +7,7 @@ configuration error -- reported as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import click
@@ -87,6 +88,94 @@ def round_cmd(value: str, fmt_name: str, mode: str) -> None:
         click.echo(f"error (ulps): {float(err / ulp):.6g}")
         if exact != 0:
             click.echo(f"rel error:    {float(err / abs(exact)):.6g}  (u = {fmt.u:.6g})")
+
+
+@cli.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of model.yaml (for editor completion)."""
+    import json
+
+    from .spec import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@cli.command("bound")
+@click.option("--model", "model_path", required=True, help="Model spec (YAML).")
+@click.option(
+    "--inputs", default=None, help="sklearn:NAME or .npy/.npz/.csv (default: spec's data)."
+)
+@click.option("--labels", default=None, help="Labels (.npy/.csv), optional.")
+@click.option("--low", default="binary16", show_default=True, help="Low-precision storage format.")
+@click.option("--reference", default="binary32", show_default=True, help="Reference format.")
+@click.option("--accumulate", default="binary32", show_default=True, help="Accumulation format.")
+@click.option("--reference-operand", default=None, help="Operand format of the reference (tf32).")
+@click.option("--truncating-accumulator", is_flag=True, help="Model chopping accumulators.")
+@click.option(
+    "--method",
+    type=click.Choice(["deterministic", "probabilistic"]),
+    default="deterministic",
+    show_default=True,
+)
+@click.option("--confidence", default=0.999, show_default=True, help="For --method probabilistic.")
+@click.option("--on", "on", type=click.Choice(["logits", "softmax"]), default="logits")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
+@click.option("--out", default=None, help="Also write the JSON report to this file.")
+def bound_cmd(
+    model_path: str,
+    inputs: str | None,
+    labels: str | None,
+    low: str,
+    reference: str,
+    accumulate: str,
+    reference_operand: str | None,
+    truncating_accumulator: bool,
+    method: str,
+    confidence: float,
+    on: str,
+    as_json: bool,
+    out: str | None,
+) -> None:
+    """Certify per input that LOW predicts the same class as REFERENCE.
+
+    Exit 0 if every input is certified, 1 if some are not, 2 on bad input.
+    """
+    import json
+    from pathlib import Path
+
+    from . import __version__
+    from .arith import Emulated
+    from .certify import certify
+    from .datasets import load_inputs, load_labels
+    from .errors import FperrInputError
+    from .model import load_model
+
+    model = load_model(model_path)
+    base = Path(model_path).parent
+    if inputs is None:
+        if model.data is None:
+            raise FperrInputError("no --inputs given and the model spec has no data section")
+        X, y = load_inputs(model.data.inputs, base)
+        if model.data.labels:
+            y = load_labels(model.data.labels, base)
+    else:
+        X, y = load_inputs(inputs)
+    if labels is not None:
+        y = load_labels(labels)
+    acc_rounding = "truncate" if truncating_accumulator else "nearest"
+    lo = Emulated.from_names(low, accumulate, acc_rounding=acc_rounding)
+    ref = Emulated.from_names(reference, accumulate, reference_operand, acc_rounding=acc_rounding)
+    click.echo(f"bounding {X.shape[0]} inputs through {model.name} ...", err=True)
+    result = certify(model, X, y, lo, ref, method, confidence, on)
+    report = result.to_dict()
+    report["summary"]["fperr_version"] = __version__
+    if out:
+        Path(out).write_text(json.dumps(report))
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(result.text())
+    sys.exit(0 if bool(result.certified.all()) else 1)
 
 
 def main() -> None:

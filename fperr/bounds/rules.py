@@ -258,17 +258,14 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     N = x.shape[0]
     flat_w = np.broadcast_to(win_idx, (N, *win_idx.shape))
     src = np.take_along_axis(flat_w, arg[..., None], -1)[..., 0].reshape(N, -1)
-    gens = np.take_along_axis(enc.gens, src[:, :, None], axis=1)
-    gens = gens * sure.reshape(N, -1, 1)
-    out = Enclosure(y, gens, enc.groups, enc.random)
+    out = enc.gather_rows(y, src, sure.astype(np.float64))
     return out.add_box(np.where(sure, 0.0, wr.max(axis=-1)), index, random=False)
 
 
 @rule("flatten", "reshape", "dropout")
 def shape_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Reshapes move values without arithmetic: generators keep their rows."""
-    y = layer.forward(enc.value, ctx.arith)
-    return Enclosure(y, enc.gens, enc.groups, enc.random)
+    return enc.reshaped(layer.forward(enc.value, ctx.arith))
 
 
 @rule("batchnorm")
@@ -296,6 +293,7 @@ def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -
 @rule("residual")
 def residual_rule(layer: Residual, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """y = x + F(x): generators add (shared columns align), plus one rounding."""
+    enc = enc.materialize()
     branch = enc
     for sub in layer.layers:
         branch = apply_rule(sub, branch, ctx, index)
@@ -304,7 +302,7 @@ def residual_rule(layer: Residual, enc: Enclosure, ctx: Context, index: int) -> 
     q0 = enc.gens.shape[2]
     gens = branch.gens.copy()
     gens[:, :, :q0] += enc.gens
-    r = np.abs(gens).sum(axis=2).reshape(y.shape)
+    out = Enclosure(y, gens, branch.groups, branch.random, branch.boxes)
+    r = out.radius()
     local = half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * r, a.storage)
-    out = Enclosure(y, gens, branch.groups, branch.random)
     return out.add_box(local, index, random=True)

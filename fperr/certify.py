@@ -1,0 +1,246 @@
+"""Classification-tolerance certificates (Yun et al. 2023, Lemma; sharpened).
+
+For an input with reference output y (binary32 run) and a componentwise bound
+M on how far any low-precision or reference run can be from y, the predicted
+class k = argmax y is certain for every run iff
+
+    y_k - y_j > M_k + M_j   for every j != k          (sharper condition)
+
+which the seed paper's condition  Gamma = y_(1) - y_(2) > 2 max_j M_j  implies.
+M = max(B, 2 R_ref) with B = R_low + R_ref: every run lies within its radius
+of the exact output, and the exact output within R_ref of y.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .arith import Emulated
+from .bounds import BoundResult, bound
+from .layers import Softmax
+from .model import Model
+
+Array = npt.NDArray[np.float64]
+
+
+def tolerance(y: Array) -> Array:
+    """Gamma = top-1 minus top-2 output, per row."""
+    top2 = np.sort(y, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def certified_sharp(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
+    """y_k - y_j > M_k + M_j for all j != k, k = argmax y (strict: ties may flip)."""
+    k = np.argmax(y, axis=1)
+    rows = np.arange(y.shape[0])
+    gap = y[rows, k][:, None] - y - (margin[rows, k][:, None] + margin)
+    gap[rows, k] = np.inf
+    return np.asarray((gap > 0).all(axis=1))
+
+
+def certified_simple(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
+    """The seed paper's lemma: Gamma > 2 max_j M_j."""
+    return np.asarray(tolerance(y) > 2 * margin.max(axis=1))
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    """Per-input certificates over a data set, with what emulation observed."""
+
+    model_name: str
+    bounds: BoundResult
+    y_ref: Array
+    y_low: Array
+    labels: npt.NDArray[np.int64] | None = None
+    on: str = "logits"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- per input ---------------------------------------------------------------
+    @property
+    def margin(self) -> Array:
+        b = self.bounds
+        return np.maximum(b.bound, 2 * b.reference.radius)
+
+    @property
+    def reference_class(self) -> npt.NDArray[np.int64]:
+        return np.argmax(self.y_ref, axis=1)
+
+    @property
+    def tolerance(self) -> Array:
+        return tolerance(self.y_ref)
+
+    @property
+    def certified(self) -> npt.NDArray[np.bool_]:
+        return certified_sharp(self.y_ref, self.margin)
+
+    @property
+    def certified_simple(self) -> npt.NDArray[np.bool_]:
+        return certified_simple(self.y_ref, self.margin)
+
+    @property
+    def observed_delta(self) -> Array:
+        return np.abs(self.y_low - self.y_ref).max(axis=1)
+
+    @property
+    def flipped(self) -> npt.NDArray[np.bool_]:
+        return np.asarray(np.argmax(self.y_low, axis=1) != self.reference_class)
+
+    @property
+    def worst_layer_share(self) -> Array:
+        """(L + 1,) median over inputs of each layer's share of max_k B_k."""
+        b = self.bounds.bound
+        k = np.argmax(b, axis=1)
+        per = self.bounds.per_layer[np.arange(b.shape[0]), :, k]  # (N, L + 1)
+        tot = per.sum(axis=1, keepdims=True)
+        share = np.where(tot > 0, per / np.where(tot > 0, tot, 1), 0)
+        return np.asarray(np.median(share, axis=0))
+
+    # -- summary -----------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        n = int(self.y_ref.shape[0])
+        cert, simple, flips = self.certified, self.certified_simple, self.flipped
+        share = self.worst_layer_share
+        worst = int(np.argmax(share))
+        out: dict[str, Any] = {
+            "model": self.model_name,
+            "low": self.bounds.low_arith.name,
+            "reference": self.bounds.reference_arith.name,
+            "method": self.bounds.method,
+            "on": self.on,
+            "inputs": n,
+            "certified": int(cert.sum()),
+            "certified_fraction": float(cert.mean()) if n else 0.0,
+            "certified_simple": int(simple.sum()),
+            "only_sharp_condition": int((cert & ~simple).sum()),
+            "observed_flips": int(flips.sum()),
+            "certified_flips": int((cert & flips).sum()),
+            "median_tolerance": float(np.median(self.tolerance)),
+            "median_bound": float(np.median(self.margin.max(axis=1))),
+            "median_observed_delta": float(np.median(self.observed_delta)),
+            "worst_layer": self.bounds.layer_names[worst],
+            "worst_layer_share": float(share[worst]),
+            "uncertified": np.flatnonzero(~cert).tolist(),
+            "failure_probability": self.bounds.failure_probability,
+        }
+        if self.labels is not None:
+            out["accuracy_reference"] = float(np.mean(self.reference_class == self.labels))
+            out["accuracy_low"] = float(np.mean(np.argmax(self.y_low, axis=1) == self.labels))
+        out.update(self.extra)
+        return out
+
+    def samples(self) -> list[dict[str, Any]]:
+        cert, flips, tol, delta = self.certified, self.flipped, self.tolerance, self.observed_delta
+        k, m = self.reference_class, self.margin
+        return [
+            {
+                "index": i,
+                "reference_class": int(k[i]),
+                "tolerance": float(tol[i]),
+                "bound": m[i].tolist(),
+                "certified": bool(cert[i]),
+                "observed_delta": float(delta[i]),
+                "flipped": bool(flips[i]),
+            }
+            for i in range(len(k))
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "samples": self.samples()}
+
+    def text(self) -> str:
+        s = self.summary()
+        unc = s["uncertified"]
+        lines = [
+            f"model            {s['model']}",
+            f"low / reference  {s['low']}  vs  {s['reference']}  ({s['method']}, on {s['on']})",
+            f"inputs           {s['inputs']}",
+            f"certified        {s['certified']} ({100 * s['certified_fraction']:.2f}%)"
+            f"; by Gamma > 2 max B alone: {s['certified_simple']}",
+            f"observed flips   {s['observed_flips']}"
+            f" (certified and flipped: {s['certified_flips']})",
+            f"median tolerance {s['median_tolerance']:.4g}   median bound {s['median_bound']:.4g}"
+            f"   median observed delta {s['median_observed_delta']:.4g}",
+            f"worst layer      {s['worst_layer']}"
+            f" ({100 * s['worst_layer_share']:.0f}% of the bound)",
+        ]
+        if "accuracy_reference" in s:
+            lines.append(
+                f"accuracy         reference {s['accuracy_reference']:.4f},"
+                f" low {s['accuracy_low']:.4f}"
+            )
+        if s["method"] == "probabilistic":
+            lines.append(f"failure prob.    <= {s['failure_probability']:.2g} per input")
+        if unc:
+            shown = ", ".join(map(str, unc[:20])) + (" ..." if len(unc) > 20 else "")
+            lines.append(f"uncertified      {shown}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"CertifyResult({s['model']!r}: {s['certified']}/{s['inputs']} certified, "
+            f"{s['observed_flips']} observed flips, method={s['method']})"
+        )
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        keys = ["model", "low", "reference", "method", "inputs", "certified", "certified_fraction",
+                "certified_simple", "observed_flips", "certified_flips", "median_tolerance",
+                "median_bound", "median_observed_delta", "worst_layer"]  # fmt: skip
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(s[k]))}</td></tr>"
+            for k in keys
+        )
+        return f"<table><caption>fperr certificate</caption>{rows}</table>{self._plot_svg()}"
+
+    def _plot_svg(self) -> str:
+        """A small tolerance-vs-bound scatter (inline SVG, no matplotlib needed)."""
+        tol, b = self.tolerance, 2 * self.margin.max(axis=1)
+        pos = (tol > 0) & (b > 0) & np.isfinite(b)
+        if not pos.any():
+            return ""
+        lx, ly = np.log10(b[pos]), np.log10(tol[pos])
+        lo, hi = float(min(lx.min(), ly.min())), float(max(lx.max(), ly.max())) + 1e-9
+        sc = 180 / (hi - lo)
+        cert = self.certified[pos]
+        pts = "".join(
+            f"<circle cx='{10 + (x - lo) * sc:.1f}' cy='{190 - (y - lo) * sc:.1f}' r='1.5' "
+            f"fill='{'#3f90da' if c else '#e76300'}'/>"
+            for x, y, c in zip(lx, ly, cert, strict=True)
+        )
+        return (
+            "<svg width='200' height='200' style='border:1px solid #ccc'>"
+            "<line x1='10' y1='190' x2='190' y2='10' stroke='#999'/>"
+            f"{pts}<text x='12' y='14' font-size='9'>log Gamma vs log 2B</text></svg>"
+        )
+
+
+def certify(
+    model: Model,
+    X: npt.ArrayLike,
+    labels: npt.ArrayLike | None = None,
+    low: Emulated | None = None,
+    reference: Emulated | None = None,
+    method: str = "deterministic",
+    confidence: float = 0.999,
+    on: str = "logits",
+) -> CertifyResult:
+    """Certify per input that the low-precision run predicts the reference class.
+
+    ``on="softmax"`` certifies on softmax probabilities (the softmax error is
+    bounded too); the default certifies on logits.
+    """
+    if on not in ("logits", "softmax"):
+        raise ValueError(f"--on must be logits or softmax, got {on!r}")
+    if on == "softmax" and not isinstance(model.layers[-1], Softmax):
+        model = Model(model.name, model.input_shape, (*model.layers, Softmax()), model.data)
+    b = bound(model, X, low, reference, method, confidence)
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)
+    if lab is not None and lab.shape[0] != b.low.output.shape[0]:
+        raise ValueError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")
+    return CertifyResult(model.name, b, b.reference.output, b.low.output, lab, on)

@@ -1,0 +1,212 @@
+"""Soundness and tightness of the layer bounds, by oracle.
+
+The oracle is the exact executor (float64).  Its own error is about 1e-16
+relative, 10 orders of magnitude below the binary16 bounds tested, so an
+absolute slack of 1e-12 times the output scale is the only tolerance used; it
+is there to absorb float64's error in the *oracle*, not in the bound.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fperr.arith import Emulated
+from fperr.bounds import bound, bound_run
+from fperr.layers import (
+    Activation,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    Flatten,
+    Pool2d,
+    Reshape,
+    Residual,
+    Softmax,
+)
+from fperr.model import Model, load_model
+
+HAVE_ACCUMULATION = importlib.util.find_spec("fperr.accumulation") is not None
+ORDERS = ["blas"] + (["sequential", "pairwise", "blocked"] if HAVE_ACCUMULATION else [])
+LOW = [("binary16", "binary32"), ("bfloat16", "binary32")]
+if HAVE_ACCUMULATION:  # fp16 accumulation is emulated by fperr.accumulation
+    LOW.append(("binary16", "binary16"))
+
+
+def _dense(rng, n_in, n_out, scale=1.0):
+    w = rng.standard_normal((n_out, n_in)) * scale / np.sqrt(n_in)
+    return Dense(w.astype(np.float32).astype(np.float64), rng.standard_normal(n_out) * 0.1)
+
+
+def random_mlp(rng, depth, width, act, n_in=12, n_out=5):
+    layers, n = [], n_in
+    for _ in range(depth):
+        layers += [_dense(rng, n, width, 1.5), Activation(act)]
+        n = width
+    layers.append(_dense(rng, n, n_out))
+    return Model("mlp", (n_in,), tuple(layers))
+
+
+def random_cnn(rng, act="relu", pool="max"):
+    c1 = Conv2d(rng.standard_normal((4, 2, 3, 3)) * 0.4, rng.standard_normal(4) * 0.1,
+                padding=(1, 1))  # fmt: skip
+    c2 = Conv2d(rng.standard_normal((6, 2, 3, 3)) * 0.4, None, stride=(1, 1), groups=2)
+    bn = BatchNorm(rng.standard_normal(6) * 0.1, rng.uniform(0.5, 2, 6),
+                   rng.uniform(0.5, 1.5, 6), rng.standard_normal(6) * 0.1)  # fmt: skip
+    res = Residual((Conv2d(rng.standard_normal((6, 6, 3, 3)) * 0.2, None, padding=(1, 1)),
+                    Activation(act)))  # fmt: skip
+    layers = (
+        Reshape((2, 6, 6)), c1, Activation(act), Pool2d(pool, (2, 2), (1, 1)),
+        Conv2d(rng.standard_normal((4, 4, 1, 1)), None), c2, bn, res,
+        Pool2d("avg" if pool == "max" else "max", (2, 2), (2, 2), (1, 1)), Flatten(),
+        _dense(rng, 6 * 2 * 2, 5), Softmax(),
+    )  # fmt: skip
+    return Model("cnn", (72,), layers)
+
+
+def assert_sound(model, X, low, orders=ORDERS):
+    rb = bound_run(model, X, low)
+    exact = model.forward(X)
+    scale = 1e-12 * (1 + np.abs(exact))
+    assert np.all(np.isfinite(rb.radius))
+    assert np.all(np.abs(rb.output - exact) <= rb.radius + scale)
+    # the bound holds for every summation order, not just the emulated one
+    for order in orders:
+        other = Emulated(low.storage, low.accumulate, order=order, block=4)
+        y = model.forward(X, other)
+        assert np.all(np.abs(y - exact) <= rb.radius + scale), order
+    # per-layer contributions add up to the bound
+    np.testing.assert_allclose(rb.per_layer.sum(axis=1), rb.radius / (1 + 1e-10), rtol=1e-9)
+    return rb, exact
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "gelu", "leaky_relu"])
+def test_random_mlps_are_sound(seed, act):
+    rng = np.random.default_rng(seed)
+    model = random_mlp(rng, depth=1 + seed % 3, width=16 + 8 * seed, act=act)
+    X = rng.standard_normal((40, 12)) * 2
+    for storage, acc in LOW:
+        assert_sound(model, X, Emulated.from_names(storage, acc))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("act, pool", [("relu", "max"), ("tanh", "avg"), ("gelu", "max")])
+def test_random_cnns_with_every_layer_type_are_sound(seed, act, pool):
+    rng = np.random.default_rng(100 + seed)
+    model = random_cnn(rng, act, pool)
+    X = rng.standard_normal((12, 72))
+    for storage, acc in LOW[:2]:
+        assert_sound(model, X, Emulated.from_names(storage, acc))
+
+
+def test_adversarial_inputs_cancellation_overflow_and_subnormals():
+    rng = np.random.default_rng(7)
+    # cancellation: weights whose rows nearly cancel the input
+    w = np.vstack([np.ones(32), -np.ones(32), rng.standard_normal((6, 32))])
+    w = np.vstack([w, w[0] + 1e-3 * rng.standard_normal(32)])
+    model = Model("cancel", (32,), (Dense(w, np.zeros(9)), Activation("relu"),
+                                    Dense(rng.standard_normal((3, 9)), None)))  # fmt: skip
+    X = np.vstack([np.full((4, 32), 1.0) + 1e-4 * rng.standard_normal((4, 32)),
+                   rng.standard_normal((8, 32))])  # fmt: skip
+    assert_sound(model, X, Emulated.from_names("binary16", "binary32"))
+    # subnormal activations in binary16
+    tiny = Model("tiny", (8,), (Dense(np.eye(8) * 1e-3, None), Activation("tanh"),
+                                Dense(rng.standard_normal((3, 8)) * 1e-3, None)))  # fmt: skip
+    assert_sound(tiny, rng.standard_normal((20, 8)) * 1e-3, Emulated.from_names("binary16"))
+    # near overflow: a run that may overflow gets an infinite bound, never a finite wrong one
+    big = Model("big", (4,), (Dense(np.full((2, 4), 2e4), None),))
+    rb = bound_run(big, np.ones((1, 4)) * 0.99, Emulated.from_names("binary16"))
+    assert np.all(np.isinf(rb.radius))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    depth=st.integers(1, 3),
+    width=st.integers(2, 24),
+    act=st.sampled_from(["relu", "tanh", "sigmoid", "gelu", "leaky_relu"]),
+    scale=st.floats(0.01, 100.0),
+)
+def test_hypothesis_networks_are_sound(seed, depth, width, act, scale):
+    rng = np.random.default_rng(seed)
+    model = random_mlp(rng, depth, width, act, n_in=6, n_out=4)
+    X = rng.standard_normal((8, 6)) * scale
+    assert_sound(model, X, Emulated.from_names("binary16", "binary32"), orders=["blas"])
+
+
+def test_reference_tf32_and_truncating_accumulator_are_sound():
+    rng = np.random.default_rng(3)
+    model = random_mlp(rng, 2, 64, "relu")
+    X = rng.standard_normal((30, 12))
+    assert_sound(model, X, Emulated.from_names("binary32", "binary32", "tf32"), orders=[])
+    trunc = Emulated.from_names("binary16", "binary32", acc_rounding="truncate")
+    rb_t = bound_run(model, X, trunc)
+    rb_n = bound_run(model, X, Emulated.from_names("binary16", "binary32"))
+    assert np.all(rb_t.radius >= rb_n.radius)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = np.load("examples/digits.npz")
+    return d["inputs"], d["labels"]
+
+
+def test_example_models_sound_and_tight(digits):
+    X = digits[0][:300]
+    for name, target in (("mlp", 30), ("cnn", 30)):
+        model = load_model(f"examples/{name}.yaml")
+        rb, exact = assert_sound(model, X, Emulated.from_names("binary16", "binary32"))
+        ratio = np.median(rb.radius.max(axis=1) / np.abs(rb.output - exact).max(axis=1))
+        assert 1 <= ratio <= target, (name, ratio)
+
+
+def test_combined_bound_covers_low_minus_reference(digits):
+    model = load_model("examples/mlp.yaml")
+    X = digits[0][:200]
+    b = bound(model, X)
+    y16 = model.forward(X, Emulated.from_names("binary16", "binary32", order="blas"))
+    y32 = model.forward(X, Emulated.from_names("binary32", "binary32"))
+    assert np.all(np.abs(y16 - y32) <= b.bound)
+
+
+def test_probabilistic_is_never_looser_and_states_its_probability(digits):
+    model = load_model("examples/mlp.yaml")
+    X = digits[0][:100]
+    det = bound_run(model, X, Emulated.from_names("binary16"))
+    prob = bound_run(model, X, Emulated.from_names("binary16"), method="probabilistic")
+    assert np.all(prob.radius <= det.radius)
+    assert 0 < prob.failure_probability <= 1e-3
+    exact = model.forward(X)
+    assert np.all(np.abs(prob.output - exact) <= prob.radius)
+
+
+def test_unknown_layer_type_is_a_clear_error():
+    class Mystery:
+        type = "mystery"
+
+        def out_shape(self, s):
+            return s
+
+        def forward(self, x, a):
+            return x
+
+    model = Model("m", (3,), (Mystery(),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no bound rule for layer type 'mystery'"):
+        bound_run(model, np.ones((1, 3)), Emulated.from_names("binary16"))
+
+
+def test_satire_regression_pairwise_binary64_reduction():
+    """Higham's pairwise bound for n = 1024 in binary64, inputs in (-1, 1):
+    gamma_{log2 n}(u) * sum|x| <= 10 u * 1024 must be no looser than Satire's
+    published 1.2505552149377763e-12."""
+    from fperr.formats import get_format
+
+    u = get_format("binary64").u
+    ours = get_format("binary64").gamma(10) * 1024  # |x_i| < 1
+    assert ours <= 1.2505552149377763e-12
+    assert ours == pytest.approx(10 * u * 1024, rel=1e-12)

@@ -1,0 +1,144 @@
+"""Certificates: the lemma itself, the data-set result, and `fperr bound`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fperr.arith import Emulated
+from fperr.certify import certified_sharp, certified_simple, certify, tolerance
+from fperr.cli import cli
+from fperr.model import load_model
+
+finite = st.floats(-1e3, 1e3, allow_nan=False)
+
+
+@given(y=arrays(np.float64, (1, 6), elements=finite), d=arrays(np.float64, (1, 6), elements=finite))
+def test_lemma_gamma_greater_than_two_delta_keeps_the_class(y, d):
+    """If Gamma > 2 ||delta||_inf then argmax(y + delta) == argmax(y)."""
+    delta = np.abs(d).max()
+    if tolerance(y)[0] > 2 * delta:
+        assert np.argmax(y + d) == np.argmax(y)
+    # the certificate with margin |d| is never wrong either
+    if certified_sharp(y, np.abs(d) + 1e-300)[0]:
+        assert np.argmax(y + d) == np.argmax(y)
+
+
+def test_equality_is_not_enough_a_tie_can_flip():
+    y = np.array([[1.0, 0.0, -1.0]])
+    margin = np.full((1, 3), 0.5)  # Gamma = 1 = 2 * 0.5: not strictly greater
+    assert not certified_simple(y, margin)[0] and not certified_sharp(y, margin)[0]
+    flipped = y + np.array([[-0.5, 0.5, 0.0]])  # within the margin, now a tie
+    assert flipped[0, 0] == flipped[0, 1]  # argmax is no longer determined
+
+
+def test_sharper_condition_certifies_more():
+    y = np.array([[3.0, 0.0, -5.0]])
+    margin = np.array([[0.1, 2.0, 0.1]])
+    assert certified_sharp(y, margin)[0]  # 3 - 0 > 0.1 + 2 and 3 + 5 > 0.2
+    assert not certified_simple(y, margin)[0]  # Gamma = 3 < 2 * 2
+
+
+@pytest.fixture(scope="module")
+def mlp_result():
+    d = np.load("examples/digits.npz")
+    return certify(load_model("examples/mlp.yaml"), d["inputs"], d["labels"])
+
+
+def test_digits_mlp_certificates(mlp_result):
+    r = mlp_result
+    s = r.summary()
+    assert s["inputs"] == 1797
+    assert s["certified_flips"] == 0
+    agree = ~r.flipped
+    assert r.certified[agree].mean() >= 0.99  # issue target
+    # certified inputs never flip under any order of the emulated runs
+    X = np.load("examples/digits.npz")["inputs"][r.certified]
+    model = load_model("examples/mlp.yaml")
+    for order in ("blas",):
+        y = model.forward(X, Emulated.from_names("binary16", "binary32", order=order))
+        assert np.all(np.argmax(y, axis=1) == r.reference_class[r.certified])
+    assert "certified" in repr(r) and "<table>" in r._repr_html_()
+    d = r.to_dict()
+    assert set(d["samples"][0]) == {"index", "reference_class", "tolerance", "bound",
+                                    "certified", "observed_delta", "flipped"}  # fmt: skip
+
+
+def test_boundary_blends_and_lemma_with_observed_delta():
+    """Blends of two digits of different classes sit near decision boundaries."""
+    d = np.load("examples/digits.npz")
+    X, y = d["inputs"], d["labels"]
+    rng = np.random.default_rng(0)
+    i = rng.integers(0, len(X), 300)
+    j = rng.integers(0, len(X), 300)
+    keep = y[i] != y[j]
+    t = rng.uniform(0.3, 0.7, keep.sum())[:, None]
+    blends = t * X[i[keep]] + (1 - t) * X[j[keep]]
+    r = certify(load_model("examples/mlp.yaml"), blends)
+    by_observed = tolerance(r.y_ref) > 2 * r.observed_delta
+    assert r.summary()["certified_flips"] == 0
+    assert r.certified.sum() >= 0.9 * by_observed.sum()
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_cli_bound_json_and_exit_codes(tmp_path):
+    res = run("bound", "--model", "examples/mlp.yaml", "--json")
+    assert res.exit_code == 1  # one digit is not certified
+    report = json.loads(res.stdout)
+    s = report["summary"]
+    assert s["inputs"] == 1797 and s["fperr_version"]
+    assert len(report["samples"]) == 1797
+    # a subset of easy inputs is fully certified: exit 0
+    X = np.load("examples/digits.npz")["inputs"][:50]
+    np.save(tmp_path / "x.npy", X)
+    res = run("bound", "--model", "examples/mlp.yaml", "--inputs", str(tmp_path / "x.npy"),
+              "--out", str(tmp_path / "r.json"))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "certified        50 (100.00%)" in res.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["certified"] == 50
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (None, ["--model", "missing.yaml"], "model file not found"),
+        ("malformed", ["--model", "{tmp}/bad.yaml"], "malformed YAML"),
+        (None, ["--model", "examples/mlp.yaml", "--low", "fp17"], "unknown format"),
+        ("shape", ["--model", "examples/mlp.yaml", "--inputs", "{tmp}/x.npy"], "expects [N, 64]"),
+        ("nan", ["--model", "examples/mlp.yaml", "--inputs", "{tmp}/x.npy"], "NaN"),
+        ("nokey", ["--model", "{tmp}/m.yaml"], "not found in"),
+        ("extra", ["--model", "{tmp}/m.yaml"], "Extra inputs are not permitted"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, setup, args, message):
+    if setup == "malformed":
+        (tmp_path / "bad.yaml").write_text("name: [unclosed\nlayers: {")
+    elif setup == "shape":
+        np.save(tmp_path / "x.npy", np.zeros((3, 10)))
+    elif setup == "nan":
+        x = np.zeros((3, 64))
+        x[1, 5] = np.nan
+        np.save(tmp_path / "x.npy", x)
+    elif setup in ("nokey", "extra"):
+        with open("examples/mlp.yaml") as f:
+            text = f.read().replace("mlp.npz", "w.npz")
+        with np.load("examples/mlp.npz") as z:
+            np.savez(tmp_path / "w.npz", **dict(z))
+        text = text.replace("0.weight", "zz.weight") if setup == "nokey" else text.replace(
+            "{type: relu}", "{type: relu, slope: 2}", 1)  # fmt: skip
+        (tmp_path / "m.yaml").write_text(text.replace("digits.npz", "x.npz"))
+    res = run("bound", *[a.format(tmp=tmp_path) for a in args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+    err_lines = [line for line in res.output.splitlines() if line.startswith("fperr: error")]
+    assert len(err_lines) == 1
