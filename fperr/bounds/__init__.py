@@ -77,7 +77,7 @@ def bound_run(
     widest = max(int(np.prod(s)) for s in model.shapes())
     # Generators grow to ~ (units of all layers) columns; keep a batch near 200 MB.
     total_units = sum(int(np.prod(s)) for s in model.shapes())
-    bs = batch_size or max(1, int(2.5e7 // max(1, widest * total_units)))
+    bs = batch_size or max(1, int(5e7 // max(1, widest * total_units)))
     outs, radii, layers = [], [], []
     for i in range(0, x.shape[0], bs):
         o, r, pl = _bound_batch(model, x[i : i + bs], ctx, method, lam)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,20 @@ class Context:
     arith: Emulated
     accumulation: str = "worst"
     lam: float = 0.0
+    _matrices: dict[int, Array] = field(default_factory=dict, compare=False, repr=False)
+
+    def matrix_of(self, layer: Any, in_shape: tuple[int, ...], apply: Callable[[Array], Array]):
+        """The (m, n) matrix of a layer's linear part, computed once per layer."""
+
+        def get() -> Array:
+            key = id(layer)
+            if key not in self._matrices:
+                n = int(np.prod(in_shape))
+                img = apply(np.eye(n).reshape((n, *in_shape)))
+                self._matrices[key] = np.ascontiguousarray(img.reshape(n, -1).T)
+            return self._matrices[key]
+
+        return get
 
     def gamma(self, n: int) -> float:
         u = self.arith.u_acc
@@ -113,7 +127,7 @@ def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclos
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)
     local = _affine_local(s_st, z, mag @ wa.T, r @ wa.T, extra, ctx, layer.weight.shape[1])
-    out = enc.linear(z, lambda cols: cols @ layer.weight.T)
+    out = enc.linear(z, lambda cols: cols @ layer.weight.T, lambda: layer.weight)
     return out.add_box(local, index, random=True)
 
 
@@ -142,7 +156,8 @@ def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     n = int(np.prod(layer.weight.shape[1:]))
     wa = np.abs(w_hat)
     local = _affine_local(s_st, z, conv_with(wa, mag), conv_with(wa, r), extra, ctx, n)
-    out = enc.linear(z, lambda cols: conv_with(layer.weight, cols))
+    lin = lambda cols: conv_with(layer.weight, cols)  # noqa: E731
+    out = enc.linear(z, lin, ctx.matrix_of(layer, x.shape[1:], lin))
     return out.add_box(local, index, random=True)
 
 
@@ -243,7 +258,8 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     index_pool = Pool2d("avg", layer.kernel, layer.stride, layer.padding)
     win_idx = index_pool.windows(idx).astype(np.int64)[0]  # (C, H', W', k)
     if layer.kind == "avg":
-        out = enc.linear(y, lambda cols: layer.windows(cols).sum(axis=-1) / k)
+        lin = lambda cols: layer.windows(cols).sum(axis=-1) / k  # noqa: E731
+        out = enc.linear(y, lin, ctx.matrix_of(layer, x.shape[1:], lin))
         mag = layer.windows(np.abs(x) + 2 * r).sum(axis=-1) / k
         local = _gamma(k, a.u_acc) * mag
         local = local + half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * local +

@@ -49,17 +49,49 @@ def half_ulp(mag: Array, fmt: Format) -> Array:
 
 @dataclass(frozen=True)
 class Box:
-    """Independent per-unit generators kept diagonal until a map mixes units.
+    """Independent per-unit error sources, kept factored until they must mix.
 
-    Storing them as one (N, n) radius array instead of n columns of an
-    (N, n, n) matrix is what keeps the enclosure cheap: a layer's fresh
-    rounding errors only become dense columns when the next linear map
-    spreads them.
+    The generators of a box are the columns of ``diag(left) @ mat @
+    diag(radius)``: ``radius`` (N, n_src) holds one source per unit of the
+    layer that made them, ``mat`` (m, n_src) is the shared linear map they
+    went through since (``None``: identity), and ``left`` (N, m) the
+    per-input diagonal factors applied after it (activation derivatives;
+    ``None``: ones).  Storing a layer's fresh rounding errors this way instead
+    of as n columns of an (N, m, n) array is what keeps the enclosure cheap:
+    their radius is |left| * (|radius| @ |mat|^T), one small GEMM, and the
+    per-input product is only formed when a second map mixes them.
     """
 
-    radius: Array  # (N, n)
+    radius: Array
     group: int
     random: bool
+    mat: Array | None = None
+    left: Array | None = None
+
+    def contribution(self) -> Array:
+        """(N, m): the radius these sources add to each unit."""
+        r = np.abs(self.radius)
+        if self.mat is not None:
+            r = r @ np.abs(self.mat).T
+        return r if self.left is None else np.abs(self.left) * r
+
+    def dense(self) -> Array:
+        """(N, m, n_live) explicit generator columns of the sources that are nonzero."""
+        live = np.flatnonzero((self.radius != 0).any(axis=0))
+        b = self.radius[:, live]
+        if self.mat is None:
+            N, n = self.radius.shape
+            g = np.zeros((N, n, live.size))
+            g[:, live, np.arange(live.size)] = b
+        else:
+            g = self.mat[None, :, live] * b[:, None, :]
+        return g if self.left is None else g * self.left[:, :, None]
+
+    def scaled(self, d: Array) -> Box:
+        if self.mat is None:
+            return Box(self.radius * d, self.group, self.random)
+        left = d if self.left is None else self.left * d
+        return Box(self.radius, self.group, self.random, self.mat, left)
 
 
 @dataclass
@@ -71,7 +103,7 @@ class Enclosure:
     index of the layer that introduced it (for the per-layer breakdown).
     ``random``: per column, whether it is a rounding error (independent,
     zero-mean in the probabilistic model) or a deterministic remainder.
-    ``boxes``: further generators that are still diagonal (see :class:`Box`).
+    ``boxes``: further generators kept in factored form (see :class:`Box`).
     """
 
     value: Array
@@ -88,32 +120,35 @@ class Enclosure:
         """Componentwise bound on |computed - exact|, shaped like ``value``."""
         r = np.abs(self.gens).sum(axis=2)
         for b in self.boxes:
-            r = r + np.abs(b.radius)
+            r = r + b.contribution()
         return r.reshape(self.value.shape)
 
-    def _with(self, value: Array, gens: Array, boxes: list[Box]) -> Enclosure:
-        return Enclosure(value, gens, self.groups, self.random, boxes)
+    def _append(self, g: Array, group: int, random: bool) -> Enclosure:
+        return Enclosure(
+            self.value,
+            np.concatenate([self.gens, g], axis=2),
+            self.groups + [group] * g.shape[2],
+            self.random + [random] * g.shape[2],
+            self.boxes,
+        )
 
     def materialize(self) -> Enclosure:
-        """Turn the diagonal boxes into explicit generator columns."""
+        """Turn every factored box into explicit generator columns."""
         enc = Enclosure(self.value, self.gens, list(self.groups), list(self.random))
         for b in self.boxes:
-            live = np.flatnonzero((b.radius != 0).any(axis=0))  # skip exact-zero sources
-            if live.size == 0:
-                continue
-            N, n = b.radius.shape
-            new = np.zeros((N, n, live.size))
-            new[:, live, np.arange(live.size)] = b.radius[:, live]
-            enc = Enclosure(
-                enc.value,
-                np.concatenate([enc.gens, new], axis=2),
-                enc.groups + [b.group] * live.size,
-                enc.random + [b.random] * live.size,
-            )
+            enc = enc._append(b.dense(), b.group, b.random)
         return enc
 
-    def linear(self, new_value: Array, apply: Callable[[Array], Array]) -> Enclosure:
-        """Map the generators through a linear map ``apply`` on (M, *shape) batches."""
+    def linear(
+        self,
+        new_value: Array,
+        apply: Callable[[Array], Array],
+        matrix: Callable[[], Array] | None = None,
+    ) -> Enclosure:
+        """Map the generators through a linear map ``apply`` on (M, *shape) batches.
+
+        ``matrix`` may supply the map's (m, n) matrix (e.g. from a cache).
+        """
         N, n, q = self.gens.shape
         m = int(np.prod(new_value.shape[1:]))
         if q:
@@ -124,38 +159,40 @@ class Enclosure:
         out = Enclosure(new_value, gens, list(self.groups), list(self.random))
         if not self.boxes:
             return out
-        # The map's matrix (m, n), from the images of the unit vectors.
-        basis = np.eye(n).reshape((n, *self.value.shape[1:]))
-        mat = apply(basis).reshape(n, m).T
+        if matrix is not None:
+            mat = matrix()
+        else:  # the map's matrix (m, n), from the images of the unit vectors
+            mat = apply(np.eye(n).reshape((n, *self.value.shape[1:]))).reshape(n, m).T
         for b in self.boxes:
-            live = np.flatnonzero((b.radius != 0).any(axis=0))
-            if live.size == 0:
+            if b.mat is None:  # first map: stays factored
+                out.boxes.append(Box(b.radius, b.group, b.random, mat))
                 continue
-            new = mat[None, :, live] * b.radius[:, None, live]
-            out = Enclosure(
-                new_value,
-                np.concatenate([out.gens, new], axis=2),
-                out.groups + [b.group] * live.size,
-                out.random + [b.random] * live.size,
-            )
+            # second map: form the per-input product, then the columns
+            live = np.flatnonzero((b.radius != 0).any(axis=0))
+            ml = np.broadcast_to(mat, (N, *mat.shape))
+            if b.left is not None:
+                ml = mat[None] * b.left[:, None, :]
+            # one GEMM for the whole batch: (N m', m) @ (m, n_live)
+            g = (ml.reshape(-1, mat.shape[1]) @ b.mat[:, live]).reshape(N, m, live.size)
+            g *= b.radius[:, None, live]
+            out = out._append(g, b.group, b.random)
         return out
 
     def scale_rows(self, new_value: Array, d: Array) -> Enclosure:
         """Generators times a per-unit factor ``d`` (N, *shape): diagonal maps."""
         dd = d.reshape(d.shape[0], -1)
-        boxes = [Box(b.radius * dd, b.group, b.random) for b in self.boxes]
-        return self._with(new_value, self.gens * dd[:, :, None], boxes)
+        boxes = [b.scaled(dd) for b in self.boxes]
+        return Enclosure(new_value, self.gens * dd[:, :, None], self.groups, self.random, boxes)
 
     def gather_rows(self, new_value: Array, src: npt.NDArray[np.int64], keep: Array) -> Enclosure:
         """Output unit o carries the error of input unit src[:, o] times keep[:, o].
 
-        Boxes stay diagonal only if no input unit feeds two outputs.
+        Diagonal boxes stay diagonal if no input unit feeds two outputs;
+        everything else is materialized first.
         """
+        overlapping = any(len(np.unique(row)) < row.size for row in src)
         enc = self
-        overlapping = any(
-            len(np.unique(row)) < row.size for row in src
-        )  # e.g. max pooling with stride < kernel
-        if overlapping:
+        if overlapping or any(b.mat is not None for b in self.boxes):
             enc = self.materialize()
         kk = keep.reshape(keep.shape[0], -1)
         gens = np.take_along_axis(enc.gens, src[:, :, None], axis=1) * kk[:, :, None]
@@ -166,18 +203,19 @@ class Enclosure:
         return Enclosure(new_value, gens, enc.groups, enc.random, boxes)
 
     def reshaped(self, new_value: Array) -> Enclosure:
-        return self._with(new_value, self.gens, self.boxes)
+        return Enclosure(new_value, self.gens, self.groups, self.random, self.boxes)
 
     def add_box(self, radius: Array, layer: int, random: bool) -> Enclosure:
         """Add one independent generator per unit with the given radius (N, *shape)."""
         r = radius.reshape(radius.shape[0], -1)
         if not np.any(r):
             return self
-        return self._with(self.value, self.gens, [*self.boxes, Box(r, layer, random)])
+        boxes = [*self.boxes, Box(r, layer, random)]
+        return Enclosure(self.value, self.gens, self.groups, self.random, boxes)
 
     def prune(self) -> Enclosure:
         """Drop generator columns that are zero for the whole batch (dead ReLUs)."""
-        keep = np.flatnonzero(np.abs(self.gens).max(axis=(0, 1)) > 0)
+        keep = np.flatnonzero(np.abs(self.gens).max(axis=(0, 1), initial=0) > 0)
         if keep.size == self.gens.shape[2]:
             return self
         return Enclosure(
