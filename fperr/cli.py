@@ -178,6 +178,38 @@ def bound_cmd(
     sys.exit(0 if bool(result.certified.all()) else 1)
 
 
+@cli.command("check-training")
+@click.option("--model", "model_path", required=True, help="Model spec (YAML), dense layers.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--eps", default=1e-8, show_default=True, type=float, help="Adam epsilon.")
+@click.option("--format", "fmt", default="binary16", show_default=True, help="Training format.")
+@click.option("--inputs", default=None, help="Training inputs (default: the spec's data).")
+@click.option("--labels", default=None, help="Labels (.npy/.csv), optional.")
+@click.option("--loss-scale", default=1.0, show_default=True, type=float)
+def check_training_cmd(
+    model_path: str,
+    optimizer: str,
+    lr: float,
+    eps: float,
+    fmt: str,
+    inputs: str | None,
+    labels: str | None,
+    loss_scale: float,
+) -> None:
+    """Predict fp16 training hazards: vanishing eps, lost updates, underflow.
+
+    Exit 0 if no hazard is found, 1 if one is, 2 on bad input.
+    """
+    from .training import check_training_cli
+
+    text, code = check_training_cli(
+        model_path, optimizer, lr, eps, fmt, inputs, labels=labels, loss_scale=loss_scale
+    )
+    click.echo(text)
+    sys.exit(code)
+
+
 def main() -> None:
     cli(prog_name="fperr")
 

@@ -146,6 +146,8 @@ class Pool2d:
     def out_shape(self, shape: Shape) -> Shape:
         if len(shape) != 3:
             raise _mismatch(self.type, "[C, H, W]", shape)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel, strict=True)):
+            raise SpecError(f"{self.type}: padding {list(self.padding)} exceeds half the kernel")
         ho, wo = (
             conv_output_size(shape[d + 1], self.kernel[d], self.stride[d], self.padding[d], 1)
             for d in (0, 1)

@@ -10,6 +10,7 @@ half-loaded.  ``Model.save`` writes the YAML + npz pair back.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +96,17 @@ class Model:
                        enumerate(self.layers)],
         }  # fmt: skip
         if self.data is not None:
-            spec["data"] = self.data.model_dump(exclude_none=True)
+            spec["data"] = {k: self._relocate(v, path.parent) for k, v in
+                            self.data.model_dump(exclude_none=True).items()}  # fmt: skip
         np.savez(path.with_suffix(".npz"), **arrays)  # type: ignore[arg-type]
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    def _relocate(self, ref: str, new_dir: Path) -> str:
+        """A data path relative to the source YAML, rewritten relative to ``new_dir``."""
+        if ref.startswith("sklearn:") or self.source is None or Path(ref).is_absolute():
+            return ref
+        target = (self.source.parent / ref).resolve()
+        return os.path.relpath(target, new_dir.resolve())
 
     def __repr__(self) -> str:
         kinds = ", ".join(layer.type for layer in self.layers)
@@ -146,7 +155,11 @@ def load_weights(path: Path) -> dict[str, Array]:
             from safetensors.numpy import load_file
         except ImportError:
             raise SpecError("reading .safetensors needs the safetensors package") from None
-        return {k: np.asarray(v, dtype=np.float64) for k, v in load_file(str(path)).items()}
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error type
+            raise SpecError(f"cannot read weights {path}: {exc}") from None
+        return {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
     raise SpecError(f"unknown weights format {path.suffix!r} (use .npz or .safetensors)")
 
 

@@ -1,0 +1,393 @@
+"""Run an IR model in PyTorch: the real-hardware counterpart of the emulation.
+
+:func:`to_torch` builds an ``nn.Module`` from a :class:`~fperr.model.Model`;
+:func:`run_torch` runs a batch through it in float64, float32 (TF32 on or
+off), float16, bfloat16 or under autocast, on the CPU or a CUDA device, and
+returns a :class:`TorchRun`: the outputs as float64 plus a record of every
+setting that decides the rounding (dtype, device, versions, TF32 and
+reduced-precision-reduction flags, batch size).
+
+Every global torch flag :func:`run_torch` changes is restored when it
+returns, whether or not it raised.  torch is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import FperrInputError
+from .layers import (
+    Activation,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    LayerNorm,
+    Pool2d,
+    Reshape,
+    Residual,
+    Shape,
+    Softmax,
+)
+from .model import Model, check_inputs
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["DTYPES", "TorchRun", "run_torch", "to_torch"]
+
+Array = npt.NDArray[np.float64]
+DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise FperrInputError(
+            "running a model in PyTorch needs torch (pip install torch)"
+        ) from None
+    return torch
+
+
+# -- IR -> nn.Module ---------------------------------------------------------------------------
+def _param(torch: Any, a: Array | None) -> Any:
+    return None if a is None else torch.nn.Parameter(torch.from_numpy(np.array(a, np.float64)))
+
+
+def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
+    """The nn.Module of one IR layer whose per-input input shape is ``shape``."""
+    torch = _torch()
+    nn = torch.nn
+    base: Any = nn.Module
+
+    class ReshapeModule(base):
+        def __init__(self, target: Shape) -> None:
+            super().__init__()
+            self.target = tuple(target)
+
+        def forward(self, x: Any) -> Any:
+            return x.reshape((x.shape[0], *self.target))
+
+        def extra_repr(self) -> str:
+            return f"shape={list(self.target)}"
+
+    class ResidualModule(base):
+        def __init__(self, body: Any) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, x: Any) -> Any:
+            return x + self.body(x)
+
+    m: Any
+    if isinstance(layer, Dense):
+        out_f, in_f = layer.weight.shape
+        m = nn.Linear(in_f, out_f, bias=layer.bias is not None, dtype=torch.float64)
+        m.weight = _param(torch, layer.weight)
+        if layer.bias is not None:
+            m.bias = _param(torch, layer.bias)
+        return m
+    if isinstance(layer, Conv2d):
+        o, ig, kh, kw = layer.weight.shape
+        m = nn.Conv2d(ig * layer.groups, o, (kh, kw), layer.stride, layer.padding, layer.dilation,
+                      layer.groups, bias=layer.bias is not None, dtype=torch.float64)  # fmt: skip
+        m.weight = _param(torch, layer.weight)
+        if layer.bias is not None:
+            m.bias = _param(torch, layer.bias)
+        return m
+    if isinstance(layer, Pool2d):
+        if layer.kind == "max":
+            return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
+        return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding, count_include_pad=True)
+    if isinstance(layer, Flatten):
+        return nn.Flatten()
+    if isinstance(layer, Reshape):
+        return ReshapeModule(layer.shape)
+    if isinstance(layer, Dropout):
+        return nn.Dropout(layer.p)
+    if isinstance(layer, Activation):
+        if layer.type == "leaky_relu":
+            return nn.LeakyReLU(layer.negative_slope)
+        cls = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+        return cls[layer.type]()
+    if isinstance(layer, Softmax):
+        return nn.Softmax(dim=-1)
+    if isinstance(layer, BatchNorm):
+        c = layer.running_mean.shape[0]
+        bns = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+        if len(shape) + 1 not in bns:
+            raise FperrInputError(f"batchnorm on inputs {list(shape)} has no torch module")
+        affine = layer.weight is not None or layer.bias is not None
+        m = bns[len(shape) + 1](c, eps=layer.eps, affine=affine, dtype=torch.float64)
+        m.running_mean.copy_(torch.from_numpy(layer.running_mean))
+        m.running_var.copy_(torch.from_numpy(layer.running_var))
+        if affine:
+            m.weight = _param(torch, layer.weight if layer.weight is not None else np.ones(c))
+            m.bias = _param(torch, layer.bias if layer.bias is not None else np.zeros(c))
+        return m
+    if isinstance(layer, LayerNorm):
+        ns = tuple(layer.normalized_shape)
+        affine = layer.weight is not None or layer.bias is not None
+        m = nn.LayerNorm(ns, eps=layer.eps, elementwise_affine=affine, bias=layer.bias is not None,
+                         dtype=torch.float64)  # fmt: skip
+        if affine:
+            m.weight = _param(torch, layer.weight if layer.weight is not None else np.ones(ns))
+            if layer.bias is not None:
+                m.bias = _param(torch, layer.bias)
+        return m
+    if isinstance(layer, Residual):
+        return ResidualModule(_sequential(layer.layers, shape))
+    raise FperrInputError(f"layer type {layer.type!r} has no torch module")
+
+
+def _sequential(layers: tuple[Layer, ...], shape: Shape) -> torch.nn.Sequential:
+    torch = _torch()
+    mods = []
+    for layer in layers:
+        mods.append(_module(layer, shape))
+        shape = layer.out_shape(shape)
+    return torch.nn.Sequential(*mods)
+
+
+def to_torch(model: Model) -> torch.nn.Sequential:
+    """An ``nn.Sequential`` in float64, eval mode, computing ``model.forward``."""
+    seq = _sequential(model.layers, tuple(model.input_shape))
+    seq.eval()
+    seq.requires_grad_(False)
+    return seq
+
+
+# -- global flags ------------------------------------------------------------------------------
+_PRECISION_PATHS = ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn",
+                    "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")  # fmt: skip
+_REDUCTIONS = ("fp16", "bf16")
+
+
+def _backend(torch: Any, path: str) -> Any:
+    obj = torch.backends
+    for part in filter(None, path.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _read(f: Any) -> Any:
+    try:
+        return f()
+    except (RuntimeError, AttributeError):  # mixed legacy/new TF32 APIs, old torch
+        return None
+
+
+def _flag_state(torch: Any) -> dict[str, Any]:
+    """Every global setting run_torch may change, read without side effects."""
+    mm = torch.backends.cuda.matmul
+    state: dict[str, Any] = {
+        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
+        "cudnn.allow_tf32": _read(lambda: torch.backends.cudnn.allow_tf32),
+    }
+    for path in _PRECISION_PATHS:
+        state[f"fp32_precision:{path}"] = _read(lambda p=path: _backend(torch, p).fp32_precision)
+    for r in _REDUCTIONS:
+        name = f"allow_{r}_reduced_precision_reduction"
+        state[name] = _read(lambda n=name: getattr(mm, n))
+        state[name + "_split_k"] = _read(lambda n=name: getattr(mm, n + "_split_k"))
+    return state
+
+
+def _restore(torch: Any, state: dict[str, Any]) -> None:
+    mm = torch.backends.cuda.matmul
+    # The legacy setters write the new-API strings too, so they go first and the
+    # strings are put back afterwards.
+    if state["float32_matmul_precision"] is not None:
+        torch.set_float32_matmul_precision(state["float32_matmul_precision"])
+    if state["cudnn.allow_tf32"] is not None:
+        torch.backends.cudnn.allow_tf32 = state["cudnn.allow_tf32"]
+    for path in _PRECISION_PATHS:
+        value = state[f"fp32_precision:{path}"]
+        if value is not None:
+            _backend(torch, path).fp32_precision = value
+    for r in _REDUCTIONS:
+        name = f"allow_{r}_reduced_precision_reduction"
+        if state[name] is not None:
+            split = state[name + "_split_k"]
+            setattr(mm, name, state[name] if split is None else (state[name], split))
+
+
+@contextmanager
+def _flags(torch: Any, tf32: bool, reduction: bool | None) -> Iterator[None]:
+    state = _flag_state(torch)
+    try:
+        # The legacy setters keep the legacy and new TF32 states consistent (a mix
+        # makes later reads raise); allow_tf32 also sets float32_matmul_precision.
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        if reduction is not None:
+            for r in _REDUCTIONS:
+                name = f"allow_{r}_reduced_precision_reduction"
+                split = state[name + "_split_k"]
+                setattr(torch.backends.cuda.matmul, name,
+                        reduction if split is None else (reduction, split))  # fmt: skip
+        yield
+    finally:
+        _restore(torch, state)
+
+
+# -- running -----------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TorchRun:
+    """Outputs of a PyTorch run (as float64) and the settings that produced them."""
+
+    outputs: Array
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> npt.NDArray[np.int64]:
+        return np.asarray(self.outputs.reshape(len(self.outputs), -1).argmax(axis=1))
+
+    def _summary(self) -> str:
+        f = self.flags
+        mode = f.get("dtype", "?")
+        if f.get("autocast"):
+            mode = f"autocast {f['autocast']}"
+        if f.get("dtype") == "float32" and f.get("tf32"):
+            mode += " (TF32)"
+        return f"{mode} on {f.get('device_name') or f.get('device', '?')}"
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.outputs.shape))
+        return f"TorchRun({self._summary()}, outputs {shape}, torch {self.flags.get('torch')})"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+            f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+            for k, v in self.flags.items()
+        )
+        shape = " &times; ".join(map(str, self.outputs.shape))
+        return (
+            f"<div><b>TorchRun</b>: {html.escape(self._summary())}, outputs {shape}"
+            f"<table>{rows}</table></div>"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the flags, the output shape and the outputs as nested lists."""
+        return {
+            "flags": dict(self.flags),
+            "shape": list(self.outputs.shape),
+            "outputs": self.outputs.tolist(),
+        }
+
+
+def _device_name(torch: Any, dev: Any) -> str:
+    if dev.type == "cuda":
+        return str(torch.cuda.get_device_name(dev))
+    return platform.processor() or platform.machine() or dev.type
+
+
+def run_torch(
+    model: Model,
+    X: npt.ArrayLike,
+    dtype: str = "float32",
+    device: str = "cpu",
+    tf32: bool = False,
+    autocast: bool | str = False,
+    reduced_precision_reduction: bool | None = None,
+    batch_size: int | None = None,
+) -> TorchRun:
+    """Run ``model`` on ``X`` in PyTorch and record how.
+
+    ``dtype``: parameters and activations in float64, float32, float16 or
+    bfloat16.  ``tf32``: allow TF32 tensor cores for float32 matmuls and
+    convolutions (``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32``; both are set, to False too, since
+    cuDNN defaults to True).  ``autocast``: run a float32 model under
+    ``torch.autocast`` (True: float16 on CUDA, bfloat16 on the CPU; or a
+    dtype name).  ``reduced_precision_reduction``: set cuBLAS'
+    ``allow_fp16/bf16_reduced_precision_reduction`` (None leaves them).
+    ``batch_size``: run in chunks of this many inputs (default: all at once).
+    Outputs come back as float64; ``flags`` records every setting.
+    """
+    torch = _torch()
+    if dtype not in DTYPES:
+        raise FperrInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FperrInputError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FperrInputError(f"device {device!r} requested but torch.cuda.is_available() is False")
+    auto: str | None = None
+    if autocast:
+        auto = autocast if isinstance(autocast, str) else (
+            "float16" if dev.type == "cuda" else "bfloat16")  # fmt: skip
+        if auto not in ("float16", "bfloat16"):
+            raise FperrInputError(f"autocast dtype must be float16 or bfloat16, not {auto!r}")
+        if dtype != "float32":
+            raise FperrInputError(f"autocast runs a float32 model; got dtype={dtype!r}")
+    x = check_inputs(X, model.input_shape)
+    n = x.shape[0]
+    if batch_size is not None and batch_size < 1:
+        raise FperrInputError(f"batch_size must be positive, got {batch_size}")
+    bs = n if batch_size is None else min(batch_size, max(n, 1))
+
+    tdtype = getattr(torch, dtype)
+    net = to_torch(model).to(device=dev, dtype=tdtype)
+    outs: list[Array] = []
+    with _flags(torch, tf32, reduced_precision_reduction), torch.inference_mode():
+        flags = _record(torch, dev, dtype, tf32, auto, bs, n)
+        for i in range(0, n, max(bs, 1)):
+            xb = torch.from_numpy(x[i : i + bs]).to(device=dev, dtype=tdtype)
+            if auto is not None:
+                with torch.autocast(dev.type, dtype=getattr(torch, auto)):
+                    y = net(xb)
+            else:
+                y = net(xb)
+            outs.append(y.to(dtype=torch.float64).cpu().numpy())
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    out_shape = (0, *model.output_shape)
+    outputs = np.concatenate(outs) if outs else np.empty(out_shape)
+    return TorchRun(np.asarray(outputs, dtype=np.float64), flags)
+
+
+def _record(
+    torch: Any, dev: Any, dtype: str, tf32: bool, auto: str | None, bs: int, n: int
+) -> dict[str, Any]:
+    mm = torch.backends.cuda.matmul
+    cudnn = torch.backends.cudnn
+    return {
+        "dtype": dtype,
+        "autocast": auto,
+        "device": str(dev),
+        "device_name": _device_name(torch, dev),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": _read(cudnn.version) if dev.type == "cuda" else None,
+        "tf32": tf32,
+        "tf32_capable": dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8,
+        "tf32_matmul": _read(lambda: mm.allow_tf32),
+        "tf32_cudnn": _read(lambda: cudnn.allow_tf32),
+        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
+        "fp16_reduced_precision_reduction": _read(
+            lambda: mm.allow_fp16_reduced_precision_reduction
+        ),
+        "bf16_reduced_precision_reduction": _read(
+            lambda: mm.allow_bf16_reduced_precision_reduction
+        ),
+        "fp16_accumulation": _read(lambda: mm.allow_fp16_accumulation),
+        "cudnn_deterministic": bool(cudnn.deterministic),
+        "batch_size": bs,
+        "n_inputs": n,
+        "n_batches": math.ceil(n / bs) if bs else 0,
+    }

@@ -1,0 +1,1 @@
+"""Figures of the fperr paper: each module has ``make(out_dir) -> list[Path]``."""
