@@ -14,6 +14,7 @@ of the exact output, and the exact output within R_ref of y.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,18 +230,99 @@ def certify(
     method: str = "deterministic",
     confidence: float = 0.999,
     on: str = "logits",
+    keep: Mapping[int, Emulated] | None = None,
 ) -> CertifyResult:
     """Certify per input that the low-precision run predicts the reference class.
 
     ``on="softmax"`` certifies on softmax probabilities (the softmax error is
-    bounded too); the default certifies on logits.
+    bounded too); the default certifies on logits.  ``keep`` runs some layers
+    of the low-precision run in another arithmetic (see :func:`suggest_fp32`).
     """
     if on not in ("logits", "softmax"):
         raise ValueError(f"--on must be logits or softmax, got {on!r}")
     if on == "softmax" and not isinstance(model.layers[-1], Softmax):
         model = Model(model.name, model.input_shape, (*model.layers, Softmax()), model.data)
-    b = bound(model, X, low, reference, method, confidence)
+    b = bound(model, X, low, reference, method, confidence, keep)
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and lab.shape[0] != b.low.output.shape[0]:
         raise ValueError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")
     return CertifyResult(model.name, b, b.reference.output, b.low.output, lab, on)
+
+
+_EXACT_LAYERS = ("relu", "maxpool2d", "flatten", "reshape", "dropout")
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Layers to keep in binary32 so that (a fraction of) the inputs certify."""
+
+    layers: list[int]
+    layer_names: list[str]
+    certified_before: float
+    certified_after: float
+    steps: list[tuple[str, float]]  # (layer added, certified fraction after it)
+    result: CertifyResult
+
+    def text(self) -> str:
+        if not self.layers:
+            return "suggest-fp32: nothing to keep in binary32"
+        path = ", ".join(f"+{n}: {100 * f:.2f}%" for n, f in self.steps)
+        return (
+            f"suggest-fp32: keep {', '.join(self.layer_names)} in binary32 -> certified "
+            f"{100 * self.certified_before:.2f}% -> {100 * self.certified_after:.2f}% ({path})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "layer_names": self.layer_names,
+            "certified_before": self.certified_before,
+            "certified_after": self.certified_after,
+            "steps": [list(s) for s in self.steps],
+        }
+
+
+def suggest_fp32(
+    model: Model,
+    X: npt.ArrayLike,
+    target: float = 1.0,
+    low: Emulated | None = None,
+    reference: Emulated | None = None,
+    method: str = "deterministic",
+    confidence: float = 0.999,
+    on: str = "logits",
+) -> Suggestion:
+    """Greedy: keep in binary32 the layer contributing most to the bounds of
+    the uncertified inputs, until a ``target`` fraction is certified.
+
+    Each step re-runs the bound, so the result is itself a certificate of
+    the suggested mixed-precision model.  Greedy is not guaranteed minimal.
+    """
+    low = low or Emulated.from_names("binary16", "binary32")
+    fp32 = Emulated(
+        reference.storage if reference else low.accumulate,
+        low.accumulate, None, low.order, low.block, low.acc_rounding, low.func_ulps,
+    )  # fmt: skip
+    keep: dict[int, Emulated] = {}
+    res = certify(model, X, None, low, reference, method, confidence, on)
+    before = float(res.certified.mean())
+    steps: list[tuple[str, float]] = []
+    while res.certified.mean() < target and len(keep) < len(model.layers):
+        unc = ~res.certified
+        b = res.bounds.bound[unc]
+        k = np.argmax(b, axis=1)
+        per = res.bounds.per_layer[unc][np.arange(unc.sum()), :, k]  # (M, L + 1)
+        score = np.median(per / np.maximum(per.sum(axis=1, keepdims=True), 1e-300), axis=0)
+        score[0] = -1  # the input rounding is not a layer
+        for i, layer in enumerate(model.layers):
+            # exact layers (their share is a derivative remainder) gain nothing in fp32
+            if i in keep or layer.type in _EXACT_LAYERS:
+                score[i + 1] = -1
+        best = int(np.argmax(score)) - 1
+        if best < 0 or score[best + 1] <= 0:
+            break
+        keep[best] = fp32
+        res = certify(model, X, None, low, reference, method, confidence, on, keep)
+        steps.append((res.bounds.layer_names[best + 1], float(res.certified.mean())))
+    names = [res.bounds.layer_names[i + 1] for i in sorted(keep)]
+    return Suggestion(sorted(keep), names, before, float(res.certified.mean()), steps, res)

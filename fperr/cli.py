@@ -121,6 +121,16 @@ def schema_cmd() -> None:
 @click.option("--on", "on", type=click.Choice(["logits", "softmax"]), default="logits")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 @click.option("--out", default=None, help="Also write the JSON report to this file.")
+@click.option(
+    "--suggest-fp32",
+    "suggest",
+    is_flag=False,
+    flag_value=1.0,
+    default=None,
+    type=float,
+    help="If inputs are not certified, find layers to keep in binary32 (optionally a "
+    "target certified fraction, default all).",
+)
 def bound_cmd(
     model_path: str,
     inputs: str | None,
@@ -135,6 +145,7 @@ def bound_cmd(
     on: str,
     as_json: bool,
     out: str | None,
+    suggest: float | None,
 ) -> None:
     """Certify per input that LOW predicts the same class as REFERENCE.
 
@@ -169,12 +180,21 @@ def bound_cmd(
     result = certify(model, X, y, lo, ref, method, confidence, on)
     report = result.to_dict()
     report["summary"]["fperr_version"] = __version__
+    advice = None
+    if suggest is not None and not result.certified.all():
+        from .certify import suggest_fp32
+
+        click.echo("searching layers to keep in binary32 ...", err=True)
+        advice = suggest_fp32(model, X, suggest, lo, ref, method, confidence, on)
+        report["suggest_fp32"] = advice.to_dict()
     if out:
         Path(out).write_text(json.dumps(report))
     if as_json:
         click.echo(json.dumps(report))
     else:
         click.echo(result.text())
+        if advice is not None:
+            click.echo(advice.text())
     sys.exit(0 if bool(result.certified.all()) else 1)
 
 

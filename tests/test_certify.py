@@ -142,3 +142,40 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, setup, args, message):
     assert "Traceback" not in res.output
     err_lines = [line for line in res.output.splitlines() if line.startswith("fperr: error")]
     assert len(err_lines) == 1
+
+
+def test_mixed_precision_bounds_are_sound_and_tighter():
+    from fperr.bounds import bound_run
+    from fperr.model import check_inputs
+
+    model = load_model("examples/mlp.yaml")
+    X = np.load("examples/digits.npz")["inputs"][:200]
+    low, f32 = Emulated.from_names("binary16"), Emulated.from_names("binary32")
+    exact = model.forward(X)
+    all16 = bound_run(model, X, low)
+    for keep in ({0: f32}, {2: f32, 4: f32}):
+        rb = bound_run(model, X, low, layer_ariths=keep)
+        h = check_inputs(X, model.input_shape)  # independent mixed-precision run
+        for i, layer in enumerate(model.layers):
+            a = keep.get(i, low)
+            h = layer.forward(a.store(h), a)
+        assert np.all(np.abs(h - exact) <= rb.radius)
+        assert np.median(rb.radius) < np.median(all16.radius)
+
+
+def test_suggest_fp32_certifies_the_boundary_inputs():
+    from fperr.certify import suggest_fp32
+
+    d = np.load("examples/digits.npz")
+    X, y = d["inputs"], d["labels"]
+    rng = np.random.default_rng(5)
+    i, j = rng.integers(0, len(X), 400), rng.integers(0, len(X), 400)
+    keep = y[i] != y[j]
+    blends = 0.5 * X[i[keep]] + 0.5 * X[j[keep]]
+    model = load_model("examples/mlp.yaml")
+    s = suggest_fp32(model, blends, target=1.0)
+    assert s.certified_before < 1.0
+    assert s.certified_after >= s.certified_before
+    assert s.layers and all(model.layers[k].type == "dense" for k in s.layers)
+    assert s.result.summary()["certified_flips"] == 0
+    assert "keep" in s.text() and s.to_dict()["layers"] == s.layers

@@ -17,6 +17,7 @@ B = B_low + B_ref.  Methods:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ..arith import Emulated
+from ..formats import Format
 from ..model import Model, check_inputs
+from ..rounding import round as fround
 from .rules import RULES, Context, apply_rule
-from .zonotope import Enclosure
+from .zonotope import Enclosure, half_ulp
 
 __all__ = ["RULES", "RunBound", "BoundResult", "bound", "bound_run", "lambda_for"]
 
@@ -66,21 +69,34 @@ def bound_run(
     method: str = "deterministic",
     confidence: float = 0.999,
     batch_size: int | None = None,
+    layer_ariths: Mapping[int, Emulated] | None = None,
 ) -> RunBound:
-    """Enclose one run of ``model`` in ``arith`` against exact arithmetic."""
+    """Enclose one run of ``model`` in ``arith`` against exact arithmetic.
+
+    ``layer_ariths`` overrides the arithmetic of some layers (by index), e.g.
+    to keep them in binary32; values are converted between storage formats
+    where consecutive layers differ (exactly when the new format contains the
+    old one, else with one more rounding).
+    """
     if method not in ("deterministic", "probabilistic"):
         raise ValueError(f"unknown method {method!r}; use deterministic or probabilistic")
     x = check_inputs(X, model.input_shape)
     events = _count_dot_products(model) + int(np.prod(model.output_shape))
     lam = lambda_for(confidence, events) if method == "probabilistic" else 0.0
-    ctx = Context(arith, "probabilistic" if method == "probabilistic" else "worst", lam)
+    accumulation = "probabilistic" if method == "probabilistic" else "worst"
+    contexts: dict[Emulated, Context] = {}
+    ctxs = []
+    for i in range(len(model.layers)):
+        a = (layer_ariths or {}).get(i, arith)
+        ctxs.append(contexts.setdefault(a, Context(a, accumulation, lam)))
+    input_ctx = ctxs[0] if ctxs else Context(arith, accumulation, lam)
     widest = max(int(np.prod(s)) for s in model.shapes())
     # Generators grow to ~ (units of all layers) columns; keep a batch near 200 MB.
     total_units = sum(int(np.prod(s)) for s in model.shapes())
     bs = batch_size or max(1, int(5e7 // max(1, widest * total_units)))
     outs, radii, layers = [], [], []
     for i in range(0, x.shape[0], bs):
-        o, r, pl = _bound_batch(model, x[i : i + bs], ctx, method, lam)
+        o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam)
         outs.append(o)
         radii.append(r)
         layers.append(pl)
@@ -88,15 +104,39 @@ def bound_run(
     return RunBound(np.concatenate(outs), np.concatenate(radii), np.concatenate(layers), fail)
 
 
+def _contains(wide: Format, narrow: Format) -> bool:
+    """Whether every value of ``narrow`` is a value of ``wide``."""
+    return (
+        wide.p >= narrow.p
+        and wide.emax >= narrow.emax
+        and wide.emin - wide.p <= (narrow.emin - narrow.p)
+    )
+
+
+def _convert(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
+    """Values move to another storage format between layers."""
+    if _contains(new, old):
+        return enc  # exact
+    y = fround(enc.value, new)
+    mag = np.abs(enc.value) + 2 * enc.radius()
+    return Enclosure(y, enc.gens, enc.groups, enc.random, enc.boxes).add_box(
+        half_ulp(mag, new), index, random=True
+    )
+
+
 def _bound_batch(
-    model: Model, x: Array, ctx: Context, method: str, lam: float
+    model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float
 ) -> tuple[Array, Array, Array]:
-    a = ctx.arith
+    a = input_ctx.arith
     xs = a.store(x)
     enc = Enclosure(xs, np.zeros((x.shape[0], int(np.prod(x.shape[1:])), 0)))
     enc = enc.add_box(np.abs(xs - x), 0, random=True)  # input rounding
+    storage = a.storage
     with np.errstate(invalid="ignore", over="ignore"):
-        for i, layer in enumerate(model.layers, start=1):
+        for i, (layer, ctx) in enumerate(zip(model.layers, ctxs, strict=True), start=1):
+            if ctx.arith.storage != storage:
+                enc = _convert(enc, storage, ctx.arith.storage, i)
+                storage = ctx.arith.storage
             enc = apply_rule(layer, enc, ctx, i).prune()
         enc = enc.materialize()
         g = np.abs(enc.gens)  # (N, K, q)
@@ -178,11 +218,16 @@ def bound(
     reference: Emulated | None = None,
     method: str = "deterministic",
     confidence: float = 0.999,
+    keep: Mapping[int, Emulated] | None = None,
 ) -> BoundResult:
-    """Bound |y_low - y_ref| per input and output; see the module docstring."""
+    """Bound |y_low - y_ref| per input and output; see the module docstring.
+
+    ``keep`` maps layer indices to the arithmetic they run in within the low
+    run (mixed precision, e.g. some layers kept in binary32).
+    """
     low = low or Emulated.from_names("binary16", "binary32")
     reference = reference or Emulated.from_names("binary32", "binary32")
-    lo = bound_run(model, X, low, method, confidence)
+    lo = bound_run(model, X, low, method, confidence, layer_ariths=keep)
     ref = bound_run(model, X, reference, method, confidence)
     names = ["input"] + [f"{i}:{layer.type}" for i, layer in enumerate(model.layers)]
     return BoundResult(lo, ref, low, reference, method, names)
