@@ -81,7 +81,8 @@ def bound_run(
     if method not in ("deterministic", "probabilistic"):
         raise ValueError(f"unknown method {method!r}; use deterministic or probabilistic")
     x = check_inputs(X, model.input_shape)
-    events = _count_dot_products(model) + int(np.prod(model.output_shape))
+    # dot products, the weight roundings inside them, and the outputs
+    events = 2 * _count_dot_products(model) + int(np.prod(model.output_shape))
     lam = lambda_for(confidence, events) if method == "probabilistic" else 0.0
     accumulation = "probabilistic" if method == "probabilistic" else "worst"
     contexts: dict[Emulated, Context] = {}
@@ -144,25 +145,45 @@ def _bound_batch(
         rnd = np.asarray(enc.random, dtype=bool)
         n_groups = len(model.layers) + 1
         if method == "probabilistic" and g.shape[2]:
-            # Hoeffding: sum of independent zero-mean terms bounded by g_j is
-            # within lam * sqrt(sum g_j^2) w.p. >= 1 - 2 exp(-lam^2 / 2).
-            det = g[:, :, ~rnd].sum(axis=2)
-            rss = lam * np.sqrt((g[:, :, rnd] ** 2).sum(axis=2))
-            # the worst case holds with certainty: never report more than it
-            radius = np.minimum(det + rss, g.sum(axis=2))
-            per = _per_layer(g, groups, n_groups)
-            # share the quadrature total among layers in proportion to sum of squares
-            sq = _per_layer(np.where(rnd, g, 0.0) ** 2, groups, n_groups)
-            detl = _per_layer(np.where(rnd, 0.0, g), groups, n_groups)
-            tot = sq.sum(axis=1, keepdims=True)
-            per = detl + np.where(tot > 0, sq / np.where(tot > 0, tot, 1), 0) * rss[:, None, :]
+            radius, per = _probabilistic(g, rnd, groups, n_groups, lam)
         else:
             radius = g.sum(axis=2)
             per = _per_layer(g, groups, n_groups)
         radius = radius * (1 + _EVAL_MARGIN)
-        radius = np.where(np.isnan(radius) | ~np.isfinite(enc.value), np.inf, radius)
+        bad = np.isnan(radius) | ~np.isfinite(enc.value.reshape(radius.shape))
+        radius = np.where(bad, np.inf, radius)
     out = enc.value.reshape(x.shape[0], -1)
     return out, radius.reshape(out.shape), per
+
+
+def _probabilistic(
+    g: Array, rnd: npt.NDArray[np.bool_], groups: npt.NDArray[np.int64], n_groups: int, lam: float
+) -> tuple[Array, Array]:
+    """Combine generators: deterministic ones (and the largest random ones) in
+    absolute value, the remaining random ones in quadrature.
+
+    For independent zero-mean terms bounded by c_j, Hoeffding gives
+    |sum| <= lam sqrt(sum c_j^2) w.p. >= 1 - 2 exp(-lam^2 / 2); any subset may
+    instead be bounded surely by sum c_j.  Per output we take the best split:
+    the t largest random terms surely, the rest in quadrature (t = 0 .. q),
+    which is never worse than either alone.
+    """
+    det = np.where(rnd, 0.0, g)
+    c = -np.sort(-np.where(rnd, g, 0.0), axis=2)  # random bounds, descending
+    sure = np.concatenate([np.zeros(c.shape[:2] + (1,)), np.cumsum(c, axis=2)], axis=2)
+    sq = np.square(c)
+    tail = np.concatenate([np.cumsum(sq[:, :, ::-1], axis=2)[:, :, ::-1],
+                           np.zeros(c.shape[:2] + (1,))], axis=2)  # fmt: skip
+    cand = sure + lam * np.sqrt(tail)  # t = 0 .. q
+    best = cand.min(axis=2)
+    radius = det.sum(axis=2) + best
+    # attribute to layers: deterministic parts exactly, the random total in
+    # proportion to each layer's share of the random bounds
+    per = _per_layer(det, groups, n_groups)
+    share = _per_layer(np.where(rnd, g, 0.0), groups, n_groups)
+    tot = share.sum(axis=1, keepdims=True)
+    per = per + np.where(tot > 0, share / np.where(tot > 0, tot, 1), 0) * best[:, None, :]
+    return radius, per
 
 
 def _per_layer(g: Array, groups: npt.NDArray[np.int64], n_groups: int) -> Array:

@@ -60,6 +60,19 @@ class Context:
             return float(min(self.lam * math.sqrt(n) * u + n * u * u, _gamma(n, u)))
         return _gamma(n, u)
 
+    def sum_of_errors(
+        self, abs_sq: Callable[[Callable[[Array], Array]], Array], abs_lin: Array
+    ) -> Array:
+        """Bound on a sum of independent rounding errors with the given bounds.
+
+        Worst case: the sum of the bounds (``abs_lin``).  Probabilistic: the
+        Hoeffding bound lambda sqrt(sum of squared bounds), where
+        ``abs_sq(square)`` maps squared operands through the squared weights.
+        """
+        if self.accumulation != "probabilistic":
+            return abs_lin
+        return np.minimum(abs_lin, self.lam * np.sqrt(abs_sq(np.square)))
+
     def func_rel(self) -> float:
         """Relative error allowed for elementwise functions before the storage rounding."""
         return self.arith.func_ulps * 2 * self.arith.accumulate.u
@@ -123,7 +136,9 @@ def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclos
     r = enc.radius()
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
-    extra = mag @ np.abs(w_hat - layer.weight).T
+    dw = np.abs(w_hat - layer.weight)
+    # weight rounding: a sum of n independent errors (dw_ij x_j)
+    extra = ctx.sum_of_errors(lambda sq: sq(mag) @ sq(dw).T, mag @ dw.T)
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)
     local = _affine_local(s_st, z, mag @ wa.T, r @ wa.T, extra, ctx, layer.weight.shape[1])
@@ -150,7 +165,8 @@ def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
 
     r = enc.radius()
     mag = np.abs(x) + 2 * r
-    extra = conv_with(np.abs(w_hat - layer.weight), mag)
+    dw = np.abs(w_hat - layer.weight)
+    extra = ctx.sum_of_errors(lambda sq: conv_with(sq(dw), sq(mag)), conv_with(dw, mag))
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)[None, :, None, None]
     n = int(np.prod(layer.weight.shape[1:]))
