@@ -22,7 +22,6 @@ from ..errors import FperrInputError
 from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
 from .rules import _derivative_range
-from .symbolic import evaluate
 
 Array = npt.NDArray[np.float64]
 
@@ -76,6 +75,8 @@ def _affine(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Ar
     acc = a.accumulate.gamma(n) if a.acc_rounding == "nearest" else _gamma(n, a.u_acc)
     zb = (z0 + s_r + acc * s_m + d_w + d_b) / (1 - 2 * a.storage.u)
     zb = np.maximum(zb, a.storage.smallest_normal)  # u_s * that = half the subnormal spacing
+    from .symbolic import evaluate  # sympy is heavy: import on use
+
     rad = evaluate("dense", S_R=s_r, S_m=s_m, Z=zb, D_W=d_w, D_b=d_b, n=n,
                    u_a=a.u_acc, u_s=a.storage.u)  # fmt: skip
     return zc - zw, zc + zw, rad
@@ -106,6 +107,8 @@ def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tupl
     lip = np.maximum(np.abs(dlo), np.abs(dhi))
     big = np.maximum(np.maximum(np.abs(f(wlo)), np.abs(f(whi))), 0.17 if t == "gelu" else 0.0)
     big = np.maximum(big * (1 + 2 * a.accumulate.u), a.storage.smallest_normal)
+    from .symbolic import evaluate
+
     rad = evaluate("activation", L=lip, r=r, F=big, u_s=a.storage.u, u_a=a.accumulate.u)
     return f_lo, f_hi, rad
 
