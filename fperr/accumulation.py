@@ -3,39 +3,38 @@
 An :class:`AccumulationModel` names the format inputs and outputs are stored
 in (``storage``), the format every product and partial sum is rounded to
 (``accumulate``) and the order of the additions.  :func:`sum`, :func:`dot` and
-:func:`matmul` return, as float64, exactly what a kernel with that model does:
-inputs are rounded to ``storage``; each term (a product, exact when
-``2 * storage.p <= accumulate.p``, or an input for ``sum``) is rounded to
-``accumulate``; the terms are added in ``order``, each partial sum rounded to
-``accumulate``; the result is rounded to ``storage``.  All rounding is to
-nearest-even.  Orders:
+:func:`matmul` return (as float64) exactly what such a kernel computes: inputs
+rounded to ``storage``; each term (a product, exact when ``2 * storage.p <=
+accumulate.p``; an input for ``sum``) rounded to ``accumulate``; terms added in
+``order``, each partial sum rounded to ``accumulate``; the result rounded to
+``storage``.  All rounding is to nearest-even.  Orders:
 
 * ``"sequential"``: left to right from 0, ``((0 + t0) + t1) + ...``;
 * ``"pairwise"``: adjacent pairs level by level, ``(t0 + t1) + (t2 + t3)``,
   ...; an odd last term moves up a level unchanged;
-* ``"blocked"``: sequential inside blocks of ``block`` terms, then sequential
-  from 0 over the block sums;
-* ``"blas"``: whatever order an optimised kernel picks.  The error bounds
-  elsewhere in fperr hold for any order; this emulates one of them by a
-  float32 BLAS call when ``accumulate`` is binary32 and the products are exact
-  in binary32 (so fused multiply-adds round like separate ones), and falls
-  back to ``"sequential"`` otherwise.
+* ``"blocked"``: sequential in blocks of ``block`` terms, then sequential from
+  0 over the block sums;
+* ``"blas"``: any order.  The error bounds elsewhere in fperr hold for every
+  order; this emulates one by a float32 BLAS call when ``accumulate`` is
+  binary32 and the products are exact in it (fused multiply-adds then round
+  like separate ones), else it is ``"sequential"``.
 
-binary32 and binary64 accumulators use numpy's float32/float64 arithmetic,
-which rounds every operation correctly.  Other formats compute in float64 and
-round each result with :func:`fperr.round`: exact, because a product of two
-``p <= 26``-bit numbers is a float64 number, and rounding the float64 sum of
-two ``p``-bit numbers to ``p`` bits equals rounding the exact sum when
-``53 >= 2p + 1`` (S. A. Figueroa, "When is double rounding innocuous?", ACM
-SIGNUM Newsletter 30(3), 1995).
+binary32/binary64 accumulators use numpy's float32/float64 arithmetic (each
+operation correctly rounded).  Others compute in float64 and round each result
+with :func:`fperr.round`, which is exact: a product of two ``p <= 26``-bit
+numbers is a float64 number, and rounding the float64 sum of two ``p``-bit
+numbers to ``p`` bits equals rounding the exact sum when ``53 >= 2p + 1``
+(S. A. Figueroa, "When is double rounding innocuous?", SIGNUM Newsl. 30(3), 1995).
 """
 
 from __future__ import annotations
 
+import builtins
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, Literal, get_args
 
@@ -61,13 +60,12 @@ FloatArray = npt.NDArray[np.float64]
 Array = npt.NDArray[Any]
 
 _B16, _B32, _B64 = FORMATS["binary16"], FORMATS["binary32"], FORMATS["binary64"]
-# Elements per cache tile of the rank-1 update loops: 1 MiB of float32, the
-# L2 size of one core on typical x86, so the accumulator stays in cache.
-_TILE = 1 << 18
+_TILE = 1 << 18  # elements per tile of rank-1 updates: 1 MiB of float32 stays in L2
 
 
 def _is(fmt: Format, ref: Format) -> bool:
-    return (fmt.p, fmt.emax, fmt.subnormals, fmt.inf_nan) == astuple(ref)[1:]
+    return (fmt.p, fmt.emax, fmt.subnormals, fmt.inf_nan) == (
+        ref.p, ref.emax, ref.subnormals, ref.inf_nan)  # fmt: skip
 
 
 def _emulable(fmt: Format) -> bool:  # see the module docstring
@@ -106,14 +104,9 @@ class AccumulationModel:
 
     @property
     def products_exact(self) -> bool:
-        """Whether every product of two storage numbers is exact in ``accumulate``
-        (precision and range)."""
-        s, a = self.storage, self.accumulate
-        return (
-            2 * s.p <= a.p
-            and 2 * (s.emax + 1) <= a.emax
-            and 2 * (s.emin - s.p + 1) >= a.emin - a.p + 1
-        )
+        """Every product of two storage numbers is exact in ``accumulate``."""
+        s, a = self.storage, self.accumulate  # precision, overflow, underflow:
+        return 2 * s.p <= a.p and s.emax < a.emax // 2 and 2 * (s.emin - s.p) + 1 >= a.emin - a.p
 
     def __repr__(self) -> str:
         block = f", block={self.block}" if self.order == "blocked" else ""
@@ -168,7 +161,7 @@ def get_accumulation(name: str | AccumulationModel) -> AccumulationModel:
 # -- threads and rounding -----------------------------------------------------------
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 _WORKERS = max(1, min(4, _CPUS or 1))
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child needs its own
 
 
 def _run(jobs: Sequence[Callable[[], None]]) -> None:
@@ -180,68 +173,100 @@ def _run(jobs: Sequence[Callable[[], None]]) -> None:
         for job in jobs:
             job()
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="fperr-accumulation")
-    futures = [_pool.submit(job) for job in jobs[1:]]
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(_WORKERS, thread_name_prefix="fperr-acc"))
+    futures = [_pool[1].submit(job) for job in jobs[1:]]
     jobs[0]()
     for f in futures:
         f.result()
 
 
-def _parts(n: int, min_size: int) -> list[tuple[int, int]]:
-    """Split range(n) into at most _WORKERS pieces of at least min_size."""
+def _parts(n: int, min_size: int) -> list[tuple[int, int]]:  # <= _WORKERS pieces
     k = max(1, min(_WORKERS, n // max(min_size, 1)))
     return [(n * i // k, n * (i + 1) // k) for i in range(k)]
 
 
-def _binary16(x: Array) -> Array:
-    """``x`` (contiguous float32 or float64) rounded to binary16, nearest-even:
-    numpy's casts, faster (this is the bulk of a float32 BLAS matmul's
-    emulation).  With ``e`` the binade of ``|x|`` clamped to [-14, 15] and
-    ``c = 2**(e + q - 11)`` (q = 24 or 53), ``|x| + c`` lies in [c, 2c) where
-    the spacing is binary16's ``2**(e - 10)``: one rounding to nearest-even at
-    the right place (the last bit's parity is the binary16 one), and
-    subtracting ``c`` is exact."""
+_local = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: Any, order: Any = "C") -> Array:
+    """A reusable array of this thread (contents undefined).  Fresh large
+    blocks cost a page fault per 4 KiB, which can exceed the arithmetic done
+    in them; blocks over 8 MiB are not kept."""
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if size > 1 << 23:
+        return np.empty(shape, dtype, order=order)
+    bufs: dict[str, Array] = _local.__dict__.setdefault("bufs", {})
+    if name not in bufs or bufs[name].nbytes < size:
+        bufs[name] = np.empty(max(size, 1 << 16), np.uint8)
+    return bufs[name][:size].view(dtype).reshape(shape, order=order)
+
+
+def _binary16(x: Array, c: Array, y: Array) -> None:
+    """``y[:] = x`` rounded to binary16, nearest-even, as numpy's casts do but
+    faster, for float32 or float64 ``x`` (``y``: x's dtype; ``c``: a buffer of
+    ints as wide).  With ``e`` the binade of ``|x|`` clamped to [-14, 15]
+    and ``c = 2**(e + q - 11)`` (q = 24 or 53), ``|x| + c`` lies in [c, 2c]
+    where the spacing is binary16's ``2**(e - 10)``: one rounding to nearest
+    at the right place, ties to even (the last bit's parity is binary16's);
+    subtracting ``c`` again is exact."""
     it, mant, bias = (np.int32, 23, 127) if x.dtype == np.float32 else (np.int64, 52, 1023)
-    c: Array = np.bitwise_and(x.view(it), ((1 << mant) - 1) ^ np.iinfo(it).max)  # exponent
+    np.bitwise_and(x.view(it), ((1 << mant) - 1) ^ np.iinfo(it).max, out=c)  # exponent
     np.clip(c, it((bias - 14) << mant), it((bias + 15) << mant), out=c)
     c += it((mant - 10) << mant)
-    y = np.abs(x)
+    np.abs(x, out=y)
     y += c.view(x.dtype)
     y -= c.view(x.dtype)
-    y[y > _B16.max] = np.inf  # 65520 and above: ties-to-even lands on 65536
-    return np.copysign(y, x, out=y)
+    y[y > _B16.max] = np.inf  # from 65520 up: ties-to-even lands on 65536
+    np.copysign(y, x, out=y)
 
 
-def _round_all(xs: list[npt.ArrayLike], fmt: Format, dtype: type[np.floating[Any]]) -> list[Array]:
+def _round_range(xf: Array, of: Array, fmt: Format, lo: int, hi: int) -> None:
+    """``of[lo:hi] = round(xf[lo:hi], fmt)`` in cache-sized chunks with reused
+    buffers (fresh large temporaries cost page faults and cache misses)."""
+    size = max(1, min(1 << 14, hi - lo))
+    b16 = _is(fmt, _B16)
+    if b16:
+        c = _scratch("c", (size,), np.int32 if xf.dtype == np.float32 else np.int64)
+        y = _scratch("y", (size,), xf.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
+        for i in range(lo, hi, size):
+            j = min(i + size, hi)
+            if b16:
+                _binary16(xf[i:j], c[: j - i], y[: j - i])
+                of[i:j] = y[: j - i]
+            else:
+                of[i:j] = _fround(xf[i:j], fmt)
+
+
+def _round_all(
+    xs: list[npt.ArrayLike], fmt: Format, dtype: type[np.floating[Any]], scratch: bool = False
+) -> list[Array]:
     """Each ``x`` rounded to ``fmt`` (nearest), as ``dtype`` arrays (which must
-    hold ``fmt``'s numbers exactly), the work split over threads."""
-    outs, jobs, b16 = [], [], _is(fmt, _B16)
-    for x in xs:
-        xa = np.asarray(x)
-        # (not ascontiguousarray: it turns 0-d arrays into 1-d ones)
-        xa = np.asarray(xa if xa.dtype == np.float32 else xa.astype(np.float64), order="C")
-        out = np.empty(xa.shape, dtype)
-        outs.append(out)
-        xf, of = xa.reshape(-1), out.reshape(-1)
-
-        def job(xf: Array = xf, of: Array = of, lo: int = 0, hi: int = 0) -> None:
-            with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
-                of[lo:hi] = _binary16(xf[lo:hi]) if b16 else _fround(xf[lo:hi], fmt)
-
-        jobs += [partial(job, lo=lo, hi=hi) for lo, hi in _parts(xf.size, 1 << 16)]
+    hold ``fmt``'s numbers exactly; in this thread's scratch space if asked),
+    the work split over threads."""
+    # (np.asarray, not ascontiguousarray: that turns 0-d arrays into 1-d ones)
+    ins = [np.asarray(x) for x in xs]
+    ins = [
+        np.asarray(x, np.float32 if x.dtype == np.float32 else np.float64, order="C") for x in ins
+    ]
+    total = builtins.sum(x.size for x in ins)
+    buf = _scratch("storage", (total,), dtype) if scratch else np.empty(total, dtype)
+    outs, jobs, start = [], [], 0
+    for xa in ins:
+        of = buf[start : start + xa.size]
+        start += xa.size
+        outs.append(of.reshape(xa.shape))
+        xf = xa.reshape(-1)
+        jobs += [partial(_round_range, xf, of, fmt, lo, hi) for lo, hi in _parts(xf.size, 1 << 16)]
     _run(jobs)
     return outs
 
 
 # -- arithmetic of the accumulator ------------------------------------------------------
 class _Arith:
-    """Products and sums rounded to ``accumulate``, on arrays of ``dtype``.
-
-    binary32 and binary64 accumulators use numpy's own correctly rounded
-    float32/float64 arithmetic; other formats compute in float64 and round
-    each result with :func:`fperr.round` (exact: see the module docstring).
-    """
+    """Products and sums rounded to ``accumulate``, on arrays of ``dtype``:
+    native float32/float64 arithmetic, or float64 rounded with fperr.round."""
 
     def __init__(self, model: AccumulationModel) -> None:
         self.model = model
@@ -301,13 +326,6 @@ def _reduce_last(t: Array, ar: _Arith, order: str, block: int) -> Array:
     return acc
 
 
-def _storage_terms(xs: list[npt.ArrayLike], ar: _Arith) -> list[Array]:
-    """Inputs rounded to storage; as float32 when the accumulator is native
-    binary32 (storage numbers are float32 numbers then), else float64."""
-    dtype = ar.dtype if ar.native else np.float64
-    return _round_all(xs, ar.model.storage, dtype)
-
-
 def _finish(acc: Array, model: AccumulationModel) -> FloatArray:
     return _round_all([acc], model.storage, np.float64)[0]
 
@@ -318,7 +336,7 @@ def sum(  # noqa: A001 - fperr.accumulation.sum mirrors numpy.sum
     """The sum of ``x`` along ``axis`` as a kernel with ``model`` computes it."""
     model = get_accumulation(model)
     ar = _Arith(model)
-    t = np.moveaxis(ar.terms(_storage_terms([x], ar)[0]), axis, -1)
+    t = np.moveaxis(ar.terms(_round_all([x], model.storage, ar.dtype)[0]), axis, -1)
     return _finish(_reduce_last(t, ar, model.order, model.block), model)
 
 
@@ -329,7 +347,7 @@ def dot(
     a 0-d array for two vectors."""
     model = get_accumulation(model)
     ar = _Arith(model)
-    xs, ys = _storage_terms([x, y], ar)
+    xs, ys = _round_all([x, y], model.storage, ar.dtype)
     return _finish(_reduce_last(ar.mul(xs, ys), ar, model.order, model.block), model)
 
 
@@ -340,25 +358,22 @@ def _f32_products_exact(a: Array, b: Array, storage: Format) -> bool:
     over- or underflow."""
     if 2 * storage.p > 24:
         return False
-    if 2 * (storage.emax + 1) <= 127 and 2 * (storage.emin - storage.p + 1) >= -149:
-        return True  # any two storage numbers (binary16, fp8)
-    if a.size == 0 or b.size == 0:
-        return True
-    with np.errstate(invalid="ignore", over="ignore"):
-        aa, ab = np.abs(a), np.abs(b)
-        big = float(np.max(aa)) * float(np.max(ab))
-        tiny = float(np.min(aa, where=aa > 0, initial=np.inf)) * float(
-            np.min(ab, where=ab > 0, initial=np.inf)
-        )
-    return big < 2.0**127 and tiny >= 2.0**-126  # normal range: 2p <= 24 bits fit
+    if AccumulationModel(storage, _B32).products_exact or a.size == 0 or b.size == 0:
+        return True  # any two storage numbers (binary16, fp8), or nothing to multiply
+    aa, ab = np.abs(a), np.abs(b)
+    big = float(np.max(aa)) * float(np.max(ab))
+    tiny = float(np.min(aa, where=aa > 0, initial=1)) * float(np.min(ab, where=ab > 0, initial=1))
+    return big < 2.0**127 and tiny >= 2.0**-126  # in the normal range 2p <= 24 bits fit
 
 
 def _seq_matmul(a: Array, b: Array, ar: _Arith) -> Array:
     """``a @ b`` (2-D, accumulator dtype) summed sequentially from 0 in k order."""
     m, k = a.shape
     n = b.shape[1]
-    out = np.zeros((m, n), ar.dtype)
-    at = np.ascontiguousarray(a.T)
+    out = _scratch("acc", (m, n), ar.dtype)
+    out.fill(0)
+    at = _scratch("at", (k, m), a.dtype)
+    at[...] = a.T
     if (
         _sger is not None
         and ar.dtype == np.float32
@@ -373,14 +388,15 @@ def _seq_matmul(a: Array, b: Array, ar: _Arith) -> Array:
         # which would hide 0 * inf = NaN.  Tiles of rows keep C in cache.
         rows = max(1, min(m, _TILE // max(n, 1)))
         for i0 in range(0, m, rows):
-            c = np.zeros((min(rows, m - i0), n), np.float32, order="F")
+            c = _scratch("sger", (min(rows, m - i0), n), np.float32, order="F")
+            c.fill(0)
             for kk in range(k):
                 c = _sger(1.0, at[kk, i0 : i0 + rows], b[kk], a=c, overwrite_a=1)
             out[i0 : i0 + c.shape[0]] = c
         return out
 
     def tile(i0: int, i1: int) -> None:  # rank-1 updates of rows i0:i1, in cache
-        acc, tmp = out[i0:i1], np.empty((i1 - i0, n), ar.dtype)
+        acc, tmp = out[i0:i1], _scratch("tmp", (i1 - i0, n), ar.dtype)
         for kk in range(k):
             ar.mul(at[kk, i0:i1, None], b[kk], out=tmp)
             ar.add(acc, tmp, out=acc)
@@ -401,16 +417,17 @@ def _matmul2d(a: Array, b: Array, model: AccumulationModel, ar: _Arith) -> Array
             exact = ar.native and model.storage.p <= 26
         if exact:
             with np.errstate(over="ignore", invalid="ignore"):
-                return np.matmul(a, b)
+                return np.matmul(a, b, out=_scratch("acc", (m, n), ar.dtype))
         order = "sequential"
     if order == "blocked" and k > model.block:
-        total = np.zeros((m, n), ar.dtype)
+        total = _scratch("total", (m, n), ar.dtype)
+        total.fill(0)
         for k0 in range(0, k, model.block):
             part = _seq_matmul(a[:, k0 : k0 + model.block], b[k0 : k0 + model.block], ar)
             ar.add(total, part, out=total)
         return total
     if order == "pairwise":
-        out = np.empty((m, n), ar.dtype)
+        out = _scratch("acc", (m, n), ar.dtype)
         rows = max(1, _TILE // max(k * n, 1))
         for i0 in range(0, m, rows):
             p = ar.mul(a[i0 : i0 + rows, :, None], b[None, :, :])
@@ -428,7 +445,7 @@ def matmul(
     sa, sb = np.shape(a), np.shape(b)
     if len(sa) < 2 or len(sb) != 2 or sa[-1] != sb[0]:
         raise ValueError(f"matmul needs a (..., m, k) and b (k, n); got {sa}, {sb}")
-    a_st, b_st = _storage_terms([a, b], ar)
+    a_st, b_st = _round_all([a, b], model.storage, ar.dtype, scratch=True)  # float32 if binary32
     a2 = a_st.reshape(int(np.prod(sa[:-1], dtype=np.int64)), sa[-1])
     acc = _matmul2d(a2, b_st, model, ar)  # b is shared by the batch: one 2-D product
     return _finish(acc, model).reshape(*sa[:-1], sb[1])

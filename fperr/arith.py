@@ -106,6 +106,12 @@ class Emulated:
     def to_operand(self, x: Array) -> Array:
         return fround(x, self.operand_format)
 
+    @property
+    def operand_narrower(self) -> bool:
+        """Whether matmul operands are rounded below storage precision (TF32)."""
+        op = self.operand_format
+        return op.p < self.storage.p or op.emax < self.storage.emax
+
     def matmul(self, a: Array, b: Array) -> Array:
         """Dot products of already-rounded operands, accumulated, then stored."""
         binary32 = get_format("binary32")

@@ -230,6 +230,68 @@ def check_training_cmd(
     sys.exit(code)
 
 
+@cli.command("validate")
+@click.option("--model", "model_path", default=None, help="Model spec (YAML).")
+@click.option("--inputs", default=None, help="Inputs (default: the spec's data).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", default=None, help="Write the JSON report here.")
+@click.option("--report", default=None, help="Summarize and re-check a stored report instead.")
+@click.option("--batch-size", default=None, type=int, help="Large batch size (default: all).")
+def validate_cmd(
+    model_path: str | None,
+    inputs: str | None,
+    device: str,
+    out: str | None,
+    report: str | None,
+    batch_size: int | None,
+) -> None:
+    """Run the model in real PyTorch precisions and check every bound.
+
+    Exit 0 if no observed error exceeds its bound, 1 otherwise, 2 on bad input.
+    """
+    from .errors import FperrInputError
+    from .validate import validate_cli
+
+    if model_path is None:
+        raise FperrInputError("--model is required (also with --report, to recompute bounds)")
+    text, code = validate_cli(
+        model_path, inputs, device, out, report, batch_size,
+        log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    click.echo(text)
+    sys.exit(code)
+
+
+@cli.command("probe")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+def probe_cmd(device: str) -> None:
+    """Measure how the platform's fp16/bf16 GEMM accumulates; name the model."""
+    from .probe import probe_cli
+
+    text, code = probe_cli(device)
+    click.echo(text)
+    sys.exit(code)
+
+
+@cli.command("figures")
+@click.option("--out", "out_dir", default="paper_figures/out", show_default=True)
+@click.option("--small", is_flag=True, help="Fewer inputs: a quick build.")
+def figures_cmd(out_dir: str, small: bool) -> None:
+    """Build every paper figure (PDF + PNG) and the LaTeX snippets."""
+    from pathlib import Path
+
+    try:
+        from paper_figures.build import build_all
+    except ImportError:
+        from .errors import FperrInputError
+
+        raise FperrInputError(
+            "paper_figures is not importable: run from the repository root"
+        ) from None
+    paths = build_all(Path(out_dir), small=small, log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {len(paths)} files to {out_dir}")
+
+
 def main() -> None:
     cli(prog_name="fperr")
 

@@ -18,8 +18,9 @@ residual of ``div`` and ``sqrt``, of which only the sign is needed), then round
 Supported formats: those with ``p <= 26`` and ``emax <= 480`` (binary16,
 bfloat16, tf32, binary32, the fp8 formats, custom ones) in every mode of
 :data:`fperr.rounding.MODES`, and binary64 with ``mode="nearest"`` only (plain
-numpy arithmetic).  ``mode="stochastic"`` rounds the float64 result ``s``, so
-its probabilities use the float64 approximation of the exact fraction.
+numpy arithmetic; no ``fma``, which numpy cannot round once).
+``mode="stochastic"`` rounds the float64 result ``s``, so its probabilities
+use the float64 approximation of the exact fraction.
 """
 
 from __future__ import annotations

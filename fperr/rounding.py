@@ -230,4 +230,4 @@ def _round_generic(
             y[over] = np.where(away[over], big, fmt.max)
         if not fmt.subnormals:
             y[y < fmt.smallest_normal] = 0.0
-    return np.copysign(y, x)
+    return np.copysign(y, x).reshape(x.shape)  # 0-d stays 0-d

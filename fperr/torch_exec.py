@@ -41,6 +41,7 @@ from .layers import (
     Softmax,
 )
 from .model import Model, check_inputs
+from .rounding import round as fround
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -159,6 +160,9 @@ def _sequential(layers: tuple[Layer, ...], shape: Shape) -> torch.nn.Sequential:
         mods.append(_module(layer, shape))
         shape = layer.out_shape(shape)
     return torch.nn.Sequential(*mods)
+
+
+_TORCH_FORMATS = {"float16": "binary16", "bfloat16": "bfloat16", "float32": "binary32"}
 
 
 def to_torch(model: Model) -> torch.nn.Sequential:
@@ -342,7 +346,18 @@ def run_torch(
     bs = n if batch_size is None else min(batch_size, max(n, 1))
 
     tdtype = getattr(torch, dtype)
-    net = to_torch(model).to(device=dev, dtype=tdtype)
+    # torch converts float64 to float16/bfloat16 through float32 (rounding
+    # twice); round once with fperr first so the conversion is exact.
+    fmt = _TORCH_FORMATS.get(dtype)
+    if fmt is not None:
+        x = fround(x, fmt)
+    net = to_torch(model)
+    if fmt is not None:
+        with torch.no_grad():
+            for p in list(net.parameters()) + list(net.buffers()):
+                if p.is_floating_point():
+                    p.copy_(torch.from_numpy(fround(p.detach().cpu().numpy(), fmt)))
+    net = net.to(device=dev, dtype=tdtype)
     outs: list[Array] = []
     with _flags(torch, tf32, reduced_precision_reduction), torch.inference_mode():
         flags = _record(torch, dev, dtype, tf32, auto, bs, n)

@@ -210,3 +210,25 @@ def test_satire_regression_pairwise_binary64_reduction():
     ours = get_format("binary64").gamma(10) * 1024  # |x_i| < 1
     assert ours <= 1.2505552149377763e-12
     assert ours == pytest.approx(10 * u * 1024, rel=1e-12)
+
+
+def test_tf32_bound_covers_chopped_and_rounded_operands():
+    """TF32 kernels round both operands (activations too), possibly by chopping."""
+    from fperr import round as fround
+
+    rng = np.random.default_rng(11)
+    model = random_mlp(rng, 2, 48, "tanh")
+    X = rng.standard_normal((60, 12))
+    a = Emulated.from_names("binary32", "binary32", "tf32")
+    rb = bound_run(model, X, a)
+    exact = model.forward(X)
+    for mode in ("nearest", "toward_zero"):
+        h = X
+        for layer in model.layers:
+            if isinstance(layer, Dense):
+                xo, wo = fround(h, "tf32", mode), fround(layer.weight, "tf32", mode)
+                h = fround(fround(xo @ wo.T, "binary32") + fround(layer.bias, "binary32"),
+                           "binary32")  # fmt: skip
+            else:
+                h = layer.forward(h, a)
+        assert np.all(np.abs(h - exact) <= rb.radius), mode

@@ -294,3 +294,9 @@ def test_bad_arguments():
         fperr.round([1.0], "binary17")
     with pytest.raises(ValueError, match="wider than binary64"):
         fperr.round([1.0], Format("quad", p=113, emax=16383))
+
+
+def test_zero_dimensional_inputs_stay_zero_dimensional():
+    for fmt in ("binary16", "bfloat16", "float8_e4m3fn"):
+        y = fperr.round(0.1, fmt)
+        assert y.shape == () and float(y) == fperr.round_scalar(0.1, fmt)

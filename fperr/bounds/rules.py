@@ -124,6 +124,24 @@ def _affine_local(
     return acc + e1 + e2 + extra
 
 
+def _operand_error(mag: Array, a: Emulated) -> Array | None:
+    """Error of rounding activations of magnitude <= mag to the operand format.
+
+    A full ulp (not half): hardware conversions to TF32 may chop.
+    """
+    if not a.operand_narrower:
+        return None
+    return 2 * half_ulp(mag, a.operand_format)
+
+
+def _weight_error(w_hat: Array, w: Array, a: Emulated) -> Array:
+    """|W_hat - W|, or a full ulp of the operand format where it may chop (TF32)."""
+    dw = np.abs(w_hat - w)
+    if a.operand_narrower:
+        dw = np.maximum(dw, 2 * half_ulp(np.abs(w), a.operand_format))
+    return dw
+
+
 @rule("dense")
 def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Dense layer: Higham 2002, Lemma 3.1 / eq. 3.11 for each dot product,
@@ -131,14 +149,17 @@ def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclos
     a = ctx.arith
     x = enc.value
     w_hat = a.to_operand(layer.weight)
-    s_st = a.matmul(x, w_hat.T)
+    s_st = a.matmul(a.to_operand(x), w_hat.T)
     z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
     r = enc.radius()
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
-    dw = np.abs(w_hat - layer.weight)
+    dw = _weight_error(w_hat, layer.weight, a)
     # weight rounding: a sum of n independent errors (dw_ij x_j)
     extra = ctx.sum_of_errors(lambda sq: sq(mag) @ sq(dw).T, mag @ dw.T)
+    dx = _operand_error(mag, a)
+    if dx is not None:  # activations rounded to a narrower operand format (TF32)
+        extra = extra + ctx.sum_of_errors(lambda sq: sq(dx) @ sq(wa).T, dx @ wa.T)
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)
     local = _affine_local(s_st, z, mag @ wa.T, r @ wa.T, extra, ctx, layer.weight.shape[1])
@@ -153,7 +174,7 @@ def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     x = enc.value
     w_hat = a.to_operand(layer.weight)
     nobias = Conv2d(w_hat, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-    s_st = nobias.forward(x, a)
+    s_st = nobias.forward(x, a)  # rounds x to the operand format itself
     z = s_st
     if layer.bias is not None:
         z = a.store(s_st + a.store(layer.bias)[None, :, None, None])
@@ -165,12 +186,15 @@ def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
 
     r = enc.radius()
     mag = np.abs(x) + 2 * r
-    dw = np.abs(w_hat - layer.weight)
+    dw = _weight_error(w_hat, layer.weight, a)
     extra = ctx.sum_of_errors(lambda sq: conv_with(sq(dw), sq(mag)), conv_with(dw, mag))
+    wa = np.abs(w_hat)
+    dx = _operand_error(mag, a)
+    if dx is not None:  # activations rounded to a narrower operand format (TF32)
+        extra = extra + ctx.sum_of_errors(lambda sq: conv_with(sq(wa), sq(dx)), conv_with(wa, dx))
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)[None, :, None, None]
     n = int(np.prod(layer.weight.shape[1:]))
-    wa = np.abs(w_hat)
     local = _affine_local(s_st, z, conv_with(wa, mag), conv_with(wa, r), extra, ctx, n)
     lin = lambda cols: conv_with(layer.weight, cols)  # noqa: E731
     out = enc.linear(z, lin, ctx.matrix_of(layer, x.shape[1:], lin))

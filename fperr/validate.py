@@ -1,0 +1,750 @@
+"""Check every bound and certificate against real PyTorch runs (CPU or CUDA).
+
+:func:`validate` runs a model in each of :data:`CONFIGS` (float64, float32
+with TF32 off, PyTorch's defaults, TF32, float16 with and without reduced
+precision reduction, bfloat16, float16 autocast) at several batch sizes --
+kernel choice, and so the summation order, changes with the batch size -- and
+checks, per input and output,
+
+    |y_config - y_float64| <= R_config + R_float64
+
+where ``R_config`` is fperr's bound (:func:`fperr.bounds.bound_run`) on the
+distance of *any* run obeying the config's arithmetic model from the exact
+output, and ``R_float64`` the same bound for float64 arithmetic: the slack
+that covers the float64 reference's own rounding error (triangle
+inequality; about 2^-29 of the binary32 bound).  It also counts argmax flips
+against float32 (TF32 off) at the same batch size and, for the 16-bit
+configs, whether any input the certificate (:mod:`fperr.certify`) calls safe
+flipped anyway.
+
+The :class:`ValidationReport` keeps the observed outputs (losslessly, in the
+narrowest float format that holds them), so :func:`recheck` can recompute
+the *current* bounds for a committed real-hardware run and list any output
+they no longer cover: the regression guard for changes to the bounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .arith import Emulated
+from .errors import FperrInputError
+from .formats import Format, get_format
+from .layers import Conv2d, Residual
+from .model import Model, check_inputs
+from .probe import ProbeResult, probe, probe_cli
+from .rounding import round as fround
+from .validation_report import (
+    ConfigResult,
+    ValidationReport,
+    _arith_key,
+    _num,
+    arith_from_dict,
+    arith_to_dict,
+    summarize,
+)
+
+__all__ = ["CONFIGS", "ConfigResult", "ProbeResult", "TorchConfig", "ValidationReport",
+           "arithmetic_for", "probe", "probe_cli", "recheck", "summarize", "validate",
+           "validate_cli"]  # fmt: skip
+
+Array = npt.NDArray[np.float64]
+Rounding = Literal["nearest", "truncate"]
+
+# Elementwise functions (tanh, exp, erf, sigmoid) are not correctly rounded:
+# the CUDA Math API documents up to 2 ulp for tanhf/expf/erff, glibc's tanh
+# and tanhf up to 2 ulp (ATen's vector loops use Sleef at 1 ulp but finish
+# the tail with the scalar libm call).  The default allowance of 1 ulp would
+# not cover them, so every config is bounded with 2.
+FUNC_ULPS = 2.0
+
+# A TF32 run stores float32 values and rounds (or chops) both GEMM operands to
+# TF32 where they are used: an error of up to half a binary32 ulp plus half a
+# TF32 ulp (double rounding), or a whole TF32 ulp (chopping).  Both are within
+# one TF32 ulp, the half ulp of rounding to nearest one bit shorter: the TF32
+# configs are bounded with values stored in this format.
+TF32_COVER = Format("tf32_cover", p=10, emax=127)
+
+
+# -- configurations -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TorchConfig:
+    """One way of running a model in PyTorch (the arguments of ``run_torch``)."""
+
+    name: str
+    dtype: str
+    tf32: bool = False
+    autocast: str | None = None
+    reduced_precision_reduction: bool | None = None
+    tensor_cores: bool = False  # on CUDA: GEMMs on tensor cores (chopping accumulators)
+    certify: bool = False  # 16-bit: check the fp16-vs-fp32 certificate against it
+    description: str = ""
+
+
+CONFIGS: dict[str, TorchConfig] = {
+    c.name: c
+    for c in (
+        TorchConfig("float64", "float64", description="the reference: float64 everywhere"),
+        TorchConfig("float32", "float32", description="float32, TF32 off (strict IEEE)"),
+        TorchConfig("float32_default", "float32",
+                    description="float32 with PyTorch's default flags (cuDNN may use TF32)"),
+        TorchConfig("tf32", "float32", tf32=True, tensor_cores=True,
+                    description="float32 with TF32 allowed for matmuls and convolutions"),
+        TorchConfig("float16_red", "float16", reduced_precision_reduction=True,
+                    tensor_cores=True, certify=True,
+                    description="float16, cuBLAS reduced-precision reduction allowed"),
+        TorchConfig("float16", "float16", reduced_precision_reduction=False,
+                    tensor_cores=True, certify=True,
+                    description="float16, reduced-precision reduction disallowed"),
+        TorchConfig("bfloat16", "bfloat16", reduced_precision_reduction=False,
+                    tensor_cores=True, certify=True, description="bfloat16"),
+        TorchConfig("autocast_float16", "float32", autocast="float16",
+                    reduced_precision_reduction=True, tensor_cores=True, certify=True,
+                    description="float32 model under torch.autocast(float16), default flags"),
+    )
+}  # fmt: skip
+
+
+def _has_conv(layers: Iterable[Any]) -> bool:
+    return any(
+        isinstance(layer, Conv2d) or (isinstance(layer, Residual) and _has_conv(layer.layers))
+        for layer in layers
+    )
+
+
+def _acc_rounding(measured: str | None, device: str, tensor_cores: bool) -> Rounding:
+    # DESIGN.md: tensor cores do not round to nearest inside the accumulation;
+    # a chopping model (2 u_acc per addition) unless the probe measured
+    # round-to-nearest.  CPU FMA units round to nearest unless the probe saw
+    # chopping or directed rounding ("inconclusive": no evidence against it).
+    if measured == "nearest":
+        return "nearest"
+    if device.startswith("cuda") and tensor_cores:
+        return "truncate"
+    return "nearest" if measured in (None, "inconclusive") else "truncate"
+
+
+def arithmetic_for(
+    config: TorchConfig | str, device: str, probe_result: ProbeResult, model: Model | None = None
+) -> tuple[Emulated, str]:
+    """The fperr arithmetic whose bound must cover ``config`` on ``device``, and why."""
+    c = CONFIGS[config] if isinstance(config, str) else config
+    pr = probe_result
+    cuda = device.startswith("cuda")
+    if c.name == "float32_default" and cuda and model is not None and _has_conv(model.layers):
+        # PyTorch's defaults leave cuDNN's TF32 on (torch.backends.cudnn.allow_tf32
+        # = True): convolutions run on TF32 tensor cores, so the TF32 model applies.
+        arith, why = arithmetic_for(replace(c, name="tf32", tf32=True, tensor_cores=True),
+                                    device, pr, model)  # fmt: skip
+        return arith, "PyTorch's default cuDNN TF32 for convolutions: " + why
+    if c.dtype == "float64":
+        # Only the slack: float64 vs exact, any order (MKL/cuBLAS DGEMM round to nearest).
+        return Emulated.from_names("binary64", "binary64", func_ulps=FUNC_ULPS), (
+            "float64 storage and accumulation: the reference's own error, used as slack"
+        )
+    if c.dtype == "float32" and c.autocast is None and not c.tf32:
+        # Strict float32: SGEMM/SIMD FMA kernels round every operation to nearest.
+        rnd = _acc_rounding(pr.rounding.get("float32"), device, False)
+        why = "float32 storage, float32 FMA accumulation"
+        if c.name == "float32_default":
+            why += " (matmul TF32 is off by default" + (
+                "; the model has no convolutions for cuDNN's TF32)" if cuda else ")"
+            )
+        return Emulated.from_names("binary32", "binary32", func_ulps=FUNC_ULPS,
+                                   acc_rounding=rnd), (
+            f"{why}, {rnd} (probe: {pr.rounding.get('float32')})")  # fmt: skip
+    if c.tf32:
+        # Emulated(binary32, operand=tf32) rounds only the weights to TF32
+        # (fperr.layers.Dense.forward, bounds.rules.dense_rule), not the activations
+        # a TF32 kernel rounds too, so its bound does not cover TF32 runs.  Storing
+        # every value in TF32_COVER does: a stored value carries at most the error
+        # the consumer's operand has (see TF32_COVER), the float32 accumulation is
+        # modelled as it is, and float32 results are closer than the stored ones.
+        # On the CPU the TF32 flags do nothing: the run is plain float32, covered too.
+        rnd = _acc_rounding(pr.rounding.get("tf32"), device, c.tensor_cores)
+        return Emulated(TF32_COVER, get_format("binary32"), func_ulps=FUNC_ULPS,
+                        acc_rounding=rnd), (
+            f"TF32 operands (probe: {pr.tf32_operand}) covered by {TF32_COVER.name} storage"
+            f" (p=10), float32 accumulation, {rnd}"
+        )  # fmt: skip
+    low = c.autocast or c.dtype
+    red = bool(c.reduced_precision_reduction)
+    key = f"{low}/red={red}"
+    storage = get_format(low)
+    measured = pr.accumulate.get(key, "unknown")
+    if red:
+        # Reduced-precision reduction lets cuBLAS reduce split-K partial sums in
+        # 16 bits: 16-bit accumulation unless the probe saw fp32 accumulation.
+        acc = "binary32" if measured == "binary32" else storage.name
+    else:
+        # fp32 accumulation (cuBLAS computeType 32F, CPU opmath); a 16-bit
+        # accumulator, if the probe saw one, is the model.
+        acc = storage.name if measured == storage.name else "binary32"
+    rnd = _acc_rounding(pr.rounding.get(key), device, c.tensor_cores)
+    what = "autocast " if c.autocast else ""
+    return Emulated.from_names(storage, acc, func_ulps=FUNC_ULPS, acc_rounding=rnd), (
+        f"{what}{storage.name} storage, {acc} accumulation (probe: {measured}), {rnd}"
+    )
+
+
+# -- the environment ----------------------------------------------------------------------------
+def _environment(torch: Any, device: str) -> dict[str, Any]:
+    from . import __version__
+    from .torch_exec import _device_name
+
+    dev = torch.device(device)
+    env: dict[str, Any] = {
+        "device": str(dev),
+        "device_name": _device_name(torch, dev),
+        "driver": None,
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "cudnn": None,
+        "fperr": __version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_capability": _call(lambda: torch.backends.cpu.get_cpu_capability()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if dev.type == "cuda":
+        env["cudnn"] = _call(torch.backends.cudnn.version)
+        env["capability"] = list(torch.cuda.get_device_capability(dev))
+        env["driver"] = _driver()
+    return env
+
+
+def _call(f: Callable[[], Any]) -> Any:
+    try:
+        return f()
+    except Exception:  # informational only: never fail a run over it
+        return None
+
+
+def _driver() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+# -- the checks ---------------------------------------------------------------------------------
+def _fingerprint(model: Model) -> str:
+    """sha256 of the layer types, their parameters and the input shape."""
+    h = hashlib.sha256(repr(tuple(model.input_shape)).encode())
+
+    def walk(layers: Iterable[Any]) -> None:
+        for layer in layers:
+            h.update(layer.type.encode())
+            for k, v in sorted(vars(layer).items()):
+                h.update(k.encode())
+                if isinstance(v, np.ndarray):
+                    h.update(repr(v.shape).encode() + np.ascontiguousarray(v, "<f8").tobytes())
+                elif k == "layers":  # a residual block's body
+                    walk(v)
+                else:
+                    h.update(repr(v).encode())
+
+    walk(model.layers)
+    return h.hexdigest()
+
+
+def _parameters(layers: Iterable[Any]) -> list[np.ndarray[Any, Any]]:
+    out: list[np.ndarray[Any, Any]] = []
+    for layer in layers:
+        for k, v in vars(layer).items():
+            if isinstance(v, np.ndarray):
+                out.append(v)
+            elif k == "layers":
+                out += _parameters(v)
+    return out
+
+
+def _double_rounded(values: list[np.ndarray[Any, Any]], storage: Format) -> int:
+    """How many values torch's float64 -> float32 -> storage conversion puts elsewhere
+    than rounding once (c10 converts double to Half/BFloat16 through float)."""
+    if storage.p >= 24:
+        return 0
+    n = 0
+    for v in values:
+        x = np.asarray(v, np.float64).ravel()
+        with np.errstate(over="ignore"):
+            twice = fround(x.astype(np.float32).astype(np.float64), storage)
+        n += int(np.sum(twice != fround(x, storage)))
+    return n
+
+
+def _ratios(bound: Array, observed: Array) -> tuple[Array, Array]:
+    """Per input: max_k bound, max_k observed."""
+    return bound.reshape(len(bound), -1).max(axis=1), observed.reshape(len(bound), -1).max(axis=1)
+
+
+def _check(
+    y: Array,
+    y64: Array,
+    bound: Array,
+    pred32: npt.NDArray[np.int64],
+    certified: npt.NDArray[np.bool_] | None,
+    ref_class: npt.NDArray[np.int64] | None,
+) -> dict[str, Any]:
+    """The figures of one run: ``bound`` = R_config + R_float64, per output."""
+    n = len(y)
+    obs = np.abs(y - y64).reshape(n, -1)
+    b = bound.reshape(n, -1)
+    with np.errstate(invalid="ignore"):
+        outside = ~(obs <= b) & ~np.isinf(b)
+        excess = np.where(np.isinf(b), -np.inf, obs - b)
+    bad = outside.any(axis=1)
+    bmax, omax = _ratios(b, obs)
+    pos = omax > 0
+    ratio = bmax[pos] / omax[pos]
+
+    def q(p: float) -> float | None:
+        return _num(np.percentile(ratio, p)) if ratio.size else None
+
+    pred = y.reshape(n, -1).argmax(axis=1)
+    out: dict[str, Any] = {
+        "n_inputs": n,
+        "observed_max": _num(np.max(omax)),
+        "observed_median": _num(np.median(omax)),
+        "bound_median": _num(np.median(bmax)),
+        "violations": int(bad.sum()),
+        # a NaN output against a finite bound is as bad as it gets
+        "worst_excess": _num(np.max(np.where(np.isnan(excess), np.inf, excess))),
+        "violating_inputs": np.flatnonzero(bad)[:50].tolist(),
+        "tightness": {
+            "median": q(50),
+            "p10": q(10),
+            "p90": q(90),
+            "min": q(0),
+            "max": q(100),
+            "n_zero": int((~pos).sum()),
+        },
+        "flips": int((pred != pred32).sum()),
+        "flips_vs_float64": int((pred != y64.reshape(n, -1).argmax(axis=1)).sum()),
+    }
+    if certified is not None and ref_class is not None:
+        wrong = certified & ((pred != pred32) | (pred != ref_class) | (pred32 != ref_class))
+        out["certified"] = int(certified.sum())
+        out["certified_flips"] = int(wrong.sum())
+        out["certified_flipped_inputs"] = np.flatnonzero(wrong)[:50].tolist()
+    return out
+
+
+def _per_input_ratio(y: Array, y64: Array, bound: Array) -> Array:
+    bmax, omax = _ratios(bound, np.abs(y - y64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(omax > 0, bmax / omax, np.inf)
+
+
+def _bound_chunk(model: Model, x: Array, arith: Emulated) -> tuple[Array, Array]:
+    from .bounds import bound_run
+
+    rb = bound_run(model, x, arith)
+    return rb.output, rb.radius
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+class _Bounds:
+    """bound_run per distinct arithmetic, computed once; with ``workers`` > 1 in
+    spawned processes (one BLAS thread each: the bound code gains nothing from
+    more), over chunks of inputs, while the caller runs torch."""
+
+    def __init__(
+        self, model: Model, x: Array, log: Callable[[str], None], workers: int = 1
+    ) -> None:
+        self.model, self.x, self.log, self.workers = model, x, log, workers
+        self.cache: dict[str, Any] = {}
+        self.pending: dict[str, list[Any]] = {}
+        self.pool: Any = None
+
+    def start(self, ariths: Iterable[Emulated]) -> None:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        todo = {_arith_key(a): a for a in ariths}
+        todo = {k: a for k, a in todo.items() if k not in self.cache and k not in self.pending}
+        if self.workers <= 1 or not todo:
+            return
+        n = len(self.x)
+        per = max(1, -(-2 * self.workers // len(todo)))  # ~2 tasks per worker
+        size = max(1, -(-n // per))
+        saved = {v: os.environ.get(v) for v in _THREAD_VARS}
+        os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))  # read by the spawned workers
+        try:
+            if self.pool is None:
+                ctx = multiprocessing.get_context("spawn")  # no fork after CUDA init
+                self.pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            for key, a in todo.items():
+                self.log(f"bounding {n} inputs in {a.name} ({a.acc_rounding}), in the background")
+                self.pending[key] = [
+                    self.pool.submit(_bound_chunk, self.model, self.x[i : i + size], a)
+                    for i in range(0, n, size)
+                ]
+        finally:
+            for v, old in saved.items():
+                if old is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = old
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+    def __call__(self, arith: Emulated) -> Any:
+        from .bounds import RunBound
+
+        key = _arith_key(arith)
+        if key not in self.cache:
+            if key in self.pending:
+                parts = [f.result() for f in self.pending.pop(key)]
+            else:
+                self.log(f"bounding {len(self.x)} inputs in {arith.name} ({arith.acc_rounding})")
+                parts = [_bound_chunk(self.model, self.x, arith)]
+            out = np.concatenate([p[0] for p in parts])
+            radius = np.concatenate([p[1] for p in parts])
+            self.cache[key] = RunBound(out, radius, np.zeros((len(out), 0, out.shape[1])))
+        return self.cache[key]
+
+    def certified(self, low: Emulated, ref: Emulated) -> tuple[Any, Any]:
+        """Certificate mask and reference class, exactly as :func:`fperr.certify.certify`."""
+        from .bounds import BoundResult
+        from .certify import CertifyResult
+
+        lo, rf = self(low), self(ref)
+        b = BoundResult(lo, rf, low, ref, "deterministic")
+        c = CertifyResult(self.model.name, b, rf.output, lo.output)
+        return c.certified, c.reference_class
+
+
+# -- running ------------------------------------------------------------------------------------
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise FperrInputError("validation needs torch (pip install torch)") from None
+    return torch
+
+
+def _check_device(torch: Any, device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FperrInputError(f"unknown device {device!r}; use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FperrInputError(f"unsupported device {device!r}; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FperrInputError(f"device {device!r} requested but torch.cuda.is_available() is False")
+
+
+def _run_defaults(model: Model, x: Array, device: str, bs: int) -> Any:
+    """float32 with PyTorch's documented default flags: matmul TF32 off, cuDNN TF32
+    on, reduced-precision reduction allowed.  ``run_torch`` always sets both TF32
+    flags to one value, so it cannot express this mix."""
+    from .torch_exec import TorchRun, _flag_state, _record, _restore, to_torch
+
+    torch = _torch()
+    dev = torch.device(device)
+    net = to_torch(model).to(device=dev, dtype=torch.float32)
+    state = _flag_state(torch)
+    outs = []
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True
+        for r in ("fp16", "bf16"):
+            setattr(torch.backends.cuda.matmul, f"allow_{r}_reduced_precision_reduction", True)
+        with torch.inference_mode():
+            flags = _record(torch, dev, "float32", False, None, bs, len(x))
+            for i in range(0, len(x), bs):
+                xb = torch.from_numpy(x[i : i + bs]).to(device=dev, dtype=torch.float32)
+                outs.append(net(xb).to(torch.float64).cpu().numpy())
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+    finally:
+        _restore(torch, state)
+    return TorchRun(np.concatenate(outs).astype(np.float64), flags)
+
+
+def _run(model: Model, x: Array, c: TorchConfig, device: str, bs: int) -> Any:
+    from .torch_exec import run_torch
+
+    if c.name == "float32_default":
+        run = _run_defaults(model, x, device, bs)
+    else:
+        run = run_torch(model, x, dtype=c.dtype, device=device, tf32=c.tf32,
+                        autocast=c.autocast or False,
+                        reduced_precision_reduction=c.reduced_precision_reduction,
+                        batch_size=bs)  # fmt: skip
+    run.flags["config"] = c.name
+    return run
+
+
+def _resolve_configs(configs: Sequence[str | TorchConfig] | None) -> list[TorchConfig]:
+    chosen = list(CONFIGS.values()) if configs is None else []
+    for c in configs or ():
+        if isinstance(c, TorchConfig):
+            chosen.append(c)
+        elif c in CONFIGS:
+            chosen.append(CONFIGS[c])
+        else:
+            raise FperrInputError(f"unknown config {c!r}; valid: {', '.join(CONFIGS)}")
+    names = [c.name for c in chosen]
+    # float64 is the reference and float32 the flip reference: always run
+    extra = [CONFIGS[n] for n in ("float64", "float32") if n not in names]
+    return extra + chosen
+
+
+def validate(
+    model: Model,
+    X: npt.ArrayLike,
+    labels: npt.ArrayLike | None = None,
+    device: str = "cpu",
+    batch_sizes: Sequence[int | None] = (None, 1),
+    configs: Sequence[str | TorchConfig] | None = None,
+    probe_result: ProbeResult | None = None,
+    log: Callable[[str], None] | None = None,
+    workers: int = 1,
+) -> ValidationReport:
+    """Run ``model`` on ``X`` in every config x batch size and check the bounds.
+
+    ``batch_sizes``: ``None`` means all inputs at once; the first entry's
+    float64 run is the reference.  ``probe_result``: how the device's GEMMs
+    accumulate (default: :func:`probe` it now); it decides the arithmetic of
+    the 16-bit and TF32 configs (:func:`arithmetic_for`).  ``log``: progress
+    messages (e.g. ``print`` to stderr).  ``workers``: processes computing the
+    bounds (in the background, while torch runs); 1 computes them in this one.
+    More than 1 spawns processes, which re-import the calling script: call it
+    from a module or under ``if __name__ == "__main__":``.
+    """
+    say = log or (lambda _msg: None)
+    torch = _torch()
+    _check_device(torch, device)
+    x = check_inputs(X, model.input_shape)
+    n = len(x)
+    if n == 0:
+        raise FperrInputError("no inputs to validate")
+    if not batch_sizes:
+        raise FperrInputError("batch_sizes is empty")
+    for b in batch_sizes:
+        if b is not None and b < 1:
+            raise FperrInputError(f"batch sizes must be positive, got {b}")
+    bss = list(dict.fromkeys(n if b is None else min(int(b), n) for b in batch_sizes))
+    cfgs = _resolve_configs(configs)
+    if probe_result is None:
+        say(f"probing {device} ...")
+        probe_result = probe(device)
+    ariths = {c.name: arithmetic_for(c, device, probe_result, model) for c in cfgs}
+    bounds = _Bounds(model, x, say, workers)
+    try:
+        bounds.start(a for a, _ in ariths.values())
+        runs: dict[tuple[str, int], Any] = {}
+        for bs in bss:
+            for c in cfgs:
+                say(f"running {c.name} at batch size {bs}")
+                runs[(c.name, bs)] = _run(model, x, c, device, bs)
+        for a, _ in ariths.values():
+            bounds(a)
+    finally:
+        bounds.close()
+    r64 = bounds(ariths["float64"][0]).radius
+    ref_arith = ariths["float32"][0]
+    params = _parameters(model.layers) + [x]
+    y64 = runs[("float64", bss[0])].outputs
+
+    results, arrays = [], {"inputs": x}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    arrays["outputs:float64@reference"] = y64
+    min_ratio = np.full(n, np.inf)
+    cert = {c.name: bounds.certified(ariths[c.name][0], ref_arith) for c in cfgs if c.certify}
+    for bs in bss:
+        pred32 = runs[("float32", bs)].predictions
+        for c in cfgs:
+            arith, why = ariths[c.name]
+            run = runs[(c.name, bs)]
+            total = bounds(arith).radius + r64
+            cm, rc = cert.get(c.name, (None, None))
+            figures = _check(run.outputs, y64, total, pred32, cm, rc)
+            # TF32_COVER already covers float32-then-TF32 double rounding
+            st = get_format(c.autocast) if c.autocast else arith.storage
+            dr = 0 if st == TF32_COVER else _double_rounded(params, st)
+            results.append(ConfigResult(c.name, bs, arith_to_dict(arith), why, dict(run.flags),
+                                        double_rounded=dr, **figures))  # fmt: skip
+            arrays[f"outputs:{c.name}@{bs}"] = run.outputs
+            min_ratio = np.minimum(min_ratio, _per_input_ratio(run.outputs, y64, total))
+    arrays["min_ratio"] = min_ratio.astype(np.float32)
+    return ValidationReport(
+        model_name=model.name,
+        model_fingerprint=_fingerprint(model),
+        n_inputs=n,
+        environment=_environment(torch, device),
+        probe=probe_result.to_dict(),
+        certificate_reference=arith_to_dict(ref_arith),
+        results=tuple(results),
+        arrays=arrays,
+    )
+
+
+# -- reading reports ----------------------------------------------------------------------------
+def _subset(report: ValidationReport, limit: int | None) -> npt.NDArray[np.int64]:
+    """All inputs, or the ``limit`` closest to their bound plus every flipped one."""
+    n = report.n_inputs
+    if limit is None or limit >= n:
+        return np.arange(n)
+    a = report.arrays
+    ratio = a["min_ratio"].astype(np.float64)
+    chosen = set(np.argsort(ratio, kind="stable")[:limit].tolist())
+    ref = a["outputs:float64@reference"].reshape(n, -1).argmax(axis=1)
+    for r in report.results:
+        pred = a[f"outputs:{r.key}"].reshape(n, -1).argmax(axis=1)
+        chosen |= set(np.flatnonzero(pred != ref).tolist())
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def recheck(
+    report_path: str | Path | ValidationReport,
+    model: Model,
+    limit: int | None = None,
+    workers: int = 1,
+) -> list[str]:
+    """Recompute the *current* bounds for a stored report; one line per problem.
+
+    Every stored run is checked again, |y - y_float64| <= R + R_float64 per
+    output, with each config's stored arithmetic, and every certificate of a
+    16-bit config against the stored argmaxes.  ``limit``: only the inputs
+    closest to their bound (and every input some run flipped), for a quick
+    check.  ``workers``: processes for the bounds.  An empty list means the
+    current bounds cover every stored run.
+    """
+    rep = report_path if isinstance(report_path, ValidationReport) else (
+        ValidationReport.load(report_path))  # fmt: skip
+    if rep.model_fingerprint != _fingerprint(model):
+        raise FperrInputError(
+            f"the report was made with another model than {model.name!r} (fingerprint differs)"
+        )
+    idx = _subset(rep, limit)
+    x = rep.arrays["inputs"][idx]
+    bounds = _Bounds(model, x, lambda _m: None, workers)
+    ref_arith = arith_from_dict(rep.certificate_reference)
+    a64 = next((arith_from_dict(r.arithmetic) for r in rep.results if r.config == "float64"), None)
+    if a64 is None:
+        raise FperrInputError("the report has no float64 run")
+    try:
+        bounds.start([a64, ref_arith, *(arith_from_dict(r.arithmetic) for r in rep.results)])
+        r64 = bounds(a64).radius
+        problems = _recheck_runs(rep, idx, bounds, r64, ref_arith)
+    finally:
+        bounds.close()
+    return problems
+
+
+def _recheck_runs(
+    rep: ValidationReport,
+    idx: npt.NDArray[np.int64],
+    bounds: _Bounds,
+    r64: Array,
+    ref_arith: Emulated,
+) -> list[str]:
+    a = rep.arrays
+    y64 = a["outputs:float64@reference"][idx]
+    problems: list[str] = []
+    for r in rep.results:
+        arith = arith_from_dict(r.arithmetic)
+        y = a[f"outputs:{r.key}"][idx]
+        pred32 = a[f"outputs:float32@{r.batch_size}"][idx]
+        pred32 = pred32.reshape(len(idx), -1).argmax(axis=1)
+        cm, rc = (None, None)
+        if r.certified is not None:
+            cm, rc = bounds.certified(arith, ref_arith)
+        total = bounds(arith).radius + r64
+        f = _check(y, y64, total, pred32, cm, rc)
+        obs = np.abs(y - y64).reshape(len(idx), -1)
+        for i in f["violating_inputs"][:10]:
+            k = int(np.argmax(obs[i] - total.reshape(len(idx), -1)[i]))
+            problems.append(
+                f"{r.key}: input {int(idx[i])} output {k}: observed {obs[i, k]:.6g}"
+                f" > bound {total.reshape(len(idx), -1)[i, k]:.6g} ({arith.name})"
+            )
+        if f["violations"] > 10:
+            problems.append(f"{r.key}: ... {f['violations']} inputs outside the bound in all")
+        for i in f.get("certified_flipped_inputs", [])[:10]:
+            problems.append(f"{r.key}: input {int(idx[i])} certified but flipped against float32")
+    return problems
+
+
+# -- command-line entry points ------------------------------------------------------------------
+def validate_cli(
+    model_path: str,
+    inputs: str | None = None,
+    device: str = "cpu",
+    out: str | None = None,
+    report: str | None = None,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    log: Callable[[str], None] | None = None,
+    workers: int = 1,
+) -> tuple[str, int]:
+    """``fperr validate``: (text, exit code); 0 when nothing is violated, 1 otherwise.
+
+    With ``report``: print that stored report's summary and recheck it against
+    the current bounds instead of running.  ``batch_size``: the large batch
+    size (default: all inputs at once); batch size 1 always runs too.
+    ``limit``: validate only the first ``limit`` inputs.
+    """
+    from .datasets import load_inputs, load_labels
+    from .model import load_model
+
+    model = load_model(model_path)
+    if report is not None:
+        rep = ValidationReport.load(report)
+        problems = recheck(rep, model, workers=workers)
+        text = (
+            summarize(rep)
+            + "\n\nrecheck against the current bounds: "
+            + (
+                "no violation"
+                if not problems
+                else f"{len(problems)} problems\n" + "\n".join(problems)
+            )
+        )
+        return text, 0 if rep.ok and not problems else 1
+    if batch_size is not None and batch_size < 1:
+        raise FperrInputError(f"batch size must be positive, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise FperrInputError(f"limit must be positive, got {limit}")
+    _check_device(_torch(), device)
+    base = Path(model_path).parent
+    if inputs is None:
+        if model.data is None:
+            raise FperrInputError("no inputs given and the model spec has no data section")
+        X, y = load_inputs(model.data.inputs, base)
+        if model.data.labels:
+            y = load_labels(model.data.labels, base)
+    else:
+        X, y = load_inputs(inputs)
+    if limit is not None:
+        X, y = X[:limit], None if y is None else y[:limit]
+    rep = validate(model, X, y, device=device, batch_sizes=(batch_size, 1), log=log,
+                   workers=workers)  # fmt: skip
+    if out:
+        rep.save(out)
+    return summarize(rep), 0 if rep.ok else 1

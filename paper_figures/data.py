@@ -1,0 +1,141 @@
+"""Data behind the figures: example models, digits inputs, bounds and certificates.
+
+Everything is cached per process, so that figures (and the LaTeX table)
+built together share their runs: the binary16 run of the MLP behind the
+tolerance figure is the one in the formats figure and in the table.  All
+inputs are the first ``n`` rows of ``examples/digits.npz``; nothing is
+random.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from fperr.arith import Emulated, Exact
+from fperr.bounds import BoundResult, RunBound, bound_run
+from fperr.certify import CertifyResult
+from fperr.model import Model, load_model
+
+Array = npt.NDArray[np.float64]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+VALIDATION_RESULTS = ROOT / "validation" / "results"
+
+#: example model stems and the names the figures print
+MODELS: dict[str, str] = {"mlp": "MLP", "cnn": "CNN", "deep_tanh": "deep tanh MLP"}
+LOW = ("binary16", "binary32")  # storage, accumulation of the low-precision run
+REFERENCE = ("binary32", "binary32")
+
+
+def inputs_for(name: str, small: bool) -> int:
+    """How many digits inputs a model is evaluated on.
+
+    All 1797 for the MLP and the CNN; the deep tanh MLP's enclosures carry
+    ~4600 generators per output, which costs seconds per handful of inputs,
+    so it gets 16 (and is left out of small builds: 0).
+    """
+    if name == "deep_tanh":
+        return 0 if small else 16
+    return 200 if small else 1797
+
+
+def models_for(small: bool) -> list[str]:
+    return [m for m in MODELS if inputs_for(m, small) > 0]
+
+
+@cache
+def model(name: str) -> Model:
+    return load_model(EXAMPLES / f"{name}.yaml")
+
+
+class Digits(NamedTuple):
+    inputs: Array
+    labels: npt.NDArray[np.int64]
+
+
+@cache
+def digits() -> Digits:
+    with np.load(EXAMPLES / "digits.npz", allow_pickle=False) as z:
+        return Digits(np.asarray(z["inputs"], np.float64), np.asarray(z["labels"], np.int64))
+
+
+@cache
+def arith(storage: str, accumulate: str, order: str = "blas") -> Emulated:
+    return Emulated.from_names(storage, accumulate, order=order)
+
+
+def prefix(name: str, depth: int) -> Model:
+    """The first ``depth`` layers of a model, as a model."""
+    m = model(name)
+    if depth == len(m.layers):
+        return m
+    return Model(f"{m.name}[:{depth}]", m.input_shape, m.layers[:depth])
+
+
+def run(
+    name: str,
+    n: int,
+    storage: str,
+    accumulate: str,
+    order: str = "blas",
+    depth: int | None = None,
+    method: str = "deterministic",
+) -> RunBound:
+    """``bound_run`` of (a prefix of) a model on the first ``n`` digits."""
+    depth = len(model(name).layers) if depth is None else depth
+    return _run(name, n, storage, accumulate, order, depth, method)
+
+
+@cache
+def _run(
+    name: str, n: int, storage: str, accumulate: str, order: str, depth: int, method: str
+) -> RunBound:
+    X = digits().inputs[:n]
+    return bound_run(prefix(name, depth), X, arith(storage, accumulate, order), method=method)
+
+
+def certificate(
+    name: str, n: int, storage: str = LOW[0], accumulate: str = LOW[1]
+) -> CertifyResult:
+    """See :func:`_certificate`."""
+    return _certificate(name, n, storage, accumulate)
+
+
+@cache
+def _certificate(name: str, n: int, storage: str, accumulate: str) -> CertifyResult:
+    """What ``fperr.certify.certify(model, X, labels, low, reference)`` returns,
+    assembled from cached runs (the binary32 reference run is shared by all
+    low-precision arithmetics)."""
+    m = model(name)
+    low = arith(storage, accumulate)
+    ref = arith(*REFERENCE)
+    lo = run(name, n, storage, accumulate)
+    rf = run(name, n, *REFERENCE)
+    names = ["input"] + [f"{i}:{layer.type}" for i, layer in enumerate(m.layers)]
+    b = BoundResult(
+        low=lo, reference=rf, low_arith=low, reference_arith=ref, method="deterministic",
+        layer_names=names,
+    )  # fmt: skip
+    return CertifyResult(
+        model_name=m.name, bounds=b, y_ref=rf.output, y_low=lo.output,
+        labels=digits().labels[:n],
+    )  # fmt: skip
+
+
+@cache
+def activations(name: str, n: int, storage: str | None, accumulate: str | None) -> list[Array]:
+    """Per-layer activations of a run (``storage=None``: exact float64)."""
+    a = Exact() if storage is None else arith(storage, accumulate or storage)
+    return model(name).activations(digits().inputs[:n], a)
+
+
+def clear() -> None:
+    """Forget every cached run (the tests use it to time cold builds)."""
+    for f in (model, digits, arith, _run, _certificate, activations):
+        f.cache_clear()

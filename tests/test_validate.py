@@ -1,0 +1,329 @@
+"""Real-hardware validation: bounds vs PyTorch runs, reports, recheck, the GEMM probe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fperr.arith import Emulated
+from fperr.errors import FperrInputError
+from fperr.layers import Activation, Dense
+from fperr.model import Model, load_model
+
+torch = pytest.importorskip("torch")
+
+from fperr.validate import (  # noqa: E402
+    CONFIGS,
+    TF32_COVER,
+    ProbeResult,
+    ValidationReport,
+    _fingerprint,
+    arithmetic_for,
+    probe,
+    recheck,
+    summarize,
+    validate,
+    validate_cli,
+)
+from fperr.validation_report import _decode, _encode  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+RESULTS = ROOT / "validation" / "results"
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+# Inputs rechecked per committed report: the ones closest to their bound (plus
+# every input some run flipped); the deep tanh MLP's bound costs ~0.15 s each.
+RECHECK_LIMIT = {"digits-mlp": 200, "digits-cnn": 100, "digits-deep-tanh": 4}
+
+
+def small_mlp() -> Model:
+    rng = np.random.default_rng(11)
+
+    def r(*shape: int) -> np.ndarray:
+        # float32 values, as trained weights are: torch's float64 -> float16
+        # conversion goes through float32, which must not double-round here
+        return (rng.standard_normal(shape) * 0.4).astype(np.float32).astype(np.float64)
+
+    layers = (Dense(r(24, 12), r(24)), Activation("relu"), Dense(r(24, 24), r(24)),
+              Activation("tanh"), Dense(r(6, 24), r(6)))  # fmt: skip
+    return Model("small-mlp", (12,), layers)
+
+
+def small_inputs(n: int = 40) -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 17, (n, 12)) / 16.0
+
+
+@pytest.fixture(scope="module")
+def cpu_probe() -> ProbeResult:
+    return probe("cpu")
+
+
+@pytest.fixture(scope="module")
+def small_report(cpu_probe: ProbeResult) -> ValidationReport:
+    X = small_inputs()
+    labels = np.arange(len(X)) % 6
+    return validate(small_mlp(), X, labels, device="cpu", probe_result=cpu_probe)
+
+
+# -- validate on the CPU ------------------------------------------------------------------------
+def test_small_mlp_on_cpu_has_no_violation(small_report: ValidationReport) -> None:
+    rep = small_report
+    assert rep.violations == 0 and rep.certified_flips == 0 and rep.ok
+    keys = {(r.config, r.batch_size) for r in rep.results}
+    assert keys == {(c, b) for c in CONFIGS for b in (40, 1)}
+    for r in rep.results:
+        assert r.n_inputs == 40 and r.worst_excess is not None and r.worst_excess <= 0
+        assert r.flags["batch_size"] == r.batch_size and r.flags["config"] == r.config
+        assert r.double_rounded == 0
+        if r.config != "float64" or r.batch_size == 1:
+            t = r.tightness
+            assert t["min"] is not None and 1 <= t["min"] <= t["p10"] <= t["median"] <= t["p90"]
+    f16 = rep.result("float16", 40)
+    assert f16.certified is not None and f16.certified > 0
+    assert rep.result("float32", 1).flips == 0
+    assert rep.result("float32", 40).observed_max > 0  # a real float32 run, not float64
+
+
+def test_bounds_in_worker_processes_give_the_same_report(
+    small_report: ValidationReport, cpu_probe: ProbeResult
+) -> None:
+    X = small_inputs()
+    rep = validate(small_mlp(), X, np.arange(len(X)) % 6, device="cpu",
+                   probe_result=cpu_probe, workers=2)  # fmt: skip
+    assert rep.results == small_report.results
+
+
+def test_report_summary_and_reprs(small_report: ValidationReport) -> None:
+    text = summarize(small_report)
+    assert "small-mlp" in text and "0 bound violations" in text
+    for c in CONFIGS:
+        assert c in text
+    assert "small-mlp" in repr(small_report) and "0 violations" in repr(small_report)
+    assert "<table>" in small_report._repr_html_()
+
+
+def test_report_round_trips_through_json(small_report: ValidationReport, tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    small_report.save(path)
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    back = ValidationReport.load(path)
+    assert back.results == small_report.results
+    assert back.to_dict() == json.loads(path.read_text())
+    assert back.arrays.keys() == small_report.arrays.keys()
+    for k, a in small_report.arrays.items():
+        assert np.array_equal(back.arrays[k], a, equal_nan=True), k
+    env = back.environment
+    for key in ("device_name", "torch", "cuda", "fperr", "driver"):
+        assert key in env
+    assert recheck(path, small_mlp()) == []
+
+
+def test_certificates_match_certify(small_report: ValidationReport) -> None:
+    from fperr.certify import certify
+    from fperr.validate import arith_from_dict
+
+    r = small_report.result("float16", 1)
+    low = arith_from_dict(r.arithmetic)
+    ref = arith_from_dict(small_report.certificate_reference)
+    res = certify(small_mlp(), small_inputs(), low=low, reference=ref)
+    assert int(res.certified.sum()) == r.certified
+
+
+def test_doctored_report_is_detected(small_report: ValidationReport, tmp_path: Path) -> None:
+    key = "outputs:float16@1"
+    y = small_report.arrays[key].copy()
+    y[7, 2] += 1000.0
+    path = tmp_path / "doctored.json"
+    replace(small_report, arrays={**small_report.arrays, key: y}).save(path)
+    problems = recheck(path, small_mlp())
+    assert any(p.startswith("float16@1: input 7 output 2: observed") for p in problems)
+    assert not any(p.startswith("float16@40") for p in problems)
+    # the command-line entry point reports it too, with exit code 1
+    model_path = tmp_path / "small.yaml"
+    small_mlp().save(model_path)
+    text, code = validate_cli(str(model_path), report=str(path))
+    assert code == 1 and "input 7 output 2" in text
+
+
+def test_recheck_refuses_another_model(small_report: ValidationReport, tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    small_report.save(path)
+    other = load_model(EXAMPLES / "mlp.yaml")
+    with pytest.raises(FperrInputError, match="another model"):
+        recheck(path, other)
+
+
+# -- committed real-hardware reports: the regression guard --------------------------------------
+def committed_reports() -> list[Path]:
+    return sorted(p for p in RESULTS.glob("**/*.json") if p.name != "probe.json")
+
+
+def test_cpu_reports_are_committed() -> None:
+    names = {p.stem for p in (RESULTS / "cpu").glob("*.json")}
+    assert {"mlp", "cnn", "deep_tanh"} <= names
+
+
+@pytest.fixture(scope="module")
+def example_models() -> dict[str, Model]:
+    models = [load_model(p) for p in sorted(EXAMPLES.glob("*.yaml"))]
+    return {_fingerprint(m): m for m in models}
+
+
+@pytest.mark.parametrize("path", committed_reports(), ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_report_holds_under_current_bounds(
+    path: Path, example_models: dict[str, Model]
+) -> None:
+    assert path.stat().st_size < 2_000_000
+    rep = ValidationReport.load(path)
+    assert rep.ok, f"{path} was committed with violations"
+    model = example_models.get(rep.model_fingerprint)
+    assert model is not None, f"{path}: no example model with its fingerprint"
+    assert recheck(rep, model, limit=RECHECK_LIMIT.get(rep.model_name, 8)) == []
+
+
+# -- configs -> arithmetics ---------------------------------------------------------------------
+def fake_probe(**kw: object) -> ProbeResult:
+    base: dict[str, object] = dict(
+        device="cuda:0", device_name="fake", torch="x", cuda="13.0",
+        accumulate={f"{d}/red={r}": "binary32" for d in ("float16", "bfloat16")
+                    for r in (False, True)},
+        rounding={"float32": "nearest", "tf32": "inconclusive",
+                  **{f"{d}/red={r}": "inconclusive" for d in ("float16", "bfloat16")
+                     for r in (False, True)}},
+        tf32_operand="nearest", covered_by={},
+    )  # fmt: skip
+    base.update(kw)
+    return ProbeResult(**base)  # type: ignore[arg-type]
+
+
+def test_arithmetic_mapping() -> None:
+    pr = fake_probe()
+    a, why = arithmetic_for("float16", "cuda", pr)
+    names = (a.storage.name, a.accumulate.name, a.acc_rounding)
+    assert names == ("binary16", "binary32", "truncate")
+    assert a.func_ulps >= 2 and why
+    a, _ = arithmetic_for("float16", "cpu", pr)
+    assert a.acc_rounding == "nearest"
+    a, _ = arithmetic_for("float32", "cuda", pr)
+    assert (a.storage.name, a.acc_rounding) == ("binary32", "nearest")
+    # reduced-precision reduction: 16-bit accumulation unless the probe saw fp32
+    acc = dict(pr.accumulate, **{"float16/red=True": "unknown"})
+    a, _ = arithmetic_for("float16_red", "cuda", fake_probe(accumulate=acc))
+    assert a.accumulate.name == "binary16"
+    a, _ = arithmetic_for("float16_red", "cuda", pr)
+    assert a.accumulate.name == "binary32"
+    rnd = dict(pr.rounding, **{"float16/red=False": "nearest"})
+    a, _ = arithmetic_for("float16", "cuda", fake_probe(rounding=rnd))
+    assert a.acc_rounding == "nearest"
+    a, _ = arithmetic_for("bfloat16", "cuda", pr)
+    assert a.storage.name == "bfloat16"
+    a, _ = arithmetic_for("autocast_float16", "cuda", pr)
+    assert a.storage.name == "binary16"
+    # TF32 rounds (or chops) both operands of float32 values: one TF32 ulp, stored
+    a, _ = arithmetic_for("tf32", "cuda", pr)
+    names = (a.storage, a.accumulate.name, a.acc_rounding)
+    assert names == (TF32_COVER, "binary32", "truncate") and TF32_COVER.p == 10
+    # PyTorch's defaults run convolutions on TF32 (cuDNN), dense layers in fp32
+    cnn = load_model(EXAMPLES / "cnn.yaml")
+    assert arithmetic_for("float32_default", "cuda", pr, cnn)[0].storage == TF32_COVER
+    mlp = load_model(EXAMPLES / "mlp.yaml")
+    assert arithmetic_for("float32_default", "cuda", pr, mlp)[0].storage.name == "binary32"
+    assert arithmetic_for("float32_default", "cpu", pr, cnn)[0].storage.name == "binary32"
+
+
+def test_arrays_are_stored_losslessly_and_narrowly() -> None:
+    rng = np.random.default_rng(0)
+    f16 = rng.standard_normal(50).astype(np.float16).astype(np.float64)
+    wide = (rng.standard_normal(50) * 2.0**20).astype(np.float32)  # beyond float16's range
+    bf16 = (wide.view(np.uint32) & 0xFFFF0000).view(np.float32)
+    cases = {
+        "float16": np.append(f16, [np.inf, -0.0, np.nan]),
+        "bfloat16": bf16.astype(np.float64),
+        "float32": rng.standard_normal((3, 4)).astype(np.float32).astype(np.float64),
+        "float64": rng.standard_normal(7),
+        "int8": np.arange(5),
+    }
+    for kind, a in cases.items():
+        enc = _encode(a)
+        assert enc["dtype"] == kind
+        assert np.array_equal(_decode(enc), a, equal_nan=True)
+
+
+# -- probe --------------------------------------------------------------------------------------
+def test_probe_on_cpu_names_an_accumulation_model(cpu_probe: ProbeResult) -> None:
+    pr = cpu_probe
+    assert "accumulation" in pr.model and "binary16 storage" in pr.model
+    # every CPU kernel torch uses accumulates fp16 GEMMs in fp32 (opmath)
+    assert pr.accumulate["float16/red=False"] == "binary32"
+    assert pr.tf32_operand == "none"  # the TF32 flags do nothing on the CPU
+    assert all(pr.covered_by[k] for k in pr.covered_by)
+    assert ProbeResult.from_dict(json.loads(json.dumps(pr.to_dict()))).to_dict() == pr.to_dict()
+    assert "ProbeResult(" in repr(pr) and "<table>" in pr._repr_html_()
+
+
+# -- errors -------------------------------------------------------------------------------------
+@pytest.mark.skipif(CUDA, reason="checks the error when CUDA is missing")
+def test_cuda_requested_without_cuda_is_one_clear_error() -> None:
+    with pytest.raises(FperrInputError, match="cuda"):
+        validate_cli(str(EXAMPLES / "mlp.yaml"), device="cuda")
+    with pytest.raises(FperrInputError, match="cuda"):
+        probe("cuda")
+
+
+def test_bad_paths_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(FperrInputError, match="not found"):
+        validate_cli(str(tmp_path / "nope.yaml"))
+    with pytest.raises(FperrInputError, match="not found"):
+        validate_cli(str(EXAMPLES / "mlp.yaml"), report=str(tmp_path / "nope.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(FperrInputError, match="not an fperr validation report"):
+        ValidationReport.load(bad)
+
+
+def test_import_does_not_pull_in_torch() -> None:
+    code = "import sys, fperr.validate, fperr.probe; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- CUDA ---------------------------------------------------------------------------------------
+@needs_cuda
+def test_probe_on_cuda_names_an_accumulation_model() -> None:
+    pr = probe("cuda")
+    assert pr.accumulate["float16/red=False"] in ("binary32", "binary16")
+    assert "accumulation" in pr.model
+
+
+@needs_cuda
+def test_small_mlp_on_cuda_has_no_violation() -> None:
+    rep = validate(small_mlp(), small_inputs(), device="cuda")
+    assert rep.violations == 0 and rep.certified_flips == 0, summarize(rep)
+    assert rep.environment["device"].startswith("cuda")
+
+
+def test_validate_rejects_bad_arguments() -> None:
+    m = small_mlp()
+    with pytest.raises(FperrInputError, match="unknown config"):
+        validate(m, small_inputs(4), configs=["float17"], probe_result=fake_probe())
+    with pytest.raises(FperrInputError, match="positive"):
+        validate(m, small_inputs(4), batch_sizes=(0,), probe_result=fake_probe())
+
+
+def test_configs_subset_always_keeps_the_references(cpu_probe: ProbeResult) -> None:
+    from fperr.torch_exec import _flag_state
+
+    before = _flag_state(torch)
+    rep = validate(small_mlp(), small_inputs(8), device="cpu", batch_sizes=(None,),
+                   configs=["bfloat16", "float32_default"], probe_result=cpu_probe)  # fmt: skip
+    assert _flag_state(torch) == before  # every global flag restored
+    assert [r.config for r in rep.results] == ["float64", "float32", "bfloat16", "float32_default"]
+    flags = rep.result("float32_default").flags
+    assert flags["tf32_matmul"] is False and flags["tf32_cudnn"] is True  # PyTorch's defaults
+    assert isinstance(arithmetic_for("bfloat16", "cpu", cpu_probe)[0], Emulated)

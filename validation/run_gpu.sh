@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The one prepared script for a session with a GPU: probe how cuBLAS accumulates,
+# then validate the example models on CUDA into $OUT/results/<gpu-name>/
+# (probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt).  Estimated
+# 2-3 minutes on one H100 with 16 cores (not yet run on a GPU): the bounds run
+# on the CPU cores (~0.15 s per deep_tanh input and arithmetic on one core)
+# while torch runs on the GPU.  Exit 0: no violation; 1: a bound or a certificate
+# was violated (read summary.txt); other: an error.
+#
+#   bash validation/run_gpu.sh                          # on the device machine
+#   DEVICE=cpu OUT=/tmp/out bash validation/run_gpu.sh  # the same path on a CPU
+#
+# Knobs: DEVICE (cuda), OUT (./out), DEEP_INPUTS (deep_tanh inputs, 512),
+# INPUTS (cap for every model; unset = all 1,797), WORKERS (all cores),
+# PYTHON (python3).
+#
+# The device image has torch, numpy, scipy, pyyaml, click but no pydantic
+# (fperr.spec needs it).  Carry it as wheels in .whl (see the device README),
+# made here once with
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl pydantic pydantic-core annotated-types typing-inspection
+# (pydantic-core's version must be the one pydantic's METADATA pins), and
+# run with carry [".whl"]: this script installs them into /tmp/site.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-out}
+DEEP_INPUTS=${DEEP_INPUTS:-512}
+WORKERS=${WORKERS:-$(nproc)}
+if [ -f .venv/bin/activate ] && [ -z "${VIRTUAL_ENV:-}" ]; then . .venv/bin/activate; fi
+PY=${PYTHON:-python3}
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+$PY -c "import pydantic, yaml, scipy" || {
+  echo "run_gpu.sh: pydantic, pyyaml or scipy missing; carry them as wheels (see the header)" >&2
+  exit 2
+}
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+if [ "$DEVICE" != "cpu" ]; then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true; fi
+
+args=(--device "$DEVICE" --results "$OUT/results" --deep-inputs "$DEEP_INPUTS" --workers "$WORKERS")
+if [ -n "${INPUTS:-}" ]; then args+=(--inputs "$INPUTS"); fi
+start=$(date +%s)
+status=0
+$PY validation/run.py "${args[@]}" || status=$?
+echo "validation/run_gpu.sh: exit $status after $(( $(date +%s) - start )) s; results in $OUT/results"
+exit $status
