@@ -64,15 +64,17 @@ _RANDOM_MN = 64
 _ACC_P = {"binary16": 11, "bfloat16": 8, "binary32": 24}
 
 
-def _torch() -> Any:
+def require_torch(purpose: str = "probing a platform") -> Any:
+    """torch, or one clear input error saying what needed it."""
     try:
         import torch
     except ImportError:
-        raise FperrInputError("probing a platform needs torch (pip install torch)") from None
+        raise FperrInputError(f"{purpose} needs torch (pip install torch)") from None
     return torch
 
 
-def _device(torch: Any, device: str) -> Any:
+def resolve_device(torch: Any, device: str) -> Any:
+    """A torch.device for "cpu" or "cuda"; unknown or unavailable devices are input errors."""
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -325,8 +327,8 @@ def probe(device: str = "cpu") -> ProbeResult:
     """Measure how ``device``'s fp16/bf16/TF32 GEMMs accumulate; see the module docstring."""
     from .torch_exec import _device_name, _flags
 
-    torch = _torch()
-    dev = _device(torch, device)
+    torch = require_torch()
+    dev = resolve_device(torch, device)
     tests: dict[str, Any] = {}
     accumulate: dict[str, str] = {}
     rounding: dict[str, str] = {}

@@ -42,7 +42,7 @@ from .errors import FperrInputError
 from .formats import Format, get_format
 from .layers import Conv2d, Residual
 from .model import Model, check_inputs
-from .probe import ProbeResult, probe, probe_cli
+from .probe import ProbeResult, probe, probe_cli, require_torch, resolve_device
 from .rounding import round as fround
 from .validation_report import (
     ConfigResult,
@@ -437,32 +437,13 @@ class _Bounds:
 
 
 # -- running ------------------------------------------------------------------------------------
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise FperrInputError("validation needs torch (pip install torch)") from None
-    return torch
-
-
-def _check_device(torch: Any, device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FperrInputError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise FperrInputError(f"unsupported device {device!r}; use cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FperrInputError(f"device {device!r} requested but torch.cuda.is_available() is False")
-
-
 def _run_defaults(model: Model, x: Array, device: str, bs: int) -> Any:
     """float32 with PyTorch's documented default flags: matmul TF32 off, cuDNN TF32
     on, reduced-precision reduction allowed.  ``run_torch`` always sets both TF32
     flags to one value, so it cannot express this mix."""
     from .torch_exec import TorchRun, _flag_state, _record, _restore, to_torch
 
-    torch = _torch()
+    torch = require_torch("validation")
     dev = torch.device(device)
     net = to_torch(model).to(device=dev, dtype=torch.float32)
     state = _flag_state(torch)
@@ -536,8 +517,8 @@ def validate(
     from a module or under ``if __name__ == "__main__":``.
     """
     say = log or (lambda _msg: None)
-    torch = _torch()
-    _check_device(torch, device)
+    torch = require_torch("validation")
+    resolve_device(torch, device)
     x = check_inputs(X, model.input_shape)
     n = len(x)
     if n == 0:
@@ -731,7 +712,7 @@ def validate_cli(
         raise FperrInputError(f"batch size must be positive, got {batch_size}")
     if limit is not None and limit < 1:
         raise FperrInputError(f"limit must be positive, got {limit}")
-    _check_device(_torch(), device)
+    resolve_device(require_torch("validation"), device)
     base = Path(model_path).parent
     if inputs is None:
         if model.data is None:
