@@ -20,7 +20,18 @@ from scipy.special import erf
 
 from ..arith import Emulated, Exact
 from ..errors import FperrInputError
-from ..layers import ACTIVATIONS, Activation, BatchNorm, Conv2d, Dense, Pool2d, Residual, Softmax
+from ..layers import (
+    ACTIVATIONS,
+    Activation,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    LayerNorm,
+    Pool2d,
+    Residual,
+    Softmax,
+    softmax,
+)
 from .zonotope import Array, Enclosure, half_ulp
 
 
@@ -264,21 +275,36 @@ def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int)
 
 @rule("softmax")
 def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Softmax: log s_i = z_i - logsumexp(z) and logsumexp is 1-Lipschitz in the
-    max norm, so |log s_i(z') - log s_i(z)| <= rho_i = r_i + max_j r_j; the
-    output error becomes a deterministic box (signs are not tracked)."""
+    """Softmax, mean value form: ds = J(xi) dz with J = diag(s) - s s^T.
+
+    Generators go through J at the computed logits, signed.  Over the
+    enclosure, log s_i moves by at most rho_i = 2 r_i + 2 max r (logsumexp is
+    1-Lipschitz in the max norm), so s_i(xi) is within ds_i = s_i (e^rho_i - 1)
+    of s_i, and the spread of J times |dz| <= r is a deterministic box.
+    Kernel allowance: exp, sum and divide in the accumulator, gamma_{k+4}(u_acc).
+    """
     a = ctx.arith
-    y = layer.forward(enc.value, a)
+    enc = enc.materialize()
+    z = enc.value
+    y = layer.forward(z, a)
+    s = softmax(z)  # at the computed logits, before the storage rounding
     r = enc.radius()
     k = y.shape[-1]
-    rel = _gamma(k + 4, a.accumulate.u)  # exp, sum, divide in the accumulator
-    fmag = y + half_ulp(y, a.storage) + rel * y
-    local = half_ulp(fmag * (1 + rel), a.storage) + rel * fmag
+    rel = _gamma(k + 4, a.accumulate.u)
+    g = enc.gens  # (N, k, q)
+    gens = s[:, :, None] * g - s[:, :, None] * np.einsum("bk,bkq->bq", s, g)[:, None, :]
     rho = 2 * r + 2 * r.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore"):
-        prop = (y + local) * np.exp(rho) * np.expm1(rho)
-    out = Enclosure(y, np.zeros((y.shape[0], enc.n, 0)), [], [])
-    out = out.add_box(prop, index, random=False)
+        ds = np.minimum(s * np.expm1(rho), 1.0)  # softmax values stay in [0, 1]
+    remainder = (
+        ds * r
+        + ds * ((s + ds) * r).sum(axis=-1, keepdims=True)
+        + s * (ds * r).sum(axis=-1, keepdims=True)
+    )
+    fmag = np.minimum(y + half_ulp(y, a.storage) + rel * y + ds, 1.0)
+    local = half_ulp(fmag * (1 + rel), a.storage) + rel * fmag
+    out = Enclosure(y, gens, enc.groups, enc.random)
+    out = out.add_box(remainder, index, random=False)
     return out.add_box(local, index, random=True)
 
 
@@ -362,3 +388,70 @@ def residual_rule(layer: Residual, enc: Enclosure, ctx: Context, index: int) -> 
     r = out.radius()
     local = half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * r, a.storage)
     return out.add_box(local, index, random=True)
+
+
+@rule("layernorm")
+def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Layer norm y = w u + b, u = z / s, z = x - mean x, s = sqrt(|z|^2/n + eps).
+
+    Mean value form per component: du = J(xi) dz with J = I/s - a a^T,
+    a = z / (sqrt(n) s^1.5).  The generators go through J at the computed
+    point, signed; the spread of J over the enclosure (|1/s - 1/s_hat| and
+    |a_i a_j - a_hat_i a_hat_j|, with s in [s_min, s_max] and z within 2 rho of
+    the computed z, rho = r + mean r) times |dz| <= rho is a deterministic box.
+    Kernel allowance (stated, for an fp32 kernel): u within gamma_{2n+8}(u_acc)
+    (|u| + 1 + mean|x| / s_min) of exact (mean and variance are sums of n
+    terms); the affine part adds 2 u_acc (|w u| + |b|).
+    """
+    a = ctx.arith
+    enc = enc.materialize()
+    x = enc.value
+    y = layer.forward(x, a)
+    n = int(np.prod(layer.normalized_shape))
+    N, shape = x.shape[0], x.shape
+    xg = x.reshape(N, -1, n)
+    rg = enc.radius().reshape(xg.shape)
+    w = np.ones(n) if layer.weight is None else layer.weight.reshape(-1)
+    b = np.zeros(n) if layer.bias is None else layer.bias.reshape(-1)
+    w_hat, b_hat = a.store(w), a.store(b)
+    z = xg - xg.mean(axis=-1, keepdims=True)
+    rho = rg + rg.mean(axis=-1, keepdims=True)
+    rho2 = np.sqrt(np.square(rho).sum(axis=-1, keepdims=True))
+    znorm = np.sqrt(np.square(z).sum(axis=-1, keepdims=True))
+    s_hat = np.sqrt(np.square(znorm) / n + layer.eps)
+    s_min = np.sqrt(np.maximum(znorm - 2 * rho2, 0.0) ** 2 / n + layer.eps)
+    s_max = np.sqrt((znorm + 2 * rho2) ** 2 / n + layer.eps)
+    # signed part: J(z_hat) (P gens), P = centring
+    q = enc.gens.shape[2]
+    g = enc.gens.reshape(N, -1, n, q)
+    pg = g - g.mean(axis=2, keepdims=True)
+    dot = np.einsum("bgn,bgnq->bgq", z, pg)[:, :, None, :]
+    jg = pg / s_hat[..., None] - z[..., None] * dot / (n * s_hat[..., None] ** 3)
+    gens = (jg * w[None, None, :, None]).reshape(N, -1, q)
+    # spread of J over the enclosure, applied to |dz| <= rho
+    a_hat = z / (math.sqrt(n) * s_hat**1.5)
+    da = (2 * rho * s_min**-1.5 + np.abs(z) * (s_min**-1.5 - s_max**-1.5)) / math.sqrt(n)
+    spread = (
+        (1 / s_min - 1 / s_max) * rho
+        + da * ((np.abs(a_hat) + da) * rho).sum(axis=-1, keepdims=True)
+        + np.abs(a_hat) * (da * rho).sum(axis=-1, keepdims=True)
+    )
+    u_mag = (np.abs(z) + 2 * rho) / s_min
+    kernel_u = _gamma(2 * n + 8, a.u_acc) * (
+        u_mag + 1 + (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True) / s_min
+    )
+    remainder = np.abs(w) * spread
+    local = (
+        np.abs(w_hat) * kernel_u
+        + 2 * a.accumulate.u * (np.abs(w_hat) * u_mag + np.abs(b_hat))
+        + np.abs(w_hat - w) * u_mag
+        + np.abs(b_hat - b)
+    )
+    yg = y.reshape(xg.shape)
+    prop = np.abs(w) * (rho / s_min + np.abs(z) * rho2 / (math.sqrt(n) * s_min**2))
+    local = local + half_ulp(
+        np.abs(yg) + half_ulp(np.abs(yg), a.storage) + 2 * (prop + local), a.storage
+    )
+    out = Enclosure(y, gens, enc.groups, enc.random)
+    out = out.add_box(remainder.reshape(shape), index, random=False)
+    return out.add_box(local.reshape(shape), index, random=True)
