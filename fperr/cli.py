@@ -157,22 +157,11 @@ def bound_cmd(
     from . import __version__
     from .arith import Emulated
     from .certify import certify
-    from .datasets import load_inputs, load_labels
-    from .errors import FperrInputError
+    from .datasets import model_data
     from .model import load_model
 
     model = load_model(model_path)
-    base = Path(model_path).parent
-    if inputs is None:
-        if model.data is None:
-            raise FperrInputError("no --inputs given and the model spec has no data section")
-        X, y = load_inputs(model.data.inputs, base)
-        if model.data.labels:
-            y = load_labels(model.data.labels, base)
-    else:
-        X, y = load_inputs(inputs)
-    if labels is not None:
-        y = load_labels(labels)
+    X, y = model_data(model, inputs, labels)
     acc_rounding = "truncate" if truncating_accumulator else "nearest"
     lo = Emulated.from_names(low, accumulate, acc_rounding=acc_rounding)
     ref = Emulated.from_names(reference, accumulate, reference_operand, acc_rounding=acc_rounding)

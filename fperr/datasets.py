@@ -337,3 +337,26 @@ def _as_labels(raw: np.ndarray[Any, Any], path: Path) -> npt.NDArray[np.int64]:
             f"{path}: labels must be class indices >= 0; index {first} is {labels[first]}"
         )
     return labels
+
+
+def model_data(
+    model: Any,
+    inputs: str | Path | None = None,
+    labels: str | Path | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64] | None]:
+    """Inputs and labels for a loaded model: ``inputs``/``labels`` if given,
+    else the spec's ``data`` section, resolved against the spec's folder."""
+    if inputs is not None:
+        X, y = load_inputs(inputs)
+    else:
+        data = getattr(model, "data", None)
+        if data is None:
+            raise DataError("no inputs given and the model spec has no data section")
+        source = getattr(model, "source", None)
+        base = Path(source).parent if source is not None else None
+        X, y = load_inputs(data.inputs, base)
+        if data.labels is not None:
+            y = load_labels(data.labels, base)
+    if labels is not None:
+        y = load_labels(labels)
+    return X, y

@@ -1021,23 +1021,11 @@ def check_training_cli(
     ``labels`` or from the spec's ``data.labels``.  Bad input raises
     :class:`~fperr.errors.FperrInputError` (exit 2 in the CLI).
     """
-    from .datasets import load_inputs, load_labels
+    from .datasets import model_data
     from .model import load_model
 
     model = load_model(model_path)
-    base = Path(model_path).parent
-    if inputs is None:
-        if model.data is None:
-            raise FperrInputError(
-                f"{model_path}: no data section in the spec; pass the training inputs"
-            )
-        X, y = load_inputs(model.data.inputs, base_dir=base)
-        if y is None and model.data.labels is not None:
-            y = load_labels(model.data.labels, base_dir=base)
-    else:
-        X, y = load_inputs(inputs)
-    if labels is not None:
-        y = load_labels(labels)
+    X, y = model_data(model, inputs, labels)
     if y is None:
         raise FperrInputError("check-training needs class labels (an .npz with 'labels')")
     report = check_training(

@@ -691,7 +691,7 @@ def validate_cli(
     size (default: all inputs at once); batch size 1 always runs too.
     ``limit``: validate only the first ``limit`` inputs.
     """
-    from .datasets import load_inputs, load_labels
+    from .datasets import model_data
     from .model import load_model
 
     model = load_model(model_path)
@@ -713,15 +713,7 @@ def validate_cli(
     if limit is not None and limit < 1:
         raise FperrInputError(f"limit must be positive, got {limit}")
     resolve_device(require_torch("validation"), device)
-    base = Path(model_path).parent
-    if inputs is None:
-        if model.data is None:
-            raise FperrInputError("no inputs given and the model spec has no data section")
-        X, y = load_inputs(model.data.inputs, base)
-        if model.data.labels:
-            y = load_labels(model.data.labels, base)
-    else:
-        X, y = load_inputs(inputs)
+    X, y = model_data(model, inputs)
     if limit is not None:
         X, y = X[:limit], None if y is None else y[:limit]
     rep = validate(model, X, y, device=device, batch_sizes=(batch_size, 1), log=log,
