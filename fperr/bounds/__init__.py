@@ -139,16 +139,22 @@ def _bound_batch(
                 enc = _convert(enc, storage, ctx.arith.storage, i)
                 storage = ctx.arith.storage
             enc = apply_rule(layer, enc, ctx, i).prune()
-        enc = enc.materialize()
-        g = np.abs(enc.gens)  # (N, K, q)
-        groups = np.asarray(enc.groups, dtype=np.int64)
-        rnd = np.asarray(enc.random, dtype=bool)
         n_groups = len(model.layers) + 1
-        if method == "probabilistic" and g.shape[2]:
+        if method == "probabilistic":
+            enc = enc.materialize()  # every generator on its own
+            g = np.abs(enc.gens)  # (N, K, q)
+            groups = np.asarray(enc.groups, dtype=np.int64)
+            rnd = np.asarray(enc.random, dtype=bool)
             radius, per = _probabilistic(g, rnd, groups, n_groups, lam)
         else:
+            # worst case: factored boxes add their radius without being expanded
+            g = np.abs(enc.gens)
             radius = g.sum(axis=2)
-            per = _per_layer(g, groups, n_groups)
+            per = _per_layer(g, np.asarray(enc.groups, dtype=np.int64), n_groups)
+            for b in enc.boxes:
+                c = b.contribution().reshape(radius.shape)
+                radius = radius + c
+                per[:, b.group, :] += c
         radius = radius * (1 + _EVAL_MARGIN)
         bad = np.isnan(radius) | ~np.isfinite(enc.value.reshape(radius.shape))
         radius = np.where(bad, np.inf, radius)
