@@ -273,3 +273,23 @@ def test_layernorm_bound_keeps_signs_through_the_jacobian():
         rb, exact = assert_sound(model, X, Emulated.from_names("binary16"), orders=[])
         ratios.append(np.median(rb.radius.max(axis=1) / np.abs(rb.output - exact).max(axis=1)))
     assert np.median(ratios) < 60
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sound_against_a_60_digit_mpmath_oracle(seed):
+    """No float64 slack: the exact outputs come from mpmath at 60 digits, and
+    the comparison |computed - exact| <= radius is made in mpmath."""
+    import mpmath
+
+    from fperr.mpmath_exec import run_mpmath
+
+    rng = np.random.default_rng(400 + seed)
+    model = random_cnn(rng, act=("relu", "tanh", "gelu")[seed], pool="max")
+    X = rng.standard_normal((4, 72))
+    exact = run_mpmath(model, X, dps=60)
+    for storage, acc in LOW[:2]:
+        rb = bound_run(model, X, Emulated.from_names(storage, acc))
+        with mpmath.workdps(60):
+            for out, ex, rad in zip(rb.output.ravel(), exact.ravel(), rb.radius.ravel(),
+                                    strict=True):  # fmt: skip
+                assert abs(mpmath.mpf(float(out)) - ex) <= mpmath.mpf(float(rad))
