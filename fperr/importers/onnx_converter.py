@@ -1,0 +1,475 @@
+"""The ONNX graph converter behind :func:`~fperr.importers.from_onnx`."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import SpecError
+from ..layers import Activation, BatchNorm, Conv2d, Dense, Dropout, Layer, LayerNorm, Pool2d, Shape
+from ..model import Model
+from .builders import _const, _flatten_layers, _gelu, _pair, _resolve, _softmax_build
+from .graph import Array, Build, _entry, _Graph, _Op, _to_model, _Unsupported
+from .onnx_nodes import _ARITH, _SHAPE_OPS, _attrs, _constant_value, _is_pow2, _same_pads
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+
+class _OnnxConverter:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        from onnx import numpy_helper
+
+        g = model.graph
+        self.graph = g
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.consts: dict[str, Array] = {}  # every constant, as float64
+        self.ints: dict[str, npt.NDArray[np.int64]] = {}  # integer constants, exactly
+        values = [(t.name, np.asarray(numpy_helper.to_array(t))) for t in g.initializer]
+        values += [(n.output[0], _constant_value(n)) for n in g.node
+                   if n.op_type == "Constant" and n.domain in ("", "ai.onnx")]  # fmt: skip
+        for name, v in values:
+            self.consts[name] = v.astype(np.float64)
+            if v.dtype.kind in "iub":
+                self.ints[name] = v.astype(np.int64)
+        self.producer = {o: n for n in g.node for o in n.output if o}
+        # Shape arithmetic (x.size(0) and friends) folded to constants, with "N" for the
+        # batch size; `shape_reads` records the Shape nodes (and the values they read)
+        # each folded value depends on, `folded_nodes` the nodes folded away.
+        self.symbolic: dict[str, npt.NDArray[np.object_]] = {}
+        self.shape_reads: dict[str, frozenset[tuple[Hashable, str]]] = {}
+        self.folded_nodes: set[int] = set()
+        self.fold(model)
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            if id(n) in self.folded_nodes:
+                continue
+            for i in n.input:
+                if i and i not in self.consts and i not in self.symbolic:
+                    self.readers.setdefault(i, []).append(n)
+        self.batch: int | None = None
+
+    # -- folding of shape computations ----------------------------------------------------------
+    def fold(self, model: onnx.ModelProto) -> None:
+        import onnx
+
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model).graph
+        except Exception:  # shape inference is best effort
+            inferred = model.graph
+        static: dict[str, list[int | None]] = {}
+        for vi in (*inferred.value_info, *inferred.input, *inferred.output):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                static[vi.name] = [
+                    int(d.dim_value) if d.HasField("dim_value") else None
+                    for d in vi.type.tensor_type.shape.dim
+                ]
+        for n in self.graph.node:
+            if n.domain not in ("", "ai.onnx") or n.op_type not in _SHAPE_OPS:
+                continue
+            try:
+                value, reads = self.fold_node(n, static)
+            except (_Unsupported, ValueError, IndexError, TypeError):
+                continue
+            self.folded_nodes.add(id(n))
+            if any(isinstance(v, str) for v in value.reshape(-1)):
+                self.symbolic[n.output[0]] = value
+                self.shape_reads[n.output[0]] = reads
+            else:
+                self.ints[n.output[0]] = value.astype(np.int64)
+                self.consts[n.output[0]] = self.ints[n.output[0]].astype(np.float64)
+
+    def sym(self, name: str) -> npt.NDArray[np.object_]:
+        if name in self.symbolic:
+            return self.symbolic[name]
+        if name in self.ints:
+            return np.asarray(self.ints[name], dtype=object)
+        raise _Unsupported("not a constant")
+
+    def fold_node(
+        self, n: onnx.NodeProto, static: dict[str, list[int | None]]
+    ) -> tuple[npt.NDArray[np.object_], frozenset[tuple[Hashable, str]]]:
+        t, a = n.op_type, _attrs(n)
+        if t == "Shape":
+            dims = static.get(n.input[0])
+            start, end = int(a.get("start", 0)), a.get("end")
+            if dims is None or n.input[0] in self.consts:
+                raise _Unsupported("unknown shape")
+            full: list[int | str | None] = ["N", *dims[1:]]
+            full = full[start : None if end is None else int(end)]
+            if any(d is None for d in full):
+                raise _Unsupported("unknown shape")
+            return np.asarray(full, dtype=object), frozenset({(id(n), n.input[0])})
+        args = [self.sym(i) if i else None for i in n.input]
+        reads = frozenset().union(*(self.shape_reads.get(i, frozenset()) for i in n.input))
+        x = args[0]
+        assert x is not None
+        if t in ("Cast", "Identity"):
+            return x, reads
+        if t == "Gather":
+            idx = args[1]
+            if int(a.get("axis", 0)) != 0 or idx is None:
+                raise _Unsupported("gather axis")
+            return np.asarray(x[idx.astype(np.int64)], dtype=object), reads
+        if t in ("Unsqueeze", "Squeeze"):
+            axes_arg = args[1] if len(args) > 1 else None
+            axes = a.get("axes") if axes_arg is None else [int(v) for v in axes_arg.reshape(-1)]
+            if t == "Unsqueeze":
+                for ax in sorted(int(v) for v in axes or []):
+                    x = np.expand_dims(x, ax)
+                return np.asarray(x, dtype=object), reads
+            return np.asarray(np.squeeze(x, None if not axes else tuple(axes)), dtype=object), reads
+        if t == "Concat":
+            parts = [np.atleast_1d(v) for v in args if v is not None]
+            return np.concatenate(parts, axis=int(a.get("axis", 0))), reads
+        if t in _ARITH:
+            y = args[1]
+            if y is None or any(isinstance(v, str) for v in (*x.reshape(-1), *y.reshape(-1))):
+                raise _Unsupported("arithmetic on the batch size")
+            if t == "Mod" and int(a.get("fmod", 0)):
+                raise _Unsupported("fmod")
+            return np.asarray(np.frompyfunc(_ARITH[t], 2, 1)(x, y), dtype=object), reads
+        if t == "Reshape":
+            y = args[1]
+            assert y is not None
+            new = [int(d) for d in y.reshape(-1)]
+            if not int(a.get("allowzero", 0)):
+                new = [int(x.shape[i]) if d == 0 else d for i, d in enumerate(new)]
+            return np.reshape(x, tuple(new)), reads
+        if t == "Slice":
+            if x.ndim != 1:
+                raise _Unsupported("slice rank")
+            starts, ends = args[1], args[2]
+            steps = args[4] if len(args) > 4 and args[4] is not None else None
+            assert starts is not None and ends is not None
+            sl = slice(
+                int(starts[0]), int(min(ends[0], 2**62)), None if steps is None else int(steps[0])
+            )
+            return np.asarray(x[sl], dtype=object), reads
+        raise _Unsupported()
+
+    def label(self, n: onnx.NodeProto) -> str:
+        return f"{n.op_type} {(n.name or n.output[0])!r}"
+
+    def const(self, n: onnx.NodeProto, i: int) -> Array | None:
+        if len(n.input) <= i or not n.input[i]:
+            return None
+        if n.input[i] not in self.consts:
+            raise _Unsupported(f"input {i} is not a constant")
+        return self.consts[n.input[i]]
+
+    def need(self, n: onnx.NodeProto, i: int) -> Array:
+        a = self.const(n, i)
+        if a is None:
+            raise _Unsupported(f"missing input {i}")
+        return a
+
+    def only_reader(self, value: str) -> onnx.NodeProto | None:
+        r = self.readers.get(value, [])
+        outs = {o.name for o in self.graph.output}
+        return r[0] if len(r) == 1 and value not in outs else None
+
+    def scalar(self, value: str) -> float | None:
+        a = self.consts.get(value)
+        return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
+
+    def data_other(self, n: onnx.NodeProto, x: str) -> str | None:
+        """The other input of a binary node ``n`` one of whose inputs is ``x``."""
+        if len(n.input) != 2 or x not in n.input:
+            return None
+        return n.input[1] if n.input[0] == x else n.input[0]
+
+    # -- pattern: GELU decomposed by the TorchScript exporter -------------------------------------
+    def gelu_pattern(self, erf: onnx.NodeProto) -> tuple[str, list[onnx.NodeProto]] | None:
+        """x -> Div(x, sqrt 2) | Mul(x, 1/sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5."""
+        pre = self.producer.get(erf.input[0])
+        if pre is None or pre.op_type not in ("Div", "Mul"):
+            return None
+        c = self.scalar(pre.input[1])
+        want = math.sqrt(2) if pre.op_type == "Div" else 1 / math.sqrt(2)
+        if c is None or abs(c - want) > 1e-6 or pre.input[0] in self.consts:
+            return None
+        x = pre.input[0]
+        add = self.only_reader(erf.output[0])
+        if add is None or add.op_type != "Add":
+            return None
+        one = self.data_other(add, erf.output[0])
+        if one is None or self.scalar(one) != 1.0:
+            return None
+        mul = self.only_reader(add.output[0])
+        if mul is None or mul.op_type != "Mul" or self.data_other(mul, add.output[0]) != x:
+            return None
+        half = self.only_reader(mul.output[0])
+        if half is None or half.op_type != "Mul":
+            return None
+        h = self.data_other(half, mul.output[0])
+        if h is None or self.scalar(h) != 0.5:
+            return None
+        if len(self.readers.get(pre.output[0], [])) != 1:
+            return None
+        return x, [pre, erf, add, mul, half]
+
+    # -- one node -----------------------------------------------------------------------------
+    def convert(self, n: onnx.NodeProto, fused: dict[int, str]) -> _Op:
+        t, a, label = n.op_type, _attrs(n), self.label(n)
+        x = n.input[0] if n.input else ""
+        one, out = (x,), n.output[0]
+        if n.domain not in ("", "ai.onnx"):
+            raise _Unsupported(f"domain {n.domain}")
+        if x in self.consts:
+            raise _Unsupported("on a constant")
+        if t in ("Relu", "Tanh", "Sigmoid"):
+            return _Op(label, one, out, _const([Activation(t.lower())]), elementwise=True)
+        if t == "LeakyRelu":
+            layer = Activation("leaky_relu", float(a.get("alpha", 0.01)))
+            return _Op(label, one, out, _const([layer]), elementwise=True)
+        if t == "Gelu":
+            approx = a.get("approximate", b"none")
+            approx = approx.decode() if isinstance(approx, bytes) else str(approx)
+            build, _ = _gelu(approx)
+            return _Op(label, one, out, build, elementwise=True)
+        if t in ("Identity", "Dropout"):
+            if t == "Dropout":
+                if len(n.output) > 1 and n.output[1] and self.readers.get(n.output[1]):
+                    raise _Unsupported("mask output used")
+                mode = self.const(n, 2)
+                if mode is not None and mode.reshape(-1)[0]:
+                    raise _Unsupported("training_mode")
+                ratio = self.const(n, 1)
+                p = float(ratio.reshape(-1)[0]) if ratio is not None else float(a.get("ratio", 0.5))
+                return _Op(label, one, out, _const([Dropout(p)]), elementwise=True)
+            return _Op(label, one, out, _const([]), elementwise=True)
+        if t == "Softmax":
+            axis = int(a.get("axis", -1 if self.opset >= 13 else 1))
+            return _Op(label, one, out, _softmax_build(axis))
+        if t == "Gemm":
+            if a.get("transA", 0):
+                raise _Unsupported("transA=1")
+            b = self.need(n, 1)
+            w = b if a.get("transB", 0) else b.T
+            alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+            if alpha != 1.0:
+                if not _is_pow2(alpha):
+                    raise _Unsupported(
+                        f"alpha={alpha:g}: only 1 or a power of two, which folds "
+                        "exactly into the weights)"
+                    )
+                w = w * alpha
+            c = self.const(n, 2)
+            bias = None if c is None else self.bias(beta * c, w.shape[0])
+            return _Op(label, one, out, _const([Dense(np.array(w), bias)]),
+                       hint=(int(w.shape[1]),))  # fmt: skip
+        if t == "MatMul":
+            b = self.need(n, 1)
+            if b.ndim != 2:
+                raise _Unsupported(f"{b.ndim}-D weight")
+            w = np.array(b.T)
+            bias = None
+            add = self.only_reader(out)
+            other = self.data_other(add, out) if add is not None and add.op_type == "Add" else None
+            if add is not None and other is not None and other in self.consts:
+                bias = self.bias(self.consts[other], w.shape[0])
+                fused[id(add)] = label
+                out = add.output[0]
+                label = f"{label} + Add {(add.name or add.output[0])!r}"
+            return _Op(label, one, out, _const([Dense(w, bias)]), hint=(int(w.shape[1]),))
+        if t == "Add":
+            if len(n.input) == 2 and all(i not in self.consts for i in n.input):
+                return _Op(label, (n.input[0], n.input[1]), out)
+            raise _Unsupported("add of a constant")
+        if t == "Conv":
+            w = self.need(n, 1)
+            if w.ndim != 4:
+                raise _Unsupported(f"{w.ndim - 2}-D convolution")
+            bias, group = self.const(n, 2), int(a.get("group", 1))
+            stride, dil = _pair(a.get("strides", 1)), _pair(a.get("dilations", 1))
+            k = (int(w.shape[2]), int(w.shape[3]))
+            pads = self.pads(a)
+
+            def conv(shape: Shape) -> list[Layer]:
+                p = _same_pads(shape, k, stride, dil) if pads is None else pads
+                return [Conv2d(w, bias, stride, p, dil, group)]
+
+            return _Op(label, one, out, conv)
+        if t in ("MaxPool", "AveragePool"):
+            if a.get("ceil_mode", 0) or _pair(a.get("dilations", 1)) != (1, 1):
+                raise _Unsupported("ceil_mode or dilations")
+            if len(n.output) > 1 and n.output[1] and self.readers.get(n.output[1]):
+                raise _Unsupported("indices output")
+            if "kernel_shape" not in a:
+                raise _Unsupported("no kernel_shape")
+            kind = "max" if t == "MaxPool" else "avg"
+            k, stride = _pair(a["kernel_shape"]), _pair(a.get("strides", 1))
+            pads = self.pads(a)
+            exclude = kind == "avg" and not a.get("count_include_pad", 0)
+            if exclude and pads is not None and any(pads):
+                raise _Unsupported("count_include_pad=0 with padding")
+
+            def pool(shape: Shape) -> list[Layer]:
+                p = _same_pads(shape, k, stride, (1, 1)) if pads is None else pads
+                if exclude and any(p):
+                    raise SpecError("count_include_pad=0 with padding is not supported")
+                return [Pool2d(kind, k, stride, p)]
+
+            return _Op(label, one, out, pool)
+        if t == "Flatten":
+            axis = int(a.get("axis", 1))
+
+            def flatten(shape: Shape) -> list[Layer]:
+                if axis not in (1, -len(shape)):
+                    raise SpecError(f"flatten axis {axis} (only 1)")
+                return _flatten_layers(shape, (math.prod(shape),))
+
+            return _Op(label, one, out, flatten)
+        if t == "Reshape":
+            if len(n.input) < 2 or n.input[1] not in self.symbolic:
+                self.need(n, 1)
+                if n.input[1] not in self.ints:
+                    raise _Unsupported("target shape is not an integer tensor")
+                target = [int(d) for d in self.ints[n.input[1]].reshape(-1)]
+                aux: tuple[tuple[Hashable, Hashable], ...] = ()
+            else:
+                sym = list(self.symbolic[n.input[1]].reshape(-1))
+                if any(isinstance(d, str) for d in sym[1:]) or sym[0] != "N":
+                    raise _Unsupported("target shape uses the batch size other than as dim 0")
+                target = [-2] + [int(d) for d in sym[1:]]
+                aux = tuple(self.shape_reads[n.input[1]])
+            allowzero = int(a.get("allowzero", 0))
+            return _Op(label, one, out, self.reshape(target, allowzero), aux=aux)
+        if t == "BatchNormalization":
+            if a.get("training_mode", 0):
+                raise _Unsupported("training_mode")
+            bn = BatchNorm(self.need(n, 3), self.need(n, 4), self.need(n, 1), self.need(n, 2),
+                           float(a.get("epsilon", 1e-5)))  # fmt: skip
+            return _Op(label, one, out, _const([bn]))
+        if t == "LayerNormalization":
+            axis = int(a.get("axis", -1))
+            scale, bias = self.need(n, 1), self.const(n, 2)
+            eps = float(a.get("epsilon", 1e-5))
+            if any(o and self.readers.get(o) for o in n.output[1:]):
+                raise _Unsupported("mean/inv_std_dev outputs used")
+
+            def layernorm(shape: Shape) -> list[Layer]:
+                nd = len(shape) + 1
+                ax = axis + nd if axis < 0 else axis
+                if not 1 <= ax < nd:
+                    raise SpecError(f"layer norm over axis {axis} of inputs {list(shape)}")
+                ns = shape[ax - 1 :]
+                w = np.broadcast_to(scale, ns).copy()
+                b = None if bias is None else np.broadcast_to(bias, ns).copy()
+                return [LayerNorm(ns, w, b, eps)]
+
+            return _Op(label, one, out, layernorm)
+        raise _Unsupported()
+
+    def bias(self, c: Array, n_out: int) -> Array:
+        if c.size == 1:
+            return np.full(n_out, float(c.reshape(-1)[0]))
+        if c.size != n_out or (c.ndim == 2 and c.shape[0] != 1) or c.ndim > 2:
+            raise _Unsupported(f"bias of shape {list(c.shape)}")
+        return np.array(c.reshape(-1))
+
+    def pads(self, a: dict[str, Any]) -> tuple[int, int] | None:
+        """Symmetric (top/bottom, left/right) pads; None for auto_pad SAME_*."""
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        if auto == "VALID":
+            return (0, 0)
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            return None
+        if auto != "NOTSET":
+            raise _Unsupported(f"auto_pad={auto}")
+        p = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
+        if len(p) != 4 or p[0] != p[2] or p[1] != p[3]:
+            raise _Unsupported(f"asymmetric pads {p}")
+        return (p[0], p[1])
+
+    def reshape(self, target: list[int], allowzero: int) -> Build:
+        batch = self.batch
+
+        shown = str(["N" if d == -2 else d for d in target]).replace("'", "")
+
+        def build(shape: Shape) -> list[Layer]:
+            full = (None, *shape)
+            dims = list(target)
+            if not allowzero:
+                for i, d in enumerate(dims):
+                    if d == 0:
+                        if i >= len(full):
+                            raise SpecError(f"reshape to {shown}: no input dim {i} to copy")
+                        dims[i] = -2 if i == 0 else int(full[i])  # type: ignore[arg-type]
+            first, rest = dims[0], dims[1:]
+            if first == -1 and -1 in rest:
+                raise SpecError(f"reshape to {shown}: batch size ambiguous")
+            if first not in (-1, -2) and first != batch:
+                raise SpecError(f"reshape to {shown} changes the batch size")
+            return _flatten_layers(shape, _resolve(rest, shape, f"reshape to {shown}"))
+
+        return build
+
+    def to_model(self, input_shape: Sequence[int] | None, name: str) -> Model:
+        g = self.graph
+        inits = {t.name for t in g.initializer}
+        inputs = [i for i in g.input if i.name not in inits]
+        if len(inputs) != 1 or len(g.output) != 1:
+            raise SpecError(
+                f"{name}: expected one input and one output, the graph has "
+                f"{len(inputs)} and {len(g.output)}"
+            )
+        inp = inputs[0]
+        dims = inp.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            self.batch = int(dims[0].dim_value)
+        if input_shape is None:
+            if len(dims) < 1 or not all(d.HasField("dim_value") for d in dims[1:]):
+                raise SpecError(f"{name}: input {inp.name!r} has no static shape; pass input_shape")
+            input_shape = [int(d.dim_value) for d in dims[1:]]
+
+        ops: list[_Op] = []
+        unsupported: list[str] = []
+        skip: dict[int, str] = {}
+        for n in g.node:
+            if n.op_type == "Erf" and id(n) not in skip:
+                m = self.gelu_pattern(n)
+                if m is not None:
+                    x, parts = m
+                    for p in parts:
+                        skip[id(p)] = "gelu"
+                    ops.append(_Op(f"GELU {(n.name or n.output[0])!r}", (x,), parts[-1].output[0],
+                                   _const([Activation("gelu")]), elementwise=True,
+                                   aux=((parts[3].name or id(parts[3]), x),)))  # fmt: skip
+        gelu_ops = {op.output: op for op in ops}
+        ops = []
+        for n in g.node:
+            if id(n) in self.folded_nodes or (
+                n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+            ):
+                continue
+            if id(n) in skip:
+                if n.op_type == "Mul" and n.output[0] in gelu_ops:
+                    ops.append(gelu_ops[n.output[0]])
+                continue
+            try:
+                ops.append(self.convert(n, skip))
+            except _Unsupported as exc:
+                unsupported.append(_entry(self.label(n), exc))
+
+        uses: Counter[Hashable] = Counter()
+        for n in g.node:
+            if id(n) in self.folded_nodes:
+                uses.update(n.input[:1] if n.op_type == "Shape" else [])
+            elif not (n.op_type == "Constant" and n.domain in ("", "ai.onnx")):
+                uses.update(i for i in n.input if i and i not in self.consts)
+        uses.update(o.name for o in g.output)
+        graph = _Graph(ops, inp.name, g.output[0].name, uses)
+        if not unsupported:
+            for op in ops:
+                for v in op.inputs:
+                    if v not in graph.pos:
+                        raise SpecError(f"{op.name}: reads {v!r}, not computed from the input")
+        return _to_model(graph, unsupported, input_shape, name)

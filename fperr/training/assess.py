@@ -1,0 +1,217 @@
+"""From first-step statistics to findings and fixes; the recommended Adam eps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from ..formats import Format, get_format
+from .constants import HEADROOM, UPDATE_NOTE
+from .report import Constant, Finding, LayerStats, ParamStats, _fmt_float, _pct
+
+
+def recommended_eps(fmt: Format | str) -> float:
+    """Smallest power of ten at or above the format's smallest normal number.
+
+    An Adam eps below it is subnormal (imprecise) or zero in the format;
+    binary16 gives 1e-4 (smallest normal 6.1e-5), the value that trains
+    standalone fp16 Adam in the reference measurements.
+    """
+    fmt = get_format(fmt)
+    return float(10.0 ** math.ceil(math.log10(fmt.smallest_normal)))
+
+
+def _loss_scale_suggestion(
+    f: Format, S: float, hist: npt.NDArray[np.int64], gmax: float
+) -> float | None:
+    """A power-of-two loss scale lifting 99% of nonzero gradients out of the subnormals."""
+    total = int(hist.sum())
+    if total == 0 or gmax == 0:
+        return None
+    k1 = int(np.searchsorted(np.cumsum(hist), 0.01 * total)) - 1100  # 1% quantile binade
+    low = 2.0 ** (k1 - 1)  # that binade's lower end (scaled gradient)
+    need = math.ceil(math.log2(f.smallest_normal / low))
+    room = math.floor(math.log2(f.max / (HEADROOM * gmax)))
+    k = min(need, room)
+    if k < 1:
+        return None
+    return S * 2.0**k
+
+
+def _assess(
+    f: Format, opt: str, lr: float, eps: float, eps_f: float, S: float,
+    constants: list[Constant], params: tuple[ParamStats, ...], layers: tuple[LayerStats, ...],
+    input_max: float, hist: npt.NDArray[np.int64], stagnation_limit: float,
+    underflow_limit: float, update_limit: float,
+) -> tuple[list[Finding], list[str]]:  # fmt: skip
+    findings: list[Finding] = []
+    fixes: list[str] = []
+
+    def hazard(msg: str, fix: str | None = None) -> None:
+        findings.append(Finding("hazard", msg))
+        if fix is not None and fix not in fixes:
+            fixes.append(fix)
+
+    def note(msg: str) -> None:
+        findings.append(Finding("note", msg))
+
+    def const(name: str) -> Constant:
+        return next(c for c in constants if c.name == name)
+
+    rec = recommended_eps(f)
+    eps_fix = (
+        f"eps={eps:g} rounds to {_fmt_float(eps_f)} in {f.name}: use eps >= {rec:g} "
+        "(or keep the optimizer states in fp32)"
+    )
+    nan_n = sum(p.nan_updates for p in params)
+    inf_n = sum(p.inf_updates for p in params)
+    total = sum(p.size for p in params)
+
+    # -- optimizer constants
+    if opt == "adam":
+        if eps > 0 and eps_f == 0:
+            hazard(
+                f"eps={eps:g} rounds to 0 in {f.name} (below half its smallest subnormal, "
+                f"{f.smallest_subnormal / 2:.3g}): sqrt(v_hat)+eps is 0 wherever v is 0, and "
+                "the Adam update m/(sqrt(v_hat)+eps) is 0/0 = NaN (g = 0) or x/0 = inf",
+                eps_fix,
+            )
+        elif 0 < eps_f < f.smallest_normal:
+            note(
+                f"eps={eps:g} is subnormal in {f.name}: it is {eps_f:.4g} there "
+                f"({100 * (eps_f - eps) / eps:+.2g}% off the eps asked for), and tiny: weights "
+                "whose v underflows take steps lr/eps * g"
+            )
+        b2c, omb = const("beta2"), const("1-round(beta2)")
+        if abs(omb.rel_change) > 1e-3:
+            extra = " -- v would never change" if omb.rounded == 0 else ""
+            note(
+                f"constants held in {f.name} would differ: beta2 {b2c.value:g} -> "
+                f"{b2c.rounded:.6g}, so 1-beta2 = {omb.rounded:.4g} instead of "
+                f"{omb.value:.4g}{extra}; PyTorch applies Python-scalar constants in fp32, "
+                "so this matters only for implementations that store them in the format"
+            )
+    if const("lr").rounded == 0:
+        note(f"lr={lr:g} rounds to 0 in {f.name} (PyTorch applies it in fp32)")
+
+    # -- the first step
+    if nan_n or inf_n:
+        worst = max(params, key=lambda p: p.nan_updates + p.inf_updates)
+        why = []
+        if nan_n:
+            why.append(f"NaN into {nan_n}" + (" (0/0: m = v = 0)" if opt == "adam" else ""))
+        if inf_n:
+            why.append(f"inf into {inf_n}" + (" (m/0 or overflow)" if opt == "adam" else ""))
+        hazard(
+            f"the first step writes {' and '.join(why)} of {total} weights "
+            f"(most in {worst.name}: {worst.nan_updates} NaN, {worst.inf_updates} inf)",
+            eps_fix if opt == "adam" and eps_f < f.smallest_normal else None,
+        )
+    if opt == "adam":
+        vu = [p for p in params if p.v_underflow > 1e-3]
+        if vu:
+            omb2 = const("1-beta2").value
+            gv = math.sqrt(f.smallest_subnormal / 2 / omb2) if omb2 > 0 else math.inf
+            note(
+                f"(1-beta2) g^2 underflows to 0 for 0 < |g| < ~{gv:.3g}: "
+                + ", ".join(f"{p.name} {_pct(p.v_underflow)}" for p in vu)
+                + " of the nonzero gradients"
+            )
+        big = max(params, key=lambda p: p.max_update_ratio)
+        ed = [p for p in params if p.eps_dominated > 1e-3]
+        if big.max_update_ratio > update_limit:
+            hazard(
+                f"first-step updates reach {big.max_update_ratio:.3g} x lr in {big.name} "
+                f"(|update| {big.max_update_ratio * lr:.3g}): where sqrt(v_hat) < eps, Adam "
+                f"steps lr/eps * g with eps={eps_f:.3g}",
+                f"eps={eps:g} is too small for {f.name}: use eps >= {rec:g} "
+                "(or keep the optimizer states in fp32)",
+            )
+        elif big.max_update_ratio > UPDATE_NOTE and ed:
+            note(
+                "eps dominates sqrt(v_hat) for "
+                + ", ".join(f"{p.name} {_pct(p.eps_dominated)}" for p in ed)
+                + " of the weights: they take SGD-like steps lr/eps * g, up to "
+                f"{big.max_update_ratio:.3g} x lr"
+            )
+
+    # -- gradients
+    for p in params:
+        if p.grad_underflow_mass > underflow_limit:
+            hazard(
+                f"gradients of {p.name} that underflow to 0 in {f.name} "
+                f"(|g| < {f.smallest_subnormal / 2:.3g}) carry {_pct(p.grad_underflow_mass)} "
+                f"of its L1 norm ({_pct(p.grad_underflow)} of the nonzero entries)"
+            )
+        if p.grad_overflow:
+            hazard(
+                f"{p.grad_overflow} gradient entries of {p.name} overflow {f.name} "
+                f"(|g| up to {p.grad_absmax:.3g} > max {f.max:g})",
+                "reduce the loss scale" if S > 1 else f"keep layer {p.layer} in fp32",
+            )
+        elif p.sq_grad_max > f.max:
+            note(
+                f"g^2 of {p.name} reaches {p.sq_grad_max:.3g} > max {f.max:g}: fine where "
+                "g*g is computed in fp32 (PyTorch's addcmul), an overflow where it is stored"
+            )
+        if p.lost > stagnation_limit:
+            hazard(
+                f"{_pct(p.lost)} of the first-step updates of {p.name} are lost "
+                "(|update| < ulp(w)/2: w + update rounds back to w)",
+                f"keep layer {p.layer} in fp32 (master weights), or use stochastic rounding "
+                "or Kahan-compensated updates",
+            )
+    small = [p for p in params if p.grad_underflow > 0 or p.grad_subnormal > 0]
+    if small:
+        mass = max(p.grad_underflow_mass for p in small)
+        note(
+            f"gradient entries flushed to 0 / subnormal in {f.name}: "
+            + ", ".join(
+                f"{p.name} {_pct(p.grad_underflow)}/{_pct(p.grad_subnormal)}" for p in small
+            )
+            + f"; the flushed ones carry at most {mass:.2g} of a tensor's L1 norm, the "
+            f"rounded gradients are off by {max(p.grad_error for p in params):.2g} (L1, relative)"
+        )
+    lost = [p for p in params if 0.01 < p.lost <= stagnation_limit]
+    if lost:
+        note(
+            "first-step updates lost (|u| < ulp(w)/2): "
+            + ", ".join(f"{p.name} {_pct(p.lost)}" for p in lost)
+        )
+
+    # -- activations and their gradients
+    for s in layers:
+        if s.out_absmax > f.max:
+            hazard(
+                f"layer {s.index} ({s.type}) outputs reach {s.out_absmax:.3g} > max {f.max:g}",
+                f"keep layer {s.index} in fp32",
+            )
+        elif s.out_absmax > f.max / HEADROOM:
+            note(f"layer {s.index} ({s.type}) outputs reach {s.out_absmax:.3g}, near max {f.max:g}")
+        if s.out_grad_absmax > f.max:
+            hazard(
+                f"the gradient of layer {s.index} ({s.type}) outputs reaches "
+                f"{s.out_grad_absmax:.3g} > max {f.max:g}",
+                "reduce the loss scale" if S > 1 else f"keep layer {s.index} in fp32",
+            )
+        if s.out_grad_underflow_mass > underflow_limit:
+            hazard(
+                f"output gradients of layer {s.index} ({s.type}) that underflow to 0 in "
+                f"{f.name} carry {_pct(s.out_grad_underflow_mass)} of their L1 norm"
+            )
+    if input_max > f.max:
+        hazard(f"inputs reach {input_max:.3g} > max {f.max:g}", "rescale the inputs")
+
+    underflowing = any(p.grad_underflow_mass > underflow_limit for p in params) or any(
+        s.out_grad_underflow_mass > underflow_limit for s in layers
+    )
+    if underflowing:
+        gmax = max([p.grad_absmax for p in params] + [s.out_grad_absmax for s in layers])
+        scale = _loss_scale_suggestion(f, S, hist, gmax)
+        if scale is not None:
+            fixes.append(f"use loss scaling x{scale:g}")
+        else:
+            fixes.append("keep the gradients in fp32 (no loss scale fits in the headroom)")
+    return findings, fixes
