@@ -45,3 +45,32 @@ def test_bad_arguments_exit_2_with_one_line():
         assert "Traceback" not in res.output
         assert res.output.strip().count("\n") == 0
         assert res.output.startswith("fperr: error:")
+
+
+def test_schema_is_json_schema_of_the_spec():
+    import json
+
+    res = run("schema")
+    assert res.exit_code == 0
+    schema = json.loads(res.output)
+    assert "layers" in schema["properties"] and "input" in schema["required"]
+
+
+def test_check_training_exit_codes():
+    res = run("check-training", "--model", "examples/mlp.yaml", "--eps", "1e-8")
+    assert res.exit_code == 1 and "rounds to 0" in res.output
+    res = run("check-training", "--model", "examples/mlp.yaml", "--eps", "1e-4")
+    assert res.exit_code == 0, res.output
+    res = run("check-training", "--model", "examples/cnn.yaml")
+    assert res.exit_code == 2 and res.output.startswith("fperr: error:")
+
+
+def test_validate_rechecks_a_committed_report_and_rejects_bad_use():
+    res = run("validate", "--model", "examples/mlp.yaml", "--report",
+              "validation/results/cpu/mlp.json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "0 bound violations" in res.output
+    res = run("validate", "--report", "validation/results/cpu/mlp.json")
+    assert res.exit_code == 2 and "--model is required" in res.output
+    res = run("validate", "--model", "examples/mlp.yaml", "--report", "missing.json")
+    assert res.exit_code == 2 and "Traceback" not in res.output
