@@ -120,9 +120,7 @@ def _convert(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
         return enc  # exact
     y = fround(enc.value, new)
     mag = np.abs(enc.value) + 2 * enc.radius()
-    return Enclosure(y, enc.gens, enc.groups, enc.random, enc.boxes).add_box(
-        half_ulp(mag, new), index, random=True
-    )
+    return enc.with_value(y).add_box(half_ulp(mag, new), index, random=True)
 
 
 def _bound_batch(
@@ -148,7 +146,7 @@ def _bound_batch(
             radius, per = _probabilistic(g, rnd, groups, n_groups, lam)
         else:
             # worst case: factored boxes add their radius without being expanded
-            g = np.abs(enc.gens)
+            g = np.abs(enc.gens)  # (N, K, q): K outputs, small
             radius = g.sum(axis=2)
             per = _per_layer(g, np.asarray(enc.groups, dtype=np.int64), n_groups)
             for b in enc.boxes:

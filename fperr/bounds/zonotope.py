@@ -23,7 +23,7 @@ run stay within the radius of the computed values).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -75,17 +75,17 @@ class Box:
             r = r @ np.abs(self.mat).T
         return r if self.left is None else np.abs(self.left) * r
 
-    def dense(self) -> Array:
-        """(N, m, n_live) explicit generator columns of the sources that are nonzero."""
+    def rows(self) -> Array:
+        """(N, n_live, m): one generator row per nonzero source (source-major)."""
         live = np.flatnonzero((self.radius != 0).any(axis=0))
         b = self.radius[:, live]
         if self.mat is None:
             N, n = self.radius.shape
-            g = np.zeros((N, n, live.size))
-            g[:, live, np.arange(live.size)] = b
+            g = np.zeros((N, live.size, n))
+            g[:, np.arange(live.size), live] = b
         else:
-            g = self.mat[None, :, live] * b[:, None, :]
-        return g if self.left is None else g * self.left[:, :, None]
+            g = self.mat[:, live].T[None] * b[:, :, None]
+        return g if self.left is None else g * self.left[:, None, :]
 
     def scaled(self, d: Array) -> Box:
         if self.mat is None:
@@ -94,50 +94,78 @@ class Box:
         return Box(self.radius, self.group, self.random, self.mat, left)
 
 
-@dataclass
 class Enclosure:
     """Computed values and signed error generators for a batch.
 
-    ``value``: (N, *shape) computed activations.  ``gens``: (N, n, q)
-    generators, n = prod(shape).  ``groups``: for each generator column, the
-    index of the layer that introduced it (for the per-layer breakdown).
-    ``random``: per column, whether it is a rounding error (independent,
-    zero-mean in the probabilistic model) or a deterministic remainder.
-    ``boxes``: further generators kept in factored form (see :class:`Box`).
+    ``value``: (N, *shape) computed activations.  The generators are kept
+    source-major in blocks ``parts`` of shape (N, q_i, n), n = prod(shape):
+    a linear map is then one GEMM per block with no transposes, and new
+    sources are appended without copying the old ones.  ``gens`` is the
+    (N, n, q) view of all of them.  ``groups``: for each source, the index of
+    the layer that introduced it (for the per-layer breakdown).  ``random``:
+    per source, whether it is a rounding error (independent, zero-mean in the
+    probabilistic model) or a deterministic remainder.  ``boxes``: further
+    sources kept in factored form (see :class:`Box`).
     """
 
-    value: Array
-    gens: Array
-    groups: list[int] = field(default_factory=list)
-    random: list[bool] = field(default_factory=list)
-    boxes: list[Box] = field(default_factory=list)
+    def __init__(
+        self,
+        value: Array,
+        gens: Array | None = None,
+        groups: list[int] | None = None,
+        random: list[bool] | None = None,
+        boxes: list[Box] | None = None,
+        *,
+        parts: list[Array] | None = None,
+    ) -> None:
+        self.value = value
+        if parts is None:
+            parts = []
+            if gens is not None and gens.shape[2]:
+                parts = [np.ascontiguousarray(gens.transpose(0, 2, 1))]
+        self.parts = parts
+        self.groups = list(groups or [])
+        self.random = list(random or [])
+        self.boxes = list(boxes or [])
+
+    def _like(self, value: Array, parts: list[Array], boxes: list[Box]) -> Enclosure:
+        return Enclosure(value, None, self.groups, self.random, boxes, parts=parts)
 
     @property
     def n(self) -> int:
         return int(np.prod(self.value.shape[1:]))
 
+    @property
+    def gens(self) -> Array:
+        """(N, n, q) generator matrix of the explicit sources."""
+        N = self.value.shape[0]
+        if not self.parts:
+            return np.zeros((N, self.n, 0))
+        return np.concatenate(self.parts, axis=1).transpose(0, 2, 1)
+
     def radius(self) -> Array:
         """Componentwise bound on |computed - exact|, shaped like ``value``."""
-        r = np.abs(self.gens).sum(axis=2)
+        r = np.zeros((self.value.shape[0], self.n))
+        for p in self.parts:
+            r += np.abs(p).sum(axis=1)
         for b in self.boxes:
             r = r + b.contribution()
         return r.reshape(self.value.shape)
 
-    def _append(self, g: Array, group: int, random: bool) -> Enclosure:
-        return Enclosure(
-            self.value,
-            np.concatenate([self.gens, g], axis=2),
-            self.groups + [group] * g.shape[2],
-            self.random + [random] * g.shape[2],
-            self.boxes,
-        )
+    def with_value(self, value: Array) -> Enclosure:
+        """The same generators attached to new values of the same size."""
+        return self._like(value, self.parts, self.boxes)
 
     def materialize(self) -> Enclosure:
-        """Turn every factored box into explicit generator columns."""
-        enc = Enclosure(self.value, self.gens, list(self.groups), list(self.random))
+        """Turn every factored box into explicit generator rows."""
+        parts, groups, random = list(self.parts), list(self.groups), list(self.random)
         for b in self.boxes:
-            enc = enc._append(b.dense(), b.group, b.random)
-        return enc
+            rows = b.rows()
+            if rows.shape[1]:
+                parts.append(rows)
+                groups += [b.group] * rows.shape[1]
+                random += [b.random] * rows.shape[1]
+        return Enclosure(self.value, None, groups, random, [], parts=parts)
 
     def linear(
         self,
@@ -149,16 +177,16 @@ class Enclosure:
 
         ``matrix`` may supply the map's (m, n) matrix (e.g. from a cache).
         """
-        N, n, q = self.gens.shape
+        N = self.value.shape[0]
         m = int(np.prod(new_value.shape[1:]))
-        if q:
-            cols = self.gens.transpose(0, 2, 1).reshape((N * q, *self.value.shape[1:]))
-            gens = np.ascontiguousarray(apply(cols).reshape(N, q, m).transpose(0, 2, 1))
-        else:
-            gens = np.zeros((N, m, 0))
-        out = Enclosure(new_value, gens, list(self.groups), list(self.random))
+        parts = [
+            apply(p.reshape((N * p.shape[1], *self.value.shape[1:]))).reshape(N, p.shape[1], m)
+            for p in self.parts
+        ]
+        out = Enclosure(new_value, None, self.groups, self.random, parts=parts)
         if not self.boxes:
             return out
+        n = self.n
         if matrix is not None:
             mat = matrix()
         else:  # the map's matrix (m, n), from the images of the unit vectors
@@ -167,22 +195,23 @@ class Enclosure:
             if b.mat is None:  # first map: stays factored
                 out.boxes.append(Box(b.radius, b.group, b.random, mat))
                 continue
-            # second map: form the per-input product, then the columns
+            # second map: per input, (sources x units) @ (units x new units), one GEMM
             live = np.flatnonzero((b.radius != 0).any(axis=0))
-            ml = np.broadcast_to(mat, (N, *mat.shape))
+            h = np.broadcast_to(b.mat[:, live].T, (N, live.size, b.mat.shape[0]))
             if b.left is not None:
-                ml = mat[None] * b.left[:, None, :]
-            # one GEMM for the whole batch: (N m', m) @ (m, n_live)
-            g = (ml.reshape(-1, mat.shape[1]) @ b.mat[:, live]).reshape(N, m, live.size)
-            g *= b.radius[:, None, live]
-            out = out._append(g, b.group, b.random)
+                h = h * b.left[:, None, :]
+            g = (h.reshape(-1, h.shape[2]) @ mat.T).reshape(N, live.size, m)
+            g *= b.radius[:, live, None]
+            out.parts.append(g)
+            out.groups = out.groups + [b.group] * live.size
+            out.random = out.random + [b.random] * live.size
         return out
 
     def scale_rows(self, new_value: Array, d: Array) -> Enclosure:
         """Generators times a per-unit factor ``d`` (N, *shape): diagonal maps."""
         dd = d.reshape(d.shape[0], -1)
-        boxes = [b.scaled(dd) for b in self.boxes]
-        return Enclosure(new_value, self.gens * dd[:, :, None], self.groups, self.random, boxes)
+        parts = [p * dd[:, None, :] for p in self.parts]
+        return self._like(new_value, parts, [b.scaled(dd) for b in self.boxes])
 
     def gather_rows(self, new_value: Array, src: npt.NDArray[np.int64], keep: Array) -> Enclosure:
         """Output unit o carries the error of input unit src[:, o] times keep[:, o].
@@ -195,33 +224,32 @@ class Enclosure:
         if overlapping or any(b.mat is not None for b in self.boxes):
             enc = self.materialize()
         kk = keep.reshape(keep.shape[0], -1)
-        gens = np.take_along_axis(enc.gens, src[:, :, None], axis=1) * kk[:, :, None]
+        parts = [np.take_along_axis(p, src[:, None, :], axis=2) * kk[:, None, :] for p in enc.parts]
         boxes = [
             Box(np.take_along_axis(b.radius, src, axis=1) * kk, b.group, b.random)
             for b in enc.boxes
         ]
-        return Enclosure(new_value, gens, enc.groups, enc.random, boxes)
+        return enc._like(new_value, parts, boxes)
 
     def reshaped(self, new_value: Array) -> Enclosure:
-        return Enclosure(new_value, self.gens, self.groups, self.random, self.boxes)
+        return self.with_value(new_value)
 
     def add_box(self, radius: Array, layer: int, random: bool) -> Enclosure:
         """Add one independent generator per unit with the given radius (N, *shape)."""
         r = radius.reshape(radius.shape[0], -1)
         if not np.any(r):
             return self
-        boxes = [*self.boxes, Box(r, layer, random)]
-        return Enclosure(self.value, self.gens, self.groups, self.random, boxes)
+        return self._like(self.value, self.parts, [*self.boxes, Box(r, layer, random)])
 
     def prune(self) -> Enclosure:
-        """Drop generator columns that are zero for the whole batch (dead ReLUs)."""
-        keep = np.flatnonzero(np.abs(self.gens).max(axis=(0, 1), initial=0) > 0)
-        if keep.size == self.gens.shape[2]:
-            return self
-        return Enclosure(
-            self.value,
-            np.ascontiguousarray(self.gens[:, :, keep]),
-            [self.groups[i] for i in keep],
-            [self.random[i] for i in keep],
-            self.boxes,
-        )
+        """Drop generator rows that are zero for the whole batch (dead ReLUs)."""
+        parts, groups, random, start = [], [], [], 0
+        for p in self.parts:
+            q = p.shape[1]
+            keep = np.flatnonzero(np.abs(p).max(axis=(0, 2), initial=0) > 0)
+            if keep.size:
+                parts.append(p if keep.size == q else np.ascontiguousarray(p[:, keep]))
+                groups += [self.groups[start + i] for i in keep]
+                random += [self.random[start + i] for i in keep]
+            start += q
+        return Enclosure(self.value, None, groups, random, self.boxes, parts=parts)
