@@ -197,10 +197,18 @@ class Enclosure:
                 continue
             # second map: per input, (sources x units) @ (units x new units), one GEMM
             live = np.flatnonzero((b.radius != 0).any(axis=0))
-            h = np.broadcast_to(b.mat[:, live].T, (N, live.size, b.mat.shape[0]))
-            if b.left is not None:
-                h = h * b.left[:, None, :]
-            g = (h.reshape(-1, h.shape[2]) @ mat.T).reshape(N, live.size, m)
+            k = b.mat.shape[0]
+            if m < live.size:  # few new units (an output layer): scale the small side
+                ml = np.broadcast_to(mat, (N, m, k))
+                if b.left is not None:
+                    ml = ml * b.left[:, None, :]
+                g = (ml.reshape(-1, k) @ b.mat[:, live]).reshape(N, m, live.size)
+                g = np.ascontiguousarray(g.transpose(0, 2, 1))
+            else:
+                h = np.broadcast_to(b.mat[:, live].T, (N, live.size, k))
+                if b.left is not None:
+                    h = h * b.left[:, None, :]
+                g = (h.reshape(-1, k) @ mat.T).reshape(N, live.size, m)
             g *= b.radius[:, live, None]
             out.parts.append(g)
             out.groups = out.groups + [b.group] * live.size
