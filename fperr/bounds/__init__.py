@@ -81,9 +81,14 @@ def bound_run(
     if method not in ("deterministic", "probabilistic"):
         raise ValueError(f"unknown method {method!r}; use deterministic or probabilistic")
     x = check_inputs(X, model.input_shape)
-    # dot products, the weight roundings inside them, and the outputs
-    events = 2 * _count_dot_products(model) + int(np.prod(model.output_shape))
-    lam = lambda_for(confidence, events) if method == "probabilistic" else 0.0
+    # Half the failure budget for the per-sum events inside the network (dot
+    # products and the weight roundings in them), half for the K outputs'
+    # quadrature combination: a union bound over both.
+    inner = 2 * _count_dot_products(model)
+    outputs = int(np.prod(model.output_shape))
+    half = 1 - (1 - confidence) / 2
+    lam = lambda_for(half, inner) if method == "probabilistic" else 0.0
+    lam_out = lambda_for(half, outputs) if method == "probabilistic" else 0.0
     accumulation = "probabilistic" if method == "probabilistic" else "worst"
     contexts: dict[Emulated, Context] = {}
     ctxs = []
@@ -97,11 +102,15 @@ def bound_run(
     bs = batch_size or max(1, int(5e7 // max(1, widest * total_units)))
     outs, radii, layers = [], [], []
     for i in range(0, x.shape[0], bs):
-        o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam)
+        o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam_out)
         outs.append(o)
         radii.append(r)
         layers.append(pl)
-    fail = min(1.0, events * 2 * math.exp(-(lam**2) / 2)) if method == "probabilistic" else 0.0
+    fail = 0.0
+    if method == "probabilistic":
+        fail = min(
+            1.0, 2 * inner * math.exp(-(lam**2) / 2) + 2 * outputs * math.exp(-(lam_out**2) / 2)
+        )
     return RunBound(np.concatenate(outs), np.concatenate(radii), np.concatenate(layers), fail)
 
 
