@@ -29,10 +29,9 @@ import hashlib
 import platform
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,10 +39,10 @@ import numpy.typing as npt
 from .arith import Emulated
 from .errors import FperrInputError
 from .formats import Format, get_format
-from .layers import Conv2d, Residual
 from .model import Model, check_inputs
 from .probe import ProbeResult, probe, probe_cli, require_torch, resolve_device
 from .rounding import round as fround
+from .validation_configs import CONFIGS, TorchConfig, arithmetic_for
 from .validation_report import (
     ConfigResult,
     ValidationReport,
@@ -59,142 +58,6 @@ __all__ = ["CONFIGS", "ConfigResult", "ProbeResult", "TorchConfig", "ValidationR
            "validate_cli"]  # fmt: skip
 
 Array = npt.NDArray[np.float64]
-Rounding = Literal["nearest", "truncate"]
-
-# Elementwise functions (tanh, exp, erf, sigmoid) are not correctly rounded:
-# the CUDA Math API documents up to 2 ulp for tanhf/expf/erff, glibc's tanh
-# and tanhf up to 2 ulp (ATen's vector loops use Sleef at 1 ulp but finish
-# the tail with the scalar libm call).  The default allowance of 1 ulp would
-# not cover them, so every config is bounded with 2.
-FUNC_ULPS = 2.0
-
-# A TF32 run stores float32 values and rounds (or chops) both GEMM operands to
-# TF32 where they are used: an error of up to half a binary32 ulp plus half a
-# TF32 ulp (double rounding), or a whole TF32 ulp (chopping).  Both are within
-# one TF32 ulp, the half ulp of rounding to nearest one bit shorter: the TF32
-# configs are bounded with values stored in this format.
-TF32_COVER = Format("tf32_cover", p=10, emax=127)
-
-
-# -- configurations -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TorchConfig:
-    """One way of running a model in PyTorch (the arguments of ``run_torch``)."""
-
-    name: str
-    dtype: str
-    tf32: bool = False
-    autocast: str | None = None
-    reduced_precision_reduction: bool | None = None
-    tensor_cores: bool = False  # on CUDA: GEMMs on tensor cores (chopping accumulators)
-    certify: bool = False  # 16-bit: check the fp16-vs-fp32 certificate against it
-    description: str = ""
-
-
-CONFIGS: dict[str, TorchConfig] = {
-    c.name: c
-    for c in (
-        TorchConfig("float64", "float64", description="the reference: float64 everywhere"),
-        TorchConfig("float32", "float32", description="float32, TF32 off (strict IEEE)"),
-        TorchConfig("float32_default", "float32",
-                    description="float32 with PyTorch's default flags (cuDNN may use TF32)"),
-        TorchConfig("tf32", "float32", tf32=True, tensor_cores=True,
-                    description="float32 with TF32 allowed for matmuls and convolutions"),
-        TorchConfig("float16_red", "float16", reduced_precision_reduction=True,
-                    tensor_cores=True, certify=True,
-                    description="float16, cuBLAS reduced-precision reduction allowed"),
-        TorchConfig("float16", "float16", reduced_precision_reduction=False,
-                    tensor_cores=True, certify=True,
-                    description="float16, reduced-precision reduction disallowed"),
-        TorchConfig("bfloat16", "bfloat16", reduced_precision_reduction=False,
-                    tensor_cores=True, certify=True, description="bfloat16"),
-        TorchConfig("autocast_float16", "float32", autocast="float16",
-                    reduced_precision_reduction=True, tensor_cores=True, certify=True,
-                    description="float32 model under torch.autocast(float16), default flags"),
-    )
-}  # fmt: skip
-
-
-def _has_conv(layers: Iterable[Any]) -> bool:
-    return any(
-        isinstance(layer, Conv2d) or (isinstance(layer, Residual) and _has_conv(layer.layers))
-        for layer in layers
-    )
-
-
-def _acc_rounding(measured: str | None, device: str, tensor_cores: bool) -> Rounding:
-    # DESIGN.md: tensor cores do not round to nearest inside the accumulation;
-    # a chopping model (2 u_acc per addition) unless the probe measured
-    # round-to-nearest.  CPU FMA units round to nearest unless the probe saw
-    # chopping or directed rounding ("inconclusive": no evidence against it).
-    if measured == "nearest":
-        return "nearest"
-    if device.startswith("cuda") and tensor_cores:
-        return "truncate"
-    return "nearest" if measured in (None, "inconclusive") else "truncate"
-
-
-def arithmetic_for(
-    config: TorchConfig | str, device: str, probe_result: ProbeResult, model: Model | None = None
-) -> tuple[Emulated, str]:
-    """The fperr arithmetic whose bound must cover ``config`` on ``device``, and why."""
-    c = CONFIGS[config] if isinstance(config, str) else config
-    pr = probe_result
-    cuda = device.startswith("cuda")
-    if c.name == "float32_default" and cuda and model is not None and _has_conv(model.layers):
-        # PyTorch's defaults leave cuDNN's TF32 on (torch.backends.cudnn.allow_tf32
-        # = True): convolutions run on TF32 tensor cores, so the TF32 model applies.
-        arith, why = arithmetic_for(replace(c, name="tf32", tf32=True, tensor_cores=True),
-                                    device, pr, model)  # fmt: skip
-        return arith, "PyTorch's default cuDNN TF32 for convolutions: " + why
-    if c.dtype == "float64":
-        # Only the slack: float64 vs exact, any order (MKL/cuBLAS DGEMM round to nearest).
-        return Emulated.from_names("binary64", "binary64", func_ulps=FUNC_ULPS), (
-            "float64 storage and accumulation: the reference's own error, used as slack"
-        )
-    if c.dtype == "float32" and c.autocast is None and not c.tf32:
-        # Strict float32: SGEMM/SIMD FMA kernels round every operation to nearest.
-        rnd = _acc_rounding(pr.rounding.get("float32"), device, False)
-        why = "float32 storage, float32 FMA accumulation"
-        if c.name == "float32_default":
-            why += " (matmul TF32 is off by default" + (
-                "; the model has no convolutions for cuDNN's TF32)" if cuda else ")"
-            )
-        return Emulated.from_names("binary32", "binary32", func_ulps=FUNC_ULPS,
-                                   acc_rounding=rnd), (
-            f"{why}, {rnd} (probe: {pr.rounding.get('float32')})")  # fmt: skip
-    if c.tf32:
-        # Emulated(binary32, operand=tf32) rounds only the weights to TF32
-        # (fperr.layers.Dense.forward, bounds.rules.dense_rule), not the activations
-        # a TF32 kernel rounds too, so its bound does not cover TF32 runs.  Storing
-        # every value in TF32_COVER does: a stored value carries at most the error
-        # the consumer's operand has (see TF32_COVER), the float32 accumulation is
-        # modelled as it is, and float32 results are closer than the stored ones.
-        # On the CPU the TF32 flags do nothing: the run is plain float32, covered too.
-        rnd = _acc_rounding(pr.rounding.get("tf32"), device, c.tensor_cores)
-        return Emulated(TF32_COVER, get_format("binary32"), func_ulps=FUNC_ULPS,
-                        acc_rounding=rnd), (
-            f"TF32 operands (probe: {pr.tf32_operand}) covered by {TF32_COVER.name} storage"
-            f" (p=10), float32 accumulation, {rnd}"
-        )  # fmt: skip
-    low = c.autocast or c.dtype
-    red = bool(c.reduced_precision_reduction)
-    key = f"{low}/red={red}"
-    storage = get_format(low)
-    measured = pr.accumulate.get(key, "unknown")
-    if red:
-        # Reduced-precision reduction lets cuBLAS reduce split-K partial sums in
-        # 16 bits: 16-bit accumulation unless the probe saw fp32 accumulation.
-        acc = "binary32" if measured == "binary32" else storage.name
-    else:
-        # fp32 accumulation (cuBLAS computeType 32F, CPU opmath); a 16-bit
-        # accumulator, if the probe saw one, is the model.
-        acc = storage.name if measured == storage.name else "binary32"
-    rnd = _acc_rounding(pr.rounding.get(key), device, c.tensor_cores)
-    what = "autocast " if c.autocast else ""
-    return Emulated.from_names(storage, acc, func_ulps=FUNC_ULPS, acc_rounding=rnd), (
-        f"{what}{storage.name} storage, {acc} accumulation (probe: {measured}), {rnd}"
-    )
 
 
 # -- the environment ----------------------------------------------------------------------------
@@ -565,9 +428,8 @@ def validate(
             total = bounds(arith).radius + r64
             cm, rc = cert.get(c.name, (None, None))
             figures = _check(run.outputs, y64, total, pred32, cm, rc)
-            # TF32_COVER already covers float32-then-TF32 double rounding
             st = get_format(c.autocast) if c.autocast else arith.storage
-            dr = 0 if st == TF32_COVER else _double_rounded(params, st)
+            dr = _double_rounded(params, st)
             results.append(ConfigResult(c.name, bs, arith_to_dict(arith), why, dict(run.flags),
                                         double_rounded=dr, **figures))  # fmt: skip
             arrays[f"outputs:{c.name}@{bs}"] = run.outputs

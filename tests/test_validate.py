@@ -20,7 +20,6 @@ torch = pytest.importorskip("torch")
 
 from fperr.validate import (  # noqa: E402
     CONFIGS,
-    TF32_COVER,
     ProbeResult,
     ValidationReport,
     _fingerprint,
@@ -226,13 +225,13 @@ def test_arithmetic_mapping() -> None:
     assert a.storage.name == "bfloat16"
     a, _ = arithmetic_for("autocast_float16", "cuda", pr)
     assert a.storage.name == "binary16"
-    # TF32 rounds (or chops) both operands of float32 values: one TF32 ulp, stored
+    # TF32 rounds (or chops) both operands of float32 values to TF32
     a, _ = arithmetic_for("tf32", "cuda", pr)
-    names = (a.storage, a.accumulate.name, a.acc_rounding)
-    assert names == (TF32_COVER, "binary32", "truncate") and TF32_COVER.p == 10
+    names = (a.storage.name, a.operand_format.name, a.accumulate.name, a.acc_rounding)
+    assert names == ("binary32", "tf32", "binary32", "truncate")
     # PyTorch's defaults run convolutions on TF32 (cuDNN), dense layers in fp32
     cnn = load_model(EXAMPLES / "cnn.yaml")
-    assert arithmetic_for("float32_default", "cuda", pr, cnn)[0].storage == TF32_COVER
+    assert arithmetic_for("float32_default", "cuda", pr, cnn)[0].operand_format.name == "tf32"
     mlp = load_model(EXAMPLES / "mlp.yaml")
     assert arithmetic_for("float32_default", "cuda", pr, mlp)[0].storage.name == "binary32"
     assert arithmetic_for("float32_default", "cpu", pr, cnn)[0].storage.name == "binary32"
