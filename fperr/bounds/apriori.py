@@ -10,7 +10,6 @@ expressions of :mod:`fperr.bounds.symbolic`, evaluated numerically.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from ..arith import Emulated, Exact
 from ..errors import FperrInputError
 from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
-from .rules import _derivative_range
+from .rules import _derivative_range, _gamma
 
 Array = npt.NDArray[np.float64]
 
@@ -80,10 +79,6 @@ def _affine(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Ar
     rad = evaluate("dense", S_R=s_r, S_m=s_m, Z=zb, D_W=d_w, D_b=d_b, n=n,
                    u_a=a.u_acc, u_s=a.storage.u)  # fmt: skip
     return zc - zw, zc + zw, rad
-
-
-def _gamma(k: int, u: float) -> float:
-    return math.inf if k * u >= 1 else k * u / (1 - k * u)
 
 
 def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
