@@ -39,6 +39,9 @@ class Exact:
     def to_operand(self, x: Array) -> Array:
         return x
 
+    def activation_operand(self, x: Array) -> Array:
+        return x
+
     def matmul(self, a: Array, b: Array) -> Array:
         return np.matmul(a, b)
 
@@ -109,8 +112,12 @@ class Emulated:
     @property
     def operand_narrower(self) -> bool:
         """Whether matmul operands are rounded below storage precision (TF32)."""
-        op = self.operand_format
-        return op.p < self.storage.p or op.emax < self.storage.emax
+        return not self.operand_format.contains(self.storage)
+
+    def activation_operand(self, x: Array) -> Array:
+        """Stored activations as matmul operands: rounded only where the operand
+        format is narrower than storage (TF32); otherwise they are already exact."""
+        return self.to_operand(x) if self.operand_narrower else x
 
     def matmul(self, a: Array, b: Array) -> Array:
         """Dot products of already-rounded operands, accumulated, then stored."""

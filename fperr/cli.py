@@ -77,7 +77,7 @@ def round_cmd(value: str, fmt_name: str, mode: str) -> None:
     nbits = total_bits(fmt)
     click.echo(f"input:        {value} (nearest float64: {x!r})")
     click.echo(f"{fmt.name}:{' ' * max(1, 13 - len(fmt.name))}{y!r}")
-    if math.isfinite(y) or math.isinf(y):
+    if not math.isnan(y):
         hex_digits = (nbits + 3) // 4
         click.echo(f"bits:         0x{to_bits(y, fmt):0{hex_digits}x} ({nbits} bits)")
     if math.isfinite(y):

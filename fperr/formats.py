@@ -103,6 +103,16 @@ class Format:
     def has_inf(self) -> bool:
         return self.inf_nan == "ieee"
 
+    def contains(self, other: Format) -> bool:
+        """Whether every finite value of ``other`` is a value of this format."""
+        sub = 0 if other.subnormals else other.p - 1  # lowest significand bit used
+        return (
+            self.p >= other.p
+            and self.emax >= other.emax
+            and self.emin - self.p <= other.emin - other.p + sub
+            and (self.subnormals or self.emin <= other.emin)
+        )
+
     def ulp(self, e: int) -> float:
         """Spacing of the format's numbers in the binade ``[2**e, 2**(e+1))``."""
         return 2.0 ** (max(e, self.emin) - self.p + 1)

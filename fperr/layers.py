@@ -56,7 +56,7 @@ class Dense:
         # numpy/cuBLAS semantics: x @ W.T rounded to storage, then the bias add
         # rounded again (an fp32 epilogue rounds once; the bounds cover both).
         # matmul operands: weights and activations both (TF32 rounds both)
-        z = arith.matmul(arith.to_operand(x), arith.to_operand(self.weight).T)
+        z = arith.matmul(arith.activation_operand(x), arith.to_operand(self.weight).T)
         if self.bias is not None:
             z = arith.store(z + arith.store(self.bias))
         return z
@@ -123,7 +123,7 @@ class Conv2d:
         w = arith.to_operand(self.weight)
         og = w.shape[0] // self.groups
         outs = []
-        for g, cols in enumerate(self.patches(arith.to_operand(x))):
+        for g, cols in enumerate(self.patches(arith.activation_operand(x))):
             wg = w[g * og : (g + 1) * og].reshape(og, -1)
             outs.append(arith.matmul(cols, wg.T))  # (N, L, og)
         z = np.concatenate(outs, axis=2).transpose(0, 2, 1).reshape(n, -1, ho, wo)

@@ -101,3 +101,17 @@ def test_custom_format_and_validation():
 def test_format_is_frozen():
     with pytest.raises(AttributeError):
         FORMATS["binary16"].p = 12  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("wide", sorted(FORMATS))
+@pytest.mark.parametrize("narrow", ["binary16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "tf32"])
+def test_contains_agrees_with_rounding_every_value(wide, narrow):
+    """Format.contains(narrow) iff rounding each finite value of narrow to wide is exact."""
+    src = FORMATS[narrow]
+    e = np.arange(src.emin - src.p + 1, src.emax + 1)
+    m = np.arange(2 ** (src.p - 1), 2**src.p)
+    vals = np.ldexp(m[None, :].astype(np.float64), e[:, None] - src.p + 1).ravel()
+    vals = fperr.round(vals, src)  # the values of narrow (normals and subnormals)
+    vals = vals[np.isfinite(vals)]
+    exact = bool(np.all(fperr.round(vals, wide) == vals))
+    assert FORMATS[wide].contains(src) == exact

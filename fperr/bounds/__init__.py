@@ -114,18 +114,9 @@ def bound_run(
     return RunBound(np.concatenate(outs), np.concatenate(radii), np.concatenate(layers), fail)
 
 
-def _contains(wide: Format, narrow: Format) -> bool:
-    """Whether every value of ``narrow`` is a value of ``wide``."""
-    return (
-        wide.p >= narrow.p
-        and wide.emax >= narrow.emax
-        and wide.emin - wide.p <= (narrow.emin - narrow.p)
-    )
-
-
 def _convert(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
     """Values move to another storage format between layers."""
-    if _contains(new, old):
+    if new.contains(old):
         return enc  # exact
     y = fround(enc.value, new)
     mag = np.abs(enc.value) + 2 * enc.radius()

@@ -160,7 +160,7 @@ def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclos
     a = ctx.arith
     x = enc.value
     w_hat = a.to_operand(layer.weight)
-    s_st = a.matmul(a.to_operand(x), w_hat.T)
+    s_st = a.matmul(a.activation_operand(x), w_hat.T)
     z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
     r = enc.radius()
     mag = np.abs(x) + 2 * r
@@ -340,14 +340,15 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     N = x.shape[0]
     flat_w = np.broadcast_to(win_idx, (N, *win_idx.shape))
     src = np.take_along_axis(flat_w, arg[..., None], -1)[..., 0].reshape(N, -1)
-    out = enc.gather_rows(y, src, sure.astype(np.float64))
+    overlapping = any(s < k for s, k in zip(layer.stride, layer.kernel, strict=True))
+    out = enc.gather_rows(y, src, sure.astype(np.float64), overlapping)
     return out.add_box(np.where(sure, 0.0, wr.max(axis=-1)), index, random=False)
 
 
 @rule("flatten", "reshape", "dropout")
 def shape_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Reshapes move values without arithmetic: generators keep their rows."""
-    return enc.reshaped(layer.forward(enc.value, ctx.arith))
+    return enc.with_value(layer.forward(enc.value, ctx.arith))
 
 
 @rule("batchnorm")

@@ -221,13 +221,14 @@ class Enclosure:
         parts = [p * dd[:, None, :] for p in self.parts]
         return self._like(new_value, parts, [b.scaled(dd) for b in self.boxes])
 
-    def gather_rows(self, new_value: Array, src: npt.NDArray[np.int64], keep: Array) -> Enclosure:
+    def gather_rows(
+        self, new_value: Array, src: npt.NDArray[np.int64], keep: Array, overlapping: bool
+    ) -> Enclosure:
         """Output unit o carries the error of input unit src[:, o] times keep[:, o].
 
-        Diagonal boxes stay diagonal if no input unit feeds two outputs;
-        everything else is materialized first.
+        Diagonal boxes stay diagonal if no input unit can feed two outputs
+        (``overlapping`` False); everything else is materialized first.
         """
-        overlapping = any(len(np.unique(row)) < row.size for row in src)
         enc = self
         if overlapping or any(b.mat is not None for b in self.boxes):
             enc = self.materialize()
@@ -238,9 +239,6 @@ class Enclosure:
             for b in enc.boxes
         ]
         return enc._like(new_value, parts, boxes)
-
-    def reshaped(self, new_value: Array) -> Enclosure:
-        return self.with_value(new_value)
 
     def add_box(self, radius: Array, layer: int, random: bool) -> Enclosure:
         """Add one independent generator per unit with the given radius (N, *shape)."""
