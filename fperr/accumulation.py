@@ -41,6 +41,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from .errors import FperrInputError
 from .formats import FORMATS, Format, get_format
 from .rounding import round as _fround
 
@@ -91,13 +92,14 @@ class AccumulationModel:
         object.__setattr__(self, "storage", get_format(self.storage))
         object.__setattr__(self, "accumulate", get_format(self.accumulate))
         if self.order not in ORDERS:
-            raise ValueError(f"unknown order {self.order!r}; valid orders: {', '.join(ORDERS)}")
+            valid = ", ".join(ORDERS)
+            raise FperrInputError(f"unknown order {self.order!r}; valid orders: {valid}")
         if int(self.block) != self.block or self.block < 1:
-            raise ValueError(f"block must be a positive integer, got {self.block!r}")
+            raise FperrInputError(f"block must be a positive integer, got {self.block!r}")
         acc64 = _is(self.accumulate, _B64)
         for f, ok in ((self.accumulate, acc64), (self.storage, acc64 and _is(self.storage, _B64))):
             if not (ok or _emulable(f)):
-                raise ValueError(
+                raise FperrInputError(
                     f"cannot emulate {f.name} exactly: it needs p <= 26 and emax <= 480 "
                     "(or binary64 accumulation, with binary64 storage if any)"
                 )
@@ -153,7 +155,7 @@ def get_accumulation(name: str | AccumulationModel) -> AccumulationModel:
     try:
         return PRESETS[str(name).strip().lower()]
     except KeyError:
-        raise ValueError(
+        raise FperrInputError(
             f"unknown accumulation model {name!r}; valid names: {', '.join(accumulation_names())}"
         ) from None
 
@@ -444,7 +446,7 @@ def matmul(
     ar = _Arith(model)
     sa, sb = np.shape(a), np.shape(b)
     if len(sa) < 2 or len(sb) != 2 or sa[-1] != sb[0]:
-        raise ValueError(f"matmul needs a (..., m, k) and b (k, n); got {sa}, {sb}")
+        raise FperrInputError(f"matmul needs a (..., m, k) and b (k, n); got {sa}, {sb}")
     a_st, b_st = _round_all([a, b], model.storage, ar.dtype, scratch=True)  # float32 if binary32
     a2 = a_st.reshape(int(np.prod(sa[:-1], dtype=np.int64)), sa[-1])
     acc = _matmul2d(a2, b_st, model, ar)  # b is shared by the batch: one 2-D product

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .errors import FperrInputError
 from .formats import Format
 
 
@@ -27,7 +28,7 @@ def to_bits(value: float, fmt: Format) -> int:
         return (sign << (w + m)) | (exp_field << m) | frac
     if math.isinf(value):
         if not fmt.has_inf:
-            raise ValueError(f"{fmt.name} has no infinity")
+            raise FperrInputError(f"{fmt.name} has no infinity")
         return (sign << (w + m)) | (top << m)
     a = abs(value)
     if a == 0:
@@ -35,7 +36,7 @@ def to_bits(value: float, fmt: Format) -> int:
     e = max(math.frexp(a)[1] - 1, fmt.emin)
     scaled = a / 2.0 ** (e - m)  # integer significand, exact for format values
     if scaled != int(scaled) or scaled >= 2 ** (m + 1) or a > fmt.max:
-        raise ValueError(f"{value!r} is not a {fmt.name} value")
+        raise FperrInputError(f"{value!r} is not a {fmt.name} value")
     n = int(scaled)
     exp_field = e + bias if n >= (1 << m) else 0  # subnormals have field 0
     return (sign << (w + m)) | (exp_field << m) | (n & ((1 << m) - 1))

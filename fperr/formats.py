@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import FperrInputError
+
 __all__ = ["Format", "get_format", "format_names", "FORMATS"]
 
 InfNaN = Literal["ieee", "fn"]
@@ -50,11 +52,11 @@ class Format:
 
     def __post_init__(self) -> None:
         if self.p < 2:
-            raise ValueError(f"precision p must be >= 2, got {self.p}")
+            raise FperrInputError(f"precision p must be >= 2, got {self.p}")
         if self.emax < 1:
-            raise ValueError(f"emax must be >= 1, got {self.emax}")
+            raise FperrInputError(f"emax must be >= 1, got {self.emax}")
         if self.inf_nan not in ("ieee", "fn"):
-            raise ValueError(f"inf_nan must be 'ieee' or 'fn', got {self.inf_nan!r}")
+            raise FperrInputError(f"inf_nan must be 'ieee' or 'fn', got {self.inf_nan!r}")
 
     # -- derived constants, named as numpy.finfo names them -----------------
     @property
@@ -174,6 +176,6 @@ def get_format(name: str | Format) -> Format:
     try:
         return FORMATS[key]
     except KeyError:
-        raise ValueError(
+        raise FperrInputError(
             f"unknown format {name!r}; valid names: {', '.join(format_names())}"
         ) from None

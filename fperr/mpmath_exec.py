@@ -24,6 +24,7 @@ import mpmath
 import numpy as np
 import numpy.typing as npt
 
+from .errors import FperrInputError
 from .layers import (
     Activation,
     BatchNorm,
@@ -224,13 +225,13 @@ def _forward(layer: Layer, x: Obj) -> Obj:
         for sub in layer.layers:
             h = _forward(sub, h)
         return x + h  # elementwise mpf additions
-    raise TypeError(f"run_mpmath: unsupported layer type {layer.type!r}")
+    raise FperrInputError(f"run_mpmath: unsupported layer type {layer.type!r}")
 
 
 def run_mpmath(model: Model, X: npt.ArrayLike, dps: int = 50) -> Obj:
     """Outputs of ``model`` on the batch ``X``, computed with ``dps`` decimal digits.
 
-    Returns an object array of ``mpmath.mpf`` of shape (N, *output shape).
+    Returns an object array of ``mpmath.mpf`` of shape ``(N, *output_shape)``.
     ``X`` is checked like :meth:`Model.forward` (shape, finiteness) and taken
     exactly.
     """

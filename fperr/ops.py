@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from .errors import FperrInputError
 from .formats import Format, get_format
 from .rounding import MODES, Mode, RandomLike
 from .rounding import round as _fround
@@ -66,12 +67,14 @@ def _is_binary64(fmt: Format) -> bool:
 def _check(fmt: Format | str, mode: str) -> Format:
     fmt = get_format(fmt)
     if mode not in MODES:
-        raise ValueError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
+        raise FperrInputError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
     if _is_binary64(fmt):
         if mode != "nearest":
-            raise ValueError("binary64 operations support only mode='nearest' (numpy arithmetic)")
+            raise FperrInputError(
+                "binary64 operations support only mode='nearest' (numpy arithmetic)"
+            )
     elif fmt.p > _MAX_P or fmt.emax > _MAX_EMAX:
-        raise ValueError(
+        raise FperrInputError(
             f"format {fmt.name} (p={fmt.p}, emax={fmt.emax}) is not supported: "
             f"exact emulation needs p <= {_MAX_P} and emax <= {_MAX_EMAX}, or binary64"
         )
@@ -273,7 +276,7 @@ def fma(
     """
     fmt = _check(fmt, mode)
     if _is_binary64(fmt):
-        raise ValueError("fma is not supported for binary64")
+        raise FperrInputError("fma is not supported for binary64")
     aa, ba, ca = _operand(a, fmt), _operand(b, fmt), _operand(c, fmt)
     with np.errstate(invalid="ignore", over="ignore"):
         p = aa * ba  # exact, sign of a zero product included

@@ -27,6 +27,7 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from .errors import FperrInputError
 from .formats import Format, get_format
 
 __all__ = ["round", "round_scalar", "Mode", "MODES"]
@@ -39,14 +40,14 @@ RandomLike = np.random.Generator | int | None
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
+        raise FperrInputError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
 
 
 def _check_range(fmt: Format) -> None:
     # The vectorised kernel builds quanta 2**k from float64 exponent bits, so
     # every quantum of the format must be a normal float64.
     if fmt.p > 53 or fmt.emax > 1023 or fmt.emin - fmt.p + 1 < -1074:
-        raise ValueError(f"format {fmt.name} is wider than binary64 and cannot be emulated")
+        raise FperrInputError(f"format {fmt.name} is wider than binary64 and cannot be emulated")
 
 
 def _rounds_away_on_overflow(mode: str, negative: bool) -> bool:
@@ -115,7 +116,7 @@ def round_scalar(
             n += negative
         elif mode == "stochastic":
             if random is None:
-                raise ValueError("stochastic rounding needs a random draw in [0, 1)")
+                raise FperrInputError("stochastic rounding needs a random draw in [0, 1)")
             n += Fraction(random) < frac
     y = n * q
     if y > Fraction(fmt.max):

@@ -211,7 +211,7 @@ VALIDATION: list[Cell] = [
     md("""
 # Validation: bound over observed error
 
-Real-hardware runs (`validation/run.py`, e.g. `validation/run_gpu.sh` on a
+Real-hardware runs (`fperr validate --suite`, e.g. `validation/run_gpu.sh` on a
 GPU machine) write reports to `validation/results/<device>/<model>.json`.
 This notebook reads them. **If there are no GPU reports, it shows recorded
 CPU reports instead, and without those a CPU emulation stand-in**; the
@@ -265,15 +265,13 @@ fig.suptitle(runs.title)
 plt.show()
 """),
     md("""
-Recorded reports can be opened with `fperr.validate.ValidationReport.load`
-(when that module is present) for the full per-configuration table:
+Recorded reports open with `fperr.hardware.ValidationReport.load` for the
+full per-configuration table:
 """),
     code("""
-try:
-    from fperr.validate import ValidationReport, summarize
-except ImportError:
-    summarize = None
-reports = [p for p in runs.files if p.suffix == ".json"] if summarize else []
+from fperr.hardware import ValidationReport, summarize
+
+reports = [p for p in runs.files if p.suffix == ".json" and p.name != "probe.json"]
 for path in reports[:2]:
     print(summarize(ValidationReport.load(path)))
     print()

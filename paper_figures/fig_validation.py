@@ -1,8 +1,8 @@
 """Bound over observed error on recorded runs: how tight, and never below 1.
 
 The figure reads every ``*.json`` under ``validation/results/`` (written by
-``validation/run.py``, one folder per device).  Validation reports (format
-``fperr-validation/1``, :class:`fperr.validate.ValidationReport`) hold, per
+``fperr validate --suite``, one folder per device).  Validation reports (format
+``fperr-validation/1``, :class:`fperr.hardware.ValidationReport`) hold, per
 PyTorch configuration and batch size, the distribution of the per-input
 tightness max_k bound / max_k observed error against float64; each model on
 each device is one panel and each configuration (at the largest batch size)

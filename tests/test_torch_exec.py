@@ -27,7 +27,8 @@ from fperr.model import Model, load_model
 
 torch = pytest.importorskip("torch")
 
-from fperr.torch_exec import TorchRun, _flag_state, run_torch, to_torch  # noqa: E402
+from fperr.hardware.torch_env import flag_state  # noqa: E402
+from fperr.hardware.torch_exec import TorchRun, run_torch, to_torch  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 X = np.load(EXAMPLES / "digits.npz")["inputs"]
@@ -138,11 +139,11 @@ def _set_nondefault_flags() -> None:
 
 @pytest.mark.parametrize("initial", ["default", "changed"])
 def test_global_flags_are_restored(initial: str) -> None:
-    before = _flag_state(torch)
+    before = flag_state(torch)
     try:
         if initial == "changed":
             _set_nondefault_flags()
-        start = _flag_state(torch)
+        start = flag_state(torch)
         for kw in (
             {"tf32": True, "reduced_precision_reduction": True},
             {"tf32": False, "reduced_precision_reduction": False},
@@ -150,23 +151,23 @@ def test_global_flags_are_restored(initial: str) -> None:
             {"autocast": True},
         ):
             run_torch(MLP, X[:8], **kw)
-            assert _flag_state(torch) == start, kw
+            assert flag_state(torch) == start, kw
         # legacy getters still work: the legacy and new TF32 APIs were not mixed
         assert torch.backends.cuda.matmul.allow_tf32 == (initial == "changed")
         assert torch.get_float32_matmul_precision() in ("highest", "high")
     finally:
         _restore_flags(before)
-    assert _flag_state(torch) == before
+    assert flag_state(torch) == before
 
 
 def _restore_flags(state: dict[str, Any]) -> None:
-    from fperr.torch_exec import _restore
+    from fperr.hardware.torch_env import restore_flags
 
-    _restore(torch, state)
+    restore_flags(torch, state)
 
 
 def test_global_flags_are_restored_after_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fperr.torch_exec as te
+    import fperr.hardware.torch_exec as te
 
     Module: Any = torch.nn.Module
 
@@ -175,11 +176,11 @@ def test_global_flags_are_restored_after_an_error(monkeypatch: pytest.MonkeyPatc
             assert torch.backends.cuda.matmul.allow_tf32
             raise RuntimeError("boom")
 
-    before = _flag_state(torch)
+    before = flag_state(torch)
     monkeypatch.setattr(te, "to_torch", lambda model: Boom())
     with pytest.raises(RuntimeError, match="boom"):
         run_torch(MLP, X[:4], tf32=True, reduced_precision_reduction=False)
-    assert _flag_state(torch) == before
+    assert flag_state(torch) == before
 
 
 def test_torch_run_repr_html_and_dict() -> None:

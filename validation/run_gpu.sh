@@ -44,10 +44,10 @@ $PY -c "import pydantic, yaml, scipy" || {
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 if [ "$DEVICE" != "cpu" ]; then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true; fi
 
-args=(--device "$DEVICE" --results "$OUT/results" --deep-inputs "$DEEP_INPUTS" --workers "$WORKERS")
-if [ -n "${INPUTS:-}" ]; then args+=(--inputs "$INPUTS"); fi
+args=(--suite --device "$DEVICE" --results "$OUT/results" --deep-inputs "$DEEP_INPUTS" --workers "$WORKERS")
+if [ -n "${INPUTS:-}" ]; then args+=(--limit "$INPUTS"); fi
 start=$(date +%s)
 status=0
-$PY validation/run.py "${args[@]}" || status=$?
+PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} $PY -m fperr.cli validate "${args[@]}" || status=$?
 echo "validation/run_gpu.sh: exit $status after $(( $(date +%s) - start )) s; results in $OUT/results"
 exit $status

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from .assess import recommended_eps
 from .backward import Backward, backward
-from .check import check_training, check_training_cli
+from .check import check_training
 from .constants import ACTIVATIONS as ACTIVATIONS
 from .constants import HEADROOM as HEADROOM
 from .constants import OPTIMIZERS as OPTIMIZERS
@@ -70,7 +70,6 @@ __all__ = [
     "TrainingReport",
     "backward",
     "check_training",
-    "check_training_cli",
     "initial_model",
     "lost_updates",
     "recommended_eps",

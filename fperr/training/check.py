@@ -13,7 +13,7 @@ import numpy.typing as npt
 from ..errors import FperrInputError
 from ..formats import Format, get_format
 from ..rounding import round as fround
-from .assess import _assess
+from .assess import Limits, Step, assess
 from .backward import _check_labels, _training_layers, backward
 from .constants import OPTIMIZERS, STAGNATION_LIMIT, UNDERFLOW_LIMIT, UPDATE_LIMIT, Array
 from .lost import lost_updates
@@ -127,6 +127,35 @@ def check_training(
     if max_batches is not None:
         batches = batches[: max(1, max_batches)]
 
+    step = _step(f, opt, lr, eps, betas, loss_scale)
+    stats = _first_steps(m, Xa, y, batches, step, betas)
+    limits = Limits(stagnation_limit, underflow_limit, update_limit)
+    input_max = float(np.abs(Xa).max(initial=0.0))
+    findings, fixes = assess(step, stats.params, stats.layers, input_max, stats.hist, limits)
+    return TrainingReport(
+        model=m.name,
+        fmt=f.name,
+        optimizer=opt,
+        lr=lr,
+        eps=eps,
+        betas=(float(betas[0]), float(betas[1])),
+        loss_scale=loss_scale,
+        batch_size=batch_size,
+        n_batches=len(batches),
+        n_inputs=int(sum(len(b) for b in batches)),
+        loss=stats.loss,
+        constants=step.constants,
+        params=stats.params,
+        layers=stats.layers,
+        findings=tuple(findings),
+        fixes=tuple(fixes),
+    )
+
+
+def _step(
+    f: Format, opt: str, lr: float, eps: float, betas: tuple[float, float], loss_scale: float
+) -> Step:
+    """The optimizer's constants as given and as rounded to the training format."""
     b1, b2 = betas
     eps_f = _round1(eps, f)
     constants = [Constant("lr", lr, _round1(lr, f))]
@@ -138,87 +167,104 @@ def check_training(
             Constant("1-beta2", 1 - b2, _round1(1 - b2, f)),
             Constant("1-round(beta2)", 1 - b2, _round1(1 - _round1(b2, f), f)),
         ]
+    return Step(f, opt, lr, eps, eps_f, loss_scale, tuple(constants))
+
+
+@dataclass
+class _LayerAcc:
+    """Running maxima and sums over batches for one layer's outputs and their gradients."""
+
+    out_absmax: float = 0.0
+    grad_absmax: float = 0.0
+    underflow: int = 0
+    nonzero: int = 0
+    underflow_l1: float = 0.0
+    l1: float = 0.0
+
+    def add(self, out: Array, dout: Array, f: Format) -> None:
+        self.out_absmax = max(self.out_absmax, float(np.abs(out).max(initial=0.0)))
+        self.grad_absmax = max(self.grad_absmax, float(np.abs(dout).max(initial=0.0)))
+        nz = dout != 0
+        uf = nz & (fround(dout, f) == 0)
+        self.underflow += int(np.count_nonzero(uf))
+        self.nonzero += int(np.count_nonzero(nz))
+        self.underflow_l1 += float(np.abs(dout[uf]).sum())
+        self.l1 += float(np.abs(dout).sum())
+
+    def stats(self, index: int, layer_type: str) -> LayerStats:
+        return LayerStats(index, layer_type, self.out_absmax, self.grad_absmax,
+                          self.underflow / max(self.nonzero, 1),
+                          self.underflow_l1 / self.l1 if self.l1 else 0.0)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Statistics:
+    params: tuple[ParamStats, ...]
+    layers: tuple[LayerStats, ...]
+    hist: npt.NDArray[np.int64]
+    loss: float
+
+
+def _first_steps(
+    m: Model,
+    X: Array,
+    y: npt.NDArray[np.int64],
+    batches: list[npt.NDArray[np.int64]],
+    step: Step,
+    betas: tuple[float, float],
+) -> _Statistics:
+    """Replay the first optimizer step on every batch; collect the statistics."""
+    f, lr = step.fmt, step.lr
+    b1, b2 = betas
     step_size = lr / (1 - b1)  # torch: lr / bias_correction1, a Python float
     bc2_sqrt = math.sqrt(1 - b2)
-
     accs: dict[str, _Acc] = {}
-    layer_acc: dict[int, list[float]] = {}  # |out|max, |dout|max, #uf, #nz, uf L1, L1
+    layer_acc: dict[int, _LayerAcc] = {}
     hist = np.zeros(2200, dtype=np.int64)
     losses = []
     layers = _training_layers(m)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
         for idx in batches:
-            bw = backward(m, Xa[idx], y[idx], loss_scale)
+            bw = backward(m, X[idx], y[idx], step.loss_scale)
             losses.append(bw.loss)
             for i, (out, dout) in enumerate(zip(bw.outputs, bw.output_grads, strict=True)):
-                la = layer_acc.setdefault(i, [0.0] * 6)
-                la[0] = max(la[0], float(np.abs(out).max(initial=0.0)))
-                la[1] = max(la[1], float(np.abs(dout).max(initial=0.0)))
-                nz = dout != 0
-                uf = nz & (fround(dout, f) == 0)
-                la[2] += int(np.count_nonzero(uf))
-                la[3] += int(np.count_nonzero(nz))
-                la[4] += float(np.abs(dout[uf]).sum())
-                la[5] += float(np.abs(dout).sum())
+                layer_acc.setdefault(i, _LayerAcc()).add(out, dout, f)
                 hist += _exponent_hist(dout)
             for name, gs in bw.grads.items():
                 if name not in accs:
                     accs[name] = _Acc(fround(bw.params[name], f))
-                _replay(accs[name], gs, f, opt, loss_scale, lr, b1, b2, eps, step_size, bc2_sqrt)
+                _replay(accs[name], gs, f, step.optimizer, step.loss_scale, lr, b1, b2,
+                        step.eps, step_size, bc2_sqrt)  # fmt: skip
                 hist += _exponent_hist(gs)
+    params = tuple(_param_stats(name, a, lr) for name, a in accs.items())
+    layer_stats = tuple(la.stats(i, layers[i].type) for i, la in sorted(layer_acc.items()))
+    return _Statistics(params, layer_stats, hist, float(np.mean(losses)))
 
-    params = tuple(
-        ParamStats(
-            name=name,
-            layer=int(name.split(".")[0]),
-            shape=tuple(a.w.shape),
-            w_absmax=float(np.abs(a.w).max(initial=0.0)),
-            grad_absmax=a.grad_absmax,
-            sq_grad_max=a.sq_grad_max,
-            grad_zero=a.zero / max(a.entries, 1),
-            grad_underflow=a.underflow / max(a.nonzero, 1),
-            grad_subnormal=a.subnormal / max(a.nonzero, 1),
-            grad_underflow_mass=a.underflow_l1 / a.grad_l1 if a.grad_l1 else 0.0,
-            grad_error=a.error_l1 / a.grad_l1 if a.grad_l1 else 0.0,
-            grad_overflow=a.overflow,
-            v_underflow=a.v_underflow / max(a.g_nonzero_fmt, 1),
-            eps_dominated=a.eps_dominated / max(a.entries, 1),
-            nan_updates=int(np.count_nonzero(a.nan_mask)) if a.nan_mask is not None else 0,
-            inf_updates=int(np.count_nonzero(a.inf_mask & ~a.nan_mask))
-            if a.inf_mask is not None and a.nan_mask is not None
-            else 0,
-            lost=a.lost / max(a.updates, 1),
-            max_update_ratio=a.max_update / lr,
-        )
-        for name, a in accs.items()
-    )
-    layer_stats = tuple(
-        LayerStats(i, layers[i].type, la[0], la[1], la[2] / max(la[3], 1),
-                   la[4] / la[5] if la[5] else 0.0)
-        for i, la in sorted(layer_acc.items())
-    )  # fmt: skip
-    input_max = float(np.abs(Xa).max(initial=0.0))
-    findings, fixes = _assess(
-        f, opt, lr, eps, eps_f, loss_scale, constants, params, layer_stats, input_max, hist,
-        stagnation_limit, underflow_limit, update_limit,
-    )  # fmt: skip
-    return TrainingReport(
-        model=m.name,
-        fmt=f.name,
-        optimizer=opt,
-        lr=lr,
-        eps=eps,
-        betas=(b1, b2),
-        loss_scale=loss_scale,
-        batch_size=batch_size,
-        n_batches=len(batches),
-        n_inputs=int(sum(len(b) for b in batches)),
-        loss=float(np.mean(losses)),
-        constants=tuple(constants),
-        params=params,
-        layers=layer_stats,
-        findings=tuple(findings),
-        fixes=tuple(fixes),
+
+def _param_stats(name: str, a: _Acc, lr: float) -> ParamStats:
+    nan = int(np.count_nonzero(a.nan_mask)) if a.nan_mask is not None else 0
+    inf = 0
+    if a.inf_mask is not None and a.nan_mask is not None:
+        inf = int(np.count_nonzero(a.inf_mask & ~a.nan_mask))
+    return ParamStats(
+        name=name,
+        layer=int(name.split(".")[0]),
+        shape=tuple(a.w.shape),
+        w_absmax=float(np.abs(a.w).max(initial=0.0)),
+        grad_absmax=a.grad_absmax,
+        sq_grad_max=a.sq_grad_max,
+        grad_zero=a.zero / max(a.entries, 1),
+        grad_underflow=a.underflow / max(a.nonzero, 1),
+        grad_subnormal=a.subnormal / max(a.nonzero, 1),
+        grad_underflow_mass=a.underflow_l1 / a.grad_l1 if a.grad_l1 else 0.0,
+        grad_error=a.error_l1 / a.grad_l1 if a.grad_l1 else 0.0,
+        grad_overflow=a.overflow,
+        v_underflow=a.v_underflow / max(a.g_nonzero_fmt, 1),
+        eps_dominated=a.eps_dominated / max(a.entries, 1),
+        nan_updates=nan,
+        inf_updates=inf,
+        lost=a.lost / max(a.updates, 1),
+        max_update_ratio=a.max_update / lr,
     )
 
 
@@ -264,39 +310,3 @@ def _replay(
     a.lost += int(np.count_nonzero(fin & lost_updates(w, -u, f)))
     if fin.any():
         a.max_update = max(a.max_update, float(np.abs(u[fin]).max()))
-
-
-# -- CLI --------------------------------------------------------------------------
-def check_training_cli(
-    model_path: str | Path,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    eps: float = 1e-8,
-    fmt: str = "binary16",
-    inputs: str | Path | None = None,
-    *,
-    labels: str | Path | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-    loss_scale: float = 1.0,
-    batch_size: int = 32,
-    max_batches: int | None = None,
-) -> tuple[str, int]:
-    """Text report and exit code (0 ok, 1 hazard) for ``fperr check-training``.
-
-    ``inputs`` defaults to the model spec's ``data.inputs`` (resolved against
-    the YAML file's folder); labels come from the inputs' ``.npz``, from
-    ``labels`` or from the spec's ``data.labels``.  Bad input raises
-    :class:`~fperr.errors.FperrInputError` (exit 2 in the CLI).
-    """
-    from ..datasets import model_data
-    from ..model import load_model
-
-    model = load_model(model_path)
-    X, y = model_data(model, inputs, labels)
-    if y is None:
-        raise FperrInputError("check-training needs class labels (an .npz with 'labels')")
-    report = check_training(
-        model, X, y, optimizer=optimizer, lr=lr, eps=eps, betas=betas, fmt=fmt,
-        loss_scale=loss_scale, batch_size=batch_size, max_batches=max_batches,
-    )  # fmt: skip
-    return str(report), 0 if report.ok else 1

@@ -170,7 +170,6 @@ def train_pure(
     from NaN weights; that step records the loss going NaN).
     """
     import torch
-    import torch.nn.functional as F
 
     dt = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(dtype)
     if dt is None:
@@ -197,38 +196,8 @@ def train_pure(
             else torch.optim.SGD(params, lr=lr)
         )
         gen = torch.Generator().manual_seed(seed)
-        step = 0
-        nan_step: int | None = None
-        loss_nan_step: int | None = None
-        loss = torch.tensor(math.nan)
-        stopped = False
         start = time.perf_counter()
-        net.train()
-        for _ in range(epochs):
-            perm = tr_t[torch.randperm(len(tr_t), generator=gen).to(device)]
-            for batch in torch.split(perm, batch_size):
-                step += 1
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(net(Xt[batch]), yt[batch])
-                if loss_nan_step is None and not bool(torch.isfinite(loss)):
-                    loss_nan_step = step
-                loss.backward()
-                opt.step()
-                if nan_step is None:
-                    with torch.no_grad():
-                        finite = all(bool(torch.isfinite(p).all()) for p in params)
-                    if not finite:
-                        nan_step = step
-                # One more step after the parameters broke records the loss going NaN.
-                if (
-                    stop_on_nan
-                    and nan_step is not None
-                    and (loss_nan_step is not None or step > nan_step)
-                ):
-                    stopped = True
-                    break
-            if stopped:
-                break
+        loop = _train_epochs(net, opt, Xt, yt, tr_t, gen, epochs, batch_size, stop_on_nan)
         seconds = time.perf_counter() - start
         same = sum(int((p.detach() == p0).sum()) for p, p0 in zip(params, initial, strict=True))
         total = sum(p.numel() for p in params)
@@ -238,8 +207,54 @@ def train_pure(
             test_acc = float((pred[te_t] == yt[te_t]).double().mean())
             train_acc = float((pred[tr_t] == yt[tr_t]).double().mean())
         runs.append(
-            TrainRun(dtype, eps, int(seed), lr, epochs, step, test_acc, train_acc,
-                     float(loss.detach().float()), nan_step, loss_nan_step, seconds, stopped,
+            TrainRun(dtype, eps, int(seed), lr, epochs, loop.steps, test_acc, train_acc,
+                     loop.loss, loop.nan_step, loop.loss_nan_step, seconds, loop.stopped,
                      optimizer, same / total)
         )  # fmt: skip
     return runs
+
+
+@dataclass(frozen=True)
+class _Loop:
+    steps: int
+    loss: float
+    nan_step: int | None
+    loss_nan_step: int | None
+    stopped: bool
+
+
+def _train_epochs(
+    net: Any, opt: Any, Xt: Any, yt: Any, tr_t: Any, gen: Any, epochs: int, batch_size: int,
+    stop_on_nan: bool,
+) -> _Loop:  # fmt: skip
+    """The training loop; with ``stop_on_nan`` it stops one step after the parameters
+    turn NaN/inf (nothing recovers from NaN weights; that step records the loss going NaN)."""
+    import torch
+    import torch.nn.functional as F
+
+    params = list(net.parameters())
+    step = 0
+    nan_step: int | None = None
+    loss_nan_step: int | None = None
+    loss = torch.tensor(math.nan)
+    net.train()
+    for _ in range(epochs):
+        perm = tr_t[torch.randperm(len(tr_t), generator=gen).to(tr_t.device)]
+        for batch in torch.split(perm, batch_size):
+            step += 1
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(Xt[batch]), yt[batch])
+            if loss_nan_step is None and not bool(torch.isfinite(loss)):
+                loss_nan_step = step
+            loss.backward()
+            opt.step()
+            if nan_step is None:
+                with torch.no_grad():
+                    finite = all(bool(torch.isfinite(p).all()) for p in params)
+                if not finite:
+                    nan_step = step
+            # One more step after the parameters broke records the loss going NaN.
+            if stop_on_nan and nan_step is not None and (loss_nan_step is not None
+                                                         or step > nan_step):  # fmt: skip
+                return _Loop(step, float(loss.detach().float()), nan_step, loss_nan_step, True)
+    return _Loop(step, float(loss.detach().float()), nan_step, loss_nan_step, False)

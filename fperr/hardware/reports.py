@@ -1,12 +1,12 @@
 """Validation reports: per-run results, lossless storage of outputs, summaries.
 
-:class:`ValidationReport` is what :func:`fperr.validate.validate` returns and
+:class:`ValidationReport` is what :func:`fperr.hardware.validate` returns and
 what ``validation/results/<device>/<model>.json`` holds (format
 ``fperr-validation/1``): the environment, the probe, one
 :class:`ConfigResult` per configuration and batch size, and every run's
 outputs, stored as zlib + base64 of the narrowest float format that holds
 them exactly (float16 and bfloat16 runs cost two bytes an output), so that
-:func:`fperr.validate.recheck` can check them against later bounds.
+:func:`fperr.hardware.recheck` can check them against later bounds.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .arith import Emulated
-from .errors import FperrInputError
-from .formats import FORMATS, Format, get_format
+from ..arith import Emulated
+from ..errors import FperrInputError
+from ..formats import FORMATS, Format, get_format
 
 __all__ = ["REPORT_FORMAT", "ConfigResult", "ValidationReport", "arith_from_dict",
            "arith_to_dict", "summarize"]  # fmt: skip
@@ -63,7 +63,7 @@ def arith_from_dict(d: dict[str, Any]) -> Emulated:
                     d.get("func_ulps", 1.0))  # fmt: skip
 
 
-def _arith_key(a: Emulated) -> str:
+def arith_key(a: Emulated) -> str:
     d = arith_to_dict(a)
     d.pop("name")
     return json.dumps(d, sort_keys=True)
@@ -288,7 +288,7 @@ def _decode_arrays(d: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
     return out
 
 
-def _num(v: Any) -> float | None:
+def finite_or_none(v: Any) -> float | None:
     """A float for JSON: None where it is not finite (NaN, an infinite bound)."""
     f = float(v)
     return f if np.isfinite(f) else None

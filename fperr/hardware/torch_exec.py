@@ -14,18 +14,14 @@ returns, whether or not it raised.  torch is imported inside the functions.
 from __future__ import annotations
 
 import html
-import math
-import platform
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import FperrInputError
-from .layers import (
+from ..errors import FperrInputError
+from ..layers import (
     Activation,
     BatchNorm,
     Conv2d,
@@ -40,8 +36,9 @@ from .layers import (
     Shape,
     Softmax,
 )
-from .model import Model, check_inputs
-from .rounding import round as fround
+from ..model import Model, check_inputs
+from ..rounding import round as fround
+from .torch_env import record_flags, require_torch, resolve_device, torch_flags
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -52,16 +49,6 @@ Array = npt.NDArray[np.float64]
 DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 
 
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise FperrInputError(
-            "running a model in PyTorch needs torch (pip install torch)"
-        ) from None
-    return torch
-
-
 # -- IR -> nn.Module ---------------------------------------------------------------------------
 def _param(torch: Any, a: Array | None) -> Any:
     return None if a is None else torch.nn.Parameter(torch.from_numpy(np.array(a, np.float64)))
@@ -69,7 +56,7 @@ def _param(torch: Any, a: Array | None) -> Any:
 
 def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
     """The nn.Module of one IR layer whose per-input input shape is ``shape``."""
-    torch = _torch()
+    torch = require_torch()
     nn = torch.nn
     base: Any = nn.Module
 
@@ -154,7 +141,7 @@ def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
 
 
 def _sequential(layers: tuple[Layer, ...], shape: Shape) -> torch.nn.Sequential:
-    torch = _torch()
+    torch = require_torch()
     mods = []
     for layer in layers:
         mods.append(_module(layer, shape))
@@ -171,80 +158,6 @@ def to_torch(model: Model) -> torch.nn.Sequential:
     seq.eval()
     seq.requires_grad_(False)
     return seq
-
-
-# -- global flags ------------------------------------------------------------------------------
-_PRECISION_PATHS = ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn",
-                    "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")  # fmt: skip
-_REDUCTIONS = ("fp16", "bf16")
-
-
-def _backend(torch: Any, path: str) -> Any:
-    obj = torch.backends
-    for part in filter(None, path.split(".")):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _read(f: Any) -> Any:
-    try:
-        return f()
-    except (RuntimeError, AttributeError):  # mixed legacy/new TF32 APIs, old torch
-        return None
-
-
-def _flag_state(torch: Any) -> dict[str, Any]:
-    """Every global setting run_torch may change, read without side effects."""
-    mm = torch.backends.cuda.matmul
-    state: dict[str, Any] = {
-        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
-        "cudnn.allow_tf32": _read(lambda: torch.backends.cudnn.allow_tf32),
-    }
-    for path in _PRECISION_PATHS:
-        state[f"fp32_precision:{path}"] = _read(lambda p=path: _backend(torch, p).fp32_precision)
-    for r in _REDUCTIONS:
-        name = f"allow_{r}_reduced_precision_reduction"
-        state[name] = _read(lambda n=name: getattr(mm, n))
-        state[name + "_split_k"] = _read(lambda n=name: getattr(mm, n + "_split_k"))
-    return state
-
-
-def _restore(torch: Any, state: dict[str, Any]) -> None:
-    mm = torch.backends.cuda.matmul
-    # The legacy setters write the new-API strings too, so they go first and the
-    # strings are put back afterwards.
-    if state["float32_matmul_precision"] is not None:
-        torch.set_float32_matmul_precision(state["float32_matmul_precision"])
-    if state["cudnn.allow_tf32"] is not None:
-        torch.backends.cudnn.allow_tf32 = state["cudnn.allow_tf32"]
-    for path in _PRECISION_PATHS:
-        value = state[f"fp32_precision:{path}"]
-        if value is not None:
-            _backend(torch, path).fp32_precision = value
-    for r in _REDUCTIONS:
-        name = f"allow_{r}_reduced_precision_reduction"
-        if state[name] is not None:
-            split = state[name + "_split_k"]
-            setattr(mm, name, state[name] if split is None else (state[name], split))
-
-
-@contextmanager
-def _flags(torch: Any, tf32: bool, reduction: bool | None) -> Iterator[None]:
-    state = _flag_state(torch)
-    try:
-        # The legacy setters keep the legacy and new TF32 states consistent (a mix
-        # makes later reads raise); allow_tf32 also sets float32_matmul_precision.
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-        if reduction is not None:
-            for r in _REDUCTIONS:
-                name = f"allow_{r}_reduced_precision_reduction"
-                split = state[name + "_split_k"]
-                setattr(torch.backends.cuda.matmul, name,
-                        reduction if split is None else (reduction, split))  # fmt: skip
-        yield
-    finally:
-        _restore(torch, state)
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -293,12 +206,6 @@ class TorchRun:
         }
 
 
-def _device_name(torch: Any, dev: Any) -> str:
-    if dev.type == "cuda":
-        return str(torch.cuda.get_device_name(dev))
-    return platform.processor() or platform.machine() or dev.type
-
-
 def run_torch(
     model: Model,
     X: npt.ArrayLike,
@@ -322,15 +229,10 @@ def run_torch(
     ``batch_size``: run in chunks of this many inputs (default: all at once).
     Outputs come back as float64; ``flags`` records every setting.
     """
-    torch = _torch()
+    torch = require_torch()
     if dtype not in DTYPES:
         raise FperrInputError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FperrInputError(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FperrInputError(f"device {device!r} requested but torch.cuda.is_available() is False")
+    dev = resolve_device(torch, device)
     auto: str | None = None
     if autocast:
         auto = autocast if isinstance(autocast, str) else (
@@ -359,8 +261,8 @@ def run_torch(
                     p.copy_(torch.from_numpy(fround(p.detach().cpu().numpy(), fmt)))
     net = net.to(device=dev, dtype=tdtype)
     outs: list[Array] = []
-    with _flags(torch, tf32, reduced_precision_reduction), torch.inference_mode():
-        flags = _record(torch, dev, dtype, tf32, auto, bs, n)
+    with torch_flags(torch, tf32, reduced_precision_reduction), torch.inference_mode():
+        flags = record_flags(torch, dev, dtype, tf32, auto, bs, n)
         for i in range(0, n, max(bs, 1)):
             xb = torch.from_numpy(x[i : i + bs]).to(device=dev, dtype=tdtype)
             if auto is not None:
@@ -374,35 +276,3 @@ def run_torch(
     out_shape = (0, *model.output_shape)
     outputs = np.concatenate(outs) if outs else np.empty(out_shape)
     return TorchRun(np.asarray(outputs, dtype=np.float64), flags)
-
-
-def _record(
-    torch: Any, dev: Any, dtype: str, tf32: bool, auto: str | None, bs: int, n: int
-) -> dict[str, Any]:
-    mm = torch.backends.cuda.matmul
-    cudnn = torch.backends.cudnn
-    return {
-        "dtype": dtype,
-        "autocast": auto,
-        "device": str(dev),
-        "device_name": _device_name(torch, dev),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": _read(cudnn.version) if dev.type == "cuda" else None,
-        "tf32": tf32,
-        "tf32_capable": dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8,
-        "tf32_matmul": _read(lambda: mm.allow_tf32),
-        "tf32_cudnn": _read(lambda: cudnn.allow_tf32),
-        "float32_matmul_precision": _read(torch.get_float32_matmul_precision),
-        "fp16_reduced_precision_reduction": _read(
-            lambda: mm.allow_fp16_reduced_precision_reduction
-        ),
-        "bf16_reduced_precision_reduction": _read(
-            lambda: mm.allow_bf16_reduced_precision_reduction
-        ),
-        "fp16_accumulation": _read(lambda: mm.allow_fp16_accumulation),
-        "cudnn_deterministic": bool(cudnn.deterministic),
-        "batch_size": bs,
-        "n_inputs": n,
-        "n_batches": math.ceil(n / bs) if bs else 0,
-    }

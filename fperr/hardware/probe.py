@@ -2,8 +2,8 @@
 
 :func:`probe` runs a few crafted and random matrix products in PyTorch on the
 CPU or a CUDA device and names the accumulation model that matches them, so
-that :mod:`fperr.validate` can choose the arithmetic whose bound must cover
-each real configuration.  The tests (see ``shared/reference/README.md``):
+that :mod:`fperr.hardware.validate` can choose the arithmetic whose bound must
+cover each real configuration (what the probes found: docs/hardware.md).  The tests:
 
 * ``2048+ones``: a row ``[2048, 1, ..., 1]`` of length K times ones.  The
   exact sum 2047 + K is an integer below 2^24, so an fp32 accumulator gives
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import FperrInputError
-from .formats import get_format
-from .rounding import round as fround
+from ..formats import get_format
+from ..rounding import round as fround
+from .torch_env import device_name, require_torch, resolve_device, torch_flags
 
 __all__ = ["ProbeResult", "probe", "probe_cli"]
 
@@ -62,28 +62,6 @@ _SIGNATURES: dict[str, tuple[float, ...]] = {
 _RANDOM_KS = (64, 512, 4096)
 _RANDOM_MN = 64
 _ACC_P = {"binary16": 11, "bfloat16": 8, "binary32": 24}
-
-
-def require_torch(purpose: str = "probing a platform") -> Any:
-    """torch, or one clear input error saying what needed it."""
-    try:
-        import torch
-    except ImportError:
-        raise FperrInputError(f"{purpose} needs torch (pip install torch)") from None
-    return torch
-
-
-def resolve_device(torch: Any, device: str) -> Any:
-    """A torch.device for "cpu" or "cuda"; unknown or unavailable devices are input errors."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FperrInputError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise FperrInputError(f"unsupported device {device!r}; use cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FperrInputError(f"device {device!r} requested but torch.cuda.is_available() is False")
-    return dev
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,12 +159,10 @@ class ProbeResult:
 # -- the tests ----------------------------------------------------------------------------------
 def _mm(torch: Any, a: Array, b: Array, dtype: str, dev: Any, tf32: bool = False) -> Array:
     """``a @ b`` in torch ``dtype`` on ``dev`` (inputs exact in ``dtype``), as float64."""
-    from .torch_exec import _flags
-
     t = getattr(torch, dtype)
     ta = torch.from_numpy(np.ascontiguousarray(a)).to(device=dev, dtype=t)
     tb = torch.from_numpy(np.ascontiguousarray(b)).to(device=dev, dtype=t)
-    with _flags(torch, tf32, None), torch.inference_mode():
+    with torch_flags(torch, tf32, None), torch.inference_mode():
         out = torch.matmul(ta, tb).to(torch.float64).cpu().numpy()
     return np.asarray(out, dtype=np.float64)
 
@@ -287,8 +263,8 @@ def _model_bound(a: Array, b: Array, c_exact: Array, storage: str, acc: str, cho
 
 
 def _random_tests(torch: Any, dtype: str, dev: Any, seed: int = 0) -> tuple[dict[str, Any], list]:
-    from .accumulation import AccumulationModel
-    from .accumulation import matmul as acc_matmul
+    from ..accumulation import AccumulationModel
+    from ..accumulation import matmul as acc_matmul
 
     fmt = get_format(dtype)
     storage, b32 = fmt.name, get_format("binary32")
@@ -325,9 +301,7 @@ def _random_tests(torch: Any, dtype: str, dev: Any, seed: int = 0) -> tuple[dict
 
 def probe(device: str = "cpu") -> ProbeResult:
     """Measure how ``device``'s fp16/bf16/TF32 GEMMs accumulate; see the module docstring."""
-    from .torch_exec import _device_name, _flags
-
-    torch = require_torch()
+    torch = require_torch("probing a platform")
     dev = resolve_device(torch, device)
     tests: dict[str, Any] = {}
     accumulate: dict[str, str] = {}
@@ -336,7 +310,7 @@ def probe(device: str = "cpu") -> ProbeResult:
     for dtype in ("float16", "bfloat16"):
         for red in (False, True):
             key = f"{dtype}/red={red}"
-            with _flags(torch, False, red):
+            with torch_flags(torch, False, red):
                 t_acc, acc = _accumulation_tests(torch, dtype, dev)
                 p = _ACC_P.get(acc, _ACC_P["binary32"])
                 t_rnd, rnd = _rounding_test(torch, dtype, dev, p)
@@ -349,7 +323,7 @@ def probe(device: str = "cpu") -> ProbeResult:
     tests["float32"], tests["tf32"] = t32, {**ttf, **top}
     return ProbeResult(
         device=str(dev),
-        device_name=_device_name(torch, dev),
+        device_name=device_name(torch, dev),
         torch=str(torch.__version__),
         cuda=torch.version.cuda if dev.type == "cuda" else None,
         accumulate=accumulate,

@@ -36,39 +36,44 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .arith import Emulated
-from .errors import FperrInputError
-from .formats import Format, get_format
-from .model import Model, check_inputs
-from .probe import ProbeResult, probe, probe_cli, require_torch, resolve_device
-from .rounding import round as fround
-from .validation_configs import CONFIGS, TorchConfig, arithmetic_for
-from .validation_report import (
+from ..arith import Emulated
+from ..errors import FperrInputError
+from ..formats import Format, get_format
+from ..model import Model, check_inputs
+from ..rounding import round as fround
+from .configs import CONFIGS, TorchConfig, arithmetic_for
+from .probe import ProbeResult, probe
+from .reports import (
     ConfigResult,
     ValidationReport,
-    _arith_key,
-    _num,
     arith_from_dict,
+    arith_key,
     arith_to_dict,
+    finite_or_none,
     summarize,
+)
+from .torch_env import (
+    device_name,
+    flag_state,
+    record_flags,
+    require_torch,
+    resolve_device,
+    restore_flags,
 )
 
 __all__ = ["CONFIGS", "ConfigResult", "ProbeResult", "TorchConfig", "ValidationReport",
-           "arithmetic_for", "probe", "probe_cli", "recheck", "summarize", "validate",
-           "validate_cli"]  # fmt: skip
+           "arithmetic_for", "probe", "recheck", "summarize", "validate"]  # fmt: skip
 
 Array = npt.NDArray[np.float64]
 
 
 # -- the environment ----------------------------------------------------------------------------
 def _environment(torch: Any, device: str) -> dict[str, Any]:
-    from . import __version__
-    from .torch_exec import _device_name
-
+    from .. import __version__
     dev = torch.device(device)
     env: dict[str, Any] = {
         "device": str(dev),
-        "device_name": _device_name(torch, dev),
+        "device_name": device_name(torch, dev),
         "driver": None,
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,
@@ -177,17 +182,17 @@ def _check(
     ratio = bmax[pos] / omax[pos]
 
     def q(p: float) -> float | None:
-        return _num(np.percentile(ratio, p)) if ratio.size else None
+        return finite_or_none(np.percentile(ratio, p)) if ratio.size else None
 
     pred = y.reshape(n, -1).argmax(axis=1)
     out: dict[str, Any] = {
         "n_inputs": n,
-        "observed_max": _num(np.max(omax)),
-        "observed_median": _num(np.median(omax)),
-        "bound_median": _num(np.median(bmax)),
+        "observed_max": finite_or_none(np.max(omax)),
+        "observed_median": finite_or_none(np.median(omax)),
+        "bound_median": finite_or_none(np.median(bmax)),
         "violations": int(bad.sum()),
         # a NaN output against a finite bound is as bad as it gets
-        "worst_excess": _num(np.max(np.where(np.isnan(excess), np.inf, excess))),
+        "worst_excess": finite_or_none(np.max(np.where(np.isnan(excess), np.inf, excess))),
         "violating_inputs": np.flatnonzero(bad)[:50].tolist(),
         "tightness": {
             "median": q(50),
@@ -215,7 +220,7 @@ def _per_input_ratio(y: Array, y64: Array, bound: Array) -> Array:
 
 
 def _bound_chunk(model: Model, x: Array, arith: Emulated) -> tuple[Array, Array]:
-    from .bounds import bound_run
+    from ..bounds import bound_run
 
     rb = bound_run(model, x, arith)
     return rb.output, rb.radius
@@ -242,7 +247,7 @@ class _Bounds:
         import os
         from concurrent.futures import ProcessPoolExecutor
 
-        todo = {_arith_key(a): a for a in ariths}
+        todo = {arith_key(a): a for a in ariths}
         todo = {k: a for k, a in todo.items() if k not in self.cache and k not in self.pending}
         if self.workers <= 1 or not todo:
             return
@@ -274,9 +279,9 @@ class _Bounds:
             self.pool = None
 
     def __call__(self, arith: Emulated) -> Any:
-        from .bounds import RunBound
+        from ..bounds import RunBound
 
-        key = _arith_key(arith)
+        key = arith_key(arith)
         if key not in self.cache:
             if key in self.pending:
                 parts = [f.result() for f in self.pending.pop(key)]
@@ -290,8 +295,8 @@ class _Bounds:
 
     def certified(self, low: Emulated, ref: Emulated) -> tuple[Any, Any]:
         """Certificate mask and reference class, exactly as :func:`fperr.certify.certify`."""
-        from .bounds import BoundResult
-        from .certify import CertifyResult
+        from ..bounds import BoundResult
+        from ..certify import CertifyResult
 
         lo, rf = self(low), self(ref)
         b = BoundResult(lo, rf, low, ref, "deterministic")
@@ -304,12 +309,12 @@ def _run_defaults(model: Model, x: Array, device: str, bs: int) -> Any:
     """float32 with PyTorch's documented default flags: matmul TF32 off, cuDNN TF32
     on, reduced-precision reduction allowed.  ``run_torch`` always sets both TF32
     flags to one value, so it cannot express this mix."""
-    from .torch_exec import TorchRun, _flag_state, _record, _restore, to_torch
+    from .torch_exec import TorchRun, to_torch
 
     torch = require_torch("validation")
     dev = torch.device(device)
     net = to_torch(model).to(device=dev, dtype=torch.float32)
-    state = _flag_state(torch)
+    state = flag_state(torch)
     outs = []
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -317,14 +322,14 @@ def _run_defaults(model: Model, x: Array, device: str, bs: int) -> Any:
         for r in ("fp16", "bf16"):
             setattr(torch.backends.cuda.matmul, f"allow_{r}_reduced_precision_reduction", True)
         with torch.inference_mode():
-            flags = _record(torch, dev, "float32", False, None, bs, len(x))
+            flags = record_flags(torch, dev, "float32", False, None, bs, len(x))
             for i in range(0, len(x), bs):
                 xb = torch.from_numpy(x[i : i + bs]).to(device=dev, dtype=torch.float32)
                 outs.append(net(xb).to(torch.float64).cpu().numpy())
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
     finally:
-        _restore(torch, state)
+        restore_flags(torch, state)
     return TorchRun(np.concatenate(outs).astype(np.float64), flags)
 
 
@@ -532,54 +537,3 @@ def _recheck_runs(
         for i in f.get("certified_flipped_inputs", [])[:10]:
             problems.append(f"{r.key}: input {int(idx[i])} certified but flipped against float32")
     return problems
-
-
-# -- command-line entry points ------------------------------------------------------------------
-def validate_cli(
-    model_path: str,
-    inputs: str | None = None,
-    device: str = "cpu",
-    out: str | None = None,
-    report: str | None = None,
-    batch_size: int | None = None,
-    limit: int | None = None,
-    log: Callable[[str], None] | None = None,
-    workers: int = 1,
-) -> tuple[str, int]:
-    """``fperr validate``: (text, exit code); 0 when nothing is violated, 1 otherwise.
-
-    With ``report``: print that stored report's summary and recheck it against
-    the current bounds instead of running.  ``batch_size``: the large batch
-    size (default: all inputs at once); batch size 1 always runs too.
-    ``limit``: validate only the first ``limit`` inputs.
-    """
-    from .datasets import model_data
-    from .model import load_model
-
-    model = load_model(model_path)
-    if report is not None:
-        rep = ValidationReport.load(report)
-        problems = recheck(rep, model, workers=workers)
-        text = (
-            summarize(rep)
-            + "\n\nrecheck against the current bounds: "
-            + (
-                "no violation"
-                if not problems
-                else f"{len(problems)} problems\n" + "\n".join(problems)
-            )
-        )
-        return text, 0 if rep.ok and not problems else 1
-    if batch_size is not None and batch_size < 1:
-        raise FperrInputError(f"batch size must be positive, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise FperrInputError(f"limit must be positive, got {limit}")
-    resolve_device(require_torch("validation"), device)
-    X, y = model_data(model, inputs)
-    if limit is not None:
-        X, y = X[:limit], None if y is None else y[:limit]
-    rep = validate(model, X, y, device=device, batch_sizes=(batch_size, 1), log=log,
-                   workers=workers)  # fmt: skip
-    if out:
-        rep.save(out)
-    return summarize(rep), 0 if rep.ok else 1
