@@ -23,7 +23,8 @@ Before each run, :func:`fperr.training.check_training` predicts from the
 seed's initial weights and the training data, without training, whether the
 run is hazardous; the script compares the verdict with the outcome, and the
 outcome with the H100 reference (``../shared/reference/gpu_timing_train.json``
-when present).  Everything goes to ``results/fp16_training_cpu.json``.
+when present; its findings are summarised in docs/hardware.md).  Everything
+goes to ``results/fp16_training_cpu.json``.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ arithmetic decides where values are rounded:
 * :class:`Emulated` -- values stored in ``storage``, matmul/conv operands in
   ``operand`` (TF32 for PyTorch's TF32 mode), dot products accumulated in
   ``accumulate`` in ``order``; elementwise functions are computed in float64
-  and rounded once to ``storage`` (a kernel computing them in fp32 with an
-  error of at most ``func_ulps`` ulps of ``accumulate`` is covered by the
-  bounds, which add that allowance).
+  and rounded once to ``storage``; the bounds add the error measured on
+  PyTorch's kernels (:mod:`fperr.bounds.allowance`), or ``func_ulps`` ulps of
+  ``accumulate`` when that is given.
 """
 
 from __future__ import annotations
@@ -65,9 +65,11 @@ class Emulated:
     ``storage``; ``tf32`` for TF32 tensor cores).
     ``order``: the summation order emulated; the bounds hold for any order.
     ``acc_rounding``: ``"truncate"`` models accumulators that chop (tensor
-    cores, see DESIGN.md), doubling the per-addition error in the bounds.
-    ``func_ulps``: accuracy assumed of elementwise functions (exp, tanh, ...)
-    evaluated in ``accumulate`` before the final rounding to ``storage``.
+    cores, see docs/hardware.md), doubling the per-addition error in the bounds.
+    ``func_ulps``: ``None`` (default) bounds elementwise functions (exp, tanh,
+    GELU, ...) by the allowance measured on real kernels
+    (:mod:`fperr.bounds.allowance`); a number instead assumes they are
+    evaluated in ``accumulate`` within that many ulps, then rounded to ``storage``.
     """
 
     storage: Format = field(default_factory=lambda: get_format("binary16"))
@@ -76,7 +78,7 @@ class Emulated:
     order: Order = "blas"
     block: int = 32
     acc_rounding: Literal["nearest", "truncate"] = "nearest"
-    func_ulps: float = 1.0
+    func_ulps: float | None = None
 
     @classmethod
     def from_names(

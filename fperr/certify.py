@@ -22,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from .arith import Emulated
-from .bounds import BoundResult, bound
+from .bounds import PROBABILISTIC_NOTE, BoundResult, bound
+from .errors import FperrInputError
 from .layers import Softmax
 from .model import Model
 
@@ -47,6 +48,15 @@ def certified_sharp(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
 def certified_simple(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
     """The seed paper's lemma: Gamma > 2 max_j M_j."""
     return np.asarray(tolerance(y) > 2 * margin.max(axis=1))
+
+
+def describe_arithmetic(a: Emulated) -> str:
+    """Every format of a run, so that no report hides which arithmetic was bounded."""
+    rounding = "truncates" if a.acc_rounding == "truncate" else "rounds to nearest"
+    return (
+        f"storage {a.storage.name}, accumulate {a.accumulate.name}, operand "
+        f"{a.operand_format.name}, accumulator {rounding}"
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,8 @@ class CertifyResult:
             "model": self.model_name,
             "low": self.bounds.low_arith.name,
             "reference": self.bounds.reference_arith.name,
+            "low_arithmetic": self.bounds.low_arith.to_dict(),
+            "reference_arithmetic": self.bounds.reference_arith.to_dict(),
             "method": self.bounds.method,
             "on": self.on,
             "inputs": n,
@@ -128,6 +140,8 @@ class CertifyResult:
             "uncertified": np.flatnonzero(~cert).tolist(),
             "failure_probability": self.bounds.failure_probability,
         }
+        if self.bounds.method == "probabilistic":
+            out["method_note"] = PROBABILISTIC_NOTE
         if self.labels is not None:
             out["accuracy_reference"] = float(np.mean(self.reference_class == self.labels))
             out["accuracy_low"] = float(np.mean(np.argmax(self.y_low, axis=1) == self.labels))
@@ -158,7 +172,9 @@ class CertifyResult:
         unc = s["uncertified"]
         lines = [
             f"model            {s['model']}",
-            f"low / reference  {s['low']}  vs  {s['reference']}  ({s['method']}, on {s['on']})",
+            f"low              {describe_arithmetic(self.bounds.low_arith)}",
+            f"reference        {describe_arithmetic(self.bounds.reference_arith)}",
+            f"method           {s['method']}, on {s['on']}",
             f"inputs           {s['inputs']}",
             f"certified        {s['certified']} ({100 * s['certified_fraction']:.2f}%)"
             f"; by Gamma > 2 max B alone: {s['certified_simple']}",
@@ -175,7 +191,10 @@ class CertifyResult:
                 f" low {s['accuracy_low']:.4f}"
             )
         if s["method"] == "probabilistic":
-            lines.append(f"failure prob.    <= {s['failure_probability']:.2g} per input")
+            lines.append(f"failure prob.    <= {s['failure_probability']:.2g} per input,"
+                         " under the model of independent rounding errors")  # fmt: skip
+            lines.append("NOTE             a model, not a certificate: rigorous only under"
+                         " stochastic rounding (Connolly, Higham & Mary 2021)")  # fmt: skip
         if unc:
             shown = ", ".join(map(str, unc[:20])) + (" ..." if len(unc) > 20 else "")
             lines.append(f"uncertified      {shown}")
@@ -239,13 +258,13 @@ def certify(
     of the low-precision run in another arithmetic (see :func:`suggest_fp32`).
     """
     if on not in ("logits", "softmax"):
-        raise ValueError(f"--on must be logits or softmax, got {on!r}")
+        raise FperrInputError(f"outputs to certify must be 'logits' or 'softmax', got {on!r}")
     if on == "softmax" and not isinstance(model.layers[-1], Softmax):
         model = Model(model.name, model.input_shape, (*model.layers, Softmax()), model.data)
     b = bound(model, X, low, reference, method, confidence, keep)
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and lab.shape[0] != b.low.output.shape[0]:
-        raise ValueError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")
+        raise FperrInputError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")
     return CertifyResult(model.name, b, b.reference.output, b.low.output, lab, on)
 
 

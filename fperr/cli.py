@@ -6,7 +6,7 @@ configuration error -- reported as one line on stderr, never a traceback.
 
 from __future__ import annotations
 
-import math
+import json
 import sys
 from typing import Any
 
@@ -14,22 +14,28 @@ import click
 
 from .errors import FperrInputError
 
-# Errors that mean "the user gave us something wrong": one line, exit 2.
-_INPUT_ERRORS: tuple[type[BaseException], ...] = (FperrInputError, ValueError, OSError)
-
 
 class _Group(click.Group):
+    """Bad input (:class:`FperrInputError`) becomes one line on stderr and exit 2;
+    anything else is a bug and keeps its traceback."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.exceptions.Exit:
-            raise
-        except click.ClickException:
-            raise
-        except _INPUT_ERRORS as exc:
+        except FperrInputError as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             click.echo(f"fperr: error: {msg}", err=True)
             ctx.exit(2)
+
+
+def _write(path: str, text: str) -> None:
+    """Write a report the user asked for; an unwritable path is bad input."""
+    from pathlib import Path
+
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise FperrInputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @click.group(cls=_Group)
@@ -59,35 +65,17 @@ def formats_cmd() -> None:
 @click.option("--mode", default="nearest", show_default=True, help="Rounding mode.")
 def round_cmd(value: str, fmt_name: str, mode: str) -> None:
     """Round VALUE to a format; show the result, its bits and the error."""
-    from fractions import Fraction
-
-    from .bits import to_bits, total_bits
     from .formats import get_format
-    from .rounding import round_scalar
+    from .round_report import round_report
+    from .rounding import MODES
 
     fmt = get_format(fmt_name)
-    try:
-        exact = Fraction(value)
-    except (ValueError, ZeroDivisionError):
-        raise FperrInputError(f"not a number: {value!r}") from None
     if mode == "stochastic":
         raise FperrInputError("use the Python API for stochastic rounding (it needs a generator)")
-    x = float(exact)
-    y = round_scalar(exact, fmt, mode)  # type: ignore[arg-type]
-    nbits = total_bits(fmt)
-    click.echo(f"input:        {value} (nearest float64: {x!r})")
-    click.echo(f"{fmt.name}:{' ' * max(1, 13 - len(fmt.name))}{y!r}")
-    if not math.isnan(y):
-        hex_digits = (nbits + 3) // 4
-        click.echo(f"bits:         0x{to_bits(y, fmt):0{hex_digits}x} ({nbits} bits)")
-    if math.isfinite(y):
-        err = abs(Fraction(y) - exact)
-        e = math.frexp(abs(x))[1] - 1 if x != 0 else fmt.emin
-        ulp = Fraction(fmt.ulp(e))
-        click.echo(f"abs error:    {float(err):.6g}")
-        click.echo(f"error (ulps): {float(err / ulp):.6g}")
-        if exact != 0:
-            click.echo(f"rel error:    {float(err / abs(exact)):.6g}  (u = {fmt.u:.6g})")
+    if mode not in MODES:
+        raise FperrInputError(f"unknown rounding mode {mode!r}; valid modes: {', '.join(MODES)}")
+    for line in round_report(value, fmt, mode):  # type: ignore[arg-type]
+        click.echo(line)
 
 
 @cli.command("schema")
@@ -108,7 +96,15 @@ def schema_cmd() -> None:
 @click.option("--labels", default=None, help="Labels (.npy/.csv), optional.")
 @click.option("--low", default="binary16", show_default=True, help="Low-precision storage format.")
 @click.option("--reference", default="binary32", show_default=True, help="Reference format.")
-@click.option("--accumulate", default="binary32", show_default=True, help="Accumulation format.")
+@click.option(
+    "--accumulate", default="binary32", show_default=True, help="Accumulation format of LOW."
+)
+@click.option(
+    "--reference-accumulate",
+    default="binary32",
+    show_default=True,
+    help="Accumulation format of the reference.",
+)
 @click.option("--reference-operand", default=None, help="Operand format of the reference (tf32).")
 @click.option("--truncating-accumulator", is_flag=True, help="Model chopping accumulators.")
 @click.option(
@@ -116,6 +112,7 @@ def schema_cmd() -> None:
     type=click.Choice(["deterministic", "probabilistic"]),
     default="deterministic",
     show_default=True,
+    help="probabilistic: a model of independent rounding errors, not a certificate.",
 )
 @click.option("--confidence", default=0.999, show_default=True, help="For --method probabilistic.")
 @click.option("--on", "on", type=click.Choice(["logits", "softmax"]), default="logits")
@@ -138,6 +135,7 @@ def bound_cmd(
     low: str,
     reference: str,
     accumulate: str,
+    reference_accumulate: str,
     reference_operand: str | None,
     truncating_accumulator: bool,
     method: str,
@@ -152,7 +150,6 @@ def bound_cmd(
     Exit 0 if every input is certified, 1 if some are not, 2 on bad input.
     """
     import json
-    from pathlib import Path
 
     from . import __version__
     from .arith import Emulated
@@ -164,7 +161,9 @@ def bound_cmd(
     X, y = model_data(model, inputs, labels)
     acc_rounding = "truncate" if truncating_accumulator else "nearest"
     lo = Emulated.from_names(low, accumulate, acc_rounding=acc_rounding)
-    ref = Emulated.from_names(reference, accumulate, reference_operand, acc_rounding=acc_rounding)
+    # the reference keeps its own accumulator: --accumulate describes the low run only
+    ref = Emulated.from_names(reference, reference_accumulate, reference_operand,
+                              acc_rounding=acc_rounding)  # fmt: skip
     click.echo(f"bounding {X.shape[0]} inputs through {model.name} ...", err=True)
     result = certify(model, X, y, lo, ref, method, confidence, on)
     report = result.to_dict()
@@ -177,7 +176,7 @@ def bound_cmd(
         advice = suggest_fp32(model, X, suggest, lo, ref, method, confidence, on)
         report["suggest_fp32"] = advice.to_dict()
     if out:
-        Path(out).write_text(json.dumps(report))
+        _write(out, json.dumps(report))
     if as_json:
         click.echo(json.dumps(report))
     else:
@@ -196,6 +195,8 @@ def bound_cmd(
 @click.option("--inputs", default=None, help="Training inputs (default: the spec's data).")
 @click.option("--labels", default=None, help="Labels (.npy/.csv), optional.")
 @click.option("--loss-scale", default=1.0, show_default=True, type=float)
+@click.option("--max-batches", default=None, type=click.IntRange(min=1),
+              help="Check only the first N batches (a quick look).")  # fmt: skip
 def check_training_cmd(
     model_path: str,
     optimizer: str,
@@ -205,18 +206,24 @@ def check_training_cmd(
     inputs: str | None,
     labels: str | None,
     loss_scale: float,
+    max_batches: int | None,
 ) -> None:
     """Predict fp16 training hazards: vanishing eps, lost updates, underflow.
 
     Exit 0 if no hazard is found, 1 if one is, 2 on bad input.
     """
-    from .training import check_training_cli
+    from .datasets import model_data
+    from .model import load_model
+    from .training import check_training
 
-    text, code = check_training_cli(
-        model_path, optimizer, lr, eps, fmt, inputs, labels=labels, loss_scale=loss_scale
-    )
-    click.echo(text)
-    sys.exit(code)
+    model = load_model(model_path)
+    X, y = model_data(model, inputs, labels)
+    if y is None:
+        raise FperrInputError("check-training needs class labels (an .npz with 'labels')")
+    report = check_training(model, X, y, optimizer=optimizer, lr=lr, eps=eps, fmt=fmt,
+                            loss_scale=loss_scale, max_batches=max_batches)  # fmt: skip
+    click.echo(str(report))
+    sys.exit(0 if report.ok else 1)
 
 
 @cli.command("validate")
@@ -225,7 +232,20 @@ def check_training_cmd(
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--out", default=None, help="Write the JSON report here.")
 @click.option("--report", default=None, help="Summarize and re-check a stored report instead.")
-@click.option("--batch-size", default=None, type=int, help="Large batch size (default: all).")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Large batch size (default: all).")  # fmt: skip
+@click.option("--limit", default=None, type=click.IntRange(min=1),
+              help="Validate only the first N inputs.")  # fmt: skip
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes computing the bounds while torch runs.")  # fmt: skip
+@click.option("--suite", is_flag=True,
+              help="Probe the device and validate the bundled examples (no --model).")  # fmt: skip
+@click.option("--examples", "examples_dir", default="examples", show_default=True,
+              help="With --suite: the folder of the example models and digits.npz.")  # fmt: skip
+@click.option("--results", default="validation/results", show_default=True,
+              help="With --suite: write <results>/<device>/ reports here.")  # fmt: skip
+@click.option("--deep-inputs", default=300, show_default=True, type=click.IntRange(min=1),
+              help="With --suite: inputs of the deep tanh MLP.")  # fmt: skip
 def validate_cmd(
     model_path: str | None,
     inputs: str | None,
@@ -233,33 +253,104 @@ def validate_cmd(
     out: str | None,
     report: str | None,
     batch_size: int | None,
+    limit: int | None,
+    workers: int,
+    suite: bool,
+    examples_dir: str,
+    results: str,
+    deep_inputs: int,
 ) -> None:
     """Run the model in real PyTorch precisions and check every bound.
 
     Exit 0 if no observed error exceeds its bound, 1 otherwise, 2 on bad input.
     """
-    from .errors import FperrInputError
-    from .validate import validate_cli
+    from pathlib import Path
 
+    def log(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    if suite:
+        from .hardware.suite import run_suite
+
+        res = run_suite(device, Path(results), Path(examples_dir), inputs=limit,
+                        deep_inputs=deep_inputs, workers=workers, log=log)  # fmt: skip
+        click.echo("\n\n".join(res.texts))
+        click.echo(f"reports in {res.out_dir}; "
+                   + ("no violation" if res.ok else "FAILED: " + ", ".join(res.failed)))
+        sys.exit(0 if res.ok else 1)
     if model_path is None:
         raise FperrInputError("--model is required (also with --report, to recompute bounds)")
-    text, code = validate_cli(
-        model_path, inputs, device, out, report, batch_size,
-        log=lambda m: click.echo(m, err=True),
-    )  # fmt: skip
-    click.echo(text)
-    sys.exit(code)
+    from .model import load_model
+
+    model = load_model(model_path)
+    if report is not None:
+        _recheck_report(model, report, workers)
+        return
+    from .datasets import model_data
+    from .hardware.reports import summarize
+    from .hardware.torch_env import require_torch, resolve_device
+    from .hardware.validate import validate
+
+    resolve_device(require_torch("validation"), device)
+    X, y = model_data(model, inputs)
+    if limit is not None:
+        X, y = X[:limit], None if y is None else y[:limit]
+    rep = validate(model, X, y, device=device, batch_sizes=(batch_size, 1), log=log,
+                   workers=workers)  # fmt: skip
+    if out:
+        _write(out, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
+    click.echo(summarize(rep))
+    sys.exit(0 if rep.ok else 1)
+
+
+def _recheck_report(model: Any, path: str, workers: int) -> None:
+    """Summarize a stored report and check it against the current bounds."""
+    from .hardware.reports import ValidationReport, summarize
+    from .hardware.validate import recheck
+
+    rep = ValidationReport.load(path)
+    problems = recheck(rep, model, workers=workers)
+    verdict = "no violation" if not problems else f"{len(problems)} problems\n" + "\n".join(
+        problems
+    )
+    click.echo(summarize(rep) + "\n\nrecheck against the current bounds: " + verdict)
+    sys.exit(0 if rep.ok and not problems else 1)
 
 
 @cli.command("probe")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 def probe_cmd(device: str) -> None:
-    """Measure how the platform's fp16/bf16 GEMM accumulates; name the model."""
-    from .probe import probe_cli
+    """Measure how the platform's fp16/bf16 GEMM accumulates; name the model.
 
-    text, code = probe_cli(device)
-    click.echo(text)
-    sys.exit(code)
+    Exit 0 when an fperr accumulation model covers every fp16/bf16 setting, 1 otherwise.
+    """
+    from .hardware.probe import probe
+
+    result = probe(device)
+    click.echo(result.text())
+    uncovered = [k for k, v in result.covered_by.items() if not v]
+    if uncovered:
+        click.echo("no fperr accumulation model covers: " + ", ".join(uncovered))
+    sys.exit(1 if uncovered else 0)
+
+
+@cli.command("kernels")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", "out_dir", default="validation/results", show_default=True,
+              help="Write <out>/<device>/kernels.json here.")  # fmt: skip
+@click.option("--fp32-values", default=1_000_000, show_default=True,
+              type=click.IntRange(min=100),
+              help="Size of the binary32 sample (binary16 and bfloat16: every value).")  # fmt: skip
+def kernels_cmd(device: str, out_dir: str, fp32_values: int) -> None:
+    """Measure the error of PyTorch's elementwise kernels (tanh, GELU, exp, ...)."""
+    from pathlib import Path
+
+    from .hardware.kernels import measure, write_table
+    from .hardware.suite import device_label
+
+    table = measure(device, fp32_values=fp32_values, log=lambda m: click.echo(m, err=True))
+    path = write_table(table, Path(out_dir) / device_label(device) / "kernels.json")
+    click.echo(f"wrote {path}")
 
 
 @cli.command("figures")

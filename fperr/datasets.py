@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -186,49 +187,60 @@ def _check_file(path: Path, extensions: tuple[str, ...]) -> None:
 
 
 def _read_npy(path: Path) -> np.ndarray[Any, Any]:
-    loaded = _np_load(path, NPY_MAGIC)
-    if not isinstance(loaded, np.ndarray):  # unreachable after the magic check
-        raise DataError(f"{path}: not a .npy file")
-    return loaded
+    def check(loaded: Any) -> np.ndarray[Any, Any]:
+        if not isinstance(loaded, np.ndarray):  # unreachable after the magic check
+            raise DataError(f"{path}: not a .npy file")
+        return loaded
+
+    return _np_load(path, NPY_MAGIC, check)
 
 
 def _read_npz(
     path: Path,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
-    loaded = _np_load(path, ZIP_MAGIC)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):  # unreachable after the magic check
-        raise DataError(f"{path}: not a .npz file")
-    with loaded as archive:
+    def arrays(archive: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # unreachable after the magic check
+            raise DataError(f"{path}: not a .npz file")
         keys = list(archive.files)
         input_key = _pick_key(path, keys, INPUT_KEYS)
         if input_key is None:
             raise _missing_key(path, keys, INPUT_KEYS)
         label_key = _pick_key(path, keys, LABEL_KEYS)
-        try:
-            inputs = np.asarray(archive[input_key])
-            labels = None if label_key is None else np.asarray(archive[label_key])
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:  # e.g. pickled objects
-            raise DataError(f"{path}: cannot read array ({exc})") from None
-    return inputs, labels
+        inputs = np.asarray(archive[input_key])
+        labels = None if label_key is None else np.asarray(archive[label_key])
+        return inputs, labels
+
+    return _np_load(path, ZIP_MAGIC, arrays)
 
 
-def _np_load(path: Path, magic: bytes) -> Any:
-    """``np.load`` without pickle, for a file starting with ``magic``.
+# What a damaged or foreign file raises inside numpy and zipfile while it is read.
+_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def _np_load(path: Path, magic: bytes, read: Callable[[Any], Any]) -> Any:
+    """``read(np.load(...))`` without pickle, for a file starting with ``magic``.
 
     Checking the magic first keeps ``np.load`` from taking other files for
-    pickles (and suggesting to unpickle them).
+    pickles (and suggesting to unpickle them).  The file handle is ours, so it
+    is closed however the archive is damaged, and ``read`` runs while it is
+    open (an ``.npz`` reads its members lazily).
     """
     try:
-        with path.open("rb") as handle:
-            head = handle.read(len(magic))
+        handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc})") from None
-    if head != magic:
-        raise DataError(f"{path}: not a {path.suffix} file (wrong leading bytes {head!r})")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: cannot read {path.suffix} file ({exc})") from None
+    with handle:
+        head = handle.read(len(magic))
+        if head != magic:
+            raise DataError(f"{path}: not a {path.suffix} file (wrong leading bytes {head!r})")
+        handle.seek(0)
+        try:
+            return read(np.load(handle, allow_pickle=False))
+        except DataError:
+            raise
+        except _READ_ERRORS as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: cannot read {path.suffix} file ({why})") from None
 
 
 def _pick_key(path: Path, keys: list[str], candidates: tuple[str, ...]) -> str | None:

@@ -6,21 +6,31 @@ once against :mod:`fperr.arith`, so the same code runs exactly (float64) or
 emulated in any format.  ``out_shape`` infers shapes without data (per input,
 batch dimension excluded) and raises :class:`~fperr.errors.SpecError` on a
 mismatch.
+
+Constructors check the structure of their parameters (array ranks and
+lengths, sizes and strides >= 1, paddings >= 0, finite positive ``eps``,
+nonnegative running variances) and raise :class:`~fperr.errors.SpecError`
+with one line, so that a bad layer fails where it is made rather than as a
+ZeroDivisionError or a numpy index error inside a forward pass.  Array
+*values* (real dtype, finite) are checked once per model by
+:class:`fperr.model.Model`: the bound rules build layers from rounded
+weights, which may legitimately overflow to inf.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import erf
+from scipy.special import erfc
 
 from .arith import Arithmetic
 from .errors import SpecError
+from .rounding import round as fround
 
 Array = npt.NDArray[np.float64]
 Shape = tuple[int, ...]
@@ -40,12 +50,48 @@ def _mismatch(layer: str, expected: str, got: Shape) -> SpecError:
     return SpecError(f"{layer}: expects input {expected}, got {list(got)}")
 
 
+# -- parameter checks (structure only; see the module docstring) -------------------
+def _check_ints(layer: str, name: str, values: Iterable[object], low: int, n: int | None) -> None:
+    """``values``: ``n`` integers (any count if None), each >= ``low``."""
+    vals = tuple(values)
+    ok = (n is None or len(vals) == n) and all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= low for v in vals
+    )
+    if not ok or not vals:
+        count = f"{n} " if n is not None else ""
+        raise SpecError(f"{layer}: {name} must be {count}integers >= {low}, got {list(vals)}")
+
+
+def _check_array(layer: str, name: str, a: object, ndim: int, size: int | None = None) -> None:
+    """``a``: a numpy array of rank ``ndim``, no empty axis, ``size`` entries if given."""
+    if not isinstance(a, np.ndarray):
+        raise SpecError(f"{layer}: {name} must be a numpy array, got {type(a).__name__}")
+    if a.ndim != ndim or 0 in a.shape or (size is not None and a.size != size):
+        want = f"{ndim}-D" + (f" with {size} entries" if size is not None else ", nonempty")
+        raise SpecError(f"{layer}: {name} has shape {list(a.shape)}, expected {want}")
+
+
+def _check_scalar(layer: str, name: str, v: object, low: float | None, strict: bool) -> None:
+    """A finite real number, > ``low`` (``strict``) or >= ``low`` when given."""
+    ok = False
+    if isinstance(v, int | float | np.integer | np.floating) and math.isfinite(v):
+        ok = low is None or bool(v > low if strict else v >= low)
+    if not ok:
+        bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+        raise SpecError(f"{layer}: {name} must be a finite number{bound}, got {v!r}")
+
+
 # -- linear layers ------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Dense:
     weight: Array  # (out, in)
     bias: Array | None = None
     type: str = "dense"
+
+    def __post_init__(self) -> None:
+        _check_array("dense", "weight", self.weight, 2)
+        if self.bias is not None:
+            _check_array("dense", "bias", self.bias, 1, self.weight.shape[0])
 
     def out_shape(self, shape: Shape) -> Shape:
         if len(shape) != 1 or shape[0] != self.weight.shape[1]:
@@ -67,7 +113,7 @@ def conv_output_size(n: int, k: int, stride: int, pad: int, dil: int) -> int:
 
 
 def im2col(x: Array, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> Array:
-    """(N, C, H, W) -> (N, H'*W', C*kh*kw) patches, zero padded, in (c, i, j) order."""
+    """``(N, C, H, W) -> (N, H'*W', C*kh*kw)`` patches, zero padded, in (c, i, j) order."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     ho = conv_output_size(h, kh, sh, ph, dh)
@@ -90,6 +136,18 @@ class Conv2d:
     dilation: Pair = (1, 1)
     groups: int = 1
     type: str = "conv2d"
+
+    def __post_init__(self) -> None:
+        _check_array("conv2d", "weight", self.weight, 4)
+        _check_ints("conv2d", "stride", self.stride, 1, 2)
+        _check_ints("conv2d", "padding", self.padding, 0, 2)
+        _check_ints("conv2d", "dilation", self.dilation, 1, 2)
+        _check_ints("conv2d", "groups", (self.groups,), 1, 1)
+        if self.weight.shape[0] % self.groups:
+            raise SpecError(f"conv2d: {self.weight.shape[0]} output channels do not split "
+                            f"into {self.groups} groups")  # fmt: skip
+        if self.bias is not None:
+            _check_array("conv2d", "bias", self.bias, 1, self.weight.shape[0])
 
     @property
     def kernel(self) -> Pair:
@@ -139,6 +197,13 @@ class Pool2d:
     kernel: Pair
     stride: Pair
     padding: Pair = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("max", "avg"):
+            raise SpecError(f"pool2d: kind must be 'max' or 'avg', got {self.kind!r}")
+        _check_ints(self.type, "kernel_size", self.kernel, 1, 2)
+        _check_ints(self.type, "stride", self.stride, 1, 2)
+        _check_ints(self.type, "padding", self.padding, 0, 2)
 
     @property
     def type(self) -> str:
@@ -195,6 +260,9 @@ class Reshape:
     shape: Shape
     type: str = "reshape"
 
+    def __post_init__(self) -> None:
+        _check_ints("reshape", "shape", self.shape, 1, None)  # no -1: sizes are explicit
+
     def out_shape(self, shape: Shape) -> Shape:
         if math.prod(shape) != math.prod(self.shape):
             raise _mismatch("reshape", f"{math.prod(self.shape)} elements", shape)
@@ -208,6 +276,11 @@ class Reshape:
 class Dropout:
     p: float = 0.5
     type: str = "dropout"
+
+    def __post_init__(self) -> None:
+        _check_scalar("dropout", "p", self.p, 0.0, False)
+        if self.p > 1:
+            raise SpecError(f"dropout: p must be a probability in [0, 1], got {self.p!r}")
 
     def out_shape(self, shape: Shape) -> Shape:
         return shape
@@ -223,7 +296,8 @@ def _sigmoid(x: Array) -> Array:
 
 
 def _gelu(x: Array) -> Array:
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+    # erfc, not 1 + erf: 1 + erf(x / sqrt 2) cancels for x < -6 (100% error)
+    return 0.5 * x * erfc(-x / math.sqrt(2.0))
 
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -237,6 +311,12 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 class Activation:
     type: str  # relu, tanh, sigmoid, gelu, leaky_relu
     negative_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.type not in ("relu", "leaky_relu", *ACTIVATIONS):
+            raise SpecError(f"activation: unknown type {self.type!r}; valid: relu, leaky_relu, "
+                            f"{', '.join(ACTIVATIONS)}")  # fmt: skip
+        _check_scalar(self.type, "negative_slope", self.negative_slope, None, False)
 
     def out_shape(self, shape: Shape) -> Shape:
         return shape
@@ -279,6 +359,19 @@ class BatchNorm:
     eps: float = 1e-5
     type: str = "batchnorm"
 
+    def __post_init__(self) -> None:
+        _check_array("batchnorm", "running_mean", self.running_mean, 1)
+        c = self.running_mean.shape[0]
+        for name in ("running_var", "weight", "bias"):
+            if name == "running_var" or getattr(self, name) is not None:
+                _check_array("batchnorm", name, getattr(self, name), 1, c)
+        _check_scalar("batchnorm", "eps", self.eps, 0.0, True)
+        negative = np.flatnonzero(self.running_var < 0)
+        if negative.size:  # a variance: sqrt(var + eps) would be NaN
+            i, v = int(negative[0]), float(self.running_var[negative[0]])
+            raise SpecError(f"batchnorm: running_var has {negative.size} negative entries "
+                            f"(first {v!r} at index {i}); a variance is >= 0")  # fmt: skip
+
     @property
     def scale(self) -> Array:
         w = 1.0 if self.weight is None else self.weight
@@ -298,9 +391,24 @@ class BatchNorm:
         return v.reshape((1, -1) + (1,) * (ndim - 2))
 
     def forward(self, x: Array, arith: Arithmetic) -> Array:
-        s = self.broadcast(arith.store(self.scale), x.ndim)
-        t = self.broadcast(arith.store(self.shift), x.ndim)
-        return arith.func(lambda v: v * s + t, x)
+        """As PyTorch's CPU kernel computes it (checked bit for bit on fp16 and fp32):
+        the statistics and affine parameters are stored (rounded to storage), then
+        alpha = w / sqrt(var + eps) and beta = b - mean alpha in the accumulator
+        ("opmath"), then y = x alpha + beta (one FMA), rounded to storage.  The bound
+        rule covers this and the two-step order (x - mean) alpha + b alike."""
+        acc = getattr(arith, "accumulate", None)
+
+        def opmath(v: Array) -> Array:
+            return v if acc is None else fround(v, acc)
+
+        m, v = arith.store(self.running_mean), arith.store(self.running_var)
+        w = 1.0 if self.weight is None else arith.store(self.weight)
+        b = 0.0 if self.bias is None else arith.store(self.bias)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            alpha = opmath(w / np.sqrt(opmath(v + self.eps)))
+            beta = opmath(b - m * alpha)
+        s, t = self.broadcast(alpha, x.ndim), self.broadcast(beta, x.ndim)
+        return arith.func(lambda z: z * s + t, x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -310,6 +418,17 @@ class LayerNorm:
     bias: Array | None = None
     eps: float = 1e-5
     type: str = "layernorm"
+
+    def __post_init__(self) -> None:
+        _check_ints("layernorm", "normalized_shape", self.normalized_shape, 1, None)
+        for name in ("weight", "bias"):
+            a = getattr(self, name)
+            if a is not None:
+                _check_array("layernorm", name, a, len(self.normalized_shape))
+                if tuple(a.shape) != tuple(self.normalized_shape):
+                    raise SpecError(f"layernorm: {name} has shape {list(a.shape)}, expected "
+                                    f"normalized_shape {list(self.normalized_shape)}")  # fmt: skip
+        _check_scalar("layernorm", "eps", self.eps, 0.0, True)
 
     def out_shape(self, shape: Shape) -> Shape:
         k = len(self.normalized_shape)

@@ -1,17 +1,23 @@
 """A model: an input shape and an ordered list of IR layers.
 
-``load_model(path)`` reads a YAML spec (validated by :mod:`fperr.spec`) and
-its weights (``.npz`` with ``allow_pickle=False``, or ``.safetensors``),
-checks every shape, and refuses NaN/inf weights; any problem raises
+``load_model(path)`` reads a YAML spec (parsed within the limits of
+:mod:`fperr.yaml_io`, validated by :mod:`fperr.spec`) and its weights
+(``.npz`` with ``allow_pickle=False``, or ``.safetensors``), checks every
+shape, and refuses NaN/inf and complex weights; any problem raises
 :class:`~fperr.errors.SpecError` naming the layer, and nothing is
-half-loaded.  ``Model.save`` writes the YAML + npz pair back.
+half-loaded.  A :class:`Model` made in Python is checked the same way: real
+finite parameters, residual blocks nested at most :data:`MAX_NESTING` deep.
+``Model.save`` writes the YAML + npz pair back.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+import re
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from . import spec as S
 from .arith import Arithmetic, Exact
@@ -39,8 +46,12 @@ from .layers import (
     Shape,
     Softmax,
 )
+from .yaml_io import load_yaml
 
 Array = npt.NDArray[np.float64]
+
+MAX_NESTING = 32
+"""Deepest nesting of residual blocks (the bound rules recurse once per level)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +63,7 @@ class Model:
     source: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        check_parameters(self.layers)
         self.shapes()  # validates the whole chain
 
     def shapes(self) -> list[Shape]:
@@ -69,7 +81,7 @@ class Model:
         return self.shapes()[-1]
 
     def forward(self, x: npt.ArrayLike, arith: Arithmetic | None = None) -> Array:
-        """Run a batch (N, *input_shape) through the model."""
+        """Run a batch of shape ``(N, *input_shape)`` through the model."""
         return self.activations(x, arith)[-1]
 
     def activations(self, x: npt.ArrayLike, arith: Arithmetic | None = None) -> list[Array]:
@@ -114,8 +126,13 @@ class Model:
 
 
 def check_inputs(x: npt.ArrayLike, input_shape: Shape) -> Array:
-    """Inputs as a float64 batch; shape and finiteness errors raise SpecError."""
-    h = np.asarray(x, dtype=np.float64)
+    """Inputs as a float64 batch; dtype, shape and finiteness errors raise SpecError."""
+    raw = np.asarray(x)
+    if raw.dtype.kind not in "biuf":  # a cast would drop imaginary parts or fail
+        raise SpecError(f"inputs must be real numbers, got dtype {raw.dtype}")
+    h = raw.astype(np.float64, copy=False)
+    if h.ndim == 0:
+        raise SpecError("inputs must be a batch (N, ...), got a scalar")
     if h.shape[1:] != tuple(input_shape):
         if h.ndim >= 1 and math.prod(h.shape[1:]) == math.prod(input_shape):
             h = h.reshape((h.shape[0], *input_shape))
@@ -131,6 +148,32 @@ def check_inputs(x: npt.ArrayLike, input_shape: Shape) -> Array:
     return h
 
 
+def check_parameters(layers: Iterable[Layer]) -> None:
+    """Every array parameter real and finite, residual nesting at most
+    :data:`MAX_NESTING`; a :class:`SpecError` names the layer by its index path."""
+    stack: list[tuple[tuple[Layer, ...], str]] = [(tuple(layers), "")]
+    while stack:
+        group, path = stack.pop()
+        for i, layer in enumerate(group):
+            where = f"layer {path}{i} ({getattr(layer, 'type', type(layer).__name__)})"
+            for name, a in vars(layer).items():
+                if isinstance(a, np.ndarray):
+                    _check_values(where, name, a)
+            if isinstance(layer, Residual):
+                if path.count(".") >= MAX_NESTING:  # path: one dot per enclosing block
+                    top = f"layer {path.split('.')[0]} (residual)"
+                    raise SpecError(f"{top}: residual blocks nested more than {MAX_NESTING} deep")
+                stack.append((tuple(layer.layers), f"{path}{i}."))
+
+
+def _check_values(where: str, name: str, a: np.ndarray[Any, Any]) -> None:
+    if a.dtype.kind not in "biuf":
+        what = "complex" if a.dtype.kind == "c" else "not real numbers"
+        raise SpecError(f"{where}: {name} is {what} (dtype {a.dtype}); fperr needs real values")
+    if not np.all(np.isfinite(a)):
+        raise SpecError(f"{where}: {name} contains NaN or inf")
+
+
 # -- loading ------------------------------------------------------------------------
 def _pair(
     v: int | tuple[int, int] | None, default: tuple[int, int] | None = None
@@ -141,30 +184,54 @@ def _pair(
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def load_weights(path: Path) -> dict[str, Array]:
+def load_weights(path: Path) -> dict[str, np.ndarray[Any, Any]]:
+    """Every array of a weights file as stored (dtypes are checked where a layer
+    uses one: :class:`_Weights`); a bad file raises SpecError."""
     if not path.is_file():
         raise SpecError(f"weights file not found: {path}")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: np.asarray(z[k], dtype=np.float64) for k in z.files}
-        except (ValueError, OSError) as exc:
-            raise SpecError(f"cannot read weights {path}: {exc}") from None
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise SpecError("reading .safetensors needs the safetensors package") from None
-        try:
-            tensors = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error type
-            raise SpecError(f"cannot read weights {path}: {exc}") from None
-        return {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
-    raise SpecError(f"unknown weights format {path.suffix!r} (use .npz or .safetensors)")
+        raw = _read_npz(path)
+    elif path.suffix == ".safetensors":
+        raw = _read_safetensors(path)
+    else:
+        raise SpecError(f"unknown weights format {path.suffix!r} (use .npz or .safetensors)")
+    return raw
+
+
+# What a damaged or foreign file raises inside numpy and zipfile: the file is bad input.
+_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray[Any, Any]]:
+    try:
+        # our own handle: np.load leaves its file open when the archive is damaged
+        with path.open("rb") as handle:
+            if handle.read(2) != b"PK":  # np.load would take other files for .npy or pickles
+                raise SpecError(f"cannot read weights {path}: not an .npz (zip) file")
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as z:
+                return {k: np.asarray(z[k]) for k in z.files}
+    except SpecError:
+        raise
+    except _READ_ERRORS as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(f"cannot read weights {path}: {why} (truncated or damaged?)") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray[Any, Any]]:
+    try:
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise SpecError("reading .safetensors needs the safetensors package") from None
+    try:
+        return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
+    except Exception as exc:  # safetensors raises its own error types
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(f"cannot read weights {path}: {why}") from None
 
 
 class _Weights:
-    def __init__(self, arrays: Mapping[str, Array], source: str) -> None:
+    def __init__(self, arrays: Mapping[str, np.ndarray[Any, Any]], source: str) -> None:
         self.arrays, self.source = arrays, source
 
     def get(self, key: str | None, where: str, ndim: int | None = None) -> Array | None:
@@ -175,14 +242,23 @@ class _Weights:
         a = self.arrays[key]
         if ndim is not None and a.ndim != ndim:
             raise SpecError(f"{where}: {key!r} has shape {list(a.shape)}, expected {ndim}-D")
-        if not np.all(np.isfinite(a)):
-            raise SpecError(f"{where}: {key!r} contains NaN or inf")
-        return a
+        _check_values(where, repr(key), a)  # before the cast, which drops imaginary parts
+        return np.asarray(a, dtype=np.float64)
 
     def need(self, key: str, where: str, ndim: int | None = None) -> Array:
         a = self.get(key, where, ndim)
         assert a is not None
         return a
+
+
+def _new(where: str, cls: Callable[..., Layer], *args: Any) -> Layer:
+    """``cls(*args)``, its constructor's SpecError prefixed with the layer's place
+    (which replaces the constructor's own ``type:`` prefix)."""
+    try:
+        return cls(*args)
+    except SpecError as exc:
+        msg = re.sub(r"^[a-z0-9_]+: ", "", str(exc))
+        raise SpecError(f"{where}: {msg}") from None
 
 
 def _build(spec: Any, w: _Weights, where: str) -> Layer:
@@ -194,57 +270,72 @@ def _build(spec: Any, w: _Weights, where: str) -> Layer:
             raise SpecError(
                 f"{where}: bias has {bias.shape[0]} entries, weight {weight.shape[0]} rows"
             )
-        return Dense(weight, bias)
+        return _new(where, Dense, weight, bias)
     if t == "conv2d":
         weight = w.need(spec.weight, where, 4)
         bias = w.get(spec.bias, where, 1)
-        return Conv2d(weight, bias, _pair(spec.stride), _pair(spec.padding), _pair(spec.dilation),
-                      spec.groups)  # fmt: skip
+        return _new(where, Conv2d, weight, bias, _pair(spec.stride), _pair(spec.padding),
+                    _pair(spec.dilation), spec.groups)  # fmt: skip
     if t in ("maxpool2d", "avgpool2d"):
         k = _pair(spec.kernel_size)
-        return Pool2d(t[:3], k, _pair(spec.stride, k), _pair(spec.padding))
+        return _new(where, Pool2d, t[:3], k, _pair(spec.stride, k), _pair(spec.padding))
     if t == "flatten":
         return Flatten()
     if t == "reshape":
-        return Reshape(tuple(spec.shape))
+        return _new(where, Reshape, tuple(spec.shape))
     if t in ("relu", "tanh", "sigmoid", "gelu"):
         return Activation(t)
     if t == "leaky_relu":
-        return Activation("leaky_relu", spec.negative_slope)
+        return _new(where, Activation, "leaky_relu", spec.negative_slope)
     if t == "softmax":
         return Softmax()
     if t == "dropout":
-        return Dropout(spec.p)
+        return _new(where, Dropout, spec.p)
     if t == "batchnorm":
-        return BatchNorm(
-            w.need(spec.running_mean, where, 1), w.need(spec.running_var, where, 1),
-            w.get(spec.weight, where, 1), w.get(spec.bias, where, 1), spec.eps,
+        return _new(
+            where, BatchNorm, w.need(spec.running_mean, where, 1),
+            w.need(spec.running_var, where, 1), w.get(spec.weight, where, 1),
+            w.get(spec.bias, where, 1), spec.eps,
         )  # fmt: skip
     if t == "layernorm":
         ln_weight = w.get(spec.weight, where)
         shape = spec.normalized_shape or (list(ln_weight.shape) if ln_weight is not None else None)
         if shape is None:
             raise SpecError(f"{where}: layernorm needs normalized_shape or weight")
-        return LayerNorm(tuple(shape), ln_weight, w.get(spec.bias, where), spec.eps)
+        return _new(where, LayerNorm, tuple(shape), ln_weight, w.get(spec.bias, where), spec.eps)
     if t == "residual":
         return Residual(tuple(_build(s, w, f"{where} branch layer {i}") for i, s in
                               enumerate(spec.layers)))  # fmt: skip
     raise SpecError(f"{where}: unknown layer type {t!r}")  # pragma: no cover (pydantic)
 
 
-def model_from_spec(spec: S.ModelSpec, arrays: Mapping[str, Array], source: str = "weights",
-                    path: Path | None = None) -> Model:  # fmt: skip
+def model_from_spec(spec: S.ModelSpec, arrays: Mapping[str, np.ndarray[Any, Any]],
+                    source: str = "weights", path: Path | None = None) -> Model:  # fmt: skip
     w = _Weights(arrays, source)
     layers = tuple(_build(s, w, f"layer {i} ({s.type})") for i, s in enumerate(spec.layers))
     return Model(spec.name, tuple(spec.input.shape), layers, spec.data, path)
 
 
 def _pydantic_message(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    return f"{loc}: {err['msg']}" + (
-        f" ({len(exc.errors())} errors)" if len(exc.errors()) > 1 else ""
-    )
+    """The most telling error, one line.
+
+    A value that may be an int or a pair fails both branches of the union;
+    the branch whose type matched says what is wrong (a range), the other only
+    that the type differs, so range errors come first.  Branch names such as
+    ``constrained-int`` or ``tuple[...]`` are dropped from the location.
+    """
+    errors = exc.errors()
+
+    def type_mismatch(err: ErrorDetails) -> bool:
+        return err["type"].endswith("_type") or err["type"] == "int_from_float"
+
+    def where(err: ErrorDetails) -> str:
+        return ".".join(str(p) for p in err["loc"] if isinstance(p, int) or p.isidentifier())
+
+    err = min(errors, key=type_mismatch)  # min keeps the first of equals
+    places = {where(e) for e in errors}
+    more = f" ({len(places)} places)" if len(places) > 1 else ""
+    return f"{where(err)}: {err['msg']}{more}"
 
 
 def load_model(path: str | Path) -> Model:
@@ -252,19 +343,14 @@ def load_model(path: str | Path) -> Model:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"model file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}: malformed YAML{at}") from None
+    raw = load_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping with 'input' and 'layers'")
     try:
         spec = S.ModelSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(f"{path}: {_pydantic_message(exc)}") from None
-    arrays: dict[str, Array] = {}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
     if spec.weights is not None:
         arrays = load_weights(path.parent / spec.weights)
     return model_from_spec(spec, arrays, spec.weights or "weights", path)

@@ -3,6 +3,11 @@
 A spec names layers and refers to weights by key in an ``.npz`` or
 ``.safetensors`` file; :mod:`fperr.model` turns it into arrays.
 ``fperr schema`` prints :func:`json_schema` for editors.
+
+Every number has its legal range here, so that a bad spec fails validation
+with one line instead of failing deep inside a layer: sizes, strides and
+dilations are >= 1, paddings >= 0 (integers, at most :data:`MAX_INT`, the
+int32 range PyTorch uses), and every float is finite (``.nan``/``.inf`` refused).
 """
 
 from __future__ import annotations
@@ -11,11 +16,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-IntPair = int | tuple[int, int]
+MAX_INT = 2**31 - 1
+"""Largest size, stride, padding or dilation (int32, as in PyTorch)."""
+
+# strict: YAML writes integers as integers; 2.0, 1.0e+12 and true are refused
+PosInt = Annotated[int, Field(strict=True, ge=1, le=MAX_INT)]
+NonNegInt = Annotated[int, Field(strict=True, ge=0, le=MAX_INT)]
+PosPair = PosInt | tuple[PosInt, PosInt]
+NonNegPair = NonNegInt | tuple[NonNegInt, NonNegInt]
 
 
 class _Layer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DenseSpec(_Layer):
@@ -28,24 +40,24 @@ class Conv2dSpec(_Layer):
     type: Literal["conv2d"]
     weight: str = Field(description="key of the (out, in/groups, kh, kw) kernel")
     bias: str | None = None
-    stride: IntPair = 1
-    padding: IntPair = 0
-    dilation: IntPair = 1
-    groups: int = Field(1, ge=1)
+    stride: PosPair = 1
+    padding: NonNegPair = 0
+    dilation: PosPair = 1
+    groups: PosInt = 1
 
 
 class MaxPool2dSpec(_Layer):
     type: Literal["maxpool2d"]
-    kernel_size: IntPair
-    stride: IntPair | None = None
-    padding: IntPair = 0
+    kernel_size: PosPair
+    stride: PosPair | None = None
+    padding: NonNegPair = 0
 
 
 class AvgPool2dSpec(_Layer):
     type: Literal["avgpool2d"]
-    kernel_size: IntPair
-    stride: IntPair | None = None
-    padding: IntPair = 0
+    kernel_size: PosPair
+    stride: PosPair | None = None
+    padding: NonNegPair = 0
 
 
 class FlattenSpec(_Layer):
@@ -54,7 +66,7 @@ class FlattenSpec(_Layer):
 
 class ReshapeSpec(_Layer):
     type: Literal["reshape"]
-    shape: list[int] = Field(description="shape without the batch dimension")
+    shape: list[PosInt] = Field(min_length=1, description="shape without the batch dimension")
 
 
 class ActivationSpec(_Layer):
@@ -84,8 +96,8 @@ class LayerNormSpec(_Layer):
     weight: str | None = None
     bias: str | None = None
     eps: float = Field(1e-5, gt=0)
-    normalized_shape: list[int] | None = Field(
-        None, description="trailing dimensions normalised over (default: from weight)"
+    normalized_shape: list[PosInt] | None = Field(
+        None, min_length=1, description="trailing dimensions normalised over (default: from weight)"
     )
 
 
@@ -113,7 +125,9 @@ ResidualSpec.model_rebuild()
 
 class InputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    shape: list[int] = Field(description="shape of one input, without the batch dimension")
+    shape: list[PosInt] = Field(
+        min_length=1, description="shape of one input, without the batch dimension"
+    )
 
 
 class DataSpec(BaseModel):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+from fractions import Fraction
+
 import numpy as np
 import pytest
-import sympy as sp
 
 from fperr.arith import Emulated
 from fperr.bounds import symbolic
@@ -48,29 +50,90 @@ def test_apriori_on_the_digits_mlp_covers_every_digit():
     assert len(ab.layer_radius) == len(model.layers)
 
 
-def test_symbolic_dense_formula_matches_the_engine_exactly():
-    """The engine's float evaluation of the dense formula agrees with sympy's
-    exact rational evaluation of the same expression."""
+def _fp16_grid(lo: float, hi: float) -> np.ndarray:
+    """Every binary16 number in [lo, hi] (0 <= lo), from numpy's float16."""
+    v = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    return v[(v >= lo) & (v <= hi)]
+
+
+def _brute_force_worst(w: np.ndarray, b: float, lo: float, hi: float) -> float:
+    """sup |computed - exact| of y = w.x + b over x in [lo, hi]^n, every order.
+
+    Independent of fperr: numpy's float16/float32 casts do the arithmetic the
+    way the dense layer is specified (inputs and parameters rounded to
+    binary16, products exact in binary32, the n - 1 additions in binary32 in
+    each order, the sum stored to binary16, then the bias added and stored).
+    The computed output depends only on the rounded inputs v; the x rounding
+    to v fill a cell [mid below, mid above] cut by the box, on which the exact
+    output is linear: its extremes are centre +- |w|.halfwidth.
+    """
+    v = _fp16_grid(lo, hi)
+    f16 = v.astype(np.float16)
+    below = np.nextafter(f16, np.float16(-np.inf)).astype(np.float64)
+    above = np.nextafter(f16, np.float16(np.inf)).astype(np.float64)
+    a, z = np.maximum(lo, (v + below) / 2), np.minimum(hi, (v + above) / 2)
+    idx = np.array(list(itertools.product(range(v.size), repeat=w.size)))
+    centre, half = (a[idx] + z[idx]) / 2, (z[idx] - a[idx]) / 2
+    y_lo = centre @ w + b - half @ np.abs(w)
+    y_hi = centre @ w + b + half @ np.abs(w)
+    prods = (v[idx] * w.astype(np.float16).astype(np.float64)).astype(np.float32)  # exact
+    b16 = float(np.float16(b))
+    worst = 0.0
+    for order in itertools.permutations(range(w.size)):
+        s = prods[:, order[0]]
+        for j in order[1:]:
+            s = s + prods[:, j]  # float32 + float32: one binary32 rounding
+        t = s.astype(np.float16).astype(np.float64)
+        y = (t + b16).astype(np.float16).astype(np.float64)  # t + b16 is exact in float64
+        worst = max(worst, float(np.max(np.maximum(np.abs(y - y_lo), np.abs(y - y_hi)))))
+    return worst
+
+
+def _dense_case(case: str) -> tuple[np.ndarray, float, float, float]:
+    lo, hi = 1.0, 1.0 + 32 * 2.0**-10  # 33 binary16 numbers per input
+    if case.startswith("random"):
+        rng = np.random.default_rng(int(case[-1]))
+        w = rng.standard_normal(3).astype(np.float32).astype(np.float64)
+        return w, float(rng.standard_normal()), lo, hi
+    if case == "bias_cancels":  # b = -w.c: the output is small, w.x before the bias is not
+        w = np.array([0.9577587246894836, -0.19980213046073914, 0.02425956539809704])
+        return w, -float(w @ np.full(3, (lo + hi) / 2)), lo, hi
+    # one point: 1 + 2**-11 is a binary16 tie (rounds to 1), then the bias cancels the 1
+    return np.array([1.0, 2.0**-11]), -1.0, 1.0, 1.0
+
+
+@pytest.mark.parametrize("case", ["random0", "random1", "random2", "bias_cancels", "point_tie"])
+def test_apriori_dense_against_brute_force_worst_case(case):
+    """The a-priori radius of one dense layer against the true worst error
+    over the box, found by enumerating every binary16 input in it: never
+    below it (sound), and within a factor 3 of it (the engine adds the
+    worst cases of each rounding as if their signs aligned)."""
+    w, b, lo, hi = _dense_case(case)
+    model = Model("d", (w.size,), (Dense(w[None, :], np.array([b])),))
+    radius = float(apriori_bound(model, lo, hi, Emulated.from_names("binary16", "binary32"))
+                   .radius[0])  # fmt: skip
+    worst = _brute_force_worst(w, b, lo, hi)
+    assert worst > 0
+    assert worst <= radius * (1 + 1e-12), f"unsound: worst {worst:.6g} > radius {radius:.6g}"
+    assert radius <= 3 * worst
+
+
+def test_symbolic_dense_formula_is_the_documented_one():
+    """symbolic.evaluate('dense') (sympy, lambdified to floats) against the
+    formula as its docstring states it, transcribed here in exact rationals:
+    S_R + gamma_n(u_a) S_m + c eta (1 + gamma_n(u_a)) + 2 u_s Z + D_W + D_b."""
     rng = np.random.default_rng(1)
-    w = rng.standard_normal((3, 5)).astype(np.float32).astype(np.float64)
-    model = Model("d", (5,), (Dense(w, None),))
-    low = Emulated.from_names("binary16", "binary32")
-    ab = apriori_bound(model, 0.25, 0.75, low)
-    w_hat = low.to_operand(w)
-    m = 0.75 + low.storage.u * 0.75  # |x| bound plus the input rounding radius
-    r_in = low.storage.u * 0.75
-    z0 = np.abs(w @ np.full(5, 0.5)) + np.abs(w) @ np.full(5, 0.25)
-    expr = symbolic.dense_radius()
-    for i in range(3):
-        s_m = float(np.abs(w_hat[i]).sum() * m)
-        s_r = float(np.abs(w[i]).sum() * r_in)
-        d_w = float(np.abs(w_hat[i] - w[i]).sum() * m)
-        acc = low.accumulate.gamma(5)
-        zb = max((z0[i] + s_r + acc * s_m + d_w) / (1 - 2 * low.storage.u), 2.0**-14)
-        vals = {"S_R": s_r, "S_m": s_m, "Z": zb, "D_W": d_w, "D_b": 0, "n": 5,
-                "u_a": sp.Rational(1, 2**24), "u_s": sp.Rational(1, 2**11)}  # fmt: skip
-        exact = expr.subs({sym: sp.nsimplify(vals[sym.name]) for sym in expr.free_symbols})
-        assert float(exact) == pytest.approx(ab.radius[i], rel=1e-12)
+    for _ in range(50):
+        v = {k: Fraction(float(rng.uniform(0, 10))) for k in ("S_R", "S_m", "Z", "D_W", "D_b")}
+        v["eta"] = Fraction(float(rng.uniform(0, 1e-30)))
+        n, c = int(rng.integers(1, 5000)), int(rng.integers(0, 5000))
+        u_a, u_s = Fraction(1, 2**24), Fraction(1, 2 ** int(rng.integers(3, 12)))
+        g = n * u_a / (1 - n * u_a)
+        want = (v["S_R"] + g * v["S_m"] + c * v["eta"] * (1 + g) + 2 * u_s * v["Z"]
+                + v["D_W"] + v["D_b"])  # fmt: skip
+        got = symbolic.evaluate("dense", n=n, c=c, u_a=float(u_a), u_s=float(u_s),
+                                **{k: float(x) for k, x in v.items()})  # fmt: skip
+        assert abs(Fraction(float(got)) - want) <= Fraction(1, 10**12) * want
 
 
 def test_latex_export_and_errors():

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from fperr.accumulation import ORDERS
 from fperr.arith import Emulated
 from fperr.certify import certified_sharp, certified_simple, certify, tolerance
 from fperr.cli import cli
@@ -34,8 +35,14 @@ def test_equality_is_not_enough_a_tie_can_flip():
     y = np.array([[1.0, 0.0, -1.0]])
     margin = np.full((1, 3), 0.5)  # Gamma = 1 = 2 * 0.5: not strictly greater
     assert not certified_simple(y, margin)[0] and not certified_sharp(y, margin)[0]
-    flipped = y + np.array([[-0.5, 0.5, 0.0]])  # within the margin, now a tie
-    assert flipped[0, 0] == flipped[0, 1]  # argmax is no longer determined
+    # ... because a perturbation within the margin reaches a tie between the
+    # top two classes, where the predicted class is no longer determined:
+    d = np.array([[-0.5, 0.5, 0.0]])
+    assert np.all(np.abs(d) <= margin)
+    assert set(np.flatnonzero((y + d)[0] == (y + d)[0].max())) == {0, 1}
+    # one ulp less margin and both conditions certify (the inequality is strict)
+    smaller = np.nextafter(margin, 0)
+    assert certified_simple(y, smaller)[0] and certified_sharp(y, smaller)[0]
 
 
 def test_sharper_condition_certifies_more():
@@ -58,12 +65,20 @@ def test_digits_mlp_certificates(mlp_result):
     assert s["certified_flips"] == 0
     agree = ~r.flipped
     assert r.certified[agree].mean() >= 0.99  # issue target
-    # certified inputs never flip under any order of the emulated runs
-    X = np.load("examples/digits.npz")["inputs"][r.certified]
+    # The certificates hold for every summation order fperr emulates: each run
+    # stays within B = R_low + R_ref of the reference outputs, and no
+    # certified input leaves its reference class.
+    X = np.load("examples/digits.npz")["inputs"]
     model = load_model("examples/mlp.yaml")
-    for order in ("blas",):
+    runs = {}
+    for order in ORDERS:
         y = model.forward(X, Emulated.from_names("binary16", "binary32", order=order))
-        assert np.all(np.argmax(y, axis=1) == r.reference_class[r.certified])
+        assert np.all(np.abs(y - r.y_ref) <= r.bounds.bound), order
+        assert np.all(np.argmax(y[r.certified], axis=1) == r.reference_class[r.certified]), order
+        runs[order] = y
+    # the orders are different runs (else the loop would check one run four times)
+    assert set(ORDERS) >= {"sequential", "pairwise", "blocked", "blas"}
+    assert len({y.tobytes() for y in runs.values()}) >= 3
     assert "certified" in repr(r) and "<table>" in r._repr_html_()
     d = r.to_dict()
     assert set(d["samples"][0]) == {"index", "reference_class", "tolerance", "bound",

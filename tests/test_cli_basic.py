@@ -74,3 +74,50 @@ def test_validate_rechecks_a_committed_report_and_rejects_bad_use():
     assert res.exit_code == 2 and "--model is required" in res.output
     res = run("validate", "--model", "examples/mlp.yaml", "--report", "missing.json")
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_bound_reference_keeps_its_own_accumulator(tmp_path):
+    """--accumulate is the low run's accumulator only; the reference's is
+    --reference-accumulate (binary32 by default), printed and in the JSON."""
+    import json
+
+    from fperr import Emulated, certify, load_model
+
+    X = np.load("examples/digits.npz")["inputs"][:12]
+    np.save(tmp_path / "x.npy", X)
+    args = ["bound", "--model", "examples/mlp.yaml", "--inputs", str(tmp_path / "x.npy"),
+            "--accumulate", "binary16"]  # fmt: skip
+    res = run(*args)
+    assert res.exit_code in (0, 1), res.output
+    lines = res.stdout.splitlines()
+    assert ("low              storage binary16, accumulate binary16, operand binary16, "
+            "accumulator rounds to nearest") in lines  # fmt: skip
+    assert ("reference        storage binary32, accumulate binary32, operand binary32, "
+            "accumulator rounds to nearest") in lines  # fmt: skip
+
+    report = json.loads(run(*args, "--json").stdout)
+    s = report["summary"]
+    assert s["low_arithmetic"]["accumulate"] == "binary16"
+    assert s["low_arithmetic"]["storage"] == "binary16"
+    assert s["reference_arithmetic"]["accumulate"] == "binary32"
+    assert s["reference_arithmetic"]["storage"] == "binary32"
+    assert s["reference_arithmetic"]["operand"] == "binary32"
+    assert s["reference_arithmetic"]["acc_rounding"] == "nearest"
+    # the bounds are those of a binary32-accumulating reference, not only its label
+    model = load_model("examples/mlp.yaml")
+    want = certify(model, X, None, Emulated.from_names("binary16", "binary16"),
+                   Emulated.from_names("binary32", "binary32"))  # fmt: skip
+    got = np.array([smp["bound"] for smp in report["samples"]])
+    np.testing.assert_array_equal(got, want.margin)
+    wrong = certify(model, X, None, Emulated.from_names("binary16", "binary16"),
+                    Emulated.from_names("binary32", "binary16"))  # fmt: skip
+    assert not np.array_equal(got, wrong.margin)
+
+    # the reference accumulator is its own option, and a truncating one is printed as such
+    res = run(*args, "--reference-accumulate", "binary64", "--truncating-accumulator", "--json")
+    s = json.loads(res.stdout)["summary"]
+    assert s["reference_arithmetic"]["accumulate"] == "binary64"
+    assert s["low_arithmetic"]["accumulate"] == "binary16"
+    assert s["reference_arithmetic"]["acc_rounding"] == "truncate"
+    res = run(*args, "--truncating-accumulator")
+    assert "accumulate binary32, operand binary32, accumulator truncates" in res.stdout

@@ -594,7 +594,7 @@ def test_importing_the_modules_imports_neither_torch_nor_onnx() -> None:
     import sys
 
     code = (
-        "import sys, fperr, fperr.importers, fperr.torch_exec, fperr.mpmath_exec\n"
+        "import sys, fperr, fperr.importers, fperr.hardware, fperr.mpmath_exec\n"
         "bad = [m for m in ('torch', 'onnx') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

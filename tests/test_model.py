@@ -305,6 +305,7 @@ def test_emulated_fp16_mlp_equals_numpy_float16() -> None:
     model = load_model(EXAMPLES / "mlp.yaml")
     x = X[:300]
     h = x.astype(F16)
+    numpy_layers = [h]
     for layer in model.layers:
         if isinstance(layer, Dense):
             assert layer.bias is not None
@@ -312,11 +313,15 @@ def test_emulated_fp16_mlp_equals_numpy_float16() -> None:
         else:
             h = np.maximum(h, F16(0))
         assert h.dtype == F16
+        numpy_layers.append(h)
     emulated = model.forward(x, NUMPY_FP16)
     assert _same_bits(h, emulated)
     # per layer too, so that a failure says where
     hs = model.activations(x, NUMPY_FP16)
-    assert _same_bits(x.astype(F16), hs[0])
+    assert len(hs) == len(numpy_layers) == len(model.layers) + 1
+    names = ["input"] + [f"layer {i} ({layer.type})" for i, layer in enumerate(model.layers)]
+    for name, want, got in zip(names, numpy_layers, hs, strict=True):
+        assert _same_bits(want, got), name
 
 
 def test_emulated_fp16_cnn_equals_numpy_float16() -> None:

@@ -89,11 +89,53 @@ def test_adversarial_set_is_large(adversarial):
     assert adversarial.size >= 10_000_000
 
 
+def _integer_nearest_even(x: np.ndarray, fmt: Format) -> np.ndarray:
+    """Round-to-nearest-even of float64 values to an IEEE format, in integers.
+
+    An oracle independent of numpy's casts and of fperr's kernel: each x is
+    M * 2**E with an integer 53-bit significand M (from its bits); the format's
+    quantum at |x| is 2**Q, Q = max(floor(log2|x|), emin) - p + 1; the result is
+    the integer n = M / 2**(Q - E) rounded half to even (shift, remainder,
+    half), times 2**Q, or inf beyond fmt.max.  NaN stays NaN.
+    """
+    bits = np.ascontiguousarray(x, np.float64).view(np.uint64)
+    neg = (bits >> np.uint64(63)).astype(bool)
+    biased = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
+    frac = bits & np.uint64((1 << 52) - 1)
+    normal = biased > 0
+    M = np.where(normal, frac | np.uint64(1 << 52), frac)  # x = M * 2**E
+    E = np.where(normal, biased, 1) - 1075
+    lead = np.frexp(M.astype(np.float64))[1] - 1  # floor(log2 M); M < 2**53 converts exactly
+    Q = np.maximum(lead + E, fmt.emin) - fmt.p + 1
+    shift = np.clip(Q - E, 0, 60).astype(np.uint64)  # >= 55: everything is below half
+    n = M >> shift
+    rem = M - (n << shift)
+    half = np.where(shift > 0, np.uint64(1) << (shift - np.uint64(1)), np.uint64(0))
+    up = (shift > 0) & ((rem > half) | ((rem == half) & (n & np.uint64(1) == 1)))
+    n = n + up.astype(np.uint64)
+    # n <= 2**p fits in float64; Q - E < 0 leaves n = M exact times 2**E.
+    with np.errstate(over="ignore"):  # beyond float64 is beyond fmt.max too
+        y = np.ldexp(n.astype(np.float64), np.where(Q > E, Q, E))
+    y = np.where(y > fmt.max, np.inf, y)
+    y = np.where(biased == 0x7FF, np.abs(x), y)  # inf stays inf, NaN stays NaN
+    return np.where(neg, -y, y)
+
+
 @pytest.mark.parametrize("name", sorted(NUMPY_TWINS))
-def test_public_round_matches_numpy_cast(adversarial, name):
-    with np.errstate(over="ignore"):
-        oracle = adversarial.astype(NUMPY_TWINS[name]).astype(np.float64)
-    assert _same(fperr.round(adversarial, name), oracle)
+def test_public_round_matches_integer_rounding(adversarial, name):
+    """The public path (numpy's cast for these formats) against rounding done
+    in integers on the float64 bits."""
+    assert _same(fperr.round(adversarial, name), _integer_nearest_even(adversarial, FORMATS[name]))
+
+
+@pytest.mark.parametrize("name, bits", [("binary16", 16), ("binary32", 32)])
+def test_public_round_matches_mpfr(adversarial, name, bits):
+    """And against MPFR's IEEE contexts (gmpy2.ieee) on a sample of the set."""
+    gmpy2 = pytest.importorskip("gmpy2")
+    x = np.random.default_rng(5).choice(adversarial, 200_000)
+    with gmpy2.context(gmpy2.ieee(bits)):
+        want = np.array([float(gmpy2.mpfr(v)) for v in x.tolist()])
+    assert _same(fperr.round(x, name), want)
 
 
 @pytest.mark.parametrize("name", sorted(NUMPY_TWINS))

@@ -8,16 +8,21 @@ B = B_low + B_ref.  Methods:
 
 * ``"deterministic"``: worst case; sound with certainty, for every summation
   order.
-* ``"probabilistic"``: Higham & Mary (2019): dot-product errors
-  lambda sqrt(n) u, and rounding-error generators combined in quadrature
-  (Hoeffding), under the model of independent zero-mean rounding errors; the
-  failure probability per input is reported.
+* ``"probabilistic"``: a *model*, not a certificate.  Higham & Mary (2019):
+  dot-product errors lambda sqrt(n) u, and the roundings of computed values
+  combined in quadrature (Hoeffding), assuming independent zero-mean
+  rounding errors; the failure probability per input is reported under that
+  assumption.  Round-to-nearest is deterministic, so the assumption (and the
+  probability) is rigorous only under stochastic rounding (Connolly, Higham
+  & Mary 2021).  Roundings of the data -- inputs, weights, biases, scales --
+  are deterministic functions of it that align for structured data, so they
+  are bounded in the worst case in both methods.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +30,24 @@ import numpy as np
 import numpy.typing as npt
 
 from ..arith import Emulated
+from ..errors import FperrInputError
 from ..formats import Format
+from ..layers import Conv2d, Dense, Residual
 from ..model import Model, check_inputs
 from ..rounding import round as fround
+from .memory import check_memory
 from .rules import RULES, Context, apply_rule
 from .zonotope import Enclosure, half_ulp
 
-__all__ = ["RULES", "RunBound", "BoundResult", "bound", "bound_run", "lambda_for"]
+__all__ = ["RULES", "RunBound", "BoundResult", "bound", "bound_run", "lambda_for",
+           "PROBABILISTIC_NOTE"]  # fmt: skip
+
+PROBABILISTIC_NOTE = (
+    "probabilistic bounds are a model, not a certificate: they assume independent "
+    "zero-mean rounding errors, which round-to-nearest does not make (structured data "
+    "can exceed them); rigorous only under stochastic rounding (Connolly, Higham & "
+    "Mary 2021); the failure probability is stated under that model"
+)
 
 Array = npt.NDArray[np.float64]
 
@@ -53,13 +69,29 @@ class RunBound:
 def lambda_for(confidence: float, events: int) -> float:
     """Smallest lambda with events * 2 exp(-lambda^2 / 2) <= 1 - confidence."""
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise FperrInputError(f"confidence must be in (0, 1), got {confidence}")
     # nudged up so that float rounding never states more than 1 - confidence
     return math.sqrt(2 * math.log(2 * events / (1 - confidence))) * (1 + 1e-12)
 
 
-def _count_dot_products(model: Model) -> int:
-    return sum(int(np.prod(s)) for s in model.shapes()[1:])
+def _count_products(layers: Sequence[Any], shape: tuple[int, ...]) -> int:
+    """Terms of all dot products (dense, conv2d; residual branches included).
+
+    Higham & Mary (2019, Theorem 3.1): a dot product of length n fails with
+    probability at most n times that of one factor product (a union bound
+    over its n terms), so each term is one event of the failure budget.
+    """
+    total = 0
+    for layer in layers:
+        out = layer.out_shape(shape)
+        if isinstance(layer, Dense):
+            total += math.prod(out) * int(layer.weight.shape[1])
+        elif isinstance(layer, Conv2d):
+            total += math.prod(out) * math.prod(layer.weight.shape[1:])
+        elif isinstance(layer, Residual):
+            total += _count_products(layer.layers, shape)
+        shape = out
+    return total
 
 
 def bound_run(
@@ -79,12 +111,12 @@ def bound_run(
     old one, else with one more rounding).
     """
     if method not in ("deterministic", "probabilistic"):
-        raise ValueError(f"unknown method {method!r}; use deterministic or probabilistic")
+        raise FperrInputError(f"unknown method {method!r}; use deterministic or probabilistic")
     x = check_inputs(X, model.input_shape)
-    # Half the failure budget for the per-sum events inside the network (dot
-    # products and the weight roundings in them), half for the K outputs'
-    # quadrature combination: a union bound over both.
-    inner = 2 * _count_dot_products(model)
+    # Half the failure budget for the accumulation events inside the network
+    # (one per term of every dot product), half for the K outputs' quadrature
+    # combination: a union bound over both.
+    inner = max(1, _count_products(model.layers, tuple(model.input_shape)))
     outputs = int(np.prod(model.output_shape))
     half = 1 - (1 - confidence) / 2
     lam = lambda_for(half, inner) if method == "probabilistic" else 0.0
@@ -100,6 +132,7 @@ def bound_run(
     # Generators grow to ~ (units of all layers) columns; keep a batch near 200 MB.
     total_units = sum(int(np.prod(s)) for s in model.shapes())
     bs = batch_size or max(1, int(5e7 // max(1, widest * total_units)))
+    check_memory(model, min(bs, x.shape[0]))  # a clear error rather than a MemoryError
     outs, radii, layers = [], [], []
     for i in range(0, x.shape[0], bs):
         o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam_out)
@@ -129,14 +162,18 @@ def _bound_batch(
     a = input_ctx.arith
     xs = a.store(x)
     enc = Enclosure(xs, np.zeros((x.shape[0], int(np.prod(x.shape[1:])), 0)))
-    enc = enc.add_box(np.abs(xs - x), 0, random=True)  # input rounding
+    # input rounding: a function of the data, worst case in every method
+    enc = enc.add_box(np.abs(xs - x), 0, random=False)
     storage = a.storage
+    # inputs whose run may overflow (an inf or NaN anywhere): infinite bound
+    overflow = enc.nonfinite_inputs()
     with np.errstate(invalid="ignore", over="ignore"):
         for i, (layer, ctx) in enumerate(zip(model.layers, ctxs, strict=True), start=1):
             if ctx.arith.storage != storage:
                 enc = _convert(enc, storage, ctx.arith.storage, i)
                 storage = ctx.arith.storage
             enc = apply_rule(layer, enc, ctx, i).prune()
+            overflow |= enc.nonfinite_inputs()
         n_groups = len(model.layers) + 1
         if method == "probabilistic":
             enc = enc.materialize()  # every generator on its own
@@ -154,7 +191,7 @@ def _bound_batch(
                 radius = radius + c
                 per[:, b.group, :] += c
         radius = radius * (1 + _EVAL_MARGIN)
-        bad = np.isnan(radius) | ~np.isfinite(enc.value.reshape(radius.shape))
+        bad = np.isnan(radius) | overflow[:, None]
         radius = np.where(bad, np.inf, radius)
     out = enc.value.reshape(x.shape[0], -1)
     return out, radius.reshape(out.shape), per
@@ -233,6 +270,7 @@ class BoundResult:
             "bound": self.bound.tolist(),
             "failure_probability": self.failure_probability,
             "layers": self.layer_names,
+            **({"note": PROBABILISTIC_NOTE} if self.method == "probabilistic" else {}),
         }
 
 

@@ -18,9 +18,12 @@ import numpy.typing as npt
 
 from ..arith import Emulated, Exact
 from ..errors import FperrInputError
+from ..formats import Format
 from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
-from .rules import _derivative_range, _gamma
+from . import exponent_range as xr
+from .rules import Context, _derivative_range, _gamma, relu_slopes
+from .zonotope import half_ulp
 
 Array = npt.NDArray[np.float64]
 
@@ -63,35 +66,46 @@ def _affine(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Ar
     w = layer.weight
     w_hat = a.to_operand(w)
     c, half = (lo + hi) / 2, (hi - lo) / 2
-    zc = apply(w, c) + (0 if bias is None else bias)
+    wc = apply(w, c)
+    zc = wc + (0 if bias is None else bias)
     zw = apply(np.abs(w), half)
     m = np.maximum(np.abs(lo), np.abs(hi)) + r
     s_r = apply(np.abs(w), r)
     s_m = apply(np.abs(w_hat), m)
     d_w = apply(np.abs(w_hat - w), m)
     d_b = 0.0 if bias is None else np.abs(a.store(bias) - bias)
-    z0 = np.abs(zc) + zw
+    # Z bounds both stored values, fl(W x) and fl(fl(W x) + b): a bias that cancels
+    # W x leaves a small output but the first rounding is of |W x|.
+    z0 = np.maximum(np.abs(wc), np.abs(zc)) + zw
     acc = a.accumulate.gamma(n) if a.acc_rounding == "nearest" else _gamma(n, a.u_acc)
-    zb = (z0 + s_r + acc * s_m + d_w + d_b) / (1 - 2 * a.storage.u)
-    zb = np.maximum(zb, a.storage.smallest_normal)  # u_s * that = half the subnormal spacing
+    # the bottom of the exponent range: c nonzero products, eta each (exponent_range.py)
+    count = apply((w_hat != 0).astype(np.float64), (m > 0).astype(np.float64))
+    f, chop = a.operand_format, a.acc_rounding == "truncate"
+    exact = xr.products_exact(f, f, a.accumulate)
+    eta = (0.0 if exact else xr.eta(a.accumulate, chop)) + xr.eta_add(a.accumulate)
+    under = xr.dot_underflow(count, n, a.u_acc, a.accumulate, exact, chop)
+    zb = (z0 + s_r + acc * s_m + under + d_w + d_b) / (1 - 2 * a.storage.u)
+    zb = np.maximum(zb, _tiny(a.storage))  # u_s * that = half the subnormal spacing
     from .symbolic import evaluate  # sympy is heavy: import on use
 
     rad = evaluate("dense", S_R=s_r, S_m=s_m, Z=zb, D_W=d_w, D_b=d_b, n=n,
-                   u_a=a.u_acc, u_s=a.storage.u)  # fmt: skip
+                   u_a=a.u_acc, u_s=a.storage.u, c=count, eta=eta)  # fmt: skip
+    # the top: some summation order may overflow
+    rad = np.where(xr.may_overflow(s_m, n, a.u_acc, a.accumulate, under), np.inf, rad)
     return zc - zw, zc + zw, rad
+
+
+def _tiny(fmt: Format) -> float:
+    """Magnitude floor Z with u Z >= the largest rounding error below the normal
+    range: half the subnormal spacing, or (flush to zero) smallest_normal."""
+    return fmt.smallest_normal if fmt.subnormals else fmt.smallest_normal / fmt.u
 
 
 def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
     t = layer.type
     wlo, whi = lo - r, hi + r  # every computed or exact pre-activation lies here
     if t in ("relu", "leaky_relu"):
-        alpha = 0.0 if t == "relu" else layer.negative_slope
-        f_lo = np.where(lo > 0, lo, alpha * lo)
-        f_hi = np.where(hi > 0, hi, alpha * hi)
-        lip = np.where(whi <= 0, alpha, 1.0)
-        tiny = a.storage.smallest_normal
-        rounding = 0.0 if alpha == 0 else a.storage.u * np.maximum(alpha * np.abs(wlo), tiny)
-        return f_lo, f_hi, lip * r + rounding
+        return _leaky_relu(0.0 if t == "relu" else float(layer.negative_slope), lo, hi, r, a)
     f = ACTIVATIONS[t]
     f_lo, f_hi = f(lo), f(hi)
     if t == "gelu":  # not monotone: minimum -0.17 at x = -0.7518
@@ -100,12 +114,31 @@ def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tupl
         f_hi = np.maximum(f(lo), f(hi))
     dlo, dhi = _derivative_range(t, wlo, whi)
     lip = np.maximum(np.abs(dlo), np.abs(dhi))
-    big = np.maximum(np.maximum(np.abs(f(wlo)), np.abs(f(whi))), 0.17 if t == "gelu" else 0.0)
-    big = np.maximum(big * (1 + 2 * a.accumulate.u), a.storage.smallest_normal)
-    from .symbolic import evaluate
+    fmag = np.maximum(np.maximum(np.abs(f(wlo)), np.abs(f(whi))), 0.17 if t == "gelu" else 0.0)
+    # the local error is the per-input rule's: the kernel allowance (measured, or
+    # func_ulps ulps of the accumulator) and the storage rounding, at |f| <= fmag
+    return f_lo, f_hi, lip * r + Context(a).func_error(t, fmag)
 
-    rad = evaluate("activation", L=lip, r=r, F=big, u_s=a.storage.u, u_a=a.accumulate.u)
-    return f_lo, f_hi, rad
+
+def _leaky_relu(alpha: float, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
+    """Leaky ReLU for any slope alpha (negative, 0, above 1): the image of
+    [lo, hi] (piecewise linear: ends and the kink at 0), Lipschitz constant
+    max(1, |alpha|) over the parts touched, and the rounding of alpha x (a
+    function evaluation, then one storage rounding) on the negative part."""
+    f = lambda v: np.where(v > 0, v, alpha * v)  # noqa: E731
+    kink = np.where((lo < 0) & (hi > 0), 0.0, np.nan)
+    ends = np.stack([f(lo), f(hi), kink])
+    f_lo, f_hi = np.nanmin(ends, axis=0), np.nanmax(ends, axis=0)
+    wlo, whi = lo - r, hi + r  # every computed or exact pre-activation lies here
+    dlo, dhi = relu_slopes(alpha, wlo, whi)
+    lip = np.maximum(np.abs(dlo), np.abs(dhi))
+    if alpha == 0:
+        return f_lo, f_hi, lip * r
+    ctx = Context(a)
+    mag = abs(alpha) * np.maximum(-wlo, 0.0)  # largest |alpha x| with x < 0
+    mag = mag * (1 + ctx.func_rel()) + ctx.func_abs()
+    local = half_ulp(mag, a.storage) + ctx.func_rel() * mag + ctx.func_abs()
+    return f_lo, f_hi, lip * r + np.where(wlo < 0, local, 0.0)
 
 
 def _pool(layer: Pool2d, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
@@ -115,8 +148,13 @@ def _pool(layer: Pool2d, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[A
         return wl.max(-1), wh.max(-1), wr.max(-1)
     k = wl.shape[-1]
     m = np.maximum(np.abs(wl), np.abs(wh)) + wr
-    z = np.maximum(m.mean(-1) * (1 + _gamma(k, a.u_acc)), a.storage.smallest_normal)
-    rad = wr.mean(-1) + _gamma(k, a.u_acc) * m.mean(-1) + a.storage.u * z / (1 - a.storage.u)
+    # sum then divide: the quotient may underflow, a flushing sum lose its additions
+    chop = a.acc_rounding == "truncate"
+    under = (xr.eta(a.accumulate, chop) + xr.eta_add(a.accumulate)) * (1 + _gamma(k, a.u_acc))
+    z = np.maximum(m.mean(-1) * (1 + _gamma(k, a.u_acc)) + under, _tiny(a.storage))
+    rad = (wr.mean(-1) + _gamma(k, a.u_acc) * m.mean(-1) + under
+           + a.storage.u * z / (1 - a.storage.u))  # fmt: skip
+    rad = np.where(xr.may_overflow(m.sum(-1), k, a.u_acc, a.accumulate, under), np.inf, rad)
     return wl.mean(-1), wh.mean(-1), rad
 
 
@@ -135,7 +173,7 @@ def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
     if np.any(vlo > vhi) or not (np.all(np.isfinite(vlo)) and np.all(np.isfinite(vhi))):
         raise FperrInputError("input box needs finite lo <= hi")
     # inputs are rounded to storage: error <= u_s |x| (or half a subnormal spacing)
-    r = a.storage.u * np.maximum(np.maximum(np.abs(vlo), np.abs(vhi)), a.storage.smallest_normal)
+    r = a.storage.u * np.maximum(np.maximum(np.abs(vlo), np.abs(vhi)), _tiny(a.storage))
     r = np.where(vlo == vhi, np.abs(a.store(vlo) - vlo), r)
     radii = []
     for i, layer in enumerate(model.layers):
@@ -151,5 +189,6 @@ def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
             vlo, vhi, r = vlo.reshape(new), vhi.reshape(new), r.reshape(new)
         else:
             raise FperrInputError(f"a-priori bounds do not support layer type {t!r} (layer {i})")
+        r = np.where(np.isnan(r), np.inf, r)  # inf - inf after an overflow: no bound
         radii.append(float(np.max(r)))
     return AprioriBound(vlo.ravel(), vhi.ravel(), np.asarray(r).ravel(), radii)

@@ -5,7 +5,10 @@ generators through the layer's (interval) derivative, and appends the local
 error of the layer as new generators.  Notation: ``s`` storage format,
 ``u_acc`` the accumulator's unit roundoff (doubled for truncating
 accumulators), ``mag`` a bound on magnitudes that holds for every run (the
-computed value inflated by twice the incoming radius).
+computed value inflated by twice the incoming radius).  Every sum and
+product in an accumulator also carries the exponent range's terms
+(:mod:`.exponent_range`): an absolute eta where a value may fall below the
+normal range, and an infinite error where some summation order may overflow.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import erf
+import numpy.typing as npt
+from scipy.special import erfc
 
 from ..arith import Emulated, Exact
 from ..errors import FperrInputError
+from ..formats import Format, get_format
 from ..layers import (
     ACTIVATIONS,
     Activation,
@@ -32,6 +37,9 @@ from ..layers import (
     Softmax,
     softmax,
 )
+from ..rounding import round as fround
+from . import exponent_range as xr
+from .allowance import default_allowance
 from .zonotope import Array, Enclosure, half_ulp
 
 
@@ -50,13 +58,16 @@ class Context:
     arith: Emulated
     accumulation: str = "worst"
     lam: float = 0.0
-    _matrices: dict[int, Array] = field(default_factory=dict, compare=False, repr=False)
+    _matrices: dict[tuple[int, tuple[int, ...]], Array] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def matrix_of(self, layer: Any, in_shape: tuple[int, ...], apply: Callable[[Array], Array]):
         """The (m, n) matrix of a layer's linear part, computed once per layer."""
 
         def get() -> Array:
-            key = id(layer)
+            # one layer object may be used at several places with different input shapes
+            key = (id(layer), tuple(in_shape))
             if key not in self._matrices:
                 n = int(np.prod(in_shape))
                 img = apply(np.eye(n).reshape((n, *in_shape)))
@@ -66,27 +77,95 @@ class Context:
         return get
 
     def gamma(self, n: int) -> float:
+        """gamma_n(u_acc), or Higham & Mary's (2019, Theorem 2.1) probabilistic
+        gamma~_n(lambda) = exp(lambda' sqrt(n) u + n u^2 / (1 - u)) - 1 with
+        lambda' = lambda / (1 - u): their failure probability per factor is
+        2 exp(-lambda'^2 (1 - u)^2 / 2) = 2 exp(-lambda^2 / 2), the figure
+        :func:`fperr.bounds.lambda_for` budgets (one event per product)."""
         u = self.arith.u_acc
         if self.accumulation == "probabilistic":
-            return float(min(self.lam * math.sqrt(n) * u + n * u * u, _gamma(n, u)))
+            lam = self.lam / (1 - u)
+            return float(min(math.expm1(lam * math.sqrt(n) * u + n * u * u / (1 - u)),
+                             _gamma(n, u)))  # fmt: skip
         return _gamma(n, u)
 
-    def sum_of_errors(
-        self, abs_sq: Callable[[Callable[[Array], Array]], Array], abs_lin: Array
-    ) -> Array:
-        """Bound on a sum of independent rounding errors with the given bounds.
+    def add_local(self, enc: Enclosure, computed: Array, data: Array, index: int) -> Enclosure:
+        """Append a layer's local error: ``computed``, the roundings of computed
+        values, and ``data``, the roundings of parameters (weights, biases,
+        scales) and operands, which are deterministic functions of the data.
 
-        Worst case: the sum of the bounds (``abs_lin``).  Probabilistic: the
-        Hoeffding bound lambda sqrt(sum of squared bounds), where
-        ``abs_sq(square)`` maps squared operands through the squared weights.
+        In the probabilistic model only the first are independent zero-mean
+        random terms; the second align for structured data (equal inputs,
+        weights of one sign), so they stay worst-case (``random=False``).  In
+        the worst case both go into one box (fewer generator rows later).
         """
         if self.accumulation != "probabilistic":
-            return abs_lin
-        return np.minimum(abs_lin, self.lam * np.sqrt(abs_sq(np.square)))
+            return enc.add_box(computed + data, index, random=True)
+        return enc.add_box(computed, index, random=True).add_box(data, index, random=False)
 
     def func_rel(self) -> float:
-        """Relative error allowed for elementwise functions before the storage rounding."""
-        return self.arith.func_ulps * 2 * self.arith.accumulate.u
+        """Relative error allowed for one elementwise operation (leaky ReLU's alpha x,
+        or any function under an explicit ``func_ulps``) before the storage rounding."""
+        return _ulps(self.arith) * 2 * self.arith.accumulate.u
+
+    def func_error(self, name: str, fmag: Array, fmin: Array | float = 0.0) -> Array:
+        """Bound on |y - f(x)| for the stored value y of an elementwise function with
+        ``fmin`` <= |f(x)| <= ``fmag``: the measured kernel allowance (fperr/data, see
+        :mod:`.allowance`), or, with an explicit ``func_ulps``, the storage rounding
+        of a value within ``func_ulps`` ulps of the accumulator."""
+        a = self.arith
+        if a.func_ulps is None:
+            return default_allowance().error(name, fmag, a.storage, a.accumulate, fmin)
+        m = fmag * (1 + self.func_rel()) + self.func_abs()
+        return half_ulp(m, a.storage) + self.func_rel() * m + self.func_abs()
+
+    def func_relative(self, name: str) -> tuple[float, float]:
+        """(rho, alpha): |f_hat - f| <= rho |f| + alpha for ``name`` computed inside a
+        composite kernel (softmax's exp, layer norm's rsqrt) in the accumulator."""
+        a = self.arith
+        if a.func_ulps is None:
+            return default_allowance().relative(name, a.accumulate)
+        return self.func_rel(), self.func_abs()
+
+    # -- the ends of the exponent range (see exponent_range.py) ------------------
+    def func_abs(self) -> float:
+        """Absolute error allowed for elementwise function values below the
+        accumulator's normal range (where func_rel does not hold)."""
+        return xr.eta_func(self.arith.accumulate, _ulps(self.arith))
+
+    def eta(self) -> float:
+        """Absolute error of one product or quotient below the normal range."""
+        return xr.eta(self.arith.accumulate, self.arith.acc_rounding == "truncate")
+
+    def eta_add(self) -> float:
+        """Absolute error of one addition below the normal range (0 unless flushing)."""
+        return xr.eta_add(self.arith.accumulate)
+
+    def dot_underflow(self, n: int, count: Callable[[], Array]) -> Array | float:
+        """Underflow term of dot products of length n of matmul operands;
+        ``count()`` bounds the number of nonzero products (asked only if the
+        term is not 0: products of the operand format may be inexact in the
+        accumulator, or it flushes)."""
+        a = self.arith
+        f = a.operand_format  # holds the activations too (storage or operand)
+        exact = xr.products_exact(f, f, a.accumulate)
+        if exact and not self.eta_add():
+            return 0.0
+        return xr.dot_underflow(count(), n, a.u_acc, a.accumulate, exact,
+                                a.acc_rounding == "truncate")  # fmt: skip
+
+    def sum_may_overflow(
+        self, total: Array | float, n: int, absolute: Array | float = 0.0
+    ) -> npt.NDArray[np.bool_]:
+        """Whether some order of a sum of n terms of magnitudes summing to
+        <= ``total`` may overflow the accumulator (worst-case gamma_n even in
+        the probabilistic mode: overflow in any order must be excluded)."""
+        return xr.may_overflow(total, n, self.arith.u_acc, self.arith.accumulate, absolute)
+
+
+def _ulps(a: Emulated) -> float:
+    # without an explicit func_ulps, a single operation (leaky ReLU's alpha x) gets 1 ulp
+    return 1.0 if a.func_ulps is None else a.func_ulps
 
 
 def _gamma(n: int, u: float) -> float:
@@ -118,17 +197,27 @@ def apply_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosur
 
 
 def _affine_local(
-    s_st: Array, z: Array, w_abs_mag: Array, w_abs_r: Array, extra: Array, ctx: Context, n: int
+    s_st: Array,
+    z: Array,
+    w_abs_mag: Array,
+    w_abs_r: Array,
+    extra: Array,
+    ctx: Context,
+    n: int,
+    count: Callable[[], Array],
 ) -> Array:
     """Local error of y = fl(fl(sum) + b) for a dot product of length n.
 
     ``s_st``: the stored sum, ``z``: the stored result (after the bias add,
-    or ``s_st`` itself without bias), ``w_abs_mag`` = |W| mag(x),
-    ``w_abs_r`` = |W| r(x), ``extra`` = parameter-rounding terms.
-    Any run's pre-rounding sum lies within 2|W|r + 2 acc of ours.
+    or ``s_st`` itself without bias), ``w_abs_mag`` = |W| mag(x) (operands as
+    rounded), ``w_abs_r`` = |W| r(x), ``extra`` = parameter-rounding terms,
+    ``count()`` = how many products may be nonzero (asked only when one may
+    underflow).  Any run's pre-rounding sum lies within 2|W|r + 2 acc of ours.
     """
     s = ctx.arith.storage
-    acc = ctx.gamma(n) * w_abs_mag
+    under = ctx.dot_underflow(n, count)
+    acc = ctx.gamma(n) * w_abs_mag + under
+    acc = np.where(ctx.sum_may_overflow(w_abs_mag, n, under), np.inf, acc)
     drift = 2 * w_abs_r + 2 * acc
     e1 = half_ulp(np.abs(s_st) + half_ulp(np.abs(s_st), s) + drift, s)
     e2 = 0.0 if z is s_st else half_ulp(np.abs(z) + half_ulp(np.abs(z), s) + drift + 2 * e1, s)
@@ -166,16 +255,18 @@ def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclos
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
     dw = _weight_error(w_hat, layer.weight, a)
-    # weight rounding: a sum of n independent errors (dw_ij x_j)
-    extra = ctx.sum_of_errors(lambda sq: sq(mag) @ sq(dw).T, mag @ dw.T)
+    extra = mag @ dw.T  # weight rounding, worst case (a function of the data)
     dx = _operand_error(mag, a)
     if dx is not None:  # activations rounded to a narrower operand format (TF32)
-        extra = extra + ctx.sum_of_errors(lambda sq: sq(dx) @ sq(wa).T, dx @ wa.T)
+        extra = extra + dx @ wa.T
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)
-    local = _affine_local(s_st, z, mag @ wa.T, r @ wa.T, extra, ctx, layer.weight.shape[1])
+    mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
+    nonzero = (wa != 0).astype(np.float64)
+    local = _affine_local(s_st, z, mag_op @ wa.T, r @ wa.T, np.zeros_like(z), ctx,
+                          layer.weight.shape[1], lambda: (mag > 0) @ nonzero.T)  # fmt: skip
     out = enc.linear(z, lambda cols: cols @ layer.weight.T, lambda: layer.weight)
-    return out.add_box(local, index, random=True)
+    return ctx.add_local(out, local, extra, index)
 
 
 @rule("conv2d")
@@ -198,48 +289,71 @@ def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     r = enc.radius()
     mag = np.abs(x) + 2 * r
     dw = _weight_error(w_hat, layer.weight, a)
-    extra = ctx.sum_of_errors(lambda sq: conv_with(sq(dw), sq(mag)), conv_with(dw, mag))
+    extra = conv_with(dw, mag)  # weight rounding, worst case (a function of the data)
     wa = np.abs(w_hat)
     dx = _operand_error(mag, a)
     if dx is not None:  # activations rounded to a narrower operand format (TF32)
-        extra = extra + ctx.sum_of_errors(lambda sq: conv_with(sq(wa), sq(dx)), conv_with(wa, dx))
+        extra = extra + conv_with(wa, dx)
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)[None, :, None, None]
     n = int(np.prod(layer.weight.shape[1:]))
-    local = _affine_local(s_st, z, conv_with(wa, mag), conv_with(wa, r), extra, ctx, n)
+    mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
+    nonzero = (wa != 0).astype(np.float64)
+    count = lambda: conv_with(nonzero, (mag > 0).astype(np.float64))  # noqa: E731
+    local = _affine_local(s_st, z, conv_with(wa, mag_op), conv_with(wa, r), np.zeros_like(z),
+                          ctx, n, count)  # fmt: skip
     lin = lambda cols: conv_with(layer.weight, cols)  # noqa: E731
     out = enc.linear(z, lin, ctx.matrix_of(layer, x.shape[1:], lin))
-    return out.add_box(local, index, random=True)
+    return ctx.add_local(out, local, extra, index)
 
 
 # -- elementwise ---------------------------------------------------------------------
+def _derivative(kind: str, v: Array) -> Array:
+    """f'(v) to float64 accuracy relative to f'(v) itself, limits at +-inf.
+
+    tanh' = sech^2 and sigmoid' = s(v) s(-v), not 1 - tanh^2 and s (1 - s),
+    which cancel to 0 in the tails (true value ~1e-16 there); GELU' with
+    erfc, not 1 + erf, for the same reason.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "tanh":
+            return 1 / np.square(np.cosh(v))
+        if kind == "sigmoid":
+            s = ACTIVATIONS["sigmoid"]
+            return s(v) * s(-v)
+        d = 0.5 * erfc(-v / math.sqrt(2)) + v * np.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+        return np.where(np.isinf(v), (v > 0) * 1.0, d)  # GELU' -> 0 at -inf, 1 at +inf
+
+
 def _derivative_range(kind: str, lo: Array, hi: Array) -> tuple[Array, Array]:
     """Range of f' over [lo, hi] (elementwise), exact for each activation."""
     if kind in ("tanh", "sigmoid"):
-        f = ACTIVATIONS[kind]
-
-        def d(v: Array) -> Array:
-            y = f(v)
-            return 1 - y * y if kind == "tanh" else y * (1 - y)
-
         # f' is even and decreasing in |x|: max nearest 0, min at the far end
         near = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi)))
         far = np.maximum(np.abs(lo), np.abs(hi))
-        return d(far), d(near)
+        return _derivative(kind, far), _derivative(kind, near)
     if kind == "gelu":
-
-        def d(v: Array) -> Array:
-            return 0.5 * (1 + erf(v / math.sqrt(2))) + v * np.exp(-v * v / 2) / math.sqrt(
-                2 * math.pi
-            )
-
-        cands = [d(lo), d(hi)]
+        cands = [_derivative(kind, lo), _derivative(kind, hi)]
         for c in (-math.sqrt(2), math.sqrt(2)):  # extrema of GELU'
             inside = (lo <= c) & (c <= hi)
-            cands.append(np.where(inside, d(np.full_like(lo, c)), np.nan))
+            cands.append(np.where(inside, _derivative(kind, np.full_like(lo, c)), np.nan))
         st = np.stack(cands)
         return np.nanmin(st, axis=0), np.nanmax(st, axis=0)
     raise FperrInputError(f"no derivative enclosure for {kind!r}")  # pragma: no cover
+
+
+def relu_slopes(alpha: float, lo: Array, hi: Array) -> tuple[Array, Array]:
+    """Range of the secant slopes of leaky ReLU (slope 1 for x > 0, ``alpha``
+    below) over [lo, hi], for any real alpha (negative, 0, or above 1).
+
+    The slopes of the parts the interval touches: 1 where hi > 0, alpha where
+    lo < 0; an interval that is the point 0 carries no error and gets both.
+    """
+    pos, neg = hi > 0, lo < 0
+    both = pos == neg
+    dlo = np.minimum(np.where(pos | both, 1.0, np.inf), np.where(neg | both, alpha, np.inf))
+    dhi = np.maximum(np.where(pos | both, 1.0, -np.inf), np.where(neg | both, alpha, -np.inf))
+    return dlo, dhi
 
 
 @rule("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
@@ -253,20 +367,26 @@ def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int)
     lo, hi = z - 2 * r, z + 2 * r
     s = a.storage
     if layer.type in ("relu", "leaky_relu"):
-        alpha = 0.0 if layer.type == "relu" else layer.negative_slope
-        dlo = np.where(lo >= 0, 1.0, alpha)
-        dhi = np.where(hi <= 0, alpha, 1.0)
+        alpha = 0.0 if layer.type == "relu" else float(layer.negative_slope)
+        dlo, dhi = relu_slopes(alpha, lo, hi)
         local = np.zeros_like(z)
-        if alpha:
-            local = np.where(lo < 0, half_ulp(alpha * np.maximum(np.abs(lo), np.abs(hi)), s), 0.0)
+        if alpha:  # alpha x, evaluated like any function, then one storage rounding
+            amag = abs(alpha) * np.maximum(np.abs(lo), np.abs(hi))
+            amag = amag * (1 + ctx.func_rel()) + ctx.func_abs()
+            local = half_ulp(amag, s) + ctx.func_rel() * amag + ctx.func_abs()
+            local = np.where(lo < 0, local, 0.0)  # only the negative part rounds
     else:
         dlo, dhi = _derivative_range(layer.type, lo, hi)
         f = ACTIVATIONS[layer.type]
         fmag = np.maximum(np.abs(f(lo)), np.abs(f(hi)))
         if layer.type == "gelu":  # GELU's minimum -0.17 at x = -0.7518 inside [lo, hi]
             fmag = np.where((lo <= -0.7518) & (hi >= -0.7518), np.maximum(fmag, 0.17), fmag)
-        fmag = fmag * (1 + ctx.func_rel())
-        local = half_ulp(fmag, s) + ctx.func_rel() * fmag
+        # |f| is smallest at an end of [lo, hi] (tanh, sigmoid monotone; |GELU|
+        # unimodal on each side of 0), or 0 where f's zero at 0 lies inside
+        fmin = np.minimum(np.abs(f(lo)), np.abs(f(hi))) * (1 - 1e-12)
+        if layer.type != "sigmoid":
+            fmin = np.where((lo <= 0) & (hi >= 0), 0.0, fmin)
+        local = ctx.func_error(layer.type, fmag, fmin)
     dc, dr = (dlo + dhi) / 2, (dhi - dlo) / 2
     out = enc.scale_rows(y, dc)
     out = out.add_box(dr * r, index, random=False)
@@ -281,7 +401,12 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
     enclosure, log s_i moves by at most rho_i = 2 r_i + 2 max r (logsumexp is
     1-Lipschitz in the max norm), so s_i(xi) is within ds_i = s_i (e^rho_i - 1)
     of s_i, and the spread of J times |dz| <= r is a deterministic box.
-    Kernel allowance: exp, sum and divide in the accumulator, gamma_{k+4}(u_acc).
+    Kernel: d_i = z_i - max z rounded (exp(d_i) then errs relatively by
+    eta_i = expm1(|d_i| u)), exp within rho_e |e| + alpha_e (measured, see
+    :mod:`.allowance`), the sum S >= 1 with gamma_{k-1}, then a reciprocal and a
+    product (or a division): two roundings.  With e_i = (1 + rho_e)(1 + eta_i) - 1
+    and sigma = (1 + sum_j s_j e_j + k alpha_e)(1 + gamma_{k-1}) - 1,
+    |y_i - s_i| <= s_i ((1 + e_i)(1 + u)^2 / (1 - sigma) - 1) + alpha_e (1 + u)^2 / (1 - sigma).
     """
     a = ctx.arith
     enc = enc.materialize()
@@ -290,7 +415,6 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
     s = softmax(z)  # at the computed logits, before the storage rounding
     r = enc.radius()
     k = y.shape[-1]
-    rel = _gamma(k + 4, a.accumulate.u)
     g = enc.gens  # (N, k, q)
     gens = s[:, :, None] * g - s[:, :, None] * np.einsum("bk,bkq->bq", s, g)[:, None, :]
     rho = 2 * r + 2 * r.max(axis=-1, keepdims=True)
@@ -301,11 +425,37 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
         + ds * ((s + ds) * r).sum(axis=-1, keepdims=True)
         + s * (ds * r).sum(axis=-1, keepdims=True)
     )
-    fmag = np.minimum(y + half_ulp(y, a.storage) + rel * y + ds, 1.0)
-    local = half_ulp(fmag * (1 + rel), a.storage) + rel * fmag
+    u = a.u_acc
+    rho_e, alpha_e = ctx.func_relative("exp")
+    s_plus = np.minimum(s + ds, 1.0)
+    d = np.abs(z - z.max(axis=-1, keepdims=True)) + rho  # |z_i - max z| of any run
+    with np.errstate(over="ignore", invalid="ignore"):
+        e_rel = (1 + rho_e) * (1 + np.expm1(d * u)) - 1
+        sigma = (1 + (s_plus * e_rel).sum(axis=-1, keepdims=True) + k * alpha_e) * (
+            1 + _gamma(k - 1, u)) - 1  # fmt: skip
+        q = np.where(sigma < 1, (1 + u) ** 2 / (1 - sigma), np.inf)
+        kern = s_plus * ((1 + e_rel) * q - 1) + alpha_e * q
+    kern = np.where(np.isnan(kern), np.inf, kern)
+    under = _softmax_underflow(ctx, k, _gamma(k + 4, u), alpha_e)
+    local = kern + under + half_ulp(np.minimum(s_plus + kern, 1.0) + under, a.storage)
+    # the sum of the k exponentials (each <= 1) must not overflow in any order
+    local = np.where(ctx.sum_may_overflow(float(k), k, under), np.inf, local)
     out = Enclosure(y, gens, enc.groups, enc.random)
     out = out.add_box(remainder, index, random=False)
     return out.add_box(local, index, random=True)
+
+
+def _softmax_underflow(ctx: Context, k: int, rel: float, func_abs: float) -> float:
+    """Absolute error of a softmax output from values below the accumulator's
+    normal range: each exp(z_i - max) may err by func_abs (and the subtraction
+    by eta_add when flushing), their sum S >= 1 (the maximum's term is 1) by k
+    of each plus k flushed additions, the quotient by eta; an absolute error
+    E in a term or in S moves y_i = e_i / S by <= E / S <= E (y_i <= 1).  The
+    relative roundings (gamma_{k+4}) scale all of it by <= (1 + rel) / (1 - rel)."""
+    if rel >= 1:
+        return math.inf
+    e = (k + 1) * (func_abs + ctx.eta_add()) + k * ctx.eta_add() + ctx.eta()
+    return e * (1 + rel) / (1 - rel)
 
 
 # -- pooling, shape, normalisation ------------------------------------------------
@@ -327,7 +477,10 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
         lin = lambda cols: layer.windows(cols).sum(axis=-1) / k  # noqa: E731
         out = enc.linear(y, lin, ctx.matrix_of(layer, x.shape[1:], lin))
         mag = layer.windows(np.abs(x) + 2 * r).sum(axis=-1) / k
-        local = _gamma(k, a.u_acc) * mag
+        # sum then divide: k flushed additions (their error / k) and one quotient
+        under = (ctx.eta() + ctx.eta_add()) * (1 + _gamma(k, a.u_acc))
+        local = _gamma(k, a.u_acc) * mag + under
+        local = np.where(ctx.sum_may_overflow(k * mag, k, under), np.inf, local)
         local = local + half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * local +
                                  4 * layer.windows(r).max(axis=-1), a.storage)  # fmt: skip
         return out.add_box(local, index, random=True)
@@ -351,26 +504,68 @@ def shape_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosur
     return enc.with_value(layer.forward(enc.value, ctx.arith))
 
 
+def _bn_params(layer: BatchNorm, fmt: Format) -> tuple[Array, Array, Array]:
+    """Stored mean, alpha~ = w~ / sqrt(v~ + eps) (float64, from stored w, v) and stored
+    bias, with the statistics and parameters rounded to ``fmt``."""
+    c = layer.running_mean.shape
+    w = np.ones(c) if layer.weight is None else layer.weight
+    b = np.zeros(c) if layer.bias is None else layer.bias
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        alpha = fround(w, fmt) / np.sqrt(fround(layer.running_var, fmt) + layer.eps)
+    return fround(layer.running_mean, fmt), alpha, fround(b, fmt)
+
+
 @rule("batchnorm")
 def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Eval batch norm y = x s + t: errors scale by s; local error from the
-    rounded s, t, the fp evaluation (gamma_2(u_acc)) and the storage rounding."""
+    """Eval batch norm y = (x - m) s + b, s = w / sqrt(v + eps): errors scale by s.
+
+    A kernel stores m, v, w, b (m~, v~, w~, b~: rounded to storage, or to
+    binary32 where a mixed-precision kernel keeps fp32 parameters), computes
+    alpha = w~ / sqrt(v~ + eps) (1 + theta), |theta| <= gamma_5(u_acc), then the
+    folded form x alpha + (b~ - m~ alpha) (PyTorch's CPU kernel: one FMA each)
+    or the two-step form (x - m~) alpha + b~: both are x alpha - m~ alpha + b~
+    within gamma_4(u_acc) (|x alpha| + |m~ alpha| + |b~|).  Against the exact
+    y: |x||alpha - s| + |m~||alpha - s| + |m~ - m||s| + |b~ - b|; then the
+    storage rounding.
+    """
     a = ctx.arith
     x = enc.value
     y = layer.forward(x, a)
-    s, t = layer.broadcast(layer.scale, x.ndim), layer.broadcast(layer.shift, x.ndim)
-    s_hat, t_hat = (
-        layer.broadcast(a.store(layer.scale), x.ndim),
-        layer.broadcast(a.store(layer.shift), x.ndim),
-    )
+    bc = lambda v: layer.broadcast(v, x.ndim)  # noqa: E731
+    s = bc(layer.scale)
+    binary32 = get_format("binary32")
+    fmts = [a.storage] + ([binary32] if not a.storage.contains(binary32) else [])
+    g_alpha, g = _gamma(5, a.u_acc), _gamma(4, a.u_acc)
+    amag = dalpha = mmag = dm = bmag = db = np.zeros_like(s)
+    for f in fmts:  # every way a kernel may hold the parameters
+        m_t, alpha_t, b_t = (bc(v) for v in _bn_params(layer, f))
+        amag = np.maximum(amag, np.abs(alpha_t) * (1 + g_alpha))
+        dalpha = np.maximum(dalpha, np.abs(alpha_t - s) + g_alpha * np.abs(alpha_t))
+        mmag = np.maximum(mmag, np.abs(m_t))
+        dm = np.maximum(dm, np.abs(m_t - bc(layer.running_mean)))
+        b0 = bc(np.zeros_like(layer.running_mean) if layer.bias is None else layer.bias)
+        bmag, db = np.maximum(bmag, np.abs(b_t)), np.maximum(db, np.abs(b_t - b0))
+    # eps is any positive float: v~ + eps may overflow the accumulator, and alpha
+    # is then 0 or NaN, not within gamma_5 of w / sqrt(v + eps)
+    v_t = np.max([fround(layer.running_var, f) for f in fmts], axis=0) + layer.eps
+    dalpha = np.where(bc(v_t * (1 + a.u_acc) >= xr.overflow_threshold(a.accumulate)),
+                      np.inf, dalpha)  # fmt: skip
     r = enc.radius()
     mag = np.abs(x) + 2 * r
-    evaluation = _gamma(2, a.accumulate.u) * (np.abs(s_hat) * mag + np.abs(t_hat))
-    params = np.abs(s_hat - s) * mag + np.abs(t_hat - t)
-    drift = 2 * np.abs(s_hat) * r + 2 * evaluation
+    terms = amag * mag + mmag * amag + bmag
+    # products x alpha and m~ alpha (storage x accumulator) may underflow
+    # inexactly, a flushing accumulator may lose the sums
+    exact = xr.products_exact(a.storage, a.accumulate, a.accumulate)
+    under = (2 * (0.0 if exact else ctx.eta()) + 3 * ctx.eta_add()) * (1 + g)
+    evaluation = g * terms + under
+    evaluation = np.where(ctx.sum_may_overflow(terms, 3, under), np.inf, evaluation)
+    with np.errstate(invalid="ignore"):
+        params = dalpha * mag + mmag * dalpha + dm * np.abs(s) + db
+    params = np.where(np.isnan(params), np.inf, params)
+    drift = 2 * amag * r + 2 * (evaluation + params)
     store = half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + drift, a.storage)
     out = enc.scale_rows(y, np.broadcast_to(s, x.shape))
-    return out.add_box(evaluation + params + store, index, random=True)
+    return ctx.add_local(out, evaluation + store, params, index)
 
 
 @rule("residual")
@@ -391,6 +586,48 @@ def residual_rule(layer: Residual, enc: Enclosure, ctx: Context, index: int) -> 
     return out.add_box(local, index, random=True)
 
 
+def _layernorm_range(
+    ctx: Context, xg: Array, rg: Array, z: Array, rho: Array, s_min: Array, u_mag: Array,
+    w_hat: Array, b_hat: Array,
+) -> tuple[Array, npt.NDArray[np.bool_]]:  # fmt: skip
+    """Underflow term and overflow mask of a layer-norm kernel computing the
+    mean, the variance (two-pass), u = z / s and w u + b in the accumulator.
+
+    Absolute errors below the normal range (eta per product or quotient,
+    eta_add per flushed addition): the mean E_mu = eta + eta_add (the sum's
+    flushed additions, divided by n, and the quotient), z = x - mean
+    E_z = E_mu + eta_add, the variance (n squares and a quotient, the sum
+    divided by n; z's error through the squares) E_v = 2 eta + 2 eta_add +
+    2 mean|z| E_z + E_z^2 with the eps addition; s = sqrt(v + eps) then moves
+    by <= E_v / s_lo (s_lo = s_min sqrt(1 - gamma) bounds the computed s from
+    below before these errors), u by (E_z + |z| E_s / s_c) / s_c + eta, and
+    y = w u + b by |w| E_u + eta + eta_add, all times 1 + gamma_{2n+8} for the
+    relative roundings they pass through.  Overflow: the mean's sum, the sum
+    of squares and the affine step must stay in range in any order.
+    """
+    a = ctx.arith
+    n = xg.shape[-1]
+    g = _gamma(2 * n + 8, a.u_acc)
+    eta, eta_add = ctx.eta(), ctx.eta_add()
+    xbar = (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True)
+    zb = (np.abs(z) + 2 * rho + g * xbar) * (1 + g)  # the computed z, before underflow
+    e_z = eta + 2 * eta_add
+    e_v = 2 * eta + 2 * eta_add + 2 * zb.mean(axis=-1, keepdims=True) * e_z + e_z**2
+    s_lo = s_min * math.sqrt(max(1 - g, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e_s = e_v / s_lo
+        s_c = s_lo - e_s
+        e_u = np.where(s_c > 0, (e_z + zb * e_s / s_c) / s_c + eta, np.inf)
+    under = (np.abs(w_hat) * e_u + eta + eta_add) * (1 + g)
+    u_c = u_mag * (1 + g) + e_u  # |u| as computed
+    overflow = (
+        ctx.sum_may_overflow(n * xbar, n)
+        | ctx.sum_may_overflow(np.square(zb + e_z).sum(axis=-1, keepdims=True), 2 * n)
+        | ctx.sum_may_overflow(np.abs(w_hat) * u_c + np.abs(b_hat), 2, under)
+    )
+    return under, overflow
+
+
 @rule("layernorm")
 def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Layer norm y = w u + b, u = z / s, z = x - mean x, s = sqrt(|z|^2/n + eps).
@@ -402,7 +639,9 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     the computed z, rho = r + mean r) times |dz| <= rho is a deterministic box.
     Kernel allowance (stated, for an fp32 kernel): u within gamma_{2n+8}(u_acc)
     (|u| + 1 + mean|x| / s_min) of exact (mean and variance are sums of n
-    terms); the affine part adds 2 u_acc (|w u| + |b|).
+    terms), times (1 + rho_r) and plus alpha_r (|x| + mean|x|) for the
+    measured error of the reciprocal square root; the affine part adds
+    2 u_acc (|w u| + |b|).
     """
     a = ctx.arith
     enc = enc.materialize()
@@ -424,11 +663,11 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     s_max = np.sqrt((znorm + 2 * rho2) ** 2 / n + layer.eps)
     # signed part: J(z_hat) (P gens), P = centring
     q = enc.gens.shape[2]
-    g = enc.gens.reshape(N, -1, n, q)
+    g = enc.gens.reshape(N, xg.shape[1], n, q)  # explicit: q may be 0 (exact inputs)
     pg = g - g.mean(axis=2, keepdims=True)
     dot = np.einsum("bgn,bgnq->bgq", z, pg)[:, :, None, :]
     jg = pg / s_hat[..., None] - z[..., None] * dot / (n * s_hat[..., None] ** 3)
-    gens = (jg * w[None, None, :, None]).reshape(N, -1, q)
+    gens = (jg * w[None, None, :, None]).reshape(N, xg.shape[1] * n, q)
     # spread of J over the enclosure, applied to |dz| <= rho
     a_hat = z / (math.sqrt(n) * s_hat**1.5)
     da = (2 * rho * s_min**-1.5 + np.abs(z) * (s_min**-1.5 - s_max**-1.5)) / math.sqrt(n)
@@ -438,21 +677,26 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
         + np.abs(a_hat) * (da * rho).sum(axis=-1, keepdims=True)
     )
     u_mag = (np.abs(z) + 2 * rho) / s_min
-    kernel_u = _gamma(2 * n + 8, a.u_acc) * (
-        u_mag + 1 + (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True) / s_min
-    )
+    # 1 / sqrt(var + eps): the measured rsqrt, |e| <= rho_r |f| + alpha_r, on top
+    rho_r, alpha_r = ctx.func_relative("rsqrt")
+    xmean = (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True)
+    kernel_u = ((1 + _gamma(2 * n + 8, a.u_acc)) * (1 + rho_r) - 1) * (
+        u_mag + 1 + xmean / s_min
+    ) + alpha_r * (np.abs(xg) + 2 * rg + xmean)
     remainder = np.abs(w) * spread
+    under, overflow = _layernorm_range(ctx, xg, rg, z, rho, s_min, u_mag, w_hat, b_hat)
+    params = np.abs(w_hat - w) * u_mag + np.abs(b_hat - b)  # parameter rounding
     local = (
         np.abs(w_hat) * kernel_u
-        + 2 * a.accumulate.u * (np.abs(w_hat) * u_mag + np.abs(b_hat))
-        + np.abs(w_hat - w) * u_mag
-        + np.abs(b_hat - b)
+        + 2 * a.u_acc * (np.abs(w_hat) * u_mag + np.abs(b_hat))
+        + under
     )
+    local = np.where(overflow, np.inf, local)
     yg = y.reshape(xg.shape)
     prop = np.abs(w) * (rho / s_min + np.abs(z) * rho2 / (math.sqrt(n) * s_min**2))
     local = local + half_ulp(
-        np.abs(yg) + half_ulp(np.abs(yg), a.storage) + 2 * (prop + local), a.storage
+        np.abs(yg) + half_ulp(np.abs(yg), a.storage) + 2 * (prop + local + params), a.storage
     )
     out = Enclosure(y, gens, enc.groups, enc.random)
     out = out.add_box(remainder.reshape(shape), index, random=False)
-    return out.add_box(local.reshape(shape), index, random=True)
+    return ctx.add_local(out, local.reshape(shape), params.reshape(shape), index)

@@ -10,7 +10,10 @@ Symbols: ``u_s`` storage unit roundoff, ``u_a`` accumulator unit roundoff,
 with m a magnitude bound of the inputs, ``Z`` a magnitude bound of the output,
 ``D_W = (|W_hat - W| m)_i`` and ``D_b = |b_hat - b|_i`` the parameter
 rounding, ``L`` a Lipschitz bound of an activation and ``F`` a magnitude bound
-of its output.
+of its output; ``c`` a bound on the number of nonzero products of a dot
+product and ``eta`` the absolute error per product below the accumulator's
+normal range (0 where no product can underflow inexactly; plus
+``smallest_normal`` per addition where the accumulator flushes to zero).
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from typing import Any
 
 import sympy as sp
 
+from ..errors import FperrInputError
+
 u_s, u_a, n, lam = sp.symbols("u_s u_a n lambda", positive=True)
 S_R, S_m, Z, D_W, D_b, L, F, r = sp.symbols("S_R S_m Z D_W D_b L F r", nonnegative=True)
+c, eta = sp.symbols("c eta", nonnegative=True)
 
 
 def gamma(k: sp.Expr, u: sp.Expr) -> sp.Expr:
@@ -31,10 +37,14 @@ def gamma(k: sp.Expr, u: sp.Expr) -> sp.Expr:
 
 
 def dot_product_error(probabilistic: bool = False) -> sp.Expr:
-    """|fl(w.x) - w.x| <= gamma_n(u_a) |w|.|x| (Higham 2002, Lemma 3.1, eq. 3.11);
-    probabilistic: lambda sqrt(n) u_a |w|.|x| (Higham & Mary 2019, Thm 2.4)."""
+    """|fl(w.x) - w.x| <= gamma_n(u_a) |w|.|x| + c eta (1 + gamma_n(u_a))
+    (Higham 2002, Lemma 3.1, eq. 3.11, with the underflow model of sec. 2.2:
+    each of the c nonzero products may also err by an absolute eta, 0 where
+    products are exact in the accumulator; see :mod:`fperr.bounds.exponent_range`);
+    probabilistic: lambda sqrt(n) u_a |w|.|x| (Higham & Mary 2019, Thm 2.4)
+    for the relative part."""
     coeff = lam * sp.sqrt(n) * u_a if probabilistic else gamma(n, u_a)
-    return coeff * S_m
+    return coeff * S_m + c * eta * (1 + gamma(n, u_a))
 
 
 def dense_radius(probabilistic: bool = False) -> sp.Expr:
@@ -65,7 +75,7 @@ def latex(name: str) -> str:
     try:
         return sp.latex(FORMULAS[name]())
     except KeyError:
-        raise ValueError(f"unknown formula {name!r}; have {', '.join(FORMULAS)}") from None
+        raise FperrInputError(f"unknown formula {name!r}; have {', '.join(FORMULAS)}") from None
 
 
 @cache
@@ -83,5 +93,5 @@ def evaluate(name: str, **values: Any) -> Any:
     fn = numeric(name)
     missing = [a for a in fn.arg_names if a not in values]  # type: ignore[attr-defined]
     if missing:
-        raise ValueError(f"formula {name!r} needs {', '.join(missing)}")
+        raise FperrInputError(f"formula {name!r} needs {', '.join(missing)}")
     return fn(*(values[a] for a in fn.arg_names))  # type: ignore[attr-defined]

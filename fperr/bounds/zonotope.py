@@ -37,14 +37,30 @@ def half_ulp(mag: Array, fmt: Format) -> Array:
     """Largest rounding error to nearest in ``fmt`` at magnitudes <= ``mag``.
 
     ``2**(e - p)`` with ``e = floor(log2 mag)`` clamped to ``emin`` (subnormal
-    spacing below); monotone in ``mag``, so a bound on the magnitude gives a
-    bound on the error.  ``inf`` where ``mag`` exceeds the largest finite
-    value (the run may overflow).
+    spacing below; up to ``smallest_normal`` in a format that flushes
+    subnormals to zero); monotone in ``|mag|``, so a bound on the magnitude gives a
+    bound on the error.  ``inf`` where ``|mag|`` exceeds the largest finite
+    value (the run may overflow) or is NaN.  The sign of ``mag`` is ignored:
+    a signed quantity (a negative slope times a magnitude) must not select
+    the subnormal spacing.
     """
-    m = np.asarray(mag, dtype=np.float64)
-    e = np.floor(np.log2(np.maximum(m, fmt.smallest_normal)))
-    out = np.ldexp(1.0, (np.maximum(e, fmt.emin) - fmt.p).astype(np.int64))
-    return np.where(m > fmt.max, np.inf, out)
+    m = np.abs(np.asarray(mag, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        e = np.floor(np.log2(np.maximum(m, fmt.smallest_normal)))
+        e = np.where(np.isfinite(e), e, fmt.emax)  # NaN / inf: replaced below
+        out = np.ldexp(1.0, (np.maximum(e, fmt.emin) - fmt.p).astype(np.int64))
+        if not fmt.subnormals:  # flush to zero: a value below smallest_normal may be lost
+            out = np.maximum(out, np.minimum(m, fmt.smallest_normal))
+    return np.where(m <= fmt.max, out, np.inf)  # NaN compares false: inf
+
+
+def _live(radius: Array) -> npt.NDArray[np.intp]:
+    """Sources (columns of an (N, n_src) radius) nonzero or NaN for any input.
+
+    A union over the batch: a source kept for one input is a zero row for
+    the others, so no input's bound depends on which others share its batch.
+    """
+    return np.flatnonzero((radius != 0).any(axis=0))
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,7 @@ class Box:
 
     def rows(self) -> Array:
         """(N, n_live, m): one generator row per nonzero source (source-major)."""
-        live = np.flatnonzero((self.radius != 0).any(axis=0))
+        live = _live(self.radius)
         b = self.radius[:, live]
         if self.mat is None:
             N, n = self.radius.shape
@@ -97,7 +113,7 @@ class Box:
 class Enclosure:
     """Computed values and signed error generators for a batch.
 
-    ``value``: (N, *shape) computed activations.  The generators are kept
+    ``value``: ``(N, *shape)`` computed activations.  The generators are kept
     source-major in blocks ``parts`` of shape (N, q_i, n), n = prod(shape):
     a linear map is then one GEMM per block with no transposes, and new
     sources are appended without copying the old ones.  ``gens`` is the
@@ -173,7 +189,7 @@ class Enclosure:
         apply: Callable[[Array], Array],
         matrix: Callable[[], Array] | None = None,
     ) -> Enclosure:
-        """Map the generators through a linear map ``apply`` on (M, *shape) batches.
+        """Map the generators through a linear map ``apply`` on ``(M, *shape)`` batches.
 
         ``matrix`` may supply the map's (m, n) matrix (e.g. from a cache).
         """
@@ -196,7 +212,7 @@ class Enclosure:
                 out.boxes.append(Box(b.radius, b.group, b.random, mat))
                 continue
             # second map: per input, (sources x units) @ (units x new units), one GEMM
-            live = np.flatnonzero((b.radius != 0).any(axis=0))
+            live = _live(b.radius)
             k = b.mat.shape[0]
             if m < live.size:  # few new units (an output layer): scale the small side
                 ml = np.broadcast_to(mat, (N, m, k))
@@ -216,7 +232,7 @@ class Enclosure:
         return out
 
     def scale_rows(self, new_value: Array, d: Array) -> Enclosure:
-        """Generators times a per-unit factor ``d`` (N, *shape): diagonal maps."""
+        """Generators times a per-unit factor ``d`` ``(N, *shape)``: diagonal maps."""
         dd = d.reshape(d.shape[0], -1)
         parts = [p * dd[:, None, :] for p in self.parts]
         return self._like(new_value, parts, [b.scaled(dd) for b in self.boxes])
@@ -241,21 +257,46 @@ class Enclosure:
         return enc._like(new_value, parts, boxes)
 
     def add_box(self, radius: Array, layer: int, random: bool) -> Enclosure:
-        """Add one independent generator per unit with the given radius (N, *shape)."""
+        """Add one independent generator per unit with the given radius ``(N, *shape)``."""
         r = radius.reshape(radius.shape[0], -1)
         if not np.any(r):
             return self
         return self._like(self.value, self.parts, [*self.boxes, Box(r, layer, random)])
 
     def prune(self) -> Enclosure:
-        """Drop generator rows that are zero for the whole batch (dead ReLUs)."""
+        """Drop generator rows that are exactly zero for every input (dead ReLUs).
+
+        A row is kept if any input has a nonzero *or non-finite* entry in it:
+        ``max |g| > 0`` over the batch is NaN (hence false) as soon as one input
+        holds a NaN there (inf * 0 after an overflow), and dropping the row
+        would then drop it for every other input too.  Keeping a row that is
+        zero for some inputs changes nothing for them, so each input's bound
+        depends on that input alone.
+        """
         parts, groups, random, start = [], [], [], 0
         for p in self.parts:
             q = p.shape[1]
-            keep = np.flatnonzero(np.abs(p).max(axis=(0, 2), initial=0) > 0)
+            keep = np.flatnonzero((p != 0).any(axis=(0, 2)))  # NaN != 0: kept
             if keep.size:
                 parts.append(p if keep.size == q else np.ascontiguousarray(p[:, keep]))
                 groups += [self.groups[start + i] for i in keep]
                 random += [self.random[start + i] for i in keep]
             start += q
         return Enclosure(self.value, None, groups, random, self.boxes, parts=parts)
+
+    def nonfinite_inputs(self) -> npt.NDArray[np.bool_]:
+        """(N,): inputs whose values or generators hold an inf or NaN anywhere.
+
+        Such an input's run may have overflowed (or the enclosure lost
+        meaning), so its bound is infinite whatever later layers do with it.
+        """
+        N = self.value.shape[0]
+        bad = np.zeros(N, dtype=bool)
+        bad |= ~np.isfinite(self.value.reshape(N, -1)).all(axis=1)
+        for p in self.parts:
+            bad |= ~np.isfinite(p).all(axis=(1, 2))
+        for b in self.boxes:
+            bad |= ~np.isfinite(b.radius).all(axis=1)
+            if b.left is not None:
+                bad |= ~np.isfinite(b.left).all(axis=1)
+        return bad

@@ -10,8 +10,13 @@ Both collect every unsupported operation first and raise one
 :class:`~fperr.errors.SpecError` listing them all (``unsupported: ... (3
 ops)``); structural problems (a graph that is not a chain, an ``add`` that is
 not ``x + f(x)``) and shape problems raise a one-line ``SpecError`` naming the
-node.  Weights are copied into float64 numpy arrays.  BatchNorm always uses the
-running statistics (eval-mode semantics) and Dropout is the identity.
+node.  Weights are copied into float64 numpy arrays.  An import is what the
+model computes in eval mode (BatchNorm uses the running statistics, Dropout is
+the identity) or it is refused: training-mode ops (``F.dropout(x,
+training=True)``, ONNX ``training_mode``), and PyTorch in-place writes whose
+overwritten storage is read again through another view.  ``from_torch`` also
+runs the module (a float64 copy, eval mode) and the import on random inputs
+and refuses when they disagree (``check=False`` skips this).
 
 torch and onnx are imported inside the functions: ``import fperr`` needs
 neither.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import operator
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -14,6 +15,8 @@ from ..layers import Activation, BatchNorm, Conv2d, Dense, Dropout, Layer, Layer
 from ..model import Model
 from .builders import _const, _flatten_dims, _flatten_layers, _gelu, _pair, _resolve, _softmax_build
 from .graph import Array, Build, _entry, _Graph, _Op, _to_model, _Unsupported
+from .torch_alias import resolve_writes
+from .torch_fidelity import check_against_torch
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -101,7 +104,7 @@ def _torch_module(mod: torch.nn.Module) -> tuple[Build, Shape | None, bool]:
         return _softmax_build(mod.dim), None, False
     if type(mod) in (nn.BatchNorm1d, nn.BatchNorm2d):
         if mod.running_mean is None or mod.running_var is None:
-            raise _Unsupported("track_running_stats=False")
+            raise _Unsupported("track_running_stats=False: batch statistics also in eval mode")
         m: Any = mod
         bn = BatchNorm(_need(m.running_mean, "running_mean"), _need(m.running_var, "running_var"),
                        _np(m.weight), _np(m.bias), float(m.eps))  # fmt: skip
@@ -118,8 +121,8 @@ def _torch_module(mod: torch.nn.Module) -> tuple[Build, Shape | None, bool]:
         ln = LayerNorm(ns, _np(mod.weight), _np(getattr(mod, "bias", None)), float(mod.eps))
         return _const([ln]), ns, False
     if type(mod) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout):
-        p: Any = mod.p
-        return _const([Dropout(float(p))]), None, True  # identities at inference
+        p: Any = mod.p  # identities in eval mode, whatever mod.training says
+        return _const([Dropout(float(p))]), None, True
     if isinstance(mod, nn.Identity):
         return _const([]), None, True
     raise _Unsupported()
@@ -192,7 +195,61 @@ def _torch_reshape(node: Any, dims: Any) -> tuple[Build, tuple[tuple[Any, Any], 
     return build, tuple(aux)
 
 
-_ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+# in-place forms too: torch_alias redirects later reads of the written value to the write
+# and refuses reads of other views of the overwritten storage
+_ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
+                       "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}  # fmt: skip
+
+
+def _call_args(node: Any) -> dict[str, Any]:
+    """The arguments of a call_function node by name, defaults included ({} if the
+    target has no Python signature)."""
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return {}
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _dropout(node: Any) -> Build:
+    """F.dropout and its variants: the identity unless they drop at random, which
+    ``training=True`` (F.dropout's default) makes them do in eval mode too."""
+    import torch
+
+    if node.target is torch.dropout:  # torch.dropout(input, p, train), no defaults
+        p, training = _arg(node, 1, "p"), _arg(node, 2, "train")
+    else:
+        args = _call_args(node)
+        p, training = args.get("p", 0.5), args.get("training")
+    if not isinstance(p, int | float) or not isinstance(training, bool):
+        raise _Unsupported("p or training is not a constant")
+    if training and p != 0:
+        raise _Unsupported(
+            f"training=True with p={p:g} drops at random in eval mode too; "
+            "pass training=self.training"
+        )
+    return _const([Dropout(float(p))])
+
+
+def _batch_norm(node: Any, params: Callable[[Any], Array | None]) -> Build:
+    """F.batch_norm with running statistics held by the module (eval mode)."""
+    a = _call_args(node)
+    if a.get("training") is not False:
+        raise _Unsupported("training=True normalises by batch statistics")
+    mean, var = params(a.get("running_mean")), params(a.get("running_var"))
+    w, b = params(a.get("weight")), params(a.get("bias"))
+    if (
+        mean is None
+        or var is None
+        or (w is None) != (a.get("weight") is None)
+        or ((b is None) != (a.get("bias") is None))
+    ):
+        raise _Unsupported("statistics or affine parameters are not module tensors")
+    eps = a.get("eps", 1e-5)
+    if not isinstance(eps, int | float):
+        raise _Unsupported("eps is not a constant")
+    return _const([BatchNorm(mean, var, w, b, float(eps))])
 
 
 def _torch_call(node: Any, label: str, params: Callable[[Any], Array | None]) -> _Op | None:
@@ -204,6 +261,8 @@ def _torch_call(node: Any, label: str, params: Callable[[Any], Array | None]) ->
     t = node.target
     x = node.args[0] if node.args else None
     one = (x,)
+    if isinstance(node.kwargs.get("out"), Node):
+        raise _Unsupported("out= argument")
     if node.op == "call_method":
         if t in _ACTIVATION_METHODS:
             return _Op(label, one, node, _const([Activation(_ACTIVATION_METHODS[t])]),
@@ -221,7 +280,7 @@ def _torch_call(node: Any, label: str, params: Callable[[Any], Array | None]) ->
                 dims = dims[0]
             build, aux = _torch_reshape(node, dims or node.kwargs.get("size"))
             return _Op(label, one, node, build, aux=aux)
-        if t == "add" and isinstance(_arg(node, 1, "other"), Node):
+        if t in ("add", "add_") and isinstance(_arg(node, 1, "other"), Node):
             if _arg(node, 2, "alpha", 1) != 1:
                 raise _Unsupported("add with alpha")
             return _Op(label, (x, node.args[1]), node)
@@ -231,14 +290,14 @@ def _torch_call(node: Any, label: str, params: Callable[[Any], Array | None]) ->
 
     if t in (F.relu, torch.relu, torch.relu_, F.relu_):
         return _Op(label, one, node, _const([Activation("relu")]), elementwise=True)
-    if t in (torch.tanh, F.tanh):
+    if t in (torch.tanh, F.tanh, torch.tanh_):
         return _Op(label, one, node, _const([Activation("tanh")]), elementwise=True)
-    if t in (torch.sigmoid, F.sigmoid):
+    if t in (torch.sigmoid, F.sigmoid, torch.sigmoid_):
         return _Op(label, one, node, _const([Activation("sigmoid")]), elementwise=True)
     if t is F.gelu:
         build, _ = _gelu(_arg(node, 1, "approximate", "none"))
         return _Op(label, one, node, build, elementwise=True)
-    if t is F.leaky_relu:
+    if t in (F.leaky_relu, F.leaky_relu_):
         slope = float(_arg(node, 1, "negative_slope", 0.01))
         return _Op(label, one, node, _const([Activation("leaky_relu", slope)]), elementwise=True)
     if t in (F.softmax, torch.softmax):
@@ -251,9 +310,11 @@ def _torch_call(node: Any, label: str, params: Callable[[Any], Array | None]) ->
     if t is torch.reshape:
         build, aux = _torch_reshape(node, _arg(node, 1, "shape"))
         return _Op(label, one, node, build, aux=aux)
-    if t in (F.dropout, torch.dropout):
-        return _Op(label, one, node, _const([Dropout(float(_arg(node, 1, "p", 0.5)))]),
-                   elementwise=True)  # fmt: skip
+    if t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+             F.feature_alpha_dropout, torch.dropout):  # fmt: skip
+        return _Op(label, one, node, _dropout(node), elementwise=True)
+    if t is F.batch_norm:
+        return _Op(label, one, node, _batch_norm(node, params))
     if t in (F.max_pool2d, F.avg_pool2d):
         kind = "max" if t is F.max_pool2d else "avg"
         k = _pair(_arg(node, 1, "kernel_size"))
@@ -302,8 +363,53 @@ def _torch_call(node: Any, label: str, params: Callable[[Any], Array | None]) ->
     raise _Unsupported()
 
 
+def _arg_nodes(n: Any) -> list[Any]:
+    """The value nodes ``n`` reads, once per occurrence (``x + x`` reads x twice)."""
+    import torch.fx as fx
+
+    reads: list[Any] = []
+
+    def read(a: Any) -> Any:
+        reads.append(a)
+        return a
+
+    fx.node.map_arg((n.args, n.kwargs), read)
+    return reads
+
+
+def _uses(nodes: list[Any], sub: dict[tuple[Any, Any], Any]) -> Counter[Hashable]:
+    """Reads of each value (the graph output's included; parameters excluded)."""
+    uses: Counter[Hashable] = Counter()
+    for n in nodes:
+        if n.op != "get_attr":
+            uses.update(sub.get((n, a), a) for a in _arg_nodes(n))
+    for n in nodes:
+        if n.op == "get_attr":
+            uses.pop(n, None)
+    return uses
+
+
+def _trace_eval(module: torch.nn.Module) -> Any:
+    """``torch.fx.symbolic_trace`` of the module in eval mode (``self.training`` is read
+    while tracing), its own modes restored afterwards."""
+    import torch.fx as fx
+
+    if isinstance(module, fx.GraphModule):
+        return module
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        return fx.symbolic_trace(module)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def from_torch(
-    module: torch.nn.Module, input_shape: Sequence[int] | None = None, name: str | None = None
+    module: torch.nn.Module,
+    input_shape: Sequence[int] | None = None,
+    name: str | None = None,
+    check: bool = True,
 ) -> Model:
     """Convert a PyTorch module to a :class:`~fperr.model.Model`.
 
@@ -315,6 +421,18 @@ def from_torch(
     Identity, or their functional forms.  ``input_shape`` (one input, no
     batch dimension) is inferred from a first Linear or LayerNorm; a model
     starting with a convolution needs it.
+
+    The import is what the module computes in eval mode: it is traced with
+    ``self.training`` False, Dropout is the identity, BatchNorm uses its
+    running statistics; ops that stay random or batch-dependent in eval mode
+    (``F.dropout(x, training=True)``, ``F.batch_norm(..., training=True)``)
+    are refused.  After an in-place op (``relu_``, ``inplace=True``, ``add_``)
+    a read of the value it wrote reads the result, as in torch; a read of
+    another view of the overwritten storage is refused.  With ``check``
+    (the default) the imported model and a float64 copy of the module in eval
+    mode are run on random inputs and must agree to float64 rounding, which
+    catches what the trace does not show (``y += z`` on a value read again,
+    forward hooks); ``check=False`` skips this run.
     """
     try:
         import torch
@@ -325,7 +443,7 @@ def from_torch(
         raise SpecError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     name = name or type(module).__name__
     try:
-        gm = module if isinstance(module, fx.GraphModule) else fx.symbolic_trace(module)
+        gm = _trace_eval(module)
     except Exception as exc:  # tracing failures have many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"cannot trace {name} with torch.fx: {first}") from None
@@ -363,16 +481,18 @@ def from_torch(
         except _Unsupported as exc:
             unsupported.append(_entry(label, exc))
 
-    uses: Counter[Hashable] = Counter()
-    for n in nodes:
-        if n.op != "get_attr":
-            fx.node.map_arg((n.args, n.kwargs), lambda a: uses.update([a]) or a)
-    for n in nodes:
-        if n.op == "get_attr":
-            uses.pop(n, None)
-    graph = _Graph(ops, placeholders[0], out.args[0], uses)
+    # reads of values that an in-place op overwrote read the write's result
+    sub = {} if unsupported else resolve_writes(gm, nodes, lambda n: _fx_label(gm, n), _is_aux)
+    for op in ops:
+        op.inputs = tuple(sub.get((op.output, v), v) for v in op.inputs)
+        op.aux = tuple((k, sub.get((k, v), v)) for k, v in op.aux)
+    graph = _Graph(ops, placeholders[0], sub.get((out, out.args[0]), out.args[0]),
+                   _uses(nodes, sub))  # fmt: skip
     for op in ops if not unsupported else []:  # data inputs: the input or converted ops
         for v in op.inputs:
             if v not in graph.pos:
                 raise SpecError(f"{op.name}: reads {v}, which is not computed from the input")
-    return _to_model(graph, unsupported, input_shape, name)
+    model = _to_model(graph, unsupported, input_shape, name)
+    if check:
+        check_against_torch(module, model, name)
+    return model

@@ -27,6 +27,9 @@ class _OnnxConverter:
 
         g = model.graph
         self.graph = g
+        # Nodes are keyed by id() below: holding every node keeps each one's Python
+        # wrapper alive, which protobuf (upb) otherwise rebuilds, and recycles ids of.
+        self.nodes = list(g.node)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.consts: dict[str, Array] = {}  # every constant, as float64
         self.ints: dict[str, npt.NDArray[np.int64]] = {}  # integer constants, exactly
@@ -37,13 +40,23 @@ class _OnnxConverter:
             self.consts[name] = v.astype(np.float64)
             if v.dtype.kind in "iub":
                 self.ints[name] = v.astype(np.int64)
+        self.folded_nodes: set[int] = set()
+        for n in g.node:  # Identity of a constant: initializers the exporter deduplicated
+            if (
+                n.op_type == "Identity"
+                and n.domain in ("", "ai.onnx")
+                and n.input[0] in self.consts
+            ):
+                self.consts[n.output[0]] = self.consts[n.input[0]]
+                if n.input[0] in self.ints:
+                    self.ints[n.output[0]] = self.ints[n.input[0]]
+                self.folded_nodes.add(id(n))
         self.producer = {o: n for n in g.node for o in n.output if o}
         # Shape arithmetic (x.size(0) and friends) folded to constants, with "N" for the
         # batch size; `shape_reads` records the Shape nodes (and the values they read)
         # each folded value depends on, `folded_nodes` the nodes folded away.
         self.symbolic: dict[str, npt.NDArray[np.object_]] = {}
         self.shape_reads: dict[str, frozenset[tuple[Hashable, str]]] = {}
-        self.folded_nodes: set[int] = set()
         self.fold(model)
         self.readers: dict[str, list[onnx.NodeProto]] = {}
         for n in g.node:
@@ -237,6 +250,8 @@ class _OnnxConverter:
             if t == "Dropout":
                 if len(n.output) > 1 and n.output[1] and self.readers.get(n.output[1]):
                     raise _Unsupported("mask output used")
+                if self.opset < 7 and not a.get("is_test", 0):  # opsets 1-6: training default
+                    raise _Unsupported("is_test=0 drops at random")
                 mode = self.const(n, 2)
                 if mode is not None and mode.reshape(-1)[0]:
                     raise _Unsupported("training_mode")
@@ -342,8 +357,16 @@ class _OnnxConverter:
             allowzero = int(a.get("allowzero", 0))
             return _Op(label, one, out, self.reshape(target, allowzero), aux=aux)
         if t == "BatchNormalization":
-            if a.get("training_mode", 0):
-                raise _Unsupported("training_mode")
+            # training mode normalises by batch statistics: training_mode=1 (opset 14+),
+            # the running-statistics outputs (opsets 7-13) or is_test=0 (opsets 1-6)
+            if (
+                a.get("training_mode", 0)
+                or any(n.output[1:])
+                or (self.opset < 7 and not a.get("is_test", 0))
+            ):
+                raise _Unsupported("training mode")
+            if not a.get("spatial", 1):
+                raise _Unsupported("spatial=0 (per-activation statistics)")
             bn = BatchNorm(self.need(n, 3), self.need(n, 4), self.need(n, 1), self.need(n, 2),
                            float(a.get("epsilon", 1e-5)))  # fmt: skip
             return _Op(label, one, out, _const([bn]))

@@ -1,0 +1,104 @@
+"""Memory the bound engine needs, estimated before it allocates.
+
+Two allocations dominate :func:`fperr.bounds.bound_run` (see
+:mod:`fperr.bounds.zonotope`):
+
+* the explicit generators of a chunk of ``batch`` inputs: up to one source
+  per unit of every earlier layer, for each unit of the layer that maps them,
+  ``batch * sources * units`` floats at the largest layer, three times over
+  (a layer's input generators, their image and one temporary);
+* the (m, n) matrix of a convolution or average pooling whose input carries
+  factored error boxes, formed from the images of the n unit vectors: the
+  identity batch (n^2), its im2col patches or pooling windows, and the image
+  and matrix (n m each, with a transposed copy).
+
+:func:`estimate_bytes` adds the largest matrix term to the generator term.
+It is an estimate of the peak, not a bound: it exists so that a model too
+large for the engine fails at once with one line naming the size, instead of
+dying in a MemoryError minutes later.  The limit is ``FPERR_MAX_BYTES``
+(bytes; a suffix K, M, G or T means powers of 1024), default 4 GiB.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+from ..errors import FperrInputError
+from ..layers import Conv2d, Dropout, Flatten, Layer, Pool2d, Reshape, Residual, Shape
+from ..model import Model
+
+__all__ = ["DEFAULT_MAX_BYTES", "check_memory", "estimate_bytes", "max_bytes"]
+
+DEFAULT_MAX_BYTES = 4 * 2**30
+_FLOAT = 8  # bytes per float64
+_SUFFIX = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _walk(layers: tuple[Layer, ...], shape: Shape) -> Iterator[tuple[Layer, Shape, Shape]]:
+    """(layer, input shape, output shape) of every layer, residual branches included."""
+    for layer in layers:
+        out = layer.out_shape(shape)
+        if isinstance(layer, Residual):
+            yield from _walk(tuple(layer.layers), shape)
+        yield layer, shape, out
+        shape = out
+
+
+def _matrix_bytes(layer: Layer, s_in: Shape, s_out: Shape) -> int:
+    """Floats allocated to form a conv or average pooling's matrix (0 for other layers)."""
+    n, m = math.prod(s_in), math.prod(s_out)
+    if isinstance(layer, Conv2d):
+        kh, kw = layer.kernel
+        patches = n * s_in[0] * kh * kw * s_out[1] * s_out[2]  # im2col of the n unit images
+    elif isinstance(layer, Pool2d) and layer.kind == "avg":
+        patches = n * m * layer.kernel[0] * layer.kernel[1]  # windows of the n unit images
+    else:
+        return 0
+    return _FLOAT * (n * n + patches + 3 * n * m)
+
+
+def estimate_bytes(model: Model, batch: int) -> int:
+    """Estimated peak memory of bounding ``batch`` inputs at once (see the module docstring)."""
+    steps = list(_walk(tuple(model.layers), tuple(model.input_shape)))
+    sources, generators, matrix = math.prod(model.input_shape), 0, 0
+    for layer, s_in, s_out in steps:
+        units = math.prod(s_out)
+        if not isinstance(layer, Flatten | Reshape | Dropout):  # these move generators, no copy
+            generators = max(generators, sources * units)
+        matrix = max(matrix, _matrix_bytes(layer, s_in, s_out))
+        sources += units
+    # a layer holds its input generators, their image and a temporary of the same size
+    return 3 * _FLOAT * max(1, batch) * generators + matrix
+
+
+def max_bytes() -> int:
+    """The limit: ``FPERR_MAX_BYTES`` if set, else :data:`DEFAULT_MAX_BYTES`."""
+    raw = os.environ.get("FPERR_MAX_BYTES", "").strip()
+    if not raw:
+        return DEFAULT_MAX_BYTES
+    scale = _SUFFIX.get(raw[-1].upper(), 1)
+    try:
+        value = float(raw[:-1] if scale > 1 else raw) * scale
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise FperrInputError(f"FPERR_MAX_BYTES must be a number of bytes such as 8e9 or 8G, "
+                              f"got {raw!r}")  # fmt: skip
+    return int(value)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_memory(model: Model, batch: int) -> None:
+    """Refuse, before allocating, a run estimated to need more than :func:`max_bytes`."""
+    need, limit = estimate_bytes(model, batch), max_bytes()
+    if need > limit:
+        raise FperrInputError(
+            f"model {model.name!r}: bounding {batch} input(s) at once needs about {_gib(need)} "
+            f"of memory, over the limit of {_gib(limit)} (FPERR_MAX_BYTES); the engine does "
+            "not yet scale to layers this large"
+        )

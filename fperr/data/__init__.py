@@ -1,0 +1,1 @@
+"""Package data: the measured kernel allowance (fperr.bounds.allowance)."""
