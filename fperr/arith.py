@@ -125,9 +125,15 @@ class Emulated:
         """Dot products of already-rounded operands, accumulated, then stored."""
         binary32 = get_format("binary32")
         if self.order == "blas" and self.accumulate == binary32 and self.operand_format.p <= 24:
-            # Operands are float32 values: a float32 BLAS GEMM is one of the
-            # orders (and FMA patterns) a real fp32-accumulating kernel uses.
-            return self.store(np.matmul(a.astype(np.float32), b.astype(np.float32)))
+            # Operands are float32 values, so their products are exact in float64:
+            # a float64 GEMM rounded once to binary32 is a run of a (wider)
+            # binary32 accumulator within Higham's model.  A float32 GEMM would
+            # do too, but BLAS picks its kernel (and order) by batch size, so a
+            # row would compute differently alone and in a batch; in float64 the
+            # order only shows in the last float64 bits, far below binary32.
+            wide = np.matmul(a.astype(np.float64), b.astype(np.float64))
+            with np.errstate(over="ignore"):
+                return self.store(wide.astype(np.float32).astype(np.float64))
         from .accumulation import AccumulationModel
         from .accumulation import matmul as acc_matmul
 

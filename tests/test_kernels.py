@@ -154,3 +154,15 @@ def test_torch_activation_within_bound(kind: str, fmt: str) -> None:
         y = torch.cat([fn(c) for c in torch.split(xt, size)]).double().numpy()
         err = np.abs(y - exact)
         assert np.all(err <= radius), (kind, fmt, size, x[np.argmax(err - radius)])
+
+
+def test_measure_writes_a_covered_table(tmp_path: Path) -> None:
+    """`fperr kernels` end to end on one function and format (every binary16 value)."""
+    pytest.importorskip("torch")
+    from fperr.hardware.kernels import measure, write_table
+
+    table = measure("cpu", functions=("gelu",), formats=("binary16",))
+    path = write_table(table, tmp_path / "cpu" / "kernels.json")
+    assert table["environment"]["cpu_capability"] and table["exhaustive"] == ["binary16"]
+    assert {p["size"] for p in table["functions"]["gelu"]["binary16"]["paths"]} >= {1, 69, 40037}
+    test_allowance_covers_every_table_entry(path)

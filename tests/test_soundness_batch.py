@@ -4,15 +4,15 @@ Every input's bound and certificate must be the same alone and in any batch,
 whatever the other rows hold: overflowing rows (inf in binary16 storage),
 rows whose first layer computes inf - inf = NaN, zero rows, subnormal rows.
 
-The emulated run itself must then not depend on the batch either: numpy's
-float32 GEMM (the ``"blas"`` order) rounds a row differently with the batch
-size and the row's position, so the alone-vs-batch comparisons use the
-emulated orders of :mod:`fperr.accumulation` (bitwise batch-invariant, checked
-below).  For the ``"blas"`` order the bound of a row must not change when the
-*other* rows of the same batch are replaced by zeros (GEMM's order depends on
-shapes and positions, never on the data).  The tolerance 1e-12 relative
-absorbs float64 rounding of the generator algebra, whose GEMMs may block
-differently with the batch size.
+The emulated run itself must then not depend on the batch either.  The
+default (``"blas"``) order computes binary32-accumulated products as a float64
+GEMM rounded once to binary32 (a float32 GEMM picks its kernel, and so its
+order, by batch size); the emulated orders of :mod:`fperr.accumulation` are
+bitwise batch-invariant by construction; both premises are checked below.  The
+comparisons run in both.  For the ``"blas"`` order the bound of a row must also
+not change when the *other* rows of the same batch are replaced by zeros.  The
+tolerance 1e-12 relative absorbs float64 rounding of the generator algebra,
+whose GEMMs may block differently with the batch size.
 """
 
 from __future__ import annotations
@@ -114,6 +114,18 @@ def test_emulated_orders_are_batch_invariant():
         assert np.array_equal(a.matmul(a.store(X[i : i + 1]), a.store(W))[0], full[i])
 
 
+def test_default_order_is_batch_invariant():
+    """The default order's premise: a row computes the same bits alone and in a
+    batch (a float32 GEMM does not: BLAS picks gemv or gemm by batch size)."""
+    rng = np.random.default_rng(0)
+    a = Emulated.from_names("binary32", "binary32")
+    W = a.store(rng.standard_normal((300, 200)))
+    X = a.store(rng.standard_normal((257, 300)))
+    full = a.matmul(X, W)
+    for i in range(0, X.shape[0], 3):
+        assert np.array_equal(a.matmul(X[i : i + 1], W)[0], full[i]), i
+
+
 # -- random models and batches ------------------------------------------------------
 def random_model(rng: np.random.Generator) -> Model:
     """A small model of random depth over most layer types, input (18,)."""
@@ -176,14 +188,14 @@ def random_batch(rng: np.random.Generator, n_in: int) -> np.ndarray:
 
 def assert_batch_independent(model: Model, X: np.ndarray, method: str = "deterministic") -> None:
     """Each row alone (batch-invariant run) gives the bound and verdict it gets batched."""
-    kw = {"low": SEQ_LOW, "reference": SEQ_REF}
-    batched = _certify(model, X, method, **kw)
-    for i in range(X.shape[0]):
-        alone = _certify(model, X[i : i + 1], method, **kw)
-        assert same_bound(alone.margin[0], batched.margin[i]), (i, X[i])
-        assert alone.certified[0] == batched.certified[i], i
-        assert np.array_equal(alone.y_low[0], batched.y_low[i], equal_nan=True)
-    assert int((batched.certified & batched.flipped).sum()) == 0
+    for kw in ({}, {"low": SEQ_LOW, "reference": SEQ_REF}):
+        batched = _certify(model, X, method, **kw)
+        for i in range(X.shape[0]):
+            alone = _certify(model, X[i : i + 1], method, **kw)
+            assert same_bound(alone.margin[0], batched.margin[i]), (i, X[i], kw)
+            assert alone.certified[0] == batched.certified[i], (i, kw)
+            assert np.array_equal(alone.y_low[0], batched.y_low[i], equal_nan=True)
+        assert int((batched.certified & batched.flipped).sum()) == 0
 
 
 def assert_blas_rows_independent(model: Model, X: np.ndarray) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared script for a session with a GPU: probe how cuBLAS accumulates,
 # then validate the example models on CUDA into $OUT/results/<gpu-name>/
-# (probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt).  Estimated
+# (kernels.json, probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt).  Estimated
 # 2-3 minutes on one H100 with 16 cores (not yet run on a GPU): the bounds run
 # on the CPU cores (~0.15 s per deep_tanh input and arithmetic on one core)
 # while torch runs on the GPU.  Exit 0: no violation; 1: a bound or a certificate
@@ -48,6 +48,9 @@ args=(--suite --device "$DEVICE" --results "$OUT/results" --deep-inputs "$DEEP_I
 if [ -n "${INPUTS:-}" ]; then args+=(--limit "$INPUTS"); fi
 start=$(date +%s)
 status=0
-PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} $PY -m fperr.cli validate "${args[@]}" || status=$?
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# elementwise-kernel errors on this device first (results/<gpu-name>/kernels.json)
+$PY -m fperr.cli kernels --device "$DEVICE" --out "$OUT/results" || status=$?
+$PY -m fperr.cli validate "${args[@]}" || status=$?
 echo "validation/run_gpu.sh: exit $status after $(( $(date +%s) - start )) s; results in $OUT/results"
 exit $status

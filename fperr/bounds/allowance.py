@@ -46,6 +46,7 @@ DATA = "kernel_allowance.json"
 # to 16% (log's ulps) and 4% (GELU's tail).  Their rungs are inflated by this
 # factor; the exhaustive binary16 and bfloat16 tables need none.
 SAMPLED_MARGIN = 1.5
+EXHAUSTIVE = ("binary16", "bfloat16")
 
 
 def ulp(mag: Array, fmt: Format) -> Array:
@@ -172,11 +173,13 @@ def merge_tables(tables: list[dict[str, Any]]) -> dict[str, Any]:
         ladders = []
         for t, res in per:
             rho = _oracle_margin(t, name, fmt)
-            c = 1.0 if fmt in t.get("exhaustive", ("binary16", "bfloat16")) else SAMPLED_MARGIN
+            c = 1.0 if fmt in t.get("exhaustive", EXHAUSTIVE) else SAMPLED_MARGIN
             ladders.append([(float(T), c * float(u) + rho / p.u, c * float(a) + rho * float(T))
                             for T, u, a in res["ladder"]])  # fmt: skip
         rungs = [_combine(c, p) for c in itertools.product(*ladders)]
-        overflow = [float(r["overflow_at"]) for _, r in per if r.get("overflow_at") is not None]
+        overflow = [float(r["overflow_at"]) / (1.0 if fmt in t.get("exhaustive", EXHAUSTIVE) else
+                                               SAMPLED_MARGIN)
+                    for t, r in per if r.get("overflow_at") is not None]  # fmt: skip
         out["functions"].setdefault(name, {})[fmt] = {
             "rungs": [[T, _round_up(u), _round_up(a)] for T, u, a in _pareto(rungs)],
             "overflow_at": min(overflow) if overflow else None,
