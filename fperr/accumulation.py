@@ -65,8 +65,7 @@ _TILE = 1 << 18  # elements per tile of rank-1 updates: 1 MiB of float32 stays i
 
 
 def _is(fmt: Format, ref: Format) -> bool:
-    return (fmt.p, fmt.emax, fmt.subnormals, fmt.inf_nan) == (
-        ref.p, ref.emax, ref.subnormals, ref.inf_nan)  # fmt: skip
+    return fmt.same_values(ref)
 
 
 def _emulable(fmt: Format) -> bool:  # see the module docstring

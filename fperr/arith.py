@@ -15,13 +15,13 @@ arithmetic decides where values are rounded:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from .formats import Format, get_format
+from .formats import FORMATS, Format, get_format
 from .rounding import round as fround
 
 Array = npt.NDArray[np.float64]
@@ -148,15 +148,35 @@ class Emulated:
             return self.store(f(x))
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, losslessly (:meth:`from_dict` inverts it); built-in formats by
+        name, others as their fields.  ``name`` and ``operand_format`` are for reading."""
         return {
             "name": self.name,
-            "storage": self.storage.name,
-            "accumulate": self.accumulate.name,
-            "operand": self.operand_format.name,
+            "storage": _format_to(self.storage),
+            "accumulate": _format_to(self.accumulate),
+            "operand": None if self.operand is None else _format_to(self.operand),
+            "operand_format": self.operand_format.name,
             "order": self.order,
+            "block": self.block,
             "acc_rounding": self.acc_rounding,
             "func_ulps": self.func_ulps,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Emulated:
+        op = d.get("operand")
+        return cls(_format_from(d["storage"]), _format_from(d["accumulate"]),
+                   None if op is None else _format_from(op), d.get("order", "blas"),
+                   d.get("block", 32), d.get("acc_rounding", "nearest"),
+                   d.get("func_ulps"))  # fmt: skip
+
+
+def _format_to(f: Format) -> Any:
+    return f.name if FORMATS.get(f.name) == f else asdict(f)
+
+
+def _format_from(d: Any) -> Format:
+    return get_format(d) if isinstance(d, str) else Format(**d)
 
 
 Arithmetic = Exact | Emulated

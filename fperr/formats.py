@@ -21,6 +21,13 @@ __all__ = ["Format", "get_format", "format_names", "FORMATS"]
 InfNaN = Literal["ieee", "fn"]
 
 
+def gamma(n: int | float, u: float) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)`` (Higham 2002, eq. 3.8): the relative
+    error bound of n operations with unit roundoff u; ``inf`` when ``n u >= 1``."""
+    nu = n * u
+    return math.inf if nu >= 1 else nu / (1 - nu)
+
+
 @dataclass(frozen=True)
 class Format:
     """A binary floating-point format.
@@ -105,6 +112,11 @@ class Format:
     def has_inf(self) -> bool:
         return self.inf_nan == "ieee"
 
+    def same_values(self, other: Format) -> bool:
+        """Whether both formats have the same numbers and specials (names may differ)."""
+        return (self.p, self.emax, self.subnormals, self.inf_nan) == (
+            other.p, other.emax, other.subnormals, other.inf_nan)  # fmt: skip
+
     def contains(self, other: Format) -> bool:
         """Whether every finite value of ``other`` is a value of this format."""
         sub = 0 if other.subnormals else other.p - 1  # lowest significand bit used
@@ -120,9 +132,8 @@ class Format:
         return 2.0 ** (max(e, self.emin) - self.p + 1)
 
     def gamma(self, n: int | float) -> float:
-        """Higham's ``gamma_n = n u / (1 - n u)``; ``inf`` when ``n u >= 1``."""
-        nu = n * self.u
-        return math.inf if nu >= 1 else nu / (1 - nu)
+        """Higham's ``gamma_n`` for this format's unit roundoff; see :func:`gamma`."""
+        return gamma(n, self.u)
 
     def __str__(self) -> str:
         return self.name

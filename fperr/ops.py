@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import FperrInputError
-from .formats import Format, get_format
+from .formats import FORMATS, Format, get_format
 from .rounding import MODES, Mode, RandomLike
 from .rounding import round as _fround
 
@@ -61,7 +61,7 @@ _SPLITTER = float(2**27 + 1)
 
 
 def _is_binary64(fmt: Format) -> bool:
-    return (fmt.p, fmt.emax, fmt.subnormals, fmt.inf_nan) == (53, 1023, True, "ieee")
+    return fmt.same_values(FORMATS["binary64"])
 
 
 def _check(fmt: Format | str, mode: str) -> Format:

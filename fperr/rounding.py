@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import FperrInputError
-from .formats import Format, get_format
+from .formats import FORMATS, Format, get_format
 
 __all__ = ["round", "round_scalar", "Mode", "MODES"]
 
@@ -132,8 +132,8 @@ def round_scalar(
 # -- vectorised -------------------------------------------------------------
 def _is_numpy_native(fmt: Format) -> type[np.floating] | None:
     """The numpy dtype whose cast from float64 rounds exactly like ``fmt``."""
-    for dtype, (p, emax) in ((np.float16, (11, 15)), (np.float32, (24, 127))):
-        if (fmt.p, fmt.emax, fmt.subnormals, fmt.inf_nan) == (p, emax, True, "ieee"):
+    for dtype, name in ((np.float16, "binary16"), (np.float32, "binary32")):
+        if fmt.same_values(FORMATS[name]):
             return dtype
     return None
 

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from fperr import formats
 from fperr.bounds import lambda_for
 from fperr.formats import get_format
 
@@ -106,9 +107,9 @@ def measure(lo: float, hi: float, small: bool = False) -> Growth:
 
 
 def gamma(n: Array, u: float) -> Array:
-    """gamma_n(u); NaN (not drawn) where n u >= 1."""
-    nu = n * u
-    return np.where(nu < 1, nu / np.where(nu < 1, 1 - nu, 1), np.nan)
+    """gamma_n(u) (:func:`fperr.formats.gamma`) per n; NaN (not drawn) where n u >= 1."""
+    g = np.array([formats.gamma(float(k), u) for k in np.ravel(n)]).reshape(np.shape(n))
+    return np.where(np.isfinite(g), g, np.nan)
 
 
 def hm_lambda(n: int, u: float) -> float:

@@ -101,7 +101,7 @@ def test_bound_reference_keeps_its_own_accumulator(tmp_path):
     assert s["low_arithmetic"]["storage"] == "binary16"
     assert s["reference_arithmetic"]["accumulate"] == "binary32"
     assert s["reference_arithmetic"]["storage"] == "binary32"
-    assert s["reference_arithmetic"]["operand"] == "binary32"
+    assert s["reference_arithmetic"]["operand_format"] == "binary32"
     assert s["reference_arithmetic"]["acc_rounding"] == "nearest"
     # the bounds are those of a binary32-accumulating reference, not only its label
     model = load_model("examples/mlp.yaml")

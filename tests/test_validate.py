@@ -121,12 +121,12 @@ def test_report_round_trips_through_json(small_report: ValidationReport, tmp_pat
 
 
 def test_certificates_match_certify(small_report: ValidationReport) -> None:
+    from fperr.arith import Emulated
     from fperr.certify import certify
-    from fperr.hardware.reports import arith_from_dict
 
     r = small_report.result("float16", 1)
-    low = arith_from_dict(r.arithmetic)
-    ref = arith_from_dict(small_report.certificate_reference)
+    low = Emulated.from_dict(r.arithmetic)
+    ref = Emulated.from_dict(small_report.certificate_reference)
     res = certify(small_mlp(), small_inputs(), low=low, reference=ref)
     assert int(res.certified.sum()) == r.certified
 

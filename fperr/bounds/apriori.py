@@ -18,11 +18,11 @@ import numpy.typing as npt
 
 from ..arith import Emulated, Exact
 from ..errors import FperrInputError
-from ..formats import Format
+from ..formats import Format, gamma
 from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
 from . import exponent_range as xr
-from .rules import Context, _derivative_range, _gamma, relu_slopes
+from .rules import Context, derivative_range, relu_slopes
 from .zonotope import half_ulp
 
 Array = npt.NDArray[np.float64]
@@ -77,7 +77,7 @@ def _affine(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Ar
     # Z bounds both stored values, fl(W x) and fl(fl(W x) + b): a bias that cancels
     # W x leaves a small output but the first rounding is of |W x|.
     z0 = np.maximum(np.abs(wc), np.abs(zc)) + zw
-    acc = a.accumulate.gamma(n) if a.acc_rounding == "nearest" else _gamma(n, a.u_acc)
+    acc = a.accumulate.gamma(n) if a.acc_rounding == "nearest" else gamma(n, a.u_acc)
     # the bottom of the exponent range: c nonzero products, eta each (exponent_range.py)
     count = apply((w_hat != 0).astype(np.float64), (m > 0).astype(np.float64))
     f, chop = a.operand_format, a.acc_rounding == "truncate"
@@ -112,7 +112,7 @@ def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tupl
         inside = (lo <= -0.7518) & (hi >= -0.7518)
         f_lo = np.where(inside, -0.17, np.minimum(f_lo, f_hi))
         f_hi = np.maximum(f(lo), f(hi))
-    dlo, dhi = _derivative_range(t, wlo, whi)
+    dlo, dhi = derivative_range(t, wlo, whi)
     lip = np.maximum(np.abs(dlo), np.abs(dhi))
     fmag = np.maximum(np.maximum(np.abs(f(wlo)), np.abs(f(whi))), 0.17 if t == "gelu" else 0.0)
     # the local error is the per-input rule's: the kernel allowance (measured, or
@@ -150,9 +150,9 @@ def _pool(layer: Pool2d, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[A
     m = np.maximum(np.abs(wl), np.abs(wh)) + wr
     # sum then divide: the quotient may underflow, a flushing sum lose its additions
     chop = a.acc_rounding == "truncate"
-    under = (xr.eta(a.accumulate, chop) + xr.eta_add(a.accumulate)) * (1 + _gamma(k, a.u_acc))
-    z = np.maximum(m.mean(-1) * (1 + _gamma(k, a.u_acc)) + under, _tiny(a.storage))
-    rad = (wr.mean(-1) + _gamma(k, a.u_acc) * m.mean(-1) + under
+    under = (xr.eta(a.accumulate, chop) + xr.eta_add(a.accumulate)) * (1 + gamma(k, a.u_acc))
+    z = np.maximum(m.mean(-1) * (1 + gamma(k, a.u_acc)) + under, _tiny(a.storage))
+    rad = (wr.mean(-1) + gamma(k, a.u_acc) * m.mean(-1) + under
            + a.storage.u * z / (1 - a.storage.u))  # fmt: skip
     rad = np.where(xr.may_overflow(m.sum(-1), k, a.u_acc, a.accumulate, under), np.inf, rad)
     return wl.mean(-1), wh.mean(-1), rad

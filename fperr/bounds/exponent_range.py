@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ..formats import Format
+from ..formats import Format, gamma
 
 Array = npt.NDArray[np.float64]
 
@@ -111,8 +111,7 @@ def sum_bound(total: Array | float, n: int, u: float, absolute: Array | float = 
     sum of a subset of the terms, <= (1 + u)^n sum |t| + absolute
     (Higham 2002, Lemma 3.1 on the subset), and (1 + u)^n <= 1 + gamma_n.
     ``absolute``: the underflow terms (already times 1 + gamma_n)."""
-    nu = n * u
-    growth = np.inf if nu >= 1 else 1 + nu / (1 - nu)
+    growth = 1 + gamma(n, u)
     with np.errstate(invalid="ignore"):
         return np.where(np.asarray(total) > 0, growth * np.asarray(total), 0.0) + absolute
 
@@ -139,8 +138,7 @@ def dot_underflow(count: Array | float, n: int, u: float, fmt: Format, exact: bo
     per_term = (0.0 if exact else eta(fmt, chop)) + eta_add(fmt)
     if per_term == 0.0:
         return 0.0
-    nu = n * u
-    growth = np.inf if nu >= 1 else 1 + nu / (1 - nu)
+    growth = 1 + gamma(n, u)
     c = np.asarray(count, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         return np.where(c > 0, c * per_term * growth, 0.0)

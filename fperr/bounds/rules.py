@@ -24,7 +24,7 @@ from scipy.special import erfc
 
 from ..arith import Emulated, Exact
 from ..errors import FperrInputError
-from ..formats import Format, get_format
+from ..formats import Format, gamma, get_format
 from ..layers import (
     ACTIVATIONS,
     Activation,
@@ -86,8 +86,8 @@ class Context:
         if self.accumulation == "probabilistic":
             lam = self.lam / (1 - u)
             return float(min(math.expm1(lam * math.sqrt(n) * u + n * u * u / (1 - u)),
-                             _gamma(n, u)))  # fmt: skip
-        return _gamma(n, u)
+                             gamma(n, u)))  # fmt: skip
+        return gamma(n, u)
 
     def add_local(self, enc: Enclosure, computed: Array, data: Array, index: int) -> Enclosure:
         """Append a layer's local error: ``computed``, the roundings of computed
@@ -166,11 +166,6 @@ class Context:
 def _ulps(a: Emulated) -> float:
     # without an explicit func_ulps, a single operation (leaky ReLU's alpha x) gets 1 ulp
     return 1.0 if a.func_ulps is None else a.func_ulps
-
-
-def _gamma(n: int, u: float) -> float:
-    nu = n * u
-    return math.inf if nu >= 1 else nu / (1 - nu)
 
 
 Rule = Callable[[Any, Enclosure, Context, int], Enclosure]
@@ -325,7 +320,7 @@ def _derivative(kind: str, v: Array) -> Array:
         return np.where(np.isinf(v), (v > 0) * 1.0, d)  # GELU' -> 0 at -inf, 1 at +inf
 
 
-def _derivative_range(kind: str, lo: Array, hi: Array) -> tuple[Array, Array]:
+def derivative_range(kind: str, lo: Array, hi: Array) -> tuple[Array, Array]:
     """Range of f' over [lo, hi] (elementwise), exact for each activation."""
     if kind in ("tanh", "sigmoid"):
         # f' is even and decreasing in |x|: max nearest 0, min at the far end
@@ -376,7 +371,7 @@ def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int)
             local = half_ulp(amag, s) + ctx.func_rel() * amag + ctx.func_abs()
             local = np.where(lo < 0, local, 0.0)  # only the negative part rounds
     else:
-        dlo, dhi = _derivative_range(layer.type, lo, hi)
+        dlo, dhi = derivative_range(layer.type, lo, hi)
         f = ACTIVATIONS[layer.type]
         fmag = np.maximum(np.abs(f(lo)), np.abs(f(hi)))
         if layer.type == "gelu":  # GELU's minimum -0.17 at x = -0.7518 inside [lo, hi]
@@ -432,11 +427,11 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
     with np.errstate(over="ignore", invalid="ignore"):
         e_rel = (1 + rho_e) * (1 + np.expm1(d * u)) - 1
         sigma = (1 + (s_plus * e_rel).sum(axis=-1, keepdims=True) + k * alpha_e) * (
-            1 + _gamma(k - 1, u)) - 1  # fmt: skip
+            1 + gamma(k - 1, u)) - 1  # fmt: skip
         q = np.where(sigma < 1, (1 + u) ** 2 / (1 - sigma), np.inf)
         kern = s_plus * ((1 + e_rel) * q - 1) + alpha_e * q
     kern = np.where(np.isnan(kern), np.inf, kern)
-    under = _softmax_underflow(ctx, k, _gamma(k + 4, u), alpha_e)
+    under = _softmax_underflow(ctx, k, gamma(k + 4, u), alpha_e)
     local = kern + under + half_ulp(np.minimum(s_plus + kern, 1.0) + under, a.storage)
     # the sum of the k exponentials (each <= 1) must not overflow in any order
     local = np.where(ctx.sum_may_overflow(float(k), k, under), np.inf, local)
@@ -478,8 +473,8 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
         out = enc.linear(y, lin, ctx.matrix_of(layer, x.shape[1:], lin))
         mag = layer.windows(np.abs(x) + 2 * r).sum(axis=-1) / k
         # sum then divide: k flushed additions (their error / k) and one quotient
-        under = (ctx.eta() + ctx.eta_add()) * (1 + _gamma(k, a.u_acc))
-        local = _gamma(k, a.u_acc) * mag + under
+        under = (ctx.eta() + ctx.eta_add()) * (1 + gamma(k, a.u_acc))
+        local = gamma(k, a.u_acc) * mag + under
         local = np.where(ctx.sum_may_overflow(k * mag, k, under), np.inf, local)
         local = local + half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * local +
                                  4 * layer.windows(r).max(axis=-1), a.storage)  # fmt: skip
@@ -535,7 +530,7 @@ def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -
     s = bc(layer.scale)
     binary32 = get_format("binary32")
     fmts = [a.storage] + ([binary32] if not a.storage.contains(binary32) else [])
-    g_alpha, g = _gamma(5, a.u_acc), _gamma(4, a.u_acc)
+    g_alpha, g = gamma(5, a.u_acc), gamma(4, a.u_acc)
     amag = dalpha = mmag = dm = bmag = db = np.zeros_like(s)
     for f in fmts:  # every way a kernel may hold the parameters
         m_t, alpha_t, b_t = (bc(v) for v in _bn_params(layer, f))
@@ -607,7 +602,7 @@ def _layernorm_range(
     """
     a = ctx.arith
     n = xg.shape[-1]
-    g = _gamma(2 * n + 8, a.u_acc)
+    g = gamma(2 * n + 8, a.u_acc)
     eta, eta_add = ctx.eta(), ctx.eta_add()
     xbar = (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True)
     zb = (np.abs(z) + 2 * rho + g * xbar) * (1 + g)  # the computed z, before underflow
@@ -680,7 +675,7 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     # 1 / sqrt(var + eps): the measured rsqrt, |e| <= rho_r |f| + alpha_r, on top
     rho_r, alpha_r = ctx.func_relative("rsqrt")
     xmean = (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True)
-    kernel_u = ((1 + _gamma(2 * n + 8, a.u_acc)) * (1 + rho_r) - 1) * (
+    kernel_u = ((1 + gamma(2 * n + 8, a.u_acc)) * (1 + rho_r) - 1) * (
         u_mag + 1 + xmean / s_min
     ) + alpha_r * (np.abs(xg) + 2 * rg + xmean)
     remainder = np.abs(w) * spread

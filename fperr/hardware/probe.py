@@ -31,14 +31,13 @@ torch is imported inside the functions.
 from __future__ import annotations
 
 import html
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ..formats import get_format
+from ..formats import gamma, get_format
 from ..rounding import round as fround
 from .torch_env import device_name, require_torch, resolve_device, torch_flags
 
@@ -257,8 +256,7 @@ def _model_bound(a: Array, b: Array, c_exact: Array, storage: str, acc: str, cho
     s, f = get_format(storage), get_format(acc)
     u_acc = f.u * (2 if chop else 1)
     k = a.shape[1]
-    nu = k * u_acc
-    g = (nu / (1 - nu) if nu < 1 else math.inf) * (np.abs(a) @ np.abs(b))
+    g = gamma(k, u_acc) * (np.abs(a) @ np.abs(b))
     return np.asarray(s.u * (np.abs(c_exact) + g) + g)
 
 

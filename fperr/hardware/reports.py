@@ -25,46 +25,15 @@ import numpy.typing as npt
 
 from ..arith import Emulated
 from ..errors import FperrInputError
-from ..formats import FORMATS, Format, get_format
 
-__all__ = ["REPORT_FORMAT", "ConfigResult", "ValidationReport", "arith_from_dict",
-           "arith_to_dict", "summarize"]  # fmt: skip
+__all__ = ["REPORT_FORMAT", "ConfigResult", "ValidationReport", "summarize"]
 
 REPORT_FORMAT = "fperr-validation/1"
 
 
 # -- (de)serialising arithmetics and arrays ---------------------------------------------------
-def _fmt_to(f: Format) -> Any:
-    return f.name if FORMATS.get(f.name) == f else asdict(f)
-
-
-def _fmt_from(d: Any) -> Format:
-    return get_format(d) if isinstance(d, str) else Format(**d)
-
-
-def arith_to_dict(a: Emulated) -> dict[str, Any]:
-    return {
-        "name": a.name,
-        "storage": _fmt_to(a.storage),
-        "accumulate": _fmt_to(a.accumulate),
-        "operand": None if a.operand is None else _fmt_to(a.operand),
-        "order": a.order,
-        "block": a.block,
-        "acc_rounding": a.acc_rounding,
-        "func_ulps": a.func_ulps,
-    }
-
-
-def arith_from_dict(d: dict[str, Any]) -> Emulated:
-    op = d.get("operand")
-    return Emulated(_fmt_from(d["storage"]), _fmt_from(d["accumulate"]),
-                    None if op is None else _fmt_from(op), d.get("order", "blas"),
-                    d.get("block", 32), d.get("acc_rounding", "nearest"),
-                    d.get("func_ulps", 1.0))  # fmt: skip
-
-
 def arith_key(a: Emulated) -> str:
-    d = arith_to_dict(a)
+    d = a.to_dict()
     d.pop("name")
     return json.dumps(d, sort_keys=True)
 

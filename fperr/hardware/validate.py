@@ -46,9 +46,7 @@ from .probe import ProbeResult, probe
 from .reports import (
     ConfigResult,
     ValidationReport,
-    arith_from_dict,
     arith_key,
-    arith_to_dict,
     finite_or_none,
     summarize,
 )
@@ -435,7 +433,7 @@ def validate(
             figures = _check(run.outputs, y64, total, pred32, cm, rc)
             st = get_format(c.autocast) if c.autocast else arith.storage
             dr = _double_rounded(params, st)
-            results.append(ConfigResult(c.name, bs, arith_to_dict(arith), why, dict(run.flags),
+            results.append(ConfigResult(c.name, bs, arith.to_dict(), why, dict(run.flags),
                                         double_rounded=dr, **figures))  # fmt: skip
             arrays[f"outputs:{c.name}@{bs}"] = run.outputs
             min_ratio = np.minimum(min_ratio, _per_input_ratio(run.outputs, y64, total))
@@ -446,7 +444,7 @@ def validate(
         n_inputs=n,
         environment=_environment(torch, device),
         probe=probe_result.to_dict(),
-        certificate_reference=arith_to_dict(ref_arith),
+        certificate_reference=ref_arith.to_dict(),
         results=tuple(results),
         arrays=arrays,
     )
@@ -492,12 +490,14 @@ def recheck(
     idx = _subset(rep, limit)
     x = rep.arrays["inputs"][idx]
     bounds = _Bounds(model, x, lambda _m: None, workers)
-    ref_arith = arith_from_dict(rep.certificate_reference)
-    a64 = next((arith_from_dict(r.arithmetic) for r in rep.results if r.config == "float64"), None)
+    ref_arith = Emulated.from_dict(rep.certificate_reference)
+    a64 = next(
+        (Emulated.from_dict(r.arithmetic) for r in rep.results if r.config == "float64"), None
+    )
     if a64 is None:
         raise FperrInputError("the report has no float64 run")
     try:
-        bounds.start([a64, ref_arith, *(arith_from_dict(r.arithmetic) for r in rep.results)])
+        bounds.start([a64, ref_arith, *(Emulated.from_dict(r.arithmetic) for r in rep.results)])
         r64 = bounds(a64).radius
         problems = _recheck_runs(rep, idx, bounds, r64, ref_arith)
     finally:
@@ -516,7 +516,7 @@ def _recheck_runs(
     y64 = a["outputs:float64@reference"][idx]
     problems: list[str] = []
     for r in rep.results:
-        arith = arith_from_dict(r.arithmetic)
+        arith = Emulated.from_dict(r.arithmetic)
         y = a[f"outputs:{r.key}"][idx]
         pred32 = a[f"outputs:float32@{r.batch_size}"][idx]
         pred32 = pred32.reshape(len(idx), -1).argmax(axis=1)
