@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -246,6 +246,7 @@ def certify(
     labels: npt.ArrayLike | None = None,
     low: Emulated | None = None,
     reference: Emulated | None = None,
+    *,
     method: str = "deterministic",
     confidence: float = 0.999,
     on: str = "logits",
@@ -261,7 +262,7 @@ def certify(
         raise FperrInputError(f"outputs to certify must be 'logits' or 'softmax', got {on!r}")
     if on == "softmax" and not isinstance(model.layers[-1], Softmax):
         model = Model(model.name, model.input_shape, (*model.layers, Softmax()), model.data)
-    b = bound(model, X, low, reference, method, confidence, keep)
+    b = bound(model, X, low, reference, method=method, confidence=confidence, keep=keep)
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and lab.shape[0] != b.low.output.shape[0]:
         raise FperrInputError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")
@@ -305,6 +306,7 @@ def suggest_fp32(
     model: Model,
     X: npt.ArrayLike,
     target: float = 1.0,
+    *,
     low: Emulated | None = None,
     reference: Emulated | None = None,
     method: str = "deterministic",
@@ -318,12 +320,14 @@ def suggest_fp32(
     the suggested mixed-precision model.  Greedy is not guaranteed minimal.
     """
     low = low or Emulated.from_names("binary16", "binary32")
-    fp32 = Emulated(
-        reference.storage if reference else low.accumulate,
-        low.accumulate, None, low.order, low.block, low.acc_rounding, low.func_ulps,
-    )  # fmt: skip
+    # the low run's kernel, with values stored in the reference's format
+    fp32 = replace(low, storage=reference.storage if reference else low.accumulate, operand=None)
     keep: dict[int, Emulated] = {}
-    res = certify(model, X, None, low, reference, method, confidence, on)
+    def run(keep: dict[int, Emulated] | None = None) -> CertifyResult:
+        return certify(model, X, None, low, reference, method=method, confidence=confidence,
+                       on=on, keep=keep)  # fmt: skip
+
+    res = run()
     before = float(res.certified.mean())
     steps: list[tuple[str, float]] = []
     while res.certified.mean() < target and len(keep) < len(model.layers):
@@ -341,7 +345,7 @@ def suggest_fp32(
         if best < 0 or score[best + 1] <= 0:
             break
         keep[best] = fp32
-        res = certify(model, X, None, low, reference, method, confidence, on, keep)
+        res = run(keep)
         steps.append((res.bounds.layer_names[best + 1], float(res.certified.mean())))
     names = [res.bounds.layer_names[i + 1] for i in sorted(keep)]
     return Suggestion(sorted(keep), names, before, float(res.certified.mean()), steps, res)

@@ -165,7 +165,7 @@ def bound_cmd(
     ref = Emulated.from_names(reference, reference_accumulate, reference_operand,
                               acc_rounding=acc_rounding)  # fmt: skip
     click.echo(f"bounding {X.shape[0]} inputs through {model.name} ...", err=True)
-    result = certify(model, X, y, lo, ref, method, confidence, on)
+    result = certify(model, X, y, lo, ref, method=method, confidence=confidence, on=on)
     report = result.to_dict()
     report["summary"]["fperr_version"] = __version__
     advice = None
@@ -173,7 +173,8 @@ def bound_cmd(
         from .certify import suggest_fp32
 
         click.echo("searching layers to keep in binary32 ...", err=True)
-        advice = suggest_fp32(model, X, suggest, lo, ref, method, confidence, on)
+        advice = suggest_fp32(model, X, suggest, low=lo, reference=ref, method=method,
+                              confidence=confidence, on=on)  # fmt: skip
         report["suggest_fp32"] = advice.to_dict()
     if out:
         _write(out, json.dumps(report))

@@ -169,7 +169,7 @@ def test_mixed_precision_bounds_are_sound_and_tighter():
     exact = model.forward(X)
     all16 = bound_run(model, X, low)
     for keep in ({0: f32}, {2: f32, 4: f32}):
-        rb = bound_run(model, X, low, layer_ariths=keep)
+        rb = bound_run(model, X, low, keep=keep)
         h = check_inputs(X, model.input_shape)  # independent mixed-precision run
         for i, layer in enumerate(model.layers):
             a = keep.get(i, low)

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from ..errors import FperrInputError
 from ..formats import Format, get_format
-from .zonotope import half_ulp
+from .enclosure import half_ulp
 
 Array = npt.NDArray[np.float64]
 

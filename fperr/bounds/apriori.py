@@ -22,8 +22,8 @@ from ..formats import Format, gamma
 from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
 from . import exponent_range as xr
+from .enclosure import half_ulp
 from .rules import Context, derivative_range, relu_slopes
-from .zonotope import half_ulp
 
 Array = npt.NDArray[np.float64]
 

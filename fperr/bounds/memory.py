@@ -1,7 +1,7 @@
 """Memory the bound engine needs, estimated before it allocates.
 
 Two allocations dominate :func:`fperr.bounds.bound_run` (see
-:mod:`fperr.bounds.zonotope`):
+:mod:`fperr.bounds.enclosure`):
 
 * the explicit generators of a chunk of ``batch`` inputs: up to one source
   per unit of every earlier layer, for each unit of the layer that maps them,

@@ -40,14 +40,14 @@ from ..layers import (
 from ..rounding import round as fround
 from . import exponent_range as xr
 from .allowance import default_allowance
-from .zonotope import Array, Enclosure, half_ulp
+from .enclosure import Array, Enclosure, half_ulp
 
 
 @dataclass(frozen=True)
 class Context:
     """How local errors are bounded.
 
-    ``accumulation``: ``"worst"`` uses gamma_n(u_acc) |W||x| for a dot
+    ``method``: ``"deterministic"`` uses gamma_n(u_acc) |W||x| for a dot
     product of length n (Higham 2002, Lemma 3.1 and eq. 3.11, any order);
     ``"probabilistic"`` uses lambda sqrt(n) u_acc |W||x| (Higham & Mary 2019,
     Theorem 2.4), valid with probability >= 1 - 2 exp(-lambda^2 (1-u)^2 / 2)
@@ -56,7 +56,7 @@ class Context:
     """
 
     arith: Emulated
-    accumulation: str = "worst"
+    method: str = "deterministic"
     lam: float = 0.0
     _matrices: dict[tuple[int, tuple[int, ...]], Array] = field(
         default_factory=dict, compare=False, repr=False
@@ -83,7 +83,7 @@ class Context:
         2 exp(-lambda'^2 (1 - u)^2 / 2) = 2 exp(-lambda^2 / 2), the figure
         :func:`fperr.bounds.lambda_for` budgets (one event per product)."""
         u = self.arith.u_acc
-        if self.accumulation == "probabilistic":
+        if self.method == "probabilistic":
             lam = self.lam / (1 - u)
             return float(min(math.expm1(lam * math.sqrt(n) * u + n * u * u / (1 - u)),
                              gamma(n, u)))  # fmt: skip
@@ -99,7 +99,7 @@ class Context:
         weights of one sign), so they stay worst-case (``random=False``).  In
         the worst case both go into one box (fewer generator rows later).
         """
-        if self.accumulation != "probabilistic":
+        if self.method != "probabilistic":
             return enc.add_box(computed + data, index, random=True)
         return enc.add_box(computed, index, random=True).add_box(data, index, random=False)
 
