@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 from collections import Counter
@@ -40,92 +41,153 @@ def _need(t: torch.Tensor | None, what: str) -> Array:
     return a
 
 
-def _torch_module(mod: torch.nn.Module) -> tuple[Build, Shape | None, bool]:
+# -- leaf modules: one function per module class ----------------------------------------------
+_ModuleOp = tuple[Build, Shape | None, bool]  # (build, hint, elementwise)
+
+
+def _torch_module(mod: torch.nn.Module) -> _ModuleOp:
     """(build, hint, elementwise) for a leaf module; raises _Unsupported."""
+    for cls, exact, convert in _module_converters():
+        if (type(mod) is cls) if exact else isinstance(mod, cls):
+            return convert(mod)
+    raise _Unsupported()
+
+
+def _mod_linear(mod: Any) -> _ModuleOp:
+    w = _need(mod.weight, "weight")
+    return _const([Dense(w, _np(mod.bias))]), (int(w.shape[1]),), False
+
+
+def _mod_conv2d(mod: Any) -> _ModuleOp:
+    if mod.padding_mode != "zeros":
+        raise _Unsupported(f"padding_mode={mod.padding_mode!r}")
+    k = _pair(mod.kernel_size)
+    d = _pair(mod.dilation)
+    if mod.padding == "valid":
+        pad = (0, 0)
+    elif mod.padding == "same":
+        tot = [d[i] * (k[i] - 1) for i in (0, 1)]
+        if any(t % 2 for t in tot):
+            raise _Unsupported("padding='same' with asymmetric padding")
+        pad = (tot[0] // 2, tot[1] // 2)
+    else:
+        pad = _pair(mod.padding)
+    layer = Conv2d(_need(mod.weight, "weight"), _np(mod.bias), _pair(mod.stride), pad, d,
+                   int(mod.groups))  # fmt: skip
+    return _const([layer]), None, False
+
+
+def _mod_max_pool(mod: Any) -> _ModuleOp:
+    if mod.ceil_mode or mod.return_indices or _pair(mod.dilation) != (1, 1):
+        raise _Unsupported("ceil_mode, return_indices or dilation")
+    k = _pair(mod.kernel_size)
+    st = _pair(mod.stride) if mod.stride else k
+    return _const([Pool2d("max", k, st, _pair(mod.padding))]), None, False
+
+
+def _mod_avg_pool(mod: Any) -> _ModuleOp:
+    pad = _pair(mod.padding)
+    if mod.ceil_mode or mod.divisor_override or (not mod.count_include_pad and any(pad)):
+        raise _Unsupported("ceil_mode, divisor_override or count_include_pad=False")
+    k = _pair(mod.kernel_size)
+    st = _pair(mod.stride) if mod.stride else k
+    return _const([Pool2d("avg", k, st, pad)]), None, False
+
+
+def _mod_flatten(mod: Any) -> _ModuleOp:
+    s, e = int(mod.start_dim), int(mod.end_dim)
+    return (lambda shape: _flatten_dims(shape, s, e)), None, False
+
+
+def _mod_unflatten(mod: Any) -> _ModuleOp:
+    dim, sizes = int(mod.dim), tuple(int(x) for x in mod.unflattened_size)
+
+    def unflatten(shape: Shape) -> list[Layer]:
+        nd = len(shape) + 1
+        dd = dim % nd if dim < 0 else dim
+        if dd == 0 or dd >= nd:
+            raise SpecError(f"unflatten of dim {dim} of inputs {list(shape)}")
+        new = _resolve(sizes, (shape[dd - 1],), "unflatten")
+        return _flatten_layers(shape, shape[: dd - 1] + new + shape[dd:])
+
+    return unflatten, None, False
+
+
+def _mod_activation(mod: Any) -> _ModuleOp:
+    """ReLU, Tanh, Sigmoid: the class name, lower case, is the activation's."""
+    return _const([Activation(type(mod).__name__.lower())]), None, True
+
+
+def _mod_leaky_relu(mod: Any) -> _ModuleOp:
+    return _const([Activation("leaky_relu", float(mod.negative_slope))]), None, True
+
+
+def _mod_gelu(mod: Any) -> _ModuleOp:
+    b, _ = _gelu(mod.approximate)
+    return b, None, True
+
+
+def _mod_softmax(mod: Any) -> _ModuleOp:
+    return _softmax_build(mod.dim), None, False
+
+
+def _mod_batch_norm(mod: Any) -> _ModuleOp:
+    """BatchNorm1d (inputs [C] or [C, L]) and BatchNorm2d ([C, H, W]), running statistics."""
     from torch import nn
 
-    if isinstance(mod, nn.Linear):
-        w = _need(mod.weight, "weight")
-        return _const([Dense(w, _np(mod.bias))]), (int(w.shape[1]),), False
-    if type(mod) is nn.Conv2d:
-        if mod.padding_mode != "zeros":
-            raise _Unsupported(f"padding_mode={mod.padding_mode!r}")
-        k = _pair(mod.kernel_size)
-        d = _pair(mod.dilation)
-        if mod.padding == "valid":
-            pad = (0, 0)
-        elif mod.padding == "same":
-            tot = [d[i] * (k[i] - 1) for i in (0, 1)]
-            if any(t % 2 for t in tot):
-                raise _Unsupported("padding='same' with asymmetric padding")
-            pad = (tot[0] // 2, tot[1] // 2)
-        else:
-            pad = _pair(mod.padding)
-        layer = Conv2d(_need(mod.weight, "weight"), _np(mod.bias), _pair(mod.stride), pad, d,
-                       int(mod.groups))  # fmt: skip
-        return _const([layer]), None, False
-    if isinstance(mod, nn.MaxPool2d):
-        if mod.ceil_mode or mod.return_indices or _pair(mod.dilation) != (1, 1):
-            raise _Unsupported("ceil_mode, return_indices or dilation")
-        k = _pair(mod.kernel_size)
-        st = _pair(mod.stride) if mod.stride else k
-        return _const([Pool2d("max", k, st, _pair(mod.padding))]), None, False
-    if isinstance(mod, nn.AvgPool2d):
-        pad = _pair(mod.padding)
-        if mod.ceil_mode or mod.divisor_override or (not mod.count_include_pad and any(pad)):
-            raise _Unsupported("ceil_mode, divisor_override or count_include_pad=False")
-        k = _pair(mod.kernel_size)
-        st = _pair(mod.stride) if mod.stride else k
-        return _const([Pool2d("avg", k, st, pad)]), None, False
-    if isinstance(mod, nn.Flatten):
-        s, e = int(mod.start_dim), int(mod.end_dim)
-        return (lambda shape: _flatten_dims(shape, s, e)), None, False
-    if isinstance(mod, nn.Unflatten):
-        dim, sizes = int(mod.dim), tuple(int(x) for x in mod.unflattened_size)
+    if mod.running_mean is None or mod.running_var is None:
+        raise _Unsupported("track_running_stats=False: batch statistics also in eval mode")
+    bn = BatchNorm(_need(mod.running_mean, "running_mean"), _need(mod.running_var, "running_var"),
+                   _np(mod.weight), _np(mod.bias), float(mod.eps))  # fmt: skip
+    ranks = (1, 2) if isinstance(mod, nn.BatchNorm1d) else (3,)
 
-        def unflatten(shape: Shape) -> list[Layer]:
-            nd = len(shape) + 1
-            dd = dim % nd if dim < 0 else dim
-            if dd == 0 or dd >= nd:
-                raise SpecError(f"unflatten of dim {dim} of inputs {list(shape)}")
-            new = _resolve(sizes, (shape[dd - 1],), "unflatten")
-            return _flatten_layers(shape, shape[: dd - 1] + new + shape[dd:])
+    def batchnorm(shape: Shape) -> list[Layer]:
+        if len(shape) not in ranks:
+            raise SpecError(f"{type(mod).__name__} on inputs {list(shape)}")
+        return [bn]
 
-        return unflatten, None, False
-    if type(mod) in (nn.ReLU, nn.Tanh, nn.Sigmoid):
-        kind = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}[type(mod)]
-        return _const([Activation(kind)]), None, True
-    if isinstance(mod, nn.LeakyReLU):
-        return _const([Activation("leaky_relu", float(mod.negative_slope))]), None, True
-    if isinstance(mod, nn.GELU):
-        b, _ = _gelu(mod.approximate)
-        return b, None, True
-    if isinstance(mod, nn.Softmax):
-        return _softmax_build(mod.dim), None, False
-    if type(mod) in (nn.BatchNorm1d, nn.BatchNorm2d):
-        if mod.running_mean is None or mod.running_var is None:
-            raise _Unsupported("track_running_stats=False: batch statistics also in eval mode")
-        m: Any = mod
-        bn = BatchNorm(_need(m.running_mean, "running_mean"), _need(m.running_var, "running_var"),
-                       _np(m.weight), _np(m.bias), float(m.eps))  # fmt: skip
-        ranks = (1, 2) if isinstance(mod, nn.BatchNorm1d) else (3,)
+    return batchnorm, None, False
 
-        def batchnorm(shape: Shape) -> list[Layer]:
-            if len(shape) not in ranks:
-                raise SpecError(f"{type(mod).__name__} on inputs {list(shape)}")
-            return [bn]
 
-        return batchnorm, None, False
-    if isinstance(mod, nn.LayerNorm):
-        ns = tuple(int(d) for d in mod.normalized_shape)
-        ln = LayerNorm(ns, _np(mod.weight), _np(getattr(mod, "bias", None)), float(mod.eps))
-        return _const([ln]), ns, False
-    if type(mod) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout):
-        p: Any = mod.p  # identities in eval mode, whatever mod.training says
-        return _const([Dropout(float(p))]), None, True
-    if isinstance(mod, nn.Identity):
-        return _const([]), None, True
-    raise _Unsupported()
+def _mod_layer_norm(mod: Any) -> _ModuleOp:
+    ns = tuple(int(d) for d in mod.normalized_shape)
+    ln = LayerNorm(ns, _np(mod.weight), _np(getattr(mod, "bias", None)), float(mod.eps))
+    return _const([ln]), ns, False
+
+
+def _mod_dropout(mod: Any) -> _ModuleOp:
+    p: Any = mod.p  # identities in eval mode, whatever mod.training says
+    return _const([Dropout(float(p))]), None, True
+
+
+def _mod_identity(mod: Any) -> _ModuleOp:
+    return _const([]), None, True
+
+
+@functools.cache
+def _module_converters() -> tuple[tuple[type, bool, Callable[[Any], _ModuleOp]], ...]:
+    """(class, exact, converter) in the order tried: ``exact`` matches the class only,
+    not its subclasses (which may compute something else)."""
+    from torch import nn
+
+    dropouts = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+    return (
+        (nn.Linear, False, _mod_linear),
+        (nn.Conv2d, True, _mod_conv2d),
+        (nn.MaxPool2d, False, _mod_max_pool),
+        (nn.AvgPool2d, False, _mod_avg_pool),
+        (nn.Flatten, False, _mod_flatten),
+        (nn.Unflatten, False, _mod_unflatten),
+        *((cls, True, _mod_activation) for cls in (nn.ReLU, nn.Tanh, nn.Sigmoid)),
+        (nn.LeakyReLU, False, _mod_leaky_relu),
+        (nn.GELU, False, _mod_gelu),
+        (nn.Softmax, False, _mod_softmax),
+        (nn.BatchNorm1d, True, _mod_batch_norm),
+        (nn.BatchNorm2d, True, _mod_batch_norm),
+        (nn.LayerNorm, False, _mod_layer_norm),
+        *((cls, True, _mod_dropout) for cls in dropouts),
+        (nn.Identity, False, _mod_identity),
+    )
 
 
 def _arg(node: Any, i: int, key: str, default: Any = None) -> Any:
@@ -195,8 +257,6 @@ def _torch_reshape(node: Any, dims: Any) -> tuple[Build, tuple[tuple[Any, Any], 
     return build, tuple(aux)
 
 
-# in-place forms too: torch_alias redirects later reads of the written value to the write
-# and refuses reads of other views of the overwritten storage
 _ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
                        "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}  # fmt: skip
 
@@ -252,115 +312,202 @@ def _batch_norm(node: Any, params: Callable[[Any], Array | None]) -> Build:
     return _const([BatchNorm(mean, var, w, b, float(eps))])
 
 
-def _torch_call(node: Any, label: str, params: Callable[[Any], Array | None]) -> _Op | None:
+# -- call_function and call_method nodes: tables keyed by target --------------------------------
+_Params = Callable[[Any], Array | None]  # the module tensor an fx node reads, or None
+_CallOp = Callable[[Any, str, _Params], _Op]  # (node, label, params) -> op
+
+
+def _torch_call(node: Any, label: str, params: _Params) -> _Op | None:
     """The op of a call_function/call_method node; None for shape queries."""
-    import torch
-    import torch.nn.functional as F
     from torch.fx import Node
 
-    t = node.target
-    x = node.args[0] if node.args else None
-    one = (x,)
     if isinstance(node.kwargs.get("out"), Node):
         raise _Unsupported("out= argument")
-    if node.op == "call_method":
-        if t in _ACTIVATION_METHODS:
-            return _Op(label, one, node, _const([Activation(_ACTIVATION_METHODS[t])]),
-                       elementwise=True)  # fmt: skip
-        if t in ("contiguous", "clone", "detach"):
-            return _Op(label, one, node, _const([]), elementwise=True)
-        if t == "softmax":
-            return _Op(label, one, node, _softmax_build(_arg(node, 1, "dim")))
-        if t == "flatten":
-            s, e = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
-            return _Op(label, one, node, lambda shape: _flatten_dims(shape, s, e))
-        if t in ("view", "reshape"):
-            dims = node.args[1:]
-            if len(dims) == 1 and isinstance(dims[0], Sequence):
-                dims = dims[0]
-            build, aux = _torch_reshape(node, dims or node.kwargs.get("size"))
-            return _Op(label, one, node, build, aux=aux)
-        if t in ("add", "add_") and isinstance(_arg(node, 1, "other"), Node):
-            if _arg(node, 2, "alpha", 1) != 1:
-                raise _Unsupported("add with alpha")
-            return _Op(label, (x, node.args[1]), node)
-        if _is_aux(node):
-            return None
-        raise _Unsupported()
-
-    if t in (F.relu, torch.relu, torch.relu_, F.relu_):
-        return _Op(label, one, node, _const([Activation("relu")]), elementwise=True)
-    if t in (torch.tanh, F.tanh, torch.tanh_):
-        return _Op(label, one, node, _const([Activation("tanh")]), elementwise=True)
-    if t in (torch.sigmoid, F.sigmoid, torch.sigmoid_):
-        return _Op(label, one, node, _const([Activation("sigmoid")]), elementwise=True)
-    if t is F.gelu:
-        build, _ = _gelu(_arg(node, 1, "approximate", "none"))
-        return _Op(label, one, node, build, elementwise=True)
-    if t in (F.leaky_relu, F.leaky_relu_):
-        slope = float(_arg(node, 1, "negative_slope", 0.01))
-        return _Op(label, one, node, _const([Activation("leaky_relu", slope)]), elementwise=True)
-    if t in (F.softmax, torch.softmax):
-        if _arg(node, 3 if t is F.softmax else 2, "dtype") is not None:
-            raise _Unsupported("with dtype")
-        return _Op(label, one, node, _softmax_build(_arg(node, 1, "dim")))
-    if t is torch.flatten:
-        s, e = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
-        return _Op(label, one, node, lambda shape: _flatten_dims(shape, s, e))
-    if t is torch.reshape:
-        build, aux = _torch_reshape(node, _arg(node, 1, "shape"))
-        return _Op(label, one, node, build, aux=aux)
-    if t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-             F.feature_alpha_dropout, torch.dropout):  # fmt: skip
-        return _Op(label, one, node, _dropout(node), elementwise=True)
-    if t is F.batch_norm:
-        return _Op(label, one, node, _batch_norm(node, params))
-    if t in (F.max_pool2d, F.avg_pool2d):
-        kind = "max" if t is F.max_pool2d else "avg"
-        k = _pair(_arg(node, 1, "kernel_size"))
-        st = _arg(node, 2, "stride")
-        st = _pair(st) if st else k
-        pad = _pair(_arg(node, 3, "padding", 0))
-        if kind == "max":
-            dil = _pair(_arg(node, 4, "dilation", 1))
-            bad = (
-                dil != (1, 1)
-                or _arg(node, 5, "ceil_mode", False)
-                or _arg(node, 6, "return_indices", False)
-            )
-        else:
-            bad = (_arg(node, 4, "ceil_mode", False) or _arg(node, 6, "divisor_override")
-                   or (not _arg(node, 5, "count_include_pad", True) and any(pad)))  # fmt: skip
-        if bad:
-            raise _Unsupported("options")
-        return _Op(label, one, node, _const([Pool2d(kind, k, st, pad)]))
-    if t is F.linear:
-        w = params(_arg(node, 1, "weight"))
-        if w is None:
-            raise _Unsupported("weight is not a parameter")
-        b = params(_arg(node, 2, "bias"))
-        return _Op(label, one, node, _const([Dense(w, b)]), hint=(int(w.shape[1]),))
-    if t is F.conv2d:
-        w = params(_arg(node, 1, "weight"))
-        pad = _arg(node, 4, "padding", 0)
-        if w is None or isinstance(pad, str):
-            raise _Unsupported("weight is not a parameter, or string padding")
-        conv = Conv2d(w, params(_arg(node, 2, "bias")), _pair(_arg(node, 3, "stride", 1)),
-                      _pair(pad), _pair(_arg(node, 5, "dilation", 1)),
-                      int(_arg(node, 6, "groups", 1)))  # fmt: skip
-        return _Op(label, one, node, _const([conv]))
-    if t in (operator.add, operator.iadd, torch.add):
-        other = _arg(node, 1, "other")
-        if not (isinstance(x, Node) and isinstance(other, Node)):
-            raise _Unsupported("add of a constant")
-        if _arg(node, 2, "alpha", 1) != 1:
-            raise _Unsupported("add with alpha")
-        if params(x) is not None or params(other) is not None:
-            raise _Unsupported("add of a parameter")
-        return _Op(label, (x, other), node)
+    table = _METHODS if node.op == "call_method" else _function_converters()
+    try:
+        convert = table.get(node.target)
+    except TypeError:  # an unhashable target is in no table
+        convert = None
+    if convert is not None:
+        return convert(node, label, params)
     if _is_aux(node):
         return None
     raise _Unsupported()
+
+
+def _unary(node: Any, label: str, build: Build, **kw: Any) -> _Op:
+    """The op of a node computing ``build`` of its first argument."""
+    return _Op(label, (node.args[0] if node.args else None,), node, build, **kw)
+
+
+def _activation(kind: str) -> _CallOp:
+    return lambda node, label, params: _unary(
+        node, label, _const([Activation(kind)]), elementwise=True
+    )
+
+
+def _call_identity(node: Any, label: str, params: _Params) -> _Op:
+    return _unary(node, label, _const([]), elementwise=True)
+
+
+def _call_gelu(node: Any, label: str, params: _Params) -> _Op:
+    build, _ = _gelu(_arg(node, 1, "approximate", "none"))
+    return _unary(node, label, build, elementwise=True)
+
+
+def _call_leaky_relu(node: Any, label: str, params: _Params) -> _Op:
+    slope = float(_arg(node, 1, "negative_slope", 0.01))
+    return _unary(node, label, _const([Activation("leaky_relu", slope)]), elementwise=True)
+
+
+def _method_softmax(node: Any, label: str, params: _Params) -> _Op:
+    return _unary(node, label, _softmax_build(_arg(node, 1, "dim")))
+
+
+def _call_softmax(node: Any, label: str, params: _Params) -> _Op:
+    """F.softmax(x, dim, _stacklevel, dtype) and torch.softmax(x, dim, dtype)."""
+    import torch.nn.functional as F
+
+    if _arg(node, 3 if node.target is F.softmax else 2, "dtype") is not None:
+        raise _Unsupported("with dtype")
+    return _unary(node, label, _softmax_build(_arg(node, 1, "dim")))
+
+
+def _call_flatten(node: Any, label: str, params: _Params) -> _Op:
+    s, e = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
+    return _unary(node, label, lambda shape: _flatten_dims(shape, s, e))
+
+
+def _method_reshape(node: Any, label: str, params: _Params) -> _Op:
+    """x.view(*dims), x.view(dims), x.reshape(...) and the ``size=`` keyword."""
+    dims = node.args[1:]
+    if len(dims) == 1 and isinstance(dims[0], Sequence):
+        dims = dims[0]
+    build, aux = _torch_reshape(node, dims or node.kwargs.get("size"))
+    return _unary(node, label, build, aux=aux)
+
+
+def _call_reshape(node: Any, label: str, params: _Params) -> _Op:
+    build, aux = _torch_reshape(node, _arg(node, 1, "shape"))
+    return _unary(node, label, build, aux=aux)
+
+
+def _method_add(node: Any, label: str, params: _Params) -> _Op:
+    """x.add(y) and x.add_(y) of two values: a residual add."""
+    from torch.fx import Node
+
+    if not isinstance(_arg(node, 1, "other"), Node):
+        raise _Unsupported()  # x.add(constant): not a shape query either
+    if _arg(node, 2, "alpha", 1) != 1:
+        raise _Unsupported("add with alpha")
+    return _Op(label, (node.args[0], node.args[1]), node)
+
+
+def _call_add(node: Any, label: str, params: _Params) -> _Op:
+    """x + y, x += y and torch.add(x, y) of two computed values: a residual add."""
+    from torch.fx import Node
+
+    x = node.args[0] if node.args else None
+    other = _arg(node, 1, "other")
+    if not (isinstance(x, Node) and isinstance(other, Node)):
+        raise _Unsupported("add of a constant")
+    if _arg(node, 2, "alpha", 1) != 1:
+        raise _Unsupported("add with alpha")
+    if params(x) is not None or params(other) is not None:
+        raise _Unsupported("add of a parameter")
+    return _Op(label, (x, other), node)
+
+
+def _call_dropout(node: Any, label: str, params: _Params) -> _Op:
+    return _unary(node, label, _dropout(node), elementwise=True)
+
+
+def _call_batch_norm(node: Any, label: str, params: _Params) -> _Op:
+    return _unary(node, label, _batch_norm(node, params))
+
+
+def _call_pool(node: Any, label: str, params: _Params) -> _Op:
+    """F.max_pool2d and F.avg_pool2d without the options the IR lacks."""
+    import torch.nn.functional as F
+
+    kind = "max" if node.target is F.max_pool2d else "avg"
+    k = _pair(_arg(node, 1, "kernel_size"))
+    st = _arg(node, 2, "stride")
+    st = _pair(st) if st else k
+    pad = _pair(_arg(node, 3, "padding", 0))
+    if kind == "max":
+        dil = _pair(_arg(node, 4, "dilation", 1))
+        bad = (
+            dil != (1, 1)
+            or _arg(node, 5, "ceil_mode", False)
+            or _arg(node, 6, "return_indices", False)
+        )
+    else:
+        bad = (_arg(node, 4, "ceil_mode", False) or _arg(node, 6, "divisor_override")
+               or (not _arg(node, 5, "count_include_pad", True) and any(pad)))  # fmt: skip
+    if bad:
+        raise _Unsupported("options")
+    return _unary(node, label, _const([Pool2d(kind, k, st, pad)]))
+
+
+def _call_linear(node: Any, label: str, params: _Params) -> _Op:
+    w = params(_arg(node, 1, "weight"))
+    if w is None:
+        raise _Unsupported("weight is not a parameter")
+    b = params(_arg(node, 2, "bias"))
+    return _unary(node, label, _const([Dense(w, b)]), hint=(int(w.shape[1]),))
+
+
+def _call_conv2d(node: Any, label: str, params: _Params) -> _Op:
+    w = params(_arg(node, 1, "weight"))
+    pad = _arg(node, 4, "padding", 0)
+    if w is None or isinstance(pad, str):
+        raise _Unsupported("weight is not a parameter, or string padding")
+    conv = Conv2d(w, params(_arg(node, 2, "bias")), _pair(_arg(node, 3, "stride", 1)),
+                  _pair(pad), _pair(_arg(node, 5, "dilation", 1)),
+                  int(_arg(node, 6, "groups", 1)))  # fmt: skip
+    return _unary(node, label, _const([conv]))
+
+
+# in-place forms too: torch_alias redirects later reads of the written value to the write
+# and refuses reads of other views of the overwritten storage
+_METHODS: dict[Any, _CallOp] = {
+    **{m: _activation(kind) for m, kind in _ACTIVATION_METHODS.items()},
+    **dict.fromkeys(("contiguous", "clone", "detach"), _call_identity),
+    "softmax": _method_softmax,
+    "flatten": _call_flatten,
+    "view": _method_reshape,
+    "reshape": _method_reshape,
+    "add": _method_add,
+    "add_": _method_add,
+}
+
+
+@functools.cache
+def _function_converters() -> dict[Any, _CallOp]:
+    """call_function targets (torch imported lazily); no target is in two groups."""
+    import torch
+    import torch.nn.functional as F
+
+    dropouts = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+                F.feature_alpha_dropout, torch.dropout)  # fmt: skip
+    groups: list[tuple[tuple[Any, ...], _CallOp]] = [
+        ((F.relu, torch.relu, torch.relu_, F.relu_), _activation("relu")),
+        ((torch.tanh, F.tanh, torch.tanh_), _activation("tanh")),
+        ((torch.sigmoid, F.sigmoid, torch.sigmoid_), _activation("sigmoid")),
+        ((F.gelu,), _call_gelu),
+        ((F.leaky_relu, F.leaky_relu_), _call_leaky_relu),
+        ((F.softmax, torch.softmax), _call_softmax),
+        ((torch.flatten,), _call_flatten),
+        ((torch.reshape,), _call_reshape),
+        (dropouts, _call_dropout),
+        ((F.batch_norm,), _call_batch_norm),
+        ((F.max_pool2d, F.avg_pool2d), _call_pool),
+        ((F.linear,), _call_linear),
+        ((F.conv2d,), _call_conv2d),
+        ((operator.add, operator.iadd, torch.add), _call_add),
+    ]
+    return {target: convert for targets, convert in groups for target in targets}
 
 
 def _arg_nodes(n: Any) -> list[Any]:
@@ -436,25 +583,57 @@ def from_torch(
     """
     try:
         import torch
-        import torch.fx as fx
     except ImportError:
         raise SpecError("from_torch needs PyTorch (pip install torch)") from None
     if not isinstance(module, torch.nn.Module):
         raise SpecError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     name = name or type(module).__name__
+    gm = _traced(module, name)
+    nodes = list(gm.graph.nodes)
+    inp, out = _graph_io(nodes, name)
+    ops, unsupported = _convert_nodes(gm, nodes)
+    # reads of values that an in-place op overwrote read the write's result
+    sub = {} if unsupported else resolve_writes(gm, nodes, lambda n: _fx_label(gm, n), _is_aux)
+    for op in ops:
+        op.inputs = tuple(sub.get((op.output, v), v) for v in op.inputs)
+        op.aux = tuple((k, sub.get((k, v), v)) for k, v in op.aux)
+    graph = _Graph(ops, inp, sub.get((out, out.args[0]), out.args[0]), _uses(nodes, sub))
+    for op in ops if not unsupported else []:  # data inputs: the input or converted ops
+        for v in op.inputs:
+            if v not in graph.pos:
+                raise SpecError(f"{op.name}: reads {v}, which is not computed from the input")
+    model = _to_model(graph, unsupported, input_shape, name)
+    if check:
+        check_against_torch(module, model, name)
+    return model
+
+
+def _traced(module: torch.nn.Module, name: str) -> Any:
+    """The fx graph module of ``module`` in eval mode; a SpecError if tracing fails."""
     try:
-        gm = _trace_eval(module)
+        return _trace_eval(module)
     except Exception as exc:  # tracing failures have many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"cannot trace {name} with torch.fx: {first}") from None
 
-    nodes = list(gm.graph.nodes)
+
+def _graph_io(nodes: list[Any], name: str) -> tuple[Any, Any]:
+    """The one placeholder and the output node, which must return one tensor."""
+    import torch.fx as fx
+
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise SpecError(f"{name}: expected one input, the traced graph has {len(placeholders)}")
     out = next(n for n in nodes if n.op == "output")
     if not isinstance(out.args[0], fx.Node):
         raise SpecError(f"{name}: expected one output tensor")
+    return placeholders[0], out
+
+
+def _param_reader(gm: Any) -> _Params:
+    """The float64 value of the module tensor a get_attr node reads, else None."""
+    import torch
+    import torch.fx as fx
 
     def params(a: Any) -> Array | None:
         if isinstance(a, fx.Node) and a.op == "get_attr":
@@ -464,6 +643,12 @@ def from_torch(
             return _np(obj) if isinstance(obj, torch.Tensor) else None
         return None
 
+    return params
+
+
+def _convert_nodes(gm: Any, nodes: list[Any]) -> tuple[list[_Op], list[str]]:
+    """The ops of the call nodes in order, and an entry for each that does not convert."""
+    params = _param_reader(gm)
     ops: list[_Op] = []
     unsupported: list[str] = []
     for n in nodes:
@@ -480,19 +665,4 @@ def from_torch(
                     ops.append(op)
         except _Unsupported as exc:
             unsupported.append(_entry(label, exc))
-
-    # reads of values that an in-place op overwrote read the write's result
-    sub = {} if unsupported else resolve_writes(gm, nodes, lambda n: _fx_label(gm, n), _is_aux)
-    for op in ops:
-        op.inputs = tuple(sub.get((op.output, v), v) for v in op.inputs)
-        op.aux = tuple((k, sub.get((k, v), v)) for k, v in op.aux)
-    graph = _Graph(ops, placeholders[0], sub.get((out, out.args[0]), out.args[0]),
-                   _uses(nodes, sub))  # fmt: skip
-    for op in ops if not unsupported else []:  # data inputs: the input or converted ops
-        for v in op.inputs:
-            if v not in graph.pos:
-                raise SpecError(f"{op.name}: reads {v}, which is not computed from the input")
-    model = _to_model(graph, unsupported, input_shape, name)
-    if check:
-        check_against_torch(module, model, name)
-    return model
+    return ops, unsupported

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -107,64 +108,32 @@ class _OnnxConverter:
     def fold_node(
         self, n: onnx.NodeProto, static: dict[str, list[int | None]]
     ) -> tuple[npt.NDArray[np.object_], frozenset[tuple[Hashable, str]]]:
-        t, a = n.op_type, _attrs(n)
-        if t == "Shape":
-            dims = static.get(n.input[0])
-            start, end = int(a.get("start", 0)), a.get("end")
-            if dims is None or n.input[0] in self.consts:
-                raise _Unsupported("unknown shape")
-            full: list[int | str | None] = ["N", *dims[1:]]
-            full = full[start : None if end is None else int(end)]
-            if any(d is None for d in full):
-                raise _Unsupported("unknown shape")
-            return np.asarray(full, dtype=object), frozenset({(id(n), n.input[0])})
+        """The value of shape-arithmetic node ``n`` ("N" for the batch size) and the
+        Shape reads it depends on; raises _Unsupported where it does not fold."""
+        a = _attrs(n)
+        if n.op_type == "Shape":
+            return self.fold_shape(n, a, static)
         args = [self.sym(i) if i else None for i in n.input]
         reads = frozenset().union(*(self.shape_reads.get(i, frozenset()) for i in n.input))
-        x = args[0]
-        assert x is not None
-        if t in ("Cast", "Identity"):
-            return x, reads
-        if t == "Gather":
-            idx = args[1]
-            if int(a.get("axis", 0)) != 0 or idx is None:
-                raise _Unsupported("gather axis")
-            return np.asarray(x[idx.astype(np.int64)], dtype=object), reads
-        if t in ("Unsqueeze", "Squeeze"):
-            axes_arg = args[1] if len(args) > 1 else None
-            axes = a.get("axes") if axes_arg is None else [int(v) for v in axes_arg.reshape(-1)]
-            if t == "Unsqueeze":
-                for ax in sorted(int(v) for v in axes or []):
-                    x = np.expand_dims(x, ax)
-                return np.asarray(x, dtype=object), reads
-            return np.asarray(np.squeeze(x, None if not axes else tuple(axes)), dtype=object), reads
-        if t == "Concat":
-            parts = [np.atleast_1d(v) for v in args if v is not None]
-            return np.concatenate(parts, axis=int(a.get("axis", 0))), reads
-        if t in _ARITH:
-            y = args[1]
-            if y is None or any(isinstance(v, str) for v in (*x.reshape(-1), *y.reshape(-1))):
-                raise _Unsupported("arithmetic on the batch size")
-            if t == "Mod" and int(a.get("fmod", 0)):
-                raise _Unsupported("fmod")
-            return np.asarray(np.frompyfunc(_ARITH[t], 2, 1)(x, y), dtype=object), reads
-        if t == "Reshape":
-            y = args[1]
-            assert y is not None
-            new = [int(d) for d in y.reshape(-1)]
-            if not int(a.get("allowzero", 0)):
-                new = [int(x.shape[i]) if d == 0 else d for i, d in enumerate(new)]
-            return np.reshape(x, tuple(new)), reads
-        if t == "Slice":
-            if x.ndim != 1:
-                raise _Unsupported("slice rank")
-            starts, ends = args[1], args[2]
-            steps = args[4] if len(args) > 4 and args[4] is not None else None
-            assert starts is not None and ends is not None
-            sl = slice(
-                int(starts[0]), int(min(ends[0], 2**62)), None if steps is None else int(steps[0])
-            )
-            return np.asarray(x[sl], dtype=object), reads
-        raise _Unsupported()
+        assert args[0] is not None
+        folder = _FOLDERS.get(n.op_type)
+        if folder is None:
+            raise _Unsupported()
+        return folder(args, a, n.op_type), reads
+
+    def fold_shape(
+        self, n: onnx.NodeProto, a: dict[str, Any], static: dict[str, list[int | None]]
+    ) -> tuple[npt.NDArray[np.object_], frozenset[tuple[Hashable, str]]]:
+        """Shape: the statically inferred dims, the batch dim as "N"."""
+        dims = static.get(n.input[0])
+        start, end = int(a.get("start", 0)), a.get("end")
+        if dims is None or n.input[0] in self.consts:
+            raise _Unsupported("unknown shape")
+        full: list[int | str | None] = ["N", *dims[1:]]
+        full = full[start : None if end is None else int(end)]
+        if any(d is None for d in full):
+            raise _Unsupported("unknown shape")
+        return np.asarray(full, dtype=object), frozenset({(id(n), n.input[0])})
 
     def label(self, n: onnx.NodeProto) -> str:
         return f"{n.op_type} {(n.name or n.output[0])!r}"
@@ -227,168 +196,199 @@ class _OnnxConverter:
             return None
         return x, [pre, erf, add, mul, half]
 
-    # -- one node -----------------------------------------------------------------------------
+    # -- one node: the table _CONVERTERS (below the class) maps op type to method -------------
     def convert(self, n: onnx.NodeProto, fused: dict[int, str]) -> _Op:
-        t, a, label = n.op_type, _attrs(n), self.label(n)
+        """The op of node ``n``; raises _Unsupported (collected by :meth:`to_model`, which
+        reports every unsupported node of the graph at once)."""
+        a, label = _attrs(n), self.label(n)
         x = n.input[0] if n.input else ""
-        one, out = (x,), n.output[0]
         if n.domain not in ("", "ai.onnx"):
             raise _Unsupported(f"domain {n.domain}")
         if x in self.consts:
             raise _Unsupported("on a constant")
-        if t in ("Relu", "Tanh", "Sigmoid"):
-            return _Op(label, one, out, _const([Activation(t.lower())]), elementwise=True)
-        if t == "LeakyRelu":
-            layer = Activation("leaky_relu", float(a.get("alpha", 0.01)))
-            return _Op(label, one, out, _const([layer]), elementwise=True)
-        if t == "Gelu":
-            approx = a.get("approximate", b"none")
-            approx = approx.decode() if isinstance(approx, bytes) else str(approx)
-            build, _ = _gelu(approx)
-            return _Op(label, one, out, build, elementwise=True)
-        if t in ("Identity", "Dropout"):
-            if t == "Dropout":
-                if len(n.output) > 1 and n.output[1] and self.readers.get(n.output[1]):
-                    raise _Unsupported("mask output used")
-                if self.opset < 7 and not a.get("is_test", 0):  # opsets 1-6: training default
-                    raise _Unsupported("is_test=0 drops at random")
-                mode = self.const(n, 2)
-                if mode is not None and mode.reshape(-1)[0]:
-                    raise _Unsupported("training_mode")
-                ratio = self.const(n, 1)
-                p = float(ratio.reshape(-1)[0]) if ratio is not None else float(a.get("ratio", 0.5))
-                return _Op(label, one, out, _const([Dropout(p)]), elementwise=True)
-            return _Op(label, one, out, _const([]), elementwise=True)
-        if t == "Softmax":
-            axis = int(a.get("axis", -1 if self.opset >= 13 else 1))
-            return _Op(label, one, out, _softmax_build(axis))
-        if t == "Gemm":
-            if a.get("transA", 0):
-                raise _Unsupported("transA=1")
-            b = self.need(n, 1)
-            w = b if a.get("transB", 0) else b.T
-            alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-            if alpha != 1.0:
-                if not _is_pow2(alpha):
-                    raise _Unsupported(
-                        f"alpha={alpha:g}: only 1 or a power of two, which folds "
-                        "exactly into the weights)"
-                    )
-                w = w * alpha
-            c = self.const(n, 2)
-            bias = None if c is None else self.bias(beta * c, w.shape[0])
-            return _Op(label, one, out, _const([Dense(np.array(w), bias)]),
-                       hint=(int(w.shape[1]),))  # fmt: skip
-        if t == "MatMul":
-            b = self.need(n, 1)
-            if b.ndim != 2:
-                raise _Unsupported(f"{b.ndim}-D weight")
-            w = np.array(b.T)
-            bias = None
-            add = self.only_reader(out)
-            other = self.data_other(add, out) if add is not None and add.op_type == "Add" else None
-            if add is not None and other is not None and other in self.consts:
-                bias = self.bias(self.consts[other], w.shape[0])
-                fused[id(add)] = label
-                out = add.output[0]
-                label = f"{label} + Add {(add.name or add.output[0])!r}"
-            return _Op(label, one, out, _const([Dense(w, bias)]), hint=(int(w.shape[1]),))
-        if t == "Add":
-            if len(n.input) == 2 and all(i not in self.consts for i in n.input):
-                return _Op(label, (n.input[0], n.input[1]), out)
-            raise _Unsupported("add of a constant")
-        if t == "Conv":
-            w = self.need(n, 1)
-            if w.ndim != 4:
-                raise _Unsupported(f"{w.ndim - 2}-D convolution")
-            bias, group = self.const(n, 2), int(a.get("group", 1))
-            stride, dil = _pair(a.get("strides", 1)), _pair(a.get("dilations", 1))
-            k = (int(w.shape[2]), int(w.shape[3]))
-            pads = self.pads(a)
+        converter = _CONVERTERS.get(n.op_type)
+        if converter is None:
+            raise _Unsupported()
+        return converter(self, n, _Site(a, label, (x,), n.output[0], fused))
 
-            def conv(shape: Shape) -> list[Layer]:
-                p = _same_pads(shape, k, stride, dil) if pads is None else pads
-                return [Conv2d(w, bias, stride, p, dil, group)]
+    def op_activation(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        return _Op(s.label, s.one, s.out, _const([Activation(n.op_type.lower())]), elementwise=True)
 
-            return _Op(label, one, out, conv)
-        if t in ("MaxPool", "AveragePool"):
-            if a.get("ceil_mode", 0) or _pair(a.get("dilations", 1)) != (1, 1):
-                raise _Unsupported("ceil_mode or dilations")
-            if len(n.output) > 1 and n.output[1] and self.readers.get(n.output[1]):
-                raise _Unsupported("indices output")
-            if "kernel_shape" not in a:
-                raise _Unsupported("no kernel_shape")
-            kind = "max" if t == "MaxPool" else "avg"
-            k, stride = _pair(a["kernel_shape"]), _pair(a.get("strides", 1))
-            pads = self.pads(a)
-            exclude = kind == "avg" and not a.get("count_include_pad", 0)
-            if exclude and pads is not None and any(pads):
-                raise _Unsupported("count_include_pad=0 with padding")
+    def op_leaky_relu(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        layer = Activation("leaky_relu", float(s.attrs.get("alpha", 0.01)))
+        return _Op(s.label, s.one, s.out, _const([layer]), elementwise=True)
 
-            def pool(shape: Shape) -> list[Layer]:
-                p = _same_pads(shape, k, stride, (1, 1)) if pads is None else pads
-                if exclude and any(p):
-                    raise SpecError("count_include_pad=0 with padding is not supported")
-                return [Pool2d(kind, k, stride, p)]
+    def op_gelu(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        approx = s.attrs.get("approximate", b"none")
+        approx = approx.decode() if isinstance(approx, bytes) else str(approx)
+        build, _ = _gelu(approx)
+        return _Op(s.label, s.one, s.out, build, elementwise=True)
 
-            return _Op(label, one, out, pool)
-        if t == "Flatten":
-            axis = int(a.get("axis", 1))
+    def op_identity(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        return _Op(s.label, s.one, s.out, _const([]), elementwise=True)
 
-            def flatten(shape: Shape) -> list[Layer]:
-                if axis not in (1, -len(shape)):
-                    raise SpecError(f"flatten axis {axis} (only 1)")
-                return _flatten_layers(shape, (math.prod(shape),))
+    def op_dropout(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """The identity in inference; refused where it would drop at random."""
+        a = s.attrs
+        if len(n.output) > 1 and n.output[1] and self.readers.get(n.output[1]):
+            raise _Unsupported("mask output used")
+        if self.opset < 7 and not a.get("is_test", 0):  # opsets 1-6: training default
+            raise _Unsupported("is_test=0 drops at random")
+        mode = self.const(n, 2)
+        if mode is not None and mode.reshape(-1)[0]:
+            raise _Unsupported("training_mode")
+        ratio = self.const(n, 1)
+        p = float(ratio.reshape(-1)[0]) if ratio is not None else float(a.get("ratio", 0.5))
+        return _Op(s.label, s.one, s.out, _const([Dropout(p)]), elementwise=True)
 
-            return _Op(label, one, out, flatten)
-        if t == "Reshape":
-            if len(n.input) < 2 or n.input[1] not in self.symbolic:
-                self.need(n, 1)
-                if n.input[1] not in self.ints:
-                    raise _Unsupported("target shape is not an integer tensor")
-                target = [int(d) for d in self.ints[n.input[1]].reshape(-1)]
-                aux: tuple[tuple[Hashable, Hashable], ...] = ()
-            else:
-                sym = list(self.symbolic[n.input[1]].reshape(-1))
-                if any(isinstance(d, str) for d in sym[1:]) or sym[0] != "N":
-                    raise _Unsupported("target shape uses the batch size other than as dim 0")
-                target = [-2] + [int(d) for d in sym[1:]]
-                aux = tuple(self.shape_reads[n.input[1]])
-            allowzero = int(a.get("allowzero", 0))
-            return _Op(label, one, out, self.reshape(target, allowzero), aux=aux)
-        if t == "BatchNormalization":
-            # training mode normalises by batch statistics: training_mode=1 (opset 14+),
-            # the running-statistics outputs (opsets 7-13) or is_test=0 (opsets 1-6)
-            if (
-                a.get("training_mode", 0)
-                or any(n.output[1:])
-                or (self.opset < 7 and not a.get("is_test", 0))
-            ):
-                raise _Unsupported("training mode")
-            if not a.get("spatial", 1):
-                raise _Unsupported("spatial=0 (per-activation statistics)")
-            bn = BatchNorm(self.need(n, 3), self.need(n, 4), self.need(n, 1), self.need(n, 2),
-                           float(a.get("epsilon", 1e-5)))  # fmt: skip
-            return _Op(label, one, out, _const([bn]))
-        if t == "LayerNormalization":
-            axis = int(a.get("axis", -1))
-            scale, bias = self.need(n, 1), self.const(n, 2)
-            eps = float(a.get("epsilon", 1e-5))
-            if any(o and self.readers.get(o) for o in n.output[1:]):
-                raise _Unsupported("mean/inv_std_dev outputs used")
+    def op_softmax(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        axis = int(s.attrs.get("axis", -1 if self.opset >= 13 else 1))
+        return _Op(s.label, s.one, s.out, _softmax_build(axis))
 
-            def layernorm(shape: Shape) -> list[Layer]:
-                nd = len(shape) + 1
-                ax = axis + nd if axis < 0 else axis
-                if not 1 <= ax < nd:
-                    raise SpecError(f"layer norm over axis {axis} of inputs {list(shape)}")
-                ns = shape[ax - 1 :]
-                w = np.broadcast_to(scale, ns).copy()
-                b = None if bias is None else np.broadcast_to(bias, ns).copy()
-                return [LayerNorm(ns, w, b, eps)]
+    def op_gemm(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """alpha * x B' + beta * C: alpha folds into the weights only if it is a power of
+        two (scaling by 2^k is exact barring over/underflow)."""
+        a = s.attrs
+        if a.get("transA", 0):
+            raise _Unsupported("transA=1")
+        b = self.need(n, 1)
+        w = b if a.get("transB", 0) else b.T
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        if alpha != 1.0:
+            if not _is_pow2(alpha):
+                raise _Unsupported(
+                    f"alpha={alpha:g}: only 1 or a power of two, which folds "
+                    "exactly into the weights"
+                )
+            w = w * alpha
+        c = self.const(n, 2)
+        bias = None if c is None else self.bias(beta * c, w.shape[0])
+        return _Op(s.label, s.one, s.out, _const([Dense(np.array(w), bias)]),
+                   hint=(int(w.shape[1]),))  # fmt: skip
 
-            return _Op(label, one, out, layernorm)
-        raise _Unsupported()
+    def op_matmul(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """x W, with an Add of a constant that only reads it fused in as the bias."""
+        b = self.need(n, 1)
+        if b.ndim != 2:
+            raise _Unsupported(f"{b.ndim}-D weight")
+        w = np.array(b.T)
+        bias = None
+        label, out = s.label, s.out
+        add = self.only_reader(out)
+        other = self.data_other(add, out) if add is not None and add.op_type == "Add" else None
+        if add is not None and other is not None and other in self.consts:
+            bias = self.bias(self.consts[other], w.shape[0])
+            s.fused[id(add)] = label
+            out = add.output[0]
+            label = f"{label} + Add {(add.name or add.output[0])!r}"
+        return _Op(label, s.one, out, _const([Dense(w, bias)]), hint=(int(w.shape[1]),))
+
+    def op_add(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        if len(n.input) == 2 and all(i not in self.consts for i in n.input):
+            return _Op(s.label, (n.input[0], n.input[1]), s.out)
+        raise _Unsupported("add of a constant")
+
+    def op_conv(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        a = s.attrs
+        w = self.need(n, 1)
+        if w.ndim != 4:
+            raise _Unsupported(f"{w.ndim - 2}-D convolution")
+        bias, group = self.const(n, 2), int(a.get("group", 1))
+        stride, dil = _pair(a.get("strides", 1)), _pair(a.get("dilations", 1))
+        k = (int(w.shape[2]), int(w.shape[3]))
+        pads = self.pads(a)
+
+        def conv(shape: Shape) -> list[Layer]:
+            p = _same_pads(shape, k, stride, dil) if pads is None else pads
+            return [Conv2d(w, bias, stride, p, dil, group)]
+
+        return _Op(s.label, s.one, s.out, conv)
+
+    def op_pool(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """MaxPool and AveragePool."""
+        a = s.attrs
+        if a.get("ceil_mode", 0) or _pair(a.get("dilations", 1)) != (1, 1):
+            raise _Unsupported("ceil_mode or dilations")
+        if len(n.output) > 1 and n.output[1] and self.readers.get(n.output[1]):
+            raise _Unsupported("indices output")
+        if "kernel_shape" not in a:
+            raise _Unsupported("no kernel_shape")
+        kind = "max" if n.op_type == "MaxPool" else "avg"
+        k, stride = _pair(a["kernel_shape"]), _pair(a.get("strides", 1))
+        pads = self.pads(a)
+        exclude = kind == "avg" and not a.get("count_include_pad", 0)
+        if exclude and pads is not None and any(pads):
+            raise _Unsupported("count_include_pad=0 with padding")
+
+        def pool(shape: Shape) -> list[Layer]:
+            p = _same_pads(shape, k, stride, (1, 1)) if pads is None else pads
+            if exclude and any(p):
+                raise SpecError("count_include_pad=0 with padding is not supported")
+            return [Pool2d(kind, k, stride, p)]
+
+        return _Op(s.label, s.one, s.out, pool)
+
+    def op_flatten(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        axis = int(s.attrs.get("axis", 1))
+
+        def flatten(shape: Shape) -> list[Layer]:
+            if axis not in (1, -len(shape)):
+                raise SpecError(f"flatten axis {axis} (only 1)")
+            return _flatten_layers(shape, (math.prod(shape),))
+
+        return _Op(s.label, s.one, s.out, flatten)
+
+    def op_reshape(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """Reshape to a constant shape, or to [N, ...] with N read from x.size(0)."""
+        if len(n.input) < 2 or n.input[1] not in self.symbolic:
+            self.need(n, 1)
+            if n.input[1] not in self.ints:
+                raise _Unsupported("target shape is not an integer tensor")
+            target = [int(d) for d in self.ints[n.input[1]].reshape(-1)]
+            aux: tuple[tuple[Hashable, Hashable], ...] = ()
+        else:
+            sym = list(self.symbolic[n.input[1]].reshape(-1))
+            if any(isinstance(d, str) for d in sym[1:]) or sym[0] != "N":
+                raise _Unsupported("target shape uses the batch size other than as dim 0")
+            target = [-2] + [int(d) for d in sym[1:]]
+            aux = tuple(self.shape_reads[n.input[1]])
+        allowzero = int(s.attrs.get("allowzero", 0))
+        return _Op(s.label, s.one, s.out, self.reshape(target, allowzero), aux=aux)
+
+    def op_batch_norm(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        a = s.attrs
+        # training mode normalises by batch statistics: training_mode=1 (opset 14+),
+        # the running-statistics outputs (opsets 7-13) or is_test=0 (opsets 1-6)
+        if (
+            a.get("training_mode", 0)
+            or any(n.output[1:])
+            or (self.opset < 7 and not a.get("is_test", 0))
+        ):
+            raise _Unsupported("training mode")
+        if not a.get("spatial", 1):
+            raise _Unsupported("spatial=0 (per-activation statistics)")
+        bn = BatchNorm(self.need(n, 3), self.need(n, 4), self.need(n, 1), self.need(n, 2),
+                       float(a.get("epsilon", 1e-5)))  # fmt: skip
+        return _Op(s.label, s.one, s.out, _const([bn]))
+
+    def op_layer_norm(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        axis = int(s.attrs.get("axis", -1))
+        scale, bias = self.need(n, 1), self.const(n, 2)
+        eps = float(s.attrs.get("epsilon", 1e-5))
+        if any(o and self.readers.get(o) for o in n.output[1:]):
+            raise _Unsupported("mean/inv_std_dev outputs used")
+
+        def layernorm(shape: Shape) -> list[Layer]:
+            nd = len(shape) + 1
+            ax = axis + nd if axis < 0 else axis
+            if not 1 <= ax < nd:
+                raise SpecError(f"layer norm over axis {axis} of inputs {list(shape)}")
+            ns = shape[ax - 1 :]
+            w = np.broadcast_to(scale, ns).copy()
+            b = None if bias is None else np.broadcast_to(bias, ns).copy()
+            return [LayerNorm(ns, w, b, eps)]
+
+        return _Op(s.label, s.one, s.out, layernorm)
 
     def bias(self, c: Array, n_out: int) -> Array:
         if c.size == 1:
@@ -436,6 +436,23 @@ class _OnnxConverter:
         return build
 
     def to_model(self, input_shape: Sequence[int] | None, name: str) -> Model:
+        inp, input_shape = self.graph_input(input_shape, name)
+        skip: dict[int, str] = {}
+        gelu_ops = self.gelu_ops(skip)
+        ops, unsupported = self.convert_all(skip, gelu_ops)
+        graph = _Graph(ops, inp, self.graph.output[0].name, self.uses())
+        if not unsupported:
+            for op in ops:
+                for v in op.inputs:
+                    if v not in graph.pos:
+                        raise SpecError(f"{op.name}: reads {v!r}, not computed from the input")
+        return _to_model(graph, unsupported, input_shape, name)
+
+    def graph_input(
+        self, input_shape: Sequence[int] | None, name: str
+    ) -> tuple[str, Sequence[int]]:
+        """The one data input (its name, its shape without the batch dim); sets the
+        exported batch size, if static."""
         g = self.graph
         inits = {t.name for t in g.initializer}
         inputs = [i for i in g.input if i.name not in inits]
@@ -452,11 +469,12 @@ class _OnnxConverter:
             if len(dims) < 1 or not all(d.HasField("dim_value") for d in dims[1:]):
                 raise SpecError(f"{name}: input {inp.name!r} has no static shape; pass input_shape")
             input_shape = [int(d.dim_value) for d in dims[1:]]
+        return inp.name, input_shape
 
+    def gelu_ops(self, skip: dict[int, str]) -> dict[str, _Op]:
+        """The decomposed GELUs, keyed by their output; their nodes go into ``skip``."""
         ops: list[_Op] = []
-        unsupported: list[str] = []
-        skip: dict[int, str] = {}
-        for n in g.node:
+        for n in self.graph.node:
             if n.op_type == "Erf" and id(n) not in skip:
                 m = self.gelu_pattern(n)
                 if m is not None:
@@ -466,9 +484,15 @@ class _OnnxConverter:
                     ops.append(_Op(f"GELU {(n.name or n.output[0])!r}", (x,), parts[-1].output[0],
                                    _const([Activation("gelu")]), elementwise=True,
                                    aux=((parts[3].name or id(parts[3]), x),)))  # fmt: skip
-        gelu_ops = {op.output: op for op in ops}
-        ops = []
-        for n in g.node:
+        return {str(op.output): op for op in ops}
+
+    def convert_all(
+        self, skip: dict[int, str], gelu_ops: dict[str, _Op]
+    ) -> tuple[list[_Op], list[str]]:
+        """The ops in graph order, and an entry for every node that does not convert."""
+        ops: list[_Op] = []
+        unsupported: list[str] = []
+        for n in self.graph.node:
             if id(n) in self.folded_nodes or (
                 n.op_type == "Constant" and n.domain in ("", "ai.onnx")
             ):
@@ -481,7 +505,11 @@ class _OnnxConverter:
                 ops.append(self.convert(n, skip))
             except _Unsupported as exc:
                 unsupported.append(_entry(self.label(n), exc))
+        return ops, unsupported
 
+    def uses(self) -> Counter[Hashable]:
+        """Reads of each value: a folded Shape reads its input once, constants not at all."""
+        g = self.graph
         uses: Counter[Hashable] = Counter()
         for n in g.node:
             if id(n) in self.folded_nodes:
@@ -489,10 +517,122 @@ class _OnnxConverter:
             elif not (n.op_type == "Constant" and n.domain in ("", "ai.onnx")):
                 uses.update(i for i in n.input if i and i not in self.consts)
         uses.update(o.name for o in g.output)
-        graph = _Graph(ops, inp.name, g.output[0].name, uses)
-        if not unsupported:
-            for op in ops:
-                for v in op.inputs:
-                    if v not in graph.pos:
-                        raise SpecError(f"{op.name}: reads {v!r}, not computed from the input")
-        return _to_model(graph, unsupported, input_shape, name)
+        return uses
+
+
+@dataclass(frozen=True)
+class _Site:
+    """What an op converter reads besides the node: its attributes, its name in
+    messages, its data input and output, and ``fused`` (Add nodes fused into an
+    earlier MatMul, which that MatMul's converter records)."""
+
+    attrs: dict[str, Any]
+    label: str
+    one: tuple[str]
+    out: str
+    fused: dict[int, str]
+
+
+# The registry keyed by op type (as in the ONNX reference implementation): a type not in
+# it is unsupported, and to_model lists every such node of the graph in one error.
+_CONVERTERS: dict[str, Callable[[_OnnxConverter, onnx.NodeProto, _Site], _Op]] = {
+    "Relu": _OnnxConverter.op_activation,
+    "Tanh": _OnnxConverter.op_activation,
+    "Sigmoid": _OnnxConverter.op_activation,
+    "LeakyRelu": _OnnxConverter.op_leaky_relu,
+    "Gelu": _OnnxConverter.op_gelu,
+    "Identity": _OnnxConverter.op_identity,
+    "Dropout": _OnnxConverter.op_dropout,
+    "Softmax": _OnnxConverter.op_softmax,
+    "Gemm": _OnnxConverter.op_gemm,
+    "MatMul": _OnnxConverter.op_matmul,
+    "Add": _OnnxConverter.op_add,
+    "Conv": _OnnxConverter.op_conv,
+    "MaxPool": _OnnxConverter.op_pool,
+    "AveragePool": _OnnxConverter.op_pool,
+    "Flatten": _OnnxConverter.op_flatten,
+    "Reshape": _OnnxConverter.op_reshape,
+    "BatchNormalization": _OnnxConverter.op_batch_norm,
+    "LayerNormalization": _OnnxConverter.op_layer_norm,
+}
+
+
+# -- folding of shape arithmetic: one function per op type, on object arrays ("N" the batch) --
+_Sym = npt.NDArray[np.object_]
+
+
+def _fold_same(args: list[_Sym | None], a: dict[str, Any], t: str) -> _Sym:
+    """Cast and Identity."""
+    assert args[0] is not None
+    return args[0]
+
+
+def _fold_gather(args: list[_Sym | None], a: dict[str, Any], t: str) -> _Sym:
+    x, idx = args[0], args[1]
+    assert x is not None
+    if int(a.get("axis", 0)) != 0 or idx is None:
+        raise _Unsupported("gather axis")
+    return np.asarray(x[idx.astype(np.int64)], dtype=object)
+
+
+def _fold_squeeze(args: list[_Sym | None], a: dict[str, Any], t: str) -> _Sym:
+    """Unsqueeze and Squeeze; axes an attribute (opset < 13) or the second input."""
+    x = args[0]
+    assert x is not None
+    axes_arg = args[1] if len(args) > 1 else None
+    axes = a.get("axes") if axes_arg is None else [int(v) for v in axes_arg.reshape(-1)]
+    if t == "Unsqueeze":
+        for ax in sorted(int(v) for v in axes or []):
+            x = np.expand_dims(x, ax)
+        return np.asarray(x, dtype=object)
+    return np.asarray(np.squeeze(x, None if not axes else tuple(axes)), dtype=object)
+
+
+def _fold_concat(args: list[_Sym | None], a: dict[str, Any], t: str) -> _Sym:
+    parts = [np.atleast_1d(v) for v in args if v is not None]
+    return np.concatenate(parts, axis=int(a.get("axis", 0)))
+
+
+def _fold_arith(args: list[_Sym | None], a: dict[str, Any], t: str) -> _Sym:
+    """Integer Add/Sub/Mul/Div/Mod of constants; not of the batch size."""
+    x, y = args[0], args[1]
+    assert x is not None
+    if y is None or any(isinstance(v, str) for v in (*x.reshape(-1), *y.reshape(-1))):
+        raise _Unsupported("arithmetic on the batch size")
+    if t == "Mod" and int(a.get("fmod", 0)):
+        raise _Unsupported("fmod")
+    return np.asarray(np.frompyfunc(_ARITH[t], 2, 1)(x, y), dtype=object)
+
+
+def _fold_reshape(args: list[_Sym | None], a: dict[str, Any], t: str) -> _Sym:
+    x, y = args[0], args[1]
+    assert x is not None and y is not None
+    new = [int(d) for d in y.reshape(-1)]
+    if not int(a.get("allowzero", 0)):
+        new = [int(x.shape[i]) if d == 0 else d for i, d in enumerate(new)]
+    return np.reshape(x, tuple(new))
+
+
+def _fold_slice(args: list[_Sym | None], a: dict[str, Any], t: str) -> _Sym:
+    x = args[0]
+    assert x is not None
+    if x.ndim != 1:
+        raise _Unsupported("slice rank")
+    starts, ends = args[1], args[2]
+    steps = args[4] if len(args) > 4 and args[4] is not None else None
+    assert starts is not None and ends is not None
+    sl = slice(int(starts[0]), int(min(ends[0], 2**62)), None if steps is None else int(steps[0]))
+    return np.asarray(x[sl], dtype=object)
+
+
+_FOLDERS: dict[str, Callable[[list[_Sym | None], dict[str, Any], str], _Sym]] = {
+    "Cast": _fold_same,
+    "Identity": _fold_same,
+    "Gather": _fold_gather,
+    "Unsqueeze": _fold_squeeze,
+    "Squeeze": _fold_squeeze,
+    "Concat": _fold_concat,
+    "Reshape": _fold_reshape,
+    "Slice": _fold_slice,
+    **{t: _fold_arith for t in _ARITH},
+}

@@ -146,9 +146,19 @@ def resolve_writes(
     ``nodes``: the fx nodes in program order; ``label``: how to name a node;
     ``shape_query``: nodes that read only a shape (``x.size(0)``), not values.
     """
-    pos = {n: i for i, n in enumerate(nodes)}
+    writes, latest, classes, sub = _track_writes(gm, nodes)
+    _refuse_stale_reads(nodes, writes, latest, classes, label, shape_query)
+    return sub
+
+
+def _track_writes(
+    gm: Any, nodes: list[Any]
+) -> tuple[list[tuple[Any, Any]], dict[Any, Any], _Classes, dict[tuple[Any, Any], Any]]:
+    """One pass in program order: the in-place writes ``(w, value it overwrote)``,
+    ``latest`` (value -> the write that overwrote it), the storage classes (views and
+    writes share their source's) and the redirected reads."""
     classes = _Classes()
-    latest: dict[Any, Any] = {}  # value -> the write that overwrote it
+    latest: dict[Any, Any] = {}
     sub: dict[tuple[Any, Any], Any] = {}
     writes: list[tuple[Any, Any]] = []
 
@@ -172,6 +182,20 @@ def resolve_writes(
             classes.union(u, target)
             latest[target] = u
             writes.append((u, target))
+    return writes, latest, classes, sub
+
+
+def _refuse_stale_reads(
+    nodes: list[Any],
+    writes: list[tuple[Any, Any]],
+    latest: dict[Any, Any],
+    classes: _Classes,
+    label: Callable[[Any], str],
+    shape_query: Callable[[Any], bool],
+) -> None:
+    """A SpecError for the first read, after a write ``w``, of a value that shares
+    ``w``'s storage but is not on ``w``'s chain of writes (so not redirected to it)."""
+    pos = {n: i for i, n in enumerate(nodes)}
 
     def path(a: Any) -> list[Any]:
         out = [a]
@@ -193,7 +217,6 @@ def resolve_writes(
                         f"which {_describe(u, label)} reads afterwards (torch then computes "
                         "with the overwritten value); use the out-of-place form"
                     )
-    return sub
 
 
 def _describe(n: Any, label: Callable[[Any], str]) -> str:
