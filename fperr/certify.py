@@ -13,8 +13,7 @@ of the exact output, and the exact output within R_ref of y.
 
 from __future__ import annotations
 
-import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,6 +101,13 @@ class CertifyResult:
         return np.asarray(np.argmax(self.y_low, axis=1) != self.reference_class)
 
     @property
+    def reference_limited(self) -> npt.NDArray[np.bool_]:
+        """Inputs that binary32 itself cannot settle: y_k - y_j <= 2 (R_ref,k + R_ref,j)
+        for some j != k, R_ref the reference run's radius.  Even a low run in the
+        reference arithmetic has M = 2 R_ref, so no low precision certifies these."""
+        return ~certified_sharp(self.y_ref, 2 * self.bounds.reference.radius)
+
+    @property
     def worst_layer_share(self) -> Array:
         """(L + 1,) median over inputs of each layer's share of max_k B_k."""
         b = self.bounds.bound
@@ -111,12 +117,29 @@ class CertifyResult:
         share = np.where(tot > 0, per / np.where(tot > 0, tot, 1), 0)
         return np.asarray(np.median(share, axis=0))
 
+    @property
+    def exact_layer(self) -> npt.NDArray[np.bool_]:
+        """(L + 1,) True for layers that do no arithmetic (relu, maxpool, reshape, ...):
+        their share of B is a remainder term of the enclosure (the slack of a
+        nonlinearity applied to errors made upstream), not a rounding they make."""
+        names = self.bounds.layer_names
+        return np.array([n.partition(":")[2] in _EXACT_LAYERS for n in names], dtype=bool)
+
+    def worst_layer(self) -> tuple[str, float]:
+        """The layer that rounds with the largest median share of the bound (the
+        input rounding counts; layers that do no arithmetic do not)."""
+        share = np.where(self.exact_layer, -np.inf, self.worst_layer_share)
+        if not np.isfinite(share).any():
+            share = self.worst_layer_share
+        worst = int(np.argmax(share))
+        return self.bounds.layer_names[worst], float(self.worst_layer_share[worst])
+
     # -- summary -----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         n = int(self.y_ref.shape[0])
         cert, simple, flips = self.certified, self.certified_simple, self.flipped
-        share = self.worst_layer_share
-        worst = int(np.argmax(share))
+        worst, worst_share = self.worst_layer()
+        ref_lim = ~cert & self.reference_limited
         out: dict[str, Any] = {
             "model": self.model_name,
             "low": self.bounds.low_arith.name,
@@ -135,9 +158,12 @@ class CertifyResult:
             "median_tolerance": float(np.median(self.tolerance)),
             "median_bound": float(np.median(self.margin.max(axis=1))),
             "median_observed_delta": float(np.median(self.observed_delta)),
-            "worst_layer": self.bounds.layer_names[worst],
-            "worst_layer_share": float(share[worst]),
+            "worst_layer": worst,
+            "worst_layer_share": worst_share,
+            "exact_layers_share": float(self.worst_layer_share[self.exact_layer].sum()),
             "uncertified": np.flatnonzero(~cert).tolist(),
+            "uncertified_reference_limited": np.flatnonzero(ref_lim).tolist(),
+            "uncertified_low_limited": np.flatnonzero(~cert & ~ref_lim).tolist(),
             "failure_probability": self.bounds.failure_probability,
         }
         if self.bounds.method == "probabilistic":
@@ -183,7 +209,7 @@ class CertifyResult:
             f"median tolerance {s['median_tolerance']:.4g}   median bound {s['median_bound']:.4g}"
             f"   median observed delta {s['median_observed_delta']:.4g}",
             f"worst layer      {s['worst_layer']}"
-            f" ({100 * s['worst_layer_share']:.0f}% of the bound)",
+            f" ({100 * s['worst_layer_share']:.0f}% of the bound)" + _exact_note(s),
         ]
         if "accuracy_reference" in s:
             lines.append(
@@ -191,13 +217,13 @@ class CertifyResult:
                 f" low {s['accuracy_low']:.4f}"
             )
         if s["method"] == "probabilistic":
-            lines.append(f"failure prob.    <= {s['failure_probability']:.2g} per input,"
+            lines.append(f"failure prob.    <= {s['failure_probability']:.2g} per input in total"
+                         " (1 - confidence; the low and the reference run get half each),"
                          " under the model of independent rounding errors")  # fmt: skip
             lines.append("NOTE             a model, not a certificate: rigorous only under"
                          " stochastic rounding (Connolly, Higham & Mary 2021)")  # fmt: skip
         if unc:
-            shown = ", ".join(map(str, unc[:20])) + (" ..." if len(unc) > 20 else "")
-            lines.append(f"uncertified      {shown}")
+            lines += _uncertified_lines(s)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -208,36 +234,43 @@ class CertifyResult:
         )
 
     def _repr_html_(self) -> str:
-        s = self.summary()
-        keys = ["model", "low", "reference", "method", "inputs", "certified", "certified_fraction",
-                "certified_simple", "observed_flips", "certified_flips", "median_tolerance",
-                "median_bound", "median_observed_delta", "worst_layer"]  # fmt: skip
-        rows = "".join(
-            f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(s[k]))}</td></tr>"
-            for k in keys
-        )
-        return f"<table><caption>fperr certificate</caption>{rows}</table>{self._plot_svg()}"
+        """Notebook view: accuracy, counts, formatted numbers, the uncertified inputs."""
+        from .certify_view import html_report
 
-    def _plot_svg(self) -> str:
-        """A small tolerance-vs-bound scatter (inline SVG, no matplotlib needed)."""
-        tol, b = self.tolerance, 2 * self.margin.max(axis=1)
-        pos = (tol > 0) & (b > 0) & np.isfinite(b)
-        if not pos.any():
-            return ""
-        lx, ly = np.log10(b[pos]), np.log10(tol[pos])
-        lo, hi = float(min(lx.min(), ly.min())), float(max(lx.max(), ly.max())) + 1e-9
-        sc = 180 / (hi - lo)
-        cert = self.certified[pos]
-        pts = "".join(
-            f"<circle cx='{10 + (x - lo) * sc:.1f}' cy='{190 - (y - lo) * sc:.1f}' r='1.5' "
-            f"fill='{'#3f90da' if c else '#e76300'}'/>"
-            for x, y, c in zip(lx, ly, cert, strict=True)
-        )
-        return (
-            "<svg width='200' height='200' style='border:1px solid #ccc'>"
-            "<line x1='10' y1='190' x2='190' y2='10' stroke='#999'/>"
-            f"{pts}<text x='12' y='14' font-size='9'>log Gamma vs log 2B</text></svg>"
-        )
+        return html_report(self)
+
+    def plot(self, first: int = 30) -> Any:
+        """A matplotlib Figure: tolerance vs bound per input, and each layer's share of
+        the bound (at most ``first`` layers shown).  Imports matplotlib on call."""
+        from .certify_view import plot
+
+        return plot(self, first)
+
+
+def _shown(indices: list[int], first: int = 20) -> str:
+    return ", ".join(map(str, indices[:first])) + (" ..." if len(indices) > first else "")
+
+
+def _exact_note(s: Mapping[str, Any]) -> str:
+    share = s["exact_layers_share"]
+    if share < 0.05:
+        return ""
+    return (f"; {100 * share:.0f}% sits in layers that do no arithmetic (the remainder of"
+            " nonlinearities applied to upstream errors)")  # fmt: skip
+
+
+def _uncertified_lines(s: Mapping[str, Any]) -> list[str]:
+    """Uncertified inputs, split by cause: binary32's own error bound already reaches the
+    margin (a near tie no low precision can certify) or the low-precision run."""
+    ref, low = s["uncertified_reference_limited"], s["uncertified_low_limited"]
+    lines = [f"uncertified      {len(ref) + len(low)}: {len(ref)} near ties that binary32 itself"
+             f" cannot settle (y_k - y_j <= 2 B_ref), {len(low)} because of the low-precision"
+             " run"]  # fmt: skip
+    if ref:
+        lines.append(f"  near ties      {_shown(ref)}")
+    if low:
+        lines.append(f"  low precision  {_shown(low)}")
+    return lines
 
 
 def certify(
@@ -251,18 +284,23 @@ def certify(
     confidence: float = 0.999,
     on: str = "logits",
     keep: Mapping[int, Emulated] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> CertifyResult:
     """Certify per input that the low-precision run predicts the reference class.
 
     ``on="softmax"`` certifies on softmax probabilities (the softmax error is
     bounded too); the default certifies on logits.  ``keep`` runs some layers
     of the low-precision run in another arithmetic (see :func:`suggest_fp32`).
+    With ``method="probabilistic"``, ``1 - confidence`` is the failure
+    probability per input in total (each run gets half).  ``progress`` is
+    called with the number of inputs of each bounded batch (2 N in all).
     """
     if on not in ("logits", "softmax"):
         raise FperrInputError(f"outputs to certify must be 'logits' or 'softmax', got {on!r}")
     if on == "softmax" and not isinstance(model.layers[-1], Softmax):
         model = Model(model.name, model.input_shape, (*model.layers, Softmax()), model.data)
-    b = bound(model, X, low, reference, method=method, confidence=confidence, keep=keep)
+    b = bound(model, X, low, reference, method=method, confidence=confidence, keep=keep,
+              progress=progress)  # fmt: skip
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and lab.shape[0] != b.low.output.shape[0]:
         raise FperrInputError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")

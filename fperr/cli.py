@@ -44,6 +44,56 @@ def cli() -> None:
     """Floating-point error analysis of neural networks."""
 
 
+_MODEL_HELP = "Model: .yaml/.yml spec, .onnx graph or torch.export .pt2 program."
+_PROGRESS_DELAY = 2.0  # seconds before a progress bar appears: short runs stay quiet
+
+
+def _model_and_data(
+    model_path: str, inputs: str | None, labels: str | None = None
+) -> tuple[Any, Any, Any]:
+    """The model (any file kind :func:`fperr.model.load_model` reads) and its inputs;
+    only a YAML spec can name its data, other kinds need --inputs."""
+    from .model import load_model
+
+    model = load_model(model_path)
+    X, y = _data(model, model_path, inputs, labels)
+    return model, X, y
+
+
+def _data(model: Any, model_path: str, inputs: str | None, labels: str | None) -> tuple[Any, Any]:
+    from pathlib import Path
+
+    from .datasets import model_data
+
+    if inputs is None and model.data is None:
+        kind = Path(model_path).suffix.lower()
+        what = "this spec has no data section" if kind in (".yaml", ".yml") else (
+            f"a {kind} model carries no data")
+        raise FperrInputError(f"{model_path}: {what}; give --inputs (and --labels)")
+    return model_data(model, inputs, labels)
+
+
+def _progress_bar(total: int, desc: str, quiet: bool) -> Any:
+    """A tqdm bar on stderr when it is a terminal (after _PROGRESS_DELAY s), else None."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="input", file=sys.stderr, delay=_PROGRESS_DELAY,
+                leave=False, dynamic_ncols=True)  # fmt: skip
+
+
+def _gate(fraction: float, min_certified: float | None, all_certified: bool) -> tuple[int, str]:
+    """Exit code and the text line of the --min-certified gate."""
+    if min_certified is None:
+        return (0 if all_certified else 1), ""
+    ok = fraction >= min_certified
+    verdict = "pass" if ok else "FAIL"
+    line = (f"gate             certified {100 * fraction:.2f}% "
+            f"{'>=' if ok else '<'} {100 * min_certified:.2f}% required: {verdict}")  # fmt: skip
+    return (0 if ok else 1), line
+
+
 @cli.command("formats")
 def formats_cmd() -> None:
     """Table of the built-in formats and their constants."""
@@ -89,9 +139,10 @@ def schema_cmd() -> None:
 
 
 @cli.command("bound")
-@click.option("--model", "model_path", required=True, help="Model spec (YAML).")
+@click.option("--model", "model_path", required=True, help=_MODEL_HELP)
 @click.option(
-    "--inputs", default=None, help="sklearn:NAME or .npy/.npz/.csv (default: spec's data)."
+    "--inputs", default=None,
+    help="sklearn:NAME or .npy/.npz/.csv (default: the YAML spec's data; needed otherwise).",
 )
 @click.option("--labels", default=None, help="Labels (.npy/.csv), optional.")
 @click.option("--low", default="binary16", show_default=True, help="Low-precision storage format.")
@@ -114,7 +165,9 @@ def schema_cmd() -> None:
     show_default=True,
     help="probabilistic: a model of independent rounding errors, not a certificate.",
 )
-@click.option("--confidence", default=0.999, show_default=True, help="For --method probabilistic.")
+@click.option("--confidence", default=0.999, show_default=True,
+              help="For --method probabilistic: 1 - confidence is the failure probability "
+              "per input in total (the low and the reference run get half each).")  # fmt: skip
 @click.option("--on", "on", type=click.Choice(["logits", "softmax"]), default="logits")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results on stdout.")
 @click.option("--out", default=None, help="Also write the JSON report to this file.")
@@ -128,6 +181,14 @@ def schema_cmd() -> None:
     help="If inputs are not certified, find layers to keep in binary32 (optionally a "
     "target certified fraction, default all).",
 )
+@click.option(
+    "--min-certified",
+    default=None,
+    type=click.FloatRange(0, 1),
+    metavar="FRACTION",
+    help="Exit 0 when at least this fraction of the inputs is certified (a CI gate).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines on stderr.")
 def bound_cmd(
     model_path: str,
     inputs: str | None,
@@ -144,35 +205,50 @@ def bound_cmd(
     as_json: bool,
     out: str | None,
     suggest: float | None,
+    min_certified: float | None,
+    quiet: bool,
 ) -> None:
     """Certify per input that LOW predicts the same class as REFERENCE.
 
-    Exit 0 if every input is certified, 1 if some are not, 2 on bad input.
+    Exit 0 if every input is certified (with --min-certified: at least that
+    fraction), 1 if not, 2 on bad input.
     """
     import json
 
     from . import __version__
     from .arith import Emulated
     from .certify import certify
-    from .datasets import model_data
-    from .model import load_model
 
-    model = load_model(model_path)
-    X, y = model_data(model, inputs, labels)
+    def status(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    model, X, y = _model_and_data(model_path, inputs, labels)
     acc_rounding = "truncate" if truncating_accumulator else "nearest"
     lo = Emulated.from_names(low, accumulate, acc_rounding=acc_rounding)
     # the reference keeps its own accumulator: --accumulate describes the low run only
     ref = Emulated.from_names(reference, reference_accumulate, reference_operand,
                               acc_rounding=acc_rounding)  # fmt: skip
-    click.echo(f"bounding {X.shape[0]} inputs through {model.name} ...", err=True)
-    result = certify(model, X, y, lo, ref, method=method, confidence=confidence, on=on)
+    status(f"bounding {X.shape[0]} inputs through {model.name} ...")
+    bar = _progress_bar(2 * X.shape[0], "bounding (low, then reference run)", quiet)
+    try:
+        result = certify(model, X, y, lo, ref, method=method, confidence=confidence, on=on,
+                         progress=None if bar is None else bar.update)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
     report = result.to_dict()
     report["summary"]["fperr_version"] = __version__
+    code, gate = _gate(report["summary"]["certified_fraction"], min_certified,
+                       bool(result.certified.all()))  # fmt: skip
+    if min_certified is not None:
+        report["summary"]["min_certified"] = min_certified
+        report["summary"]["gate_passed"] = code == 0
     advice = None
     if suggest is not None and not result.certified.all():
         from .certify import suggest_fp32
 
-        click.echo("searching layers to keep in binary32 ...", err=True)
+        status("searching layers to keep in binary32 ...")
         advice = suggest_fp32(model, X, suggest, low=lo, reference=ref, method=method,
                               confidence=confidence, on=on)  # fmt: skip
         report["suggest_fp32"] = advice.to_dict()
@@ -182,13 +258,15 @@ def bound_cmd(
         click.echo(json.dumps(report))
     else:
         click.echo(result.text())
+        if gate:
+            click.echo(gate)
         if advice is not None:
             click.echo(advice.text())
-    sys.exit(0 if bool(result.certified.all()) else 1)
+    sys.exit(code)
 
 
 @cli.command("check-training")
-@click.option("--model", "model_path", required=True, help="Model spec (YAML), dense layers.")
+@click.option("--model", "model_path", required=True, help=_MODEL_HELP + " Dense layers.")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--eps", default=1e-8, show_default=True, type=float, help="Adam epsilon.")
@@ -213,12 +291,9 @@ def check_training_cmd(
 
     Exit 0 if no hazard is found, 1 if one is, 2 on bad input.
     """
-    from .datasets import model_data
-    from .model import load_model
     from .training import check_training
 
-    model = load_model(model_path)
-    X, y = model_data(model, inputs, labels)
+    model, X, y = _model_and_data(model_path, inputs, labels)
     if y is None:
         raise FperrInputError("check-training needs class labels (an .npz with 'labels')")
     report = check_training(model, X, y, optimizer=optimizer, lr=lr, eps=eps, fmt=fmt,
@@ -228,7 +303,7 @@ def check_training_cmd(
 
 
 @cli.command("validate")
-@click.option("--model", "model_path", default=None, help="Model spec (YAML).")
+@click.option("--model", "model_path", default=None, help=_MODEL_HELP)
 @click.option("--inputs", default=None, help="Inputs (default: the spec's data).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--out", default=None, help="Write the JSON report here.")
@@ -287,13 +362,12 @@ def validate_cmd(
     if report is not None:
         _recheck_report(model, report, workers)
         return
-    from .datasets import model_data
     from .hardware.reports import summarize
     from .hardware.torch_env import require_torch, resolve_device
     from .hardware.validate import validate
 
     resolve_device(require_torch("validation"), device)
-    X, y = model_data(model, inputs)
+    X, y = _data(model, model_path, inputs, None)
     if limit is not None:
         X, y = X[:limit], None if y is None else y[:limit]
     rep = validate(model, X, y, device=device, batch_sizes=(batch_size, 1), log=log,

@@ -339,6 +339,14 @@ def _pydantic_message(exc: ValidationError) -> str:
 
 
 def load_model(path: str | Path) -> Model:
+    """Load a model file: a YAML spec and its weights (see the module docstring), an
+    ``.onnx`` graph or a ``torch.export`` ``.pt2`` program; see :mod:`fperr.model_files`."""
+    from .model_files import load_model_file  # it imports this module
+
+    return load_model_file(path)
+
+
+def load_spec_model(path: str | Path) -> Model:
     """Load ``model.yaml`` and its weights; see the module docstring."""
     path = Path(path)
     if not path.is_file():

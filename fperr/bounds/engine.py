@@ -10,7 +10,7 @@ run into B = B_low + B_ref.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +91,14 @@ def bound_run(
     confidence: float = 0.999,
     batch_size: int | None = None,
     keep: Mapping[int, Emulated] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> RunBound:
     """Enclose one run of ``model`` in ``arith`` against exact arithmetic.
+
+    ``progress`` (optional) is called with the number of inputs of each batch
+    once that batch is bounded (e.g. ``tqdm.update``).  With ``method=
+    "probabilistic"`` the run fails with probability at most ``1 - confidence``
+    per input.
 
     ``keep`` overrides the arithmetic of some layers (by index), e.g.
     to keep them in binary32; values are converted between storage formats
@@ -127,6 +133,8 @@ def bound_run(
         outs.append(o)
         radii.append(r)
         layers.append(pl)
+        if progress is not None:
+            progress(o.shape[0])
     fail = 0.0
     if method == "probabilistic":
         fail = min(
@@ -271,15 +279,23 @@ def bound(
     method: str = "deterministic",
     confidence: float = 0.999,
     keep: Mapping[int, Emulated] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> BoundResult:
     """Bound |y_low - y_ref| per input and output; see the module docstring.
 
     ``keep`` maps layer indices to the arithmetic they run in within the low
-    run (mixed precision, e.g. some layers kept in binary32).
+    run (mixed precision, e.g. some layers kept in binary32).  With
+    ``method="probabilistic"``, ``1 - confidence`` is the total failure
+    probability per input: B = R_low + R_ref fails if either radius does, so
+    each run gets half the budget (a union bound).  ``progress`` is called
+    with the inputs of each bounded batch of either run (2 N calls' worth).
     """
     low = low or Emulated.from_names("binary16", "binary32")
     reference = reference or Emulated.from_names("binary32", "binary32")
-    lo = bound_run(model, X, low, method=method, confidence=confidence, keep=keep)
-    ref = bound_run(model, X, reference, method=method, confidence=confidence)
+    if method == "probabilistic" and not 0 < confidence < 1:
+        raise FperrInputError(f"confidence must be in (0, 1), got {confidence}")
+    each = 1 - (1 - confidence) / 2  # per run: the two failures add up to 1 - confidence
+    lo = bound_run(model, X, low, method=method, confidence=each, keep=keep, progress=progress)
+    ref = bound_run(model, X, reference, method=method, confidence=each, progress=progress)
     names = ["input"] + [f"{i}:{layer.type}" for i, layer in enumerate(model.layers)]
     return BoundResult(lo, ref, low, reference, method, names)
