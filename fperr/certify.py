@@ -30,7 +30,9 @@ Array = npt.NDArray[np.float64]
 
 
 def tolerance(y: Array) -> Array:
-    """Gamma = top-1 minus top-2 output, per row."""
+    """Gamma = top-1 minus top-2 output, per row; inf with one output (no rival class)."""
+    if y.shape[1] < 2:
+        return np.full(y.shape[0], np.inf)
     top2 = np.sort(y, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
 
@@ -45,7 +47,9 @@ def certified_sharp(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
 
 
 def certified_simple(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
-    """The seed paper's lemma: Gamma > 2 max_j M_j."""
+    """The seed paper's lemma: Gamma > 2 max_j M_j (one output: always the same class)."""
+    if y.shape[1] < 2:
+        return np.ones(y.shape[0], dtype=bool)
     return np.asarray(tolerance(y) > 2 * margin.max(axis=1))
 
 

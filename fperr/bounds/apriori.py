@@ -72,6 +72,8 @@ def _affine(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Ar
     m = np.maximum(np.abs(lo), np.abs(hi)) + r
     s_r = apply(np.abs(w), r)
     s_m = apply(np.abs(w_hat), m)
+    if bias is not None:  # a kernel may add the bias in the accumulator: term n + 1
+        n, s_m = n + 1, s_m + np.abs(a.store(bias))
     d_w = apply(np.abs(w_hat - w), m)
     d_b = 0.0 if bias is None else np.abs(a.store(bias) - bias)
     # Z bounds both stored values, fl(W x) and fl(fl(W x) + b): a bias that cancels
@@ -80,8 +82,12 @@ def _affine(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Ar
     acc = a.accumulate.gamma(n) if a.acc_rounding == "nearest" else gamma(n, a.u_acc)
     # the bottom of the exponent range: c nonzero products, eta each (exponent_range.py)
     count = apply((w_hat != 0).astype(np.float64), (m > 0).astype(np.float64))
+    if bias is not None:
+        count = count + (bias != 0)
     f, chop = a.operand_format, a.acc_rounding == "truncate"
-    exact = xr.products_exact(f, f, a.accumulate)
+    # the bias, if added in the accumulator, must also enter it exactly
+    exact = xr.products_exact(f, f, a.accumulate) and (
+        bias is None or a.accumulate.contains(a.storage))  # fmt: skip
     eta = (0.0 if exact else xr.eta(a.accumulate, chop)) + xr.eta_add(a.accumulate)
     under = xr.dot_underflow(count, n, a.u_acc, a.accumulate, exact, chop)
     zb = (z0 + s_r + acc * s_m + under + d_w + d_b) / (1 - 2 * a.storage.u)

@@ -24,7 +24,7 @@ from ..layers import Conv2d, Dense, Residual
 from ..model import Model, check_inputs
 from ..rounding import round as fround
 from .enclosure import Enclosure, half_ulp
-from .memory import check_memory
+from .memory import check_memory, estimate_bytes, max_bytes
 from .rules import RULES, Context, apply_rule
 
 __all__ = ["RULES", "RunBound", "BoundResult", "bound", "bound_run", "lambda_for",
@@ -126,6 +126,11 @@ def bound_run(
     # Generators grow to ~ (units of all layers) columns; keep a batch near 200 MB.
     total_units = sum(int(np.prod(s)) for s in model.shapes())
     bs = batch_size or max(1, int(5e7 // max(1, widest * total_units)))
+    # model.shapes() omits residual branches (wider than the stream): smaller
+    # chunks rather than a memory error (bounds do not depend on the batch)
+    limit = max_bytes()
+    while batch_size is None and bs > 1 and estimate_bytes(model, min(bs, x.shape[0])) > limit:
+        bs = max(1, bs // 2)
     check_memory(model, min(bs, x.shape[0]))  # a clear error rather than a MemoryError
     outs, radii, layers = [], [], []
     for i in range(0, x.shape[0], bs):

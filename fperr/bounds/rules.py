@@ -154,6 +154,16 @@ class Context:
         return xr.dot_underflow(count(), n, a.u_acc, a.accumulate, exact,
                                 a.acc_rounding == "truncate")  # fmt: skip
 
+    def term_underflow(self, t: Array, fmt: Format, n: int) -> Array | float:
+        """Underflow error of a term of magnitude ``t`` held in ``fmt`` entering the
+        accumulator and passing through at most n further additions: eta where
+        ``fmt``'s values are not all exact there (plus eta_add if it flushes)."""
+        a = self.arith
+        per = (0.0 if a.accumulate.contains(fmt) else self.eta()) + self.eta_add()
+        if per == 0.0:
+            return 0.0
+        return np.where(np.asarray(t) > 0, per * (1 + gamma(n, a.u_acc)), 0.0)
+
     def sum_may_overflow(
         self, total: Array | float, n: int, absolute: Array | float = 0.0
     ) -> npt.NDArray[np.bool_]:
@@ -200,6 +210,7 @@ def _affine_local(
     ctx: Context,
     n: int,
     count: Callable[[], Array],
+    bias: Array | None = None,
 ) -> Array:
     """Local error of y = fl(fl(sum) + b) for a dot product of length n.
 
@@ -207,12 +218,22 @@ def _affine_local(
     or ``s_st`` itself without bias), ``w_abs_mag`` = |W| mag(x) (operands as
     rounded), ``w_abs_r`` = |W| r(x), ``extra`` = parameter-rounding terms,
     ``count()`` = how many products may be nonzero (asked only when one may
-    underflow).  Any run's pre-rounding sum lies within 2|W|r + 2 acc of ours.
+    underflow), ``bias`` = |b_hat| where there is a bias.  A kernel may also
+    add the bias inside the accumulator (a fused epilogue, or a GEMM with
+    C = b): the bias is then the (n+1)-th term of the sum, converted into the
+    accumulator (where it may underflow) and added with the others, so the
+    accumulation term is gamma_{n+1} (|W| |x| + |b|); the two storage
+    roundings below cover both the fused and the separate order.  Any run's
+    pre-rounding sum lies within 2|W|r + 2 acc of ours.
     """
     s = ctx.arith.storage
     under = ctx.dot_underflow(n, count)
-    acc = ctx.gamma(n) * w_abs_mag + under
-    acc = np.where(ctx.sum_may_overflow(w_abs_mag, n, under), np.inf, acc)
+    terms, total = n, w_abs_mag
+    if bias is not None:
+        terms, total = n + 1, w_abs_mag + bias
+        under = under + ctx.term_underflow(bias, ctx.arith.storage, n + 1)
+    acc = ctx.gamma(terms) * total + under
+    acc = np.where(ctx.sum_may_overflow(total, terms, under), np.inf, acc)
     drift = 2 * w_abs_r + 2 * acc
     e1 = half_ulp(np.abs(s_st) + half_ulp(np.abs(s_st), s) + drift, s)
     e2 = 0.0 if z is s_st else half_ulp(np.abs(z) + half_ulp(np.abs(z), s) + drift + 2 * e1, s)
@@ -258,8 +279,9 @@ def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclos
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
     nonzero = (wa != 0).astype(np.float64)
+    b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))
     local = _affine_local(s_st, z, mag_op @ wa.T, r @ wa.T, np.zeros_like(z), ctx,
-                          layer.weight.shape[1], lambda: (mag > 0) @ nonzero.T)  # fmt: skip
+                          layer.weight.shape[1], lambda: (mag > 0) @ nonzero.T, b_abs)  # fmt: skip
     out = enc.linear(z, lambda cols: cols @ layer.weight.T, lambda: layer.weight)
     return ctx.add_local(out, local, extra, index)
 
@@ -295,8 +317,9 @@ def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
     nonzero = (wa != 0).astype(np.float64)
     count = lambda: conv_with(nonzero, (mag > 0).astype(np.float64))  # noqa: E731
+    b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))[None, :, None, None]
     local = _affine_local(s_st, z, conv_with(wa, mag_op), conv_with(wa, r), np.zeros_like(z),
-                          ctx, n, count)  # fmt: skip
+                          ctx, n, count, b_abs)  # fmt: skip
     lin = lambda cols: conv_with(layer.weight, cols)  # noqa: E731
     out = enc.linear(z, lin, ctx.matrix_of(layer, x.shape[1:], lin))
     return ctx.add_local(out, local, extra, index)
@@ -623,15 +646,137 @@ def _layernorm_range(
     return under, overflow
 
 
+def _ln_remainder(
+    z: Array, c: Array, m2: Array, eps: float, kappa: float
+) -> tuple[Array, Array, Array, Array]:
+    """Remainder R(D) = f(z_hat + D) - f(z_hat) - J(z_hat) D over the displacements
+    D of the scaled enclosure kappa P E, f(z) = z / s(z), s(z) = sqrt(|z|^2/n + eps):
+    returns (dg, lo, hi, v_lo) with R(D) = D gam + z_hat t, |gam| <= dg and
+    -lo <= t <= hi, and v_lo a lower bound on s(z_hat + D)^2.
+
+    Per D, with s = s(z_hat), v = s^2, v' = v + tau, tau = (2 z_hat^T D + |D|^2) / n,
+    and g(v) = v^-1/2 (so -g'(v) = 1 / (2 s^3)), the algebraic identity
+
+        R(D) = D (g(v') - g(v)) + z_hat (g(v') - g(v) - g'(v) tau - |D|^2 / (2 n s^3))
+
+    holds (J D = D / s - z_hat (z_hat^T D) / (n s^3)), and Taylor's theorem with
+    the Lagrange remainder (Apostol 1967, Calculus I, Thm 7.6) gives
+    g(v') - g(v) - g'(v) tau = (3/8) theta^-5/2 tau^2 for a theta between v and v'.
+    The signed generators bound what a box around z_hat could not:
+    |z_hat^T D| <= kappa c with c = sum_j |z_hat^T P G_j|, |D_i| <= kappa rho_i
+    (rho = sum_j |P G_j|), |D|^2 <= kappa^2 m2, so |tau| <= T = (2 kappa c +
+    kappa^2 m2) / n and v' >= v_lo = max(v - 2 kappa c / n, eps) (v' - eps =
+    |z_hat + D|^2 / n >= 0).  g is decreasing and g'' decreasing in theta, so
+
+        gam = g(v') - g(v),   |gam| <= dg = max(g(v_lo) - g(v), g(v) - g(v + T)),
+        lo = kappa^2 m2 / (2 n s^3),    hi = (3/8) v_lo^-5/2 T^2:
+
+    second order, O(radius^2 / variance), with the variance's lower bound
+    moved by 2 kappa c / n only.  The second part has the single direction
+    z_hat, so it is one generator (signed through later layers), not a box.
+    """
+    n = z.shape[-1]
+    v = np.square(z).sum(axis=-1, keepdims=True) / n + eps
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        v_lo = np.maximum(v - 2 * kappa * c / n, eps)
+        t = (2 * kappa * c + kappa**2 * m2) / n
+        gv = 1 / np.sqrt(v)
+        dg = np.maximum(1 / np.sqrt(v_lo) - gv, gv - 1 / np.sqrt(v + t))
+        lo = kappa**2 * m2 * gv**3 / (2 * n)
+        hi = 0.375 * v_lo**-2.5 * np.square(t)
+    bad = lambda a: np.where(np.isnan(a), np.inf, a)  # noqa: E731
+    return bad(dg), bad(lo), bad(hi), v_lo
+
+
+def _ln_remainders(
+    z: Array, c: Array, m2: Array, rho: Array, eps: float
+) -> tuple[Array, Array, Array]:
+    """Enclose R(D') - R(D0) (see :func:`_ln_remainder`) for D' = z' - z_hat in
+    2 P E (any run) and D0 = z - z_hat in P E (the exact input), as
+    {box * e + z_hat t : |e_i| <= 1, |t| <= beta}; returns (box, beta, v_lo),
+    v_lo <= s(z')^2 for every run.
+
+    With Delta = D' - D0 = z' - z in P E, gam' and gam0 of D' and D0:
+    D' gam' - D0 gam0 = Delta gam' + D0 (gam' - gam0), in (dg2 + dgd) P E
+    (E symmetric and convex), so |.|_i <= (dg2 + dgd) rho_i; gam' - gam0 =
+    g(v(z')) - g(v(z)) with |v(z') - v(z)| = |2 z^T Delta + |Delta|^2| / n
+    <= (2 c + 3 m2) / n (z^T Delta = z_hat^T Delta + D0^T Delta, |D0| |Delta| <= m2)
+    and both >= v_lo, so |gam' - gam0| <= dgd = min(dg2 + dg1,
+    g(v_lo) - g(v_lo + (2 c + 3 m2) / n)) (g convex and decreasing).  Along
+    z_hat, t' - t0 lies in [-lo2 - hi1, hi2 + lo1].
+    """
+    n = z.shape[-1]
+    dg2, lo2, hi2, v_lo = _ln_remainder(z, c, m2, eps, 2.0)
+    dg1, lo1, hi1, _ = _ln_remainder(z, c, m2, eps, 1.0)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        dgd = 1 / np.sqrt(v_lo) - 1 / np.sqrt(v_lo + (2 * c + 3 * m2) / n)
+        box = (dg2 + np.minimum(dg2 + dg1, dgd)) * rho
+    box = np.where(np.isnan(box), np.inf, box)
+    return box, np.maximum(lo2 + hi1, hi2 + lo1), v_lo
+
+
+def _ln_sq_norm_bound(pg: Array) -> Array:
+    """m2 >= max |P G e|_2^2 over |e_j| <= 1, per input and group (N, k, 1).
+
+    The smallest of |rho|_2^2 (componentwise box), (sum_j |P G_j|_2)^2
+    (triangle inequality) and the scaled spectral bound |P G e|^2 =
+    |P G W^1/2 W^-1/2 e|^2 <= lambda_max(P G W G^T P) sum_j e_j^2 / w_j with
+    w_j = 1 / |P G_j|_2 (a diagonal scaling, as in the SDP bound on the maximum
+    of a quadratic form over the cube, Nesterov 1998; this power of the column
+    norms was the best of |P G_j|^-p, p in [0, 2], on trained residual MLPs).
+    The float64 Gram matrix errs by <= gamma_q
+    |P G| |P G|^T (Higham 2002, eq. 3.13), of 2-norm <= gamma_q trace, and the
+    symmetric eigensolver's eigenvalues are exact for a perturbation of 2-norm
+    O(n u) ||A||_2 (Golub & Van Loan 2013, sec. 8.3.4; Weyl), so the computed
+    lambda_max is widened by max(1e-9, 4 (q + n) u) trace >= both (q: the sources
+    live for that input)."""
+    rho = np.abs(pg).sum(axis=-1)
+    cols = np.sqrt(np.square(pg).sum(axis=2))  # (N, k, q)
+    m2 = np.minimum(np.square(rho).sum(axis=-1), np.square(cols.sum(axis=-1)))
+    if pg.shape[-1] and pg.shape[2] > 1:
+        with np.errstate(divide="ignore"):
+            wt = np.where(cols > 0, 1 / np.sqrt(cols), 0.0)  # W^1/2
+        gw = pg * wt[:, :, None, :]
+        gram = gw @ gw.transpose(0, 1, 3, 2)  # (N, k, n, n)
+        with np.errstate(invalid="ignore", over="ignore"):
+            lam = np.linalg.eigvalsh(np.where(np.isfinite(gram), gram, 0.0))[..., -1]
+            trace = np.square(wt * cols).sum(axis=-1)
+            live = (cols != 0).sum(axis=-1)  # per input: bounds never depend on the batch
+            margin = np.maximum(1e-9, 4 * (live + pg.shape[2]) * 2.0**-53)
+            spec = cols.sum(axis=-1) * (np.maximum(lam, 0.0) + margin * trace)
+        m2 = np.where(np.isfinite(gram).all(axis=(-1, -2)), np.minimum(m2, spec), m2)
+    return m2[..., None]
+
+
+def _ln_signed(z: Array, pg: Array, eps: float) -> tuple[Array, Array]:
+    """J(z_hat) P G (N, k, n, q) for centred generators ``pg``, and the sums
+    c = sum_j |z_hat^T P G_j| (N, k, 1)."""
+    n = z.shape[-1]
+    s = np.sqrt(np.square(z).sum(axis=-1, keepdims=True) / n + eps)
+    dot = np.einsum("bgn,bgnq->bgq", z, pg)  # z^T P G_j
+    jg = pg / s[..., None] - z[..., None] * dot[:, :, None, :] / (n * s[..., None] ** 3)
+    return jg, np.abs(dot).sum(axis=-1)[..., None]
+
+
 @rule("layernorm")
 def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Layer norm y = w u + b, u = z / s, z = x - mean x, s = sqrt(|z|^2/n + eps).
+    """Layer norm y = w u + b, u = f(z) = z / s(z), z = P x (P = I - 11^T/n
+    centres), s(z) = sqrt(|z|^2/n + eps).
 
-    Mean value form per component: du = J(xi) dz with J = I/s - a a^T,
-    a = z / (sqrt(n) s^1.5).  The generators go through J at the computed
-    point, signed; the spread of J over the enclosure (|1/s - 1/s_hat| and
-    |a_i a_j - a_hat_i a_hat_j|, with s in [s_min, s_max] and z within 2 rho of
-    the computed z, rho = r + mean r) times |dz| <= rho is a deterministic box.
+    Any run's input x' and the exact x differ from the computed x_hat by P G eps
+    (|eps| <= 1, the incoming generators G), so z' - z_hat lies in 2 P E and
+    z - z_hat in P E.  With J = J(z_hat) = I/s - z_hat z_hat^T/(n s^3),
+
+        f(z') - f(z) = J P G eps' + R(z' - z_hat) - R(z - z_hat),
+
+    R(D) = f(z_hat + D) - f(z_hat) - J D: the generators go through J signed,
+    and R over 2 P E (the 2r inflation that makes the bound hold for every
+    run) and over P E is enclosed by :func:`_ln_remainder` (exact identity
+    plus a Lagrange remainder; second order, radius^2 / variance) as a
+    deterministic box plus one deterministic generator along w z_hat per group.
+    The standard deviation of every run stays >= s_min = sqrt(v_lo) with v_lo
+    from the signed projections z_hat^T P G_j (not from a 2-norm box around
+    x_hat, which reaches the spread of x at sqrt(n) times smaller radii).
     Kernel allowance (stated, for an fp32 kernel): u within gamma_{2n+8}(u_acc)
     (|u| + 1 + mean|x| / s_min) of exact (mean and variance are sums of n
     terms), times (1 + rho_r) and plus alpha_r (|x| + mean|x|) for the
@@ -650,35 +795,29 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     b = np.zeros(n) if layer.bias is None else layer.bias.reshape(-1)
     w_hat, b_hat = a.store(w), a.store(b)
     z = xg - xg.mean(axis=-1, keepdims=True)
-    rho = rg + rg.mean(axis=-1, keepdims=True)
-    rho2 = np.sqrt(np.square(rho).sum(axis=-1, keepdims=True))
-    znorm = np.sqrt(np.square(z).sum(axis=-1, keepdims=True))
-    s_hat = np.sqrt(np.square(znorm) / n + layer.eps)
-    s_min = np.sqrt(np.maximum(znorm - 2 * rho2, 0.0) ** 2 / n + layer.eps)
-    s_max = np.sqrt((znorm + 2 * rho2) ** 2 / n + layer.eps)
-    # signed part: J(z_hat) (P gens), P = centring
     q = enc.gens.shape[2]
     g = enc.gens.reshape(N, xg.shape[1], n, q)  # explicit: q may be 0 (exact inputs)
     pg = g - g.mean(axis=2, keepdims=True)
-    dot = np.einsum("bgn,bgnq->bgq", z, pg)[:, :, None, :]
-    jg = pg / s_hat[..., None] - z[..., None] * dot / (n * s_hat[..., None] ** 3)
-    gens = (jg * w[None, None, :, None]).reshape(N, xg.shape[1] * n, q)
-    # spread of J over the enclosure, applied to |dz| <= rho
-    a_hat = z / (math.sqrt(n) * s_hat**1.5)
-    da = (2 * rho * s_min**-1.5 + np.abs(z) * (s_min**-1.5 - s_max**-1.5)) / math.sqrt(n)
-    spread = (
-        (1 / s_min - 1 / s_max) * rho
-        + da * ((np.abs(a_hat) + da) * rho).sum(axis=-1, keepdims=True)
-        + np.abs(a_hat) * (da * rho).sum(axis=-1, keepdims=True)
-    )
-    u_mag = (np.abs(z) + 2 * rho) / s_min
+    jg, c = _ln_signed(z, pg, layer.eps)
+    m2 = _ln_sq_norm_bound(pg)
+    rho = np.abs(pg).sum(axis=-1)  # |P (x' - x_hat)| <= 2 rho for every run
+    box, beta, v_lo = _ln_remainders(z, c, m2, rho, layer.eps)
+    remainder = np.abs(w) * box  # a box (fresh copies of G would double q)
+    # the part along z_hat: one new generator per group, w z_hat beta
+    k = xg.shape[1]
+    zdir = np.zeros((N, k, n, k))
+    zdir[:, np.arange(k), :, np.arange(k)] = (w * z * beta).transpose(1, 0, 2)
+    gens = np.concatenate([jg * w[None, None, :, None], zdir], axis=-1).reshape(N, k * n, q + k)
+    s_min = np.sqrt(v_lo)  # lower bound on s(z') for every run
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # |u_i| = |z_i| / s <= |z| / s <= sqrt(n) whatever the variance
+        u_mag = np.minimum((np.abs(z) + 2 * rho) / s_min, math.sqrt(n))
     # 1 / sqrt(var + eps): the measured rsqrt, |e| <= rho_r |f| + alpha_r, on top
     rho_r, alpha_r = ctx.func_relative("rsqrt")
     xmean = (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True)
     kernel_u = ((1 + gamma(2 * n + 8, a.u_acc)) * (1 + rho_r) - 1) * (
         u_mag + 1 + xmean / s_min
     ) + alpha_r * (np.abs(xg) + 2 * rg + xmean)
-    remainder = np.abs(w) * spread
     under, overflow = _layernorm_range(ctx, xg, rg, z, rho, s_min, u_mag, w_hat, b_hat)
     params = np.abs(w_hat - w) * u_mag + np.abs(b_hat - b)  # parameter rounding
     local = (
@@ -688,10 +827,11 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     )
     local = np.where(overflow, np.inf, local)
     yg = y.reshape(xg.shape)
-    prop = np.abs(w) * (rho / s_min + np.abs(z) * rho2 / (math.sqrt(n) * s_min**2))
+    # |w (f(z') - f(z))| for any run: the signed part's radius plus the remainder
+    prop = np.abs(gens).sum(axis=-1).reshape(xg.shape) + remainder
     local = local + half_ulp(
         np.abs(yg) + half_ulp(np.abs(yg), a.storage) + 2 * (prop + local + params), a.storage
     )
-    out = Enclosure(y, gens, enc.groups, enc.random)
+    out = Enclosure(y, gens, enc.groups + [index] * k, enc.random + [False] * k)
     out = out.add_box(remainder.reshape(shape), index, random=False)
     return ctx.add_local(out, local.reshape(shape), params.reshape(shape), index)
