@@ -147,3 +147,25 @@ def test_layernorm_sum_of_squares_overflows_in_binary16():
     fine = bound_run(Model("ln", (4,), (LayerNorm((4,)),)), X / 4,
                      Emulated.from_names("binary16", "binary16"))  # fmt: skip
     assert np.isfinite(fine.radius).all()  # 75^2 * 4 = 22500 stays in range
+
+
+def test_operands_beyond_a_narrower_accumulator_give_an_infinite_bound():
+    """bfloat16 values in a binary16 accumulator: a kernel converts its operands
+    into the accumulator, where 1e18 overflows and inf * 0 is NaN, even though
+    every product is 0 (found by the property suite with a zero input).  The
+    emulator oracle: numpy float16 conversion of the operands."""
+    w = np.array([[2e18, 1.0], [1.0, 1.0]])
+    model = Model("wide", (2,), (Dense(w, None),))
+    x = np.zeros((1, 2))
+    with np.errstate(over="ignore", invalid="ignore"):  # what such a kernel computes
+        converted = w.astype(np.float16) @ x.T.astype(np.float16)
+    assert not np.isfinite(converted).all()
+    a = Emulated.from_names("bfloat16", "binary16")
+    assert np.isinf(bound_run(model, x, a).radius).all()
+    # activations too: a bfloat16 input of 1e6 cannot enter a binary16 accumulator
+    small = Model("small", (2,), (Dense(np.ones((2, 2)), None),))
+    rb = bound_run(small, np.array([[1e6, 0.0], [1.0, 0.0]]), a)
+    assert np.isinf(rb.radius[0]).all() and np.isfinite(rb.radius[1]).all()
+    # where the accumulator's range holds storage's, nothing changes
+    wide_acc = Emulated.from_names("bfloat16", "binary32")
+    assert np.isfinite(bound_run(model, x, wide_acc).radius).all()

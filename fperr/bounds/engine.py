@@ -23,6 +23,7 @@ from ..formats import Format
 from ..layers import Conv2d, Dense, Residual
 from ..model import Model, check_inputs
 from ..rounding import round as fround
+from . import exponent_range as xr
 from .enclosure import Enclosure, half_ulp
 from .memory import check_memory, estimate_bytes, max_bytes
 from .rules import RULES, Context, apply_rule
@@ -157,6 +158,32 @@ def _convert(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
     return enc.with_value(y).add_box(half_ulp(mag, new), index, random=True)
 
 
+def _outside_accumulator(enc: Enclosure, layer: Any, a: Emulated) -> npt.NDArray[np.bool_]:
+    """(N,): inputs for which a value entering the layer, or one of its parameters,
+    may lie beyond the accumulator's range.
+
+    Only where the accumulator's range is narrower than storage's (bfloat16
+    values, binary16 accumulator): a kernel converts its operands into the
+    accumulator, where such a value overflows (and inf * 0 is NaN), whatever
+    the products' magnitudes; the bound is then infinite.
+    """
+    N = enc.value.shape[0]
+    thr = xr.overflow_threshold(a.accumulate)
+    if a.accumulate.max >= max(a.storage.max, a.operand_format.max):
+        return np.zeros(N, dtype=bool)
+    if any(np.any(np.abs(p) >= thr) for p in _parameters(layer)):
+        return np.ones(N, dtype=bool)
+    mag = np.abs(enc.value) + 2 * enc.radius()
+    return np.asarray(~(mag.reshape(N, -1) < thr).all(axis=1))
+
+
+def _parameters(layer: Any) -> list[Array]:
+    """Every parameter array of a layer (of a residual block's layers too)."""
+    if isinstance(layer, Residual):
+        return [p for sub in layer.layers for p in _parameters(sub)]
+    return [v for v in vars(layer).values() if isinstance(v, np.ndarray)]
+
+
 def _bound_batch(
     model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float
 ) -> tuple[Array, Array, Array]:
@@ -173,6 +200,7 @@ def _bound_batch(
             if ctx.arith.storage != storage:
                 enc = _convert(enc, storage, ctx.arith.storage, i)
                 storage = ctx.arith.storage
+            overflow |= _outside_accumulator(enc, layer, ctx.arith)
             enc = apply_rule(layer, enc, ctx, i).prune()
             overflow |= enc.nonfinite_inputs()
         n_groups = len(model.layers) + 1
