@@ -325,3 +325,15 @@ def test_sound_against_a_60_digit_mpmath_oracle(seed):
             for out, ex, rad in zip(rb.output.ravel(), exact.ravel(), rb.radius.ravel(),
                                     strict=True):  # fmt: skip
                 assert abs(mpmath.mpf(float(out)) - ex) <= mpmath.mpf(float(rad))
+
+
+def test_layer_ariths_is_a_deprecated_alias_of_keep():
+    rng = np.random.default_rng(3)
+    model = random_mlp(rng, 2, 8, "tanh")
+    X = rng.standard_normal((5, 12))
+    low, fp32 = Emulated.from_names("binary16"), Emulated.from_names("binary32")
+    with pytest.warns(DeprecationWarning, match="keep"):
+        old = bound_run(model, X, low, layer_ariths={0: fp32})
+    new = bound_run(model, X, low, keep={0: fp32})
+    np.testing.assert_array_equal(old.radius, new.radius)
+    assert not np.array_equal(new.radius, bound_run(model, X, low).radius)

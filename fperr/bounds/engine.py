@@ -10,6 +10,7 @@ run into B = B_low + B_ref.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,8 +94,11 @@ def bound_run(
     batch_size: int | None = None,
     keep: Mapping[int, Emulated] | None = None,
     progress: Callable[[int], None] | None = None,
+    layer_ariths: Mapping[int, Emulated] | None = None,
 ) -> RunBound:
     """Enclose one run of ``model`` in ``arith`` against exact arithmetic.
+
+    ``layer_ariths`` is the deprecated name of ``keep`` (removed in 0.3).
 
     ``progress`` (optional) is called with the number of inputs of each batch
     once that batch is bounded (e.g. ``tqdm.update``).  With ``method=
@@ -106,6 +110,10 @@ def bound_run(
     where consecutive layers differ (exactly when the new format contains the
     old one, else with one more rounding).
     """
+    if layer_ariths is not None:
+        warnings.warn("bound_run(layer_ariths=...) is deprecated; use keep=...",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        keep = layer_ariths if keep is None else keep
     if method not in ("deterministic", "probabilistic"):
         raise FperrInputError(f"unknown method {method!r}; use deterministic or probabilistic")
     x = check_inputs(X, model.input_shape)
