@@ -241,3 +241,26 @@ def test_configs_subset_always_keeps_the_references(cpu_probe: ProbeResult) -> N
     for k in ("storage", "accumulate", "acc_rounding", "func_ulps"):
         assert used[k] == arith.to_dict()[k], k
     assert rep.result("bfloat16").reason == why
+
+
+@pytest.mark.parametrize("act", ["gelu", "sigmoid"])
+def test_batchnorm_and_smooth_activation_cases_have_no_violation(
+    act: str, cpu_probe: ProbeResult
+) -> None:
+    """The review's real-kernel cases: torch's fp16 BatchNorm (large running mean:
+    it rounds the folded shift, not one scale and shift in binary16) and its
+    vectorised GELU / sigmoid tails, far outside a 1-ulp allowance."""
+    from fperr.layers import BatchNorm
+
+    rng = np.random.default_rng(7)
+    c = 16
+    layers = (Dense(rng.standard_normal((c, 12)).astype(np.float32).astype(np.float64),
+                    np.full(c, 1000.0)),
+              BatchNorm(np.full(c, 1000.0), rng.uniform(0.5, 4.0, c),
+                        rng.uniform(0.5, 2.0, c), rng.standard_normal(c)),
+              Activation(act), Dense(rng.standard_normal((6, c)), None))  # fmt: skip
+    model = Model("bn-" + act, (12,), layers)
+    X = rng.standard_normal((48, 12)) * 3
+    rep = validate(model, X, device="cpu", batch_sizes=(None, 1), probe_result=cpu_probe,
+                   configs=["float16", "bfloat16", "float32"])  # fmt: skip
+    assert rep.violations == 0 and rep.certified_flips == 0, summarize(rep)
