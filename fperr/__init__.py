@@ -10,6 +10,7 @@ fperr`` imports neither torch, onnx nor matplotlib.
 
 from __future__ import annotations
 
+from . import examples
 from .arith import Emulated, Exact
 from .bounds import BoundResult, RunBound, bound, bound_run
 from .bounds.apriori import AprioriBound, apriori_bound
@@ -41,6 +42,7 @@ __all__ = [
     "TrainingReport",
     "__version__",
     "apriori_bound",
+    "examples",
     "bound",
     "bound_run",
     "certify",

@@ -316,8 +316,9 @@ def check_training_cmd(
               help="Processes computing the bounds while torch runs.")  # fmt: skip
 @click.option("--suite", is_flag=True,
               help="Probe the device and validate the bundled examples (no --model).")  # fmt: skip
-@click.option("--examples", "examples_dir", default="examples", show_default=True,
-              help="With --suite: the folder of the example models and digits.npz.")  # fmt: skip
+@click.option("--examples", "examples_dir", default=None,
+              help="With --suite: the folder of the example models and digits.npz "
+              "(default: the ones installed with fperr).")  # fmt: skip
 @click.option("--results", default="validation/results", show_default=True,
               help="With --suite: write <results>/<device>/ reports here.")  # fmt: skip
 @click.option("--deep-inputs", default=300, show_default=True, type=click.IntRange(min=1),
@@ -332,7 +333,7 @@ def validate_cmd(
     limit: int | None,
     workers: int,
     suite: bool,
-    examples_dir: str,
+    examples_dir: str | None,
     results: str,
     deep_inputs: int,
 ) -> None:
@@ -346,9 +347,11 @@ def validate_cmd(
         click.echo(msg, err=True)
 
     if suite:
+        from .examples import data_dir
         from .hardware.suite import run_suite
 
-        res = run_suite(device, Path(results), Path(examples_dir), inputs=limit,
+        examples = Path(examples_dir) if examples_dir else data_dir()
+        res = run_suite(device, Path(results), examples, inputs=limit,
                         deep_inputs=deep_inputs, workers=workers, log=log)  # fmt: skip
         click.echo("\n\n".join(res.texts))
         click.echo(f"reports in {res.out_dir}; "
@@ -431,19 +434,32 @@ def kernels_cmd(device: str, out_dir: str, fp32_values: int) -> None:
 @cli.command("figures")
 @click.option("--out", "out_dir", default="paper_figures/out", show_default=True)
 @click.option("--small", is_flag=True, help="Fewer inputs: a quick build.")
-def figures_cmd(out_dir: str, small: bool) -> None:
-    """Build every paper figure (PDF + PNG) and the LaTeX snippets."""
+@click.option("--model", "model_path", default=None,
+              help="Draw this model instead of the paper's. " + _MODEL_HELP)
+@click.option("--inputs", default=None,
+              help="With --model: its inputs (default: the spec's data).")
+@click.option("--labels", default=None, help="With --model: labels of the inputs.")
+def figures_cmd(
+    out_dir: str, small: bool, model_path: str | None, inputs: str | None, labels: str | None
+) -> None:
+    """Build the paper figures (PDF + PNG) and LaTeX snippets, or with --model
+    the figures of one's own model (tolerance vs bound, per layer, formats)."""
     from pathlib import Path
 
+    if model_path is None and (inputs is not None or labels is not None):
+        raise click.UsageError("--inputs and --labels need --model")
     try:
-        from paper_figures.build import build_all
+        from paper_figures.build import build_all, build_for_model
     except ImportError:
-        from .errors import FperrInputError
-
         raise FperrInputError(
-            "paper_figures is not importable: run from the repository root"
+            "paper_figures is not importable: reinstall fperr or run from the repository root"
         ) from None
-    paths = build_all(Path(out_dir), small=small, log=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if model_path is None:
+        paths = build_all(Path(out_dir), small=small, log=log)
+    else:
+        model, X, y = _model_and_data(model_path, inputs, labels)
+        paths = build_for_model(model, X, y, Path(out_dir), small=small, log=log)
     click.echo(f"wrote {len(paths)} files to {out_dir}")
 
 

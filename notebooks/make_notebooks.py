@@ -19,13 +19,19 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 # Notebooks run with the notebook's folder as working directory (Jupyter,
-# nbmake); find the repository root from there and make it importable.
+# nbmake).  Inside a checkout, import its fperr and paper_figures; a notebook
+# copied elsewhere uses the installed packages (ROOT is None there), and its
+# data come from fperr.examples either way.
 SETUP = """\
 import sys
 from pathlib import Path
 
-ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "examples" / "mlp.yaml").is_file())
-if str(ROOT) not in sys.path:
+ROOT = next(
+    (p for p in (Path.cwd(), *Path.cwd().parents)
+     if (p / "pyproject.toml").is_file() and (p / "fperr" / "__init__.py").is_file()),
+    None,
+)  # the repository, when the notebook runs inside one
+if ROOT is not None and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))"""
 
 Cell = tuple[str, str]  # ("md" | "code", source)
@@ -134,14 +140,19 @@ bounds allow. The bound holds for every summation order.
 import matplotlib.pyplot as plt
 import numpy as np
 
+import fperr
 from fperr.arith import Emulated
 from fperr.certify import certify
-from fperr.model import load_model
+"""),
+    md("""
+The bundled examples ship with the package: `fperr.examples.path("mlp")` is the
+spec's file, `fperr.examples.load("mlp")` the model, `fperr.examples.digits()`
+the inputs and labels.
 """),
     code("""
-model = load_model(ROOT / "examples" / "mlp.yaml")
-with np.load(ROOT / "examples" / "digits.npz") as z:
-    X, labels = z["inputs"][:300], z["labels"][:300]
+model = fperr.examples.load("mlp")
+X, labels = fperr.examples.digits()
+X, labels = X[:300], labels[:300]
 model
 """),
     code("""
@@ -221,10 +232,11 @@ CPU reports instead, and without those a CPU emulation stand-in**; the
     code("""
 import matplotlib.pyplot as plt
 
-from paper_figures import fig_validation
+from paper_figures import data, fig_validation
 """),
     code("""
-results = ROOT / "validation" / "results"
+# a checkout's validation/results; outside a checkout there are none (the stand-in)
+results = data.VALIDATION_RESULTS
 runs = fig_validation.collect(small=True, results_dir=results)
 banner = {
     "gpu": "recorded GPU reports",
@@ -234,7 +246,7 @@ banner = {
 print("source:", banner[runs.source])
 print(runs.title)
 for path in runs.files:
-    print("  ", path.relative_to(ROOT))
+    print("  ", path.relative_to(results))
 """),
     code("""
 for panel in runs.panels:

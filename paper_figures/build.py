@@ -14,6 +14,7 @@ import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import style  # noqa: F401 - Agg backend and SOURCE_DATE_EPOCH before any figure
 
@@ -68,6 +69,51 @@ def build_all(
     for name in names:
         t0 = time.perf_counter()
         written = maker(name)(out_dir, small)
+        paths += written
+        if log is not None:
+            log(f"{name:<18} {time.perf_counter() - t0:6.1f} s  {len(written)} files")
+    return paths
+
+
+#: the figures that draw one model, as (module, keyword naming the model(s))
+MODEL_FIGURES: tuple[tuple[str, str], ...] = (
+    ("fig_tolerance", "models"),
+    ("fig_per_layer", "models"),
+    ("fig_formats", "model"),
+)
+
+
+def build_for_model(
+    model: Any,
+    inputs: Any,
+    labels: Any | None,
+    out_dir: Path | str,
+    small: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Build the figures of :data:`MODEL_FIGURES` for one's own ``model``
+    (a :class:`fperr.model.Model`) on ``inputs`` (and ``labels``, optional)
+    into ``out_dir``; return every file written.  Inputs that do not fit the
+    model, or labels that do not fit the inputs, raise ``FperrInputError``."""
+    from fperr.errors import FperrInputError
+    from fperr.model import check_inputs
+
+    from . import data
+
+    X = check_inputs(inputs, model.input_shape)
+    if X.shape[0] == 0:
+        raise FperrInputError("no inputs to draw: the inputs file holds 0 rows")
+    if labels is not None and len(labels) != X.shape[0]:
+        raise FperrInputError(f"{len(labels)} labels for {X.shape[0]} inputs")
+    key = data.register("model", model, X, labels)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for name, keyword in MODEL_FIGURES:
+        t0 = time.perf_counter()
+        arg: Any = key if keyword == "model" else [key]
+        written = list(importlib.import_module(f"{__package__}.{name}").make(
+            out_dir, small=small, **{keyword: arg}))  # fmt: skip
         paths += written
         if log is not None:
             log(f"{name:<18} {time.perf_counter() - t0:6.1f} s  {len(written)} files")

@@ -45,22 +45,24 @@ class FormatRow(NamedTuple):
     accuracy: float
 
 
-def rows(small: bool) -> list[FormatRow]:
-    n = data.inputs_for(MODEL, small)
+def rows(small: bool, model: str = MODEL) -> list[FormatRow]:
+    n = data.inputs_for(model, small)
+    y = data.labels(model, n)
     out = []
     for storage, acc, label in ARITHMETICS:
-        r = data.certificate(MODEL, n, storage, acc)
+        r = data.certificate(model, n, storage, acc)
+        accuracy = np.nan if y is None else float(np.mean(np.argmax(r.y_low, axis=1) == y))
         out.append(FormatRow(
             label, storage, acc, n, float(r.certified.mean()), float(1 - r.flipped.mean()),
-            float(np.median(r.margin.max(axis=1))),
-            float(np.mean(np.argmax(r.y_low, axis=1) == data.digits().labels[:n])),
+            float(np.median(r.margin.max(axis=1))), accuracy,
         ))  # fmt: skip
     return out
 
 
-def make(out_dir: Path, small: bool = False) -> list[Path]:
-    """Draw the figure into ``out_dir``; return the PDF and PNG paths."""
-    rs = rows(small)
+def make(out_dir: Path, small: bool = False, model: str = MODEL) -> list[Path]:
+    """Draw the figure of ``model`` (a :mod:`~paper_figures.data` key) into
+    ``out_dir``; return the PDF and PNG paths."""
+    rs = rows(small, model)
     with style.context():
         c = style.colors()
         fig, ax = style.figure(height=2.1)
@@ -78,7 +80,8 @@ def make(out_dir: Path, small: bool = False) -> list[Path]:
         ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
         ax.set_ylabel("fraction of inputs (%)")
         ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}")
-        ax.set_title(f"digits MLP, {rs[0].inputs} inputs, against binary32")
+        name = "digits MLP" if model == MODEL else data.MODELS[model]
+        ax.set_title(f"{name}, {rs[0].inputs} inputs, against binary32")
         ax.set_xlabel("storage format (accumulation binary32 unless noted)")
         ax.grid(True, which="major", axis="y")
         fig.legend(loc="outside lower center", ncol=2)

@@ -15,6 +15,7 @@ k/16, exact in binary16) have no point on the log axis.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,7 +39,7 @@ def inputs_for(name: str, small: bool) -> int:
     """Inputs per model: the bound is recomputed for each of the L prefixes."""
     if name == "deep_tanh":
         return data.inputs_for(name, small)  # shares the certificate's runs
-    return 50 if small else 300
+    return min(50 if small else 300, data.size(name))
 
 
 def per_layer(name: str, n: int) -> PerLayer:
@@ -60,9 +61,10 @@ def _positive(v: Array) -> Array:
     return np.where(v > 0, v, np.nan)
 
 
-def make(out_dir: Path, small: bool = False) -> list[Path]:
-    """Draw the figure into ``out_dir``; return the PDF and PNG paths."""
-    names = data.models_for(small)
+def make(out_dir: Path, small: bool = False, models: Sequence[str] | None = None) -> list[Path]:
+    """Draw the figure of ``models`` (:mod:`~paper_figures.data` keys; default: the
+    examples) into ``out_dir``; return the PDF and PNG paths."""
+    names = data.models_for(small) if models is None else list(models)
     results = {m: per_layer(m, inputs_for(m, small)) for m in names}
     with style.context(column="full", ncols=len(names)):
         c = style.colors()

@@ -16,7 +16,7 @@ panel title instead, with the certified inputs and the observed flips.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +43,15 @@ def _limits(results: Iterable[CertifyResult]) -> tuple[tuple[float, float], ...]
     return _decades(xs), _decades(ys)
 
 
-def make(out_dir: Path, small: bool = False) -> list[Path]:
-    """Draw the figure into ``out_dir``; return the PDF and PNG paths."""
-    results = {m: data.certificate(m, data.inputs_for(m, small)) for m in MODELS}
+def make(out_dir: Path, small: bool = False, models: Sequence[str] = MODELS) -> list[Path]:
+    """Draw the figure of ``models`` (:mod:`~paper_figures.data` keys) into
+    ``out_dir``; return the PDF and PNG paths."""
+    results = {m: data.certificate(m, data.inputs_for(m, small)) for m in models}
     (x_lo, x_hi), (y_lo, y_hi) = _limits(results.values())
-    with style.context(ncols=2):
+    with style.context(ncols=len(results)):
         c = style.colors()
-        fig, axes = style.figure(1, 2, height=2.2, sharey=True)
+        fig, axes = style.figure(1, len(results), height=2.2, sharey=True)
+        axes = np.atleast_1d(axes)
         for ax, (name, res) in zip(axes, results.items(), strict=True):
             tol = res.tolerance
             delta = res.observed_delta

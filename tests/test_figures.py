@@ -11,7 +11,14 @@ import pytest
 
 pytest.importorskip("tueplots")
 
-from paper_figures import build, data, fig_error_growth, fig_tolerance, fig_validation  # noqa: E402
+from paper_figures import (  # noqa: E402
+    build,
+    data,
+    fig_error_growth,
+    fig_formats,
+    fig_tolerance,
+    fig_validation,
+)
 from paper_figures import tex as tex_snippets  # noqa: E402
 
 FIGURES = [m for m in build.available() if m.startswith("fig_")]
@@ -134,3 +141,50 @@ def test_validation_reads_reports(tmp_path: Path) -> None:
     assert runs.panels[1].boxes[0].median == pytest.approx(20.0)  # 0.2 / 0.01; 0.3 / 0 dropped
     paths = fig_validation.make(tmp_path / "out", small=True, results_dir=root)
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+# -- one's own model: fperr figures --model M --inputs X -------------------------------------
+def test_figures_for_own_model(tmp_path: Path) -> None:
+    """The figures that take a model draw a registered one on its own inputs,
+    and the certificate behind them is fperr.certify.certify's on those inputs."""
+    from fperr import examples
+    from fperr.certify import certify
+
+    model = examples.load("mlp")
+    X, y = examples.digits()
+    X, y = X[500:530], y[500:530]  # not the first rows: the user's inputs are used
+    paths = build.build_for_model(model, X, y, tmp_path, small=True)
+    names = sorted(p.name for p in paths)
+    assert names == sorted(f"{m}.{e}" for m, _ in build.MODEL_FIGURES for e in ("pdf", "png"))
+    assert all(p.stat().st_size > 1000 for p in paths)
+    got = data.certificate("model", 30).summary()
+    want = certify(model, X, y).summary()
+    for key in ("inputs", "certified", "observed_flips", "median_bound", "accuracy_low"):
+        assert got[key] == want[key], key
+    assert "model" not in data.models_for(small=True)  # the paper's build is unchanged
+    # without labels: the figures still build, with no accuracy
+    build.build_for_model(model, X, None, tmp_path / "nolabels", small=True)
+    assert np.isnan(fig_formats.rows(small=True, model="model")[0].accuracy)
+
+
+def test_figures_for_own_model_bad_input(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fperr import examples
+    from fperr.cli import cli
+    from fperr.errors import FperrInputError
+
+    model = examples.load("mlp")
+    with pytest.raises(FperrInputError, match=r"shape \[4, 5\].*\[N, 64\]"):
+        build.build_for_model(model, np.zeros((4, 5)), None, tmp_path)
+    with pytest.raises(FperrInputError, match="3 labels for 4 inputs"):
+        build.build_for_model(model, np.zeros((4, 64)), np.zeros(3), tmp_path)
+    np.savez(tmp_path / "bad.npz", inputs=np.zeros((4, 5)))
+    r = CliRunner().invoke(cli, ["figures", "--model", str(examples.path("mlp")),
+                                 "--inputs", str(tmp_path / "bad.npz"),
+                                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fperr: error: inputs have shape [4, 5]")
+    r = CliRunner().invoke(cli, ["figures", "--inputs", "x.npz"])
+    assert r.exit_code == 2 and "need --model" in r.output
