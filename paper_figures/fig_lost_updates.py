@@ -15,7 +15,6 @@ format.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +23,14 @@ from fperr.formats import get_format
 from fperr.rounding import round as fround
 from fperr.training import lost_updates
 
+from . import style
+
 FORMATS = ("binary16", "bfloat16")
 MAGNITUDES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 LRS = np.logspace(-5, -1, 33)
 GRAD_STD = 1e-3
 SAMPLES = 20_000
 SEED = 20230518
-WIDTH_IN = 3.3
 STEM = "fig_lost_updates"
 
 
@@ -44,31 +44,14 @@ def lost_fraction(
     return np.array([lost_updates(w, -lr * g, f).mean() for lr in lrs])
 
 
-def make(out_dir: Path) -> list[Path]:
-    """Draw the figure into ``out_dir``; return the PDF and PNG paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    style = "petroff10" if "petroff10" in plt.style.available else "default"
+def make(out_dir: Path, small: bool = False) -> list[Path]:
+    """Draw the figure into ``out_dir``; return the PDF and PNG paths (``small``:
+    the same figure, it is cheap)."""
     rng = np.random.default_rng(SEED)
     data = {(fmt, m): lost_fraction(fmt, m, LRS, rng) for fmt in FORMATS for m in MAGNITUDES}
-
-    with plt.style.context(style), plt.rc_context({
-        "font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "legend.fontsize": 6,
-        "xtick.labelsize": 6, "ytick.labelsize": 6, "lines.linewidth": 1.1,
-        "svg.hashsalt": "fperr", "pdf.fonttype": 42,
-    }):  # fmt: skip
-        colours = (
-            plt.rcParams["axes.prop_cycle"].by_key()["color"]
-            if style == "petroff10"
-            else list(plt.get_cmap("tab10").colors)  # type: ignore[attr-defined]
-        )
-        markers = ("o", "s", "^", "D", "v")
-        fig, axes = plt.subplots(1, 2, figsize=(WIDTH_IN, 2.15), sharey=True, layout="constrained")
+    with style.context(ncols=2):
+        fig, axes = style.figure(1, 2, height=2.15, sharey=True)
+        colours, markers = style.colors(), ("o", "s", "^", "D", "v")
         for ax, fmt in zip(axes, FORMATS, strict=True):
             for k, m in enumerate(MAGNITUDES):
                 ax.plot(LRS, data[fmt, m], color=colours[k % len(colours)],
@@ -84,14 +67,10 @@ def make(out_dir: Path) -> list[Path]:
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False,
                    handlelength=1.5, columnspacing=1.0)  # fmt: skip
-        pdf = out_dir / f"{STEM}.pdf"
-        png = out_dir / f"{STEM}.png"
-        fig.savefig(pdf, metadata={"CreationDate": None})
-        fig.savefig(png, dpi=300, metadata={"Software": None})
-        plt.close(fig)
-    return [pdf, png]
+        return style.save(fig, out_dir, STEM)
 
 
 if __name__ == "__main__":
-    for path in make(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("paper_figures/out")):
-        print(path)
+    from ._cli import main
+
+    main(make)
