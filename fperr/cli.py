@@ -7,6 +7,7 @@ configuration error -- reported as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -26,6 +27,22 @@ class _Group(click.Group):
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             click.echo(f"fperr: error: {msg}", err=True)
             ctx.exit(2)
+
+
+def _strict_json(obj: Any) -> str:
+    """Standard JSON: an infinite bound (or a NaN) is written as null, never as the
+    ``Infinity`` / ``NaN`` tokens that strict parsers (jq, JavaScript) reject."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def _write(path: str, text: str) -> None:
@@ -213,7 +230,6 @@ def bound_cmd(
     Exit 0 if every input is certified (with --min-certified: at least that
     fraction), 1 if not, 2 on bad input.
     """
-    import json
 
     from . import __version__
     from .arith import Emulated
@@ -252,10 +268,11 @@ def bound_cmd(
         advice = suggest_fp32(model, X, suggest, low=lo, reference=ref, method=method,
                               confidence=confidence, on=on)  # fmt: skip
         report["suggest_fp32"] = advice.to_dict()
+    text = _strict_json(report)
     if out:
-        _write(out, json.dumps(report))
+        _write(out, text)
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(text)
     else:
         click.echo(result.text())
         if gate:

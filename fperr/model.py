@@ -97,8 +97,10 @@ class Model:
         return sum(a.size for _, a in _layer_arrays(self.layers, ""))
 
     def save(self, path: str | Path) -> None:
-        """Write ``path`` (YAML) and its weights next to it (same stem, .npz)."""
+        """Write ``path`` (YAML) and its weights next to it (same stem, .npz),
+        creating the folder if needed."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Array] = {}
         spec = {
             "name": self.name,

@@ -121,3 +121,32 @@ def test_bound_reference_keeps_its_own_accumulator(tmp_path):
     assert s["reference_arithmetic"]["acc_rounding"] == "truncate"
     res = run(*args, "--truncating-accumulator")
     assert "accumulate binary32, operand binary32, accumulator truncates" in res.stdout
+
+
+def test_bound_json_is_strict_with_infinite_bounds(tmp_path):
+    """An input whose binary16 run overflows has an infinite bound; --json must
+    still be standard JSON (null, not the Infinity token strict parsers reject)."""
+    import json
+
+    import numpy as np
+
+    from fperr.layers import Dense
+    from fperr.model import Model
+
+    model = Model("wide", (2,), (Dense(np.array([[1.0, -2.0], [1e4, 1e4]]), np.zeros(2)),))
+    path = tmp_path / "m" / "wide.yaml"
+    model.save(path)  # the folder is created
+    np.save(tmp_path / "x.npy", np.array([[0.25, 3.0], [4.0, 4.0]]))  # 8e4 > 65504
+    res = CliRunner().invoke(cli, ["bound", "--model", str(path), "--inputs",
+                                   str(tmp_path / "x.npy"), "--json", "-q"])  # fmt: skip
+    assert res.exit_code == 1
+
+    def reject(token: str) -> None:
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    d = json.loads(res.stdout, parse_constant=reject)
+    s = d["summary"]
+    assert s["certified"] < s["inputs"] == 2
+    overflowed = d["samples"][1]
+    assert overflowed["bound"] == [None, None] and not overflowed["certified"]
+    assert all(x is not None for x in d["samples"][0]["bound"])
