@@ -474,3 +474,10 @@ class Residual:
         for layer in self.layers:
             h = layer.forward(h, arith)
         return arith.store(x + h)
+
+
+def parameters(layer: Layer) -> list[Array]:
+    """Every parameter array of a layer, those of a residual block's layers included."""
+    if isinstance(layer, Residual):
+        return [p for sub in layer.layers for p in parameters(sub)]
+    return [v for v in vars(layer).values() if isinstance(v, np.ndarray)]

@@ -169,3 +169,15 @@ def test_operands_beyond_a_narrower_accumulator_give_an_infinite_bound():
     # where the accumulator's range holds storage's, nothing changes
     wide_acc = Emulated.from_names("bfloat16", "binary32")
     assert np.isfinite(bound_run(model, x, wide_acc).radius).all()
+
+
+def test_apriori_box_beyond_a_narrower_accumulator_is_infinite():
+    """The a-priori engine applies the same rule as the per-input one."""
+    from fperr.bounds.apriori import apriori_bound
+
+    a = Emulated.from_names("bfloat16", "binary16")
+    wide = Model("wide", (2,), (Dense(np.array([[2e18, 1.0], [1.0, 1.0]]), None),))
+    assert np.isinf(apriori_bound(wide, 0.0, 1.0, a).radius).all()
+    ones = Model("ones", (2,), (Dense(np.ones((2, 2)), None),))
+    assert np.isinf(apriori_bound(ones, 0.0, 1e6, a).radius).all()  # 1e6 > 65520
+    assert np.isfinite(apriori_bound(ones, 0.0, 1.0, a).radius).all()

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from ..arith import Emulated
 from ..errors import FperrInputError
 from ..formats import Format
-from ..layers import Conv2d, Dense, Residual
+from ..layers import Conv2d, Dense, Residual, parameters
 from ..model import Model, check_inputs
 from ..rounding import round as fround
 from . import exponent_range as xr
@@ -179,17 +179,10 @@ def _outside_accumulator(enc: Enclosure, layer: Any, a: Emulated) -> npt.NDArray
     thr = xr.overflow_threshold(a.accumulate)
     if a.accumulate.max >= max(a.storage.max, a.operand_format.max):
         return np.zeros(N, dtype=bool)
-    if any(np.any(np.abs(p) >= thr) for p in _parameters(layer)):
+    if any(np.any(np.abs(p) >= thr) for p in parameters(layer)):
         return np.ones(N, dtype=bool)
     mag = np.abs(enc.value) + 2 * enc.radius()
     return np.asarray(~(mag.reshape(N, -1) < thr).all(axis=1))
-
-
-def _parameters(layer: Any) -> list[Array]:
-    """Every parameter array of a layer (of a residual block's layers too)."""
-    if isinstance(layer, Residual):
-        return [p for sub in layer.layers for p in _parameters(sub)]
-    return [v for v in vars(layer).values() if isinstance(v, np.ndarray)]
 
 
 def _bound_batch(
