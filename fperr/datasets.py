@@ -6,6 +6,8 @@ indices or ``None``.  A spec is either
 
 * ``sklearn:NAME`` with NAME one of :data:`SKLEARN_DATASETS`, read from the
   copies bundled with scikit-learn (nothing is downloaded), or
+* ``cifar10:DIR`` or ``cifar10:DIR@train``: CIFAR-10's python batches in
+  DIR (the test split by default), read by :mod:`fperr.cifar10`, or
 * a path to a ``.npy`` file (inputs only), a ``.npz`` file (inputs under the
   key ``inputs`` or ``X``, optional labels under ``labels`` or ``y``) or a
   ``.csv`` file (numeric, comma separated, one input per row, inputs only; an
@@ -49,6 +51,7 @@ __all__ = [
 ]
 
 SKLEARN_PREFIX = "sklearn:"
+CIFAR10_PREFIX = "cifar10:"
 SKLEARN_DATASETS: tuple[str, ...] = ("digits", "iris", "wine", "breast_cancer")
 DIGITS_SCALE = 16.0
 """Digits pixels are divided by this (their maximum value) to land in [0, 1]."""
@@ -94,6 +97,11 @@ def load_inputs(
     """
     if isinstance(spec, str) and spec.startswith(SKLEARN_PREFIX):
         return _load_sklearn(spec[len(SKLEARN_PREFIX) :])
+    if isinstance(spec, str) and spec.startswith(CIFAR10_PREFIX):
+        from .cifar10 import load_cifar10
+
+        folder, _, split = spec[len(CIFAR10_PREFIX) :].partition("@")
+        return load_cifar10(_resolve(folder, base_dir), split or "test")
     path = _resolve(str(spec), base_dir)
     _check_file(path, EXTENSIONS)
     suffix = path.suffix.lower()
