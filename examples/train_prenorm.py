@@ -20,17 +20,14 @@ deterministic algorithms and one CPU thread.
 
 from __future__ import annotations
 
-import io
-import zipfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
+from train_digits import save_npz, state_arrays  # the same folder: run as a script
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
@@ -107,10 +104,6 @@ def trained(blocks: int) -> tuple[PreNorm, float]:
     return model, acc
 
 
-def state_arrays(model: nn.Module) -> dict[str, npt.NDArray[np.float64]]:
-    return {k: v.detach().numpy().astype(np.float64) for k, v in model.state_dict().items()}
-
-
 def spec_text(blocks: int, weights: str, summary: str) -> str:
     """The fperr spec: residual blocks in the YAML form of fperr.spec.ResidualSpec."""
     lines = [
@@ -138,16 +131,6 @@ def spec_text(blocks: int, weights: str, summary: str) -> str:
         "data: {inputs: digits.npz}  # relative to this yaml file; labels are inside the npz",
     ]
     return "\n".join(lines) + "\n"
-
-
-def save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-    """Like ``np.savez_compressed``, with fixed timestamps: byte-reproducible."""
-    with zipfile.ZipFile(path, "w") as archive:
-        for key, array in arrays.items():
-            buffer = io.BytesIO()
-            np.save(buffer, array, allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            archive.writestr(info, buffer.getvalue(), zipfile.ZIP_DEFLATED, compresslevel=9)
 
 
 def write(directory: Path, stem: str, blocks: int) -> Path:

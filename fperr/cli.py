@@ -393,7 +393,7 @@ def validate_cmd(
     rep = validate(model, X, y, device=device, batch_sizes=(batch_size, 1), log=log,
                    workers=workers)  # fmt: skip
     if out:
-        _write(out, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
+        _write(out, rep.to_json())
     click.echo(summarize(rep))
     sys.exit(0 if rep.ok else 1)
 

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from ..arith import Emulated, Exact
 from ..errors import FperrInputError
 from ..formats import Format, gamma
-from ..layers import ACTIVATIONS, Conv2d, Pool2d, parameters
+from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
 from . import exponent_range as xr
 from .enclosure import half_ulp
@@ -164,16 +164,6 @@ def _pool(layer: Pool2d, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[A
     return wl.mean(-1), wh.mean(-1), rad
 
 
-def _outside_accumulator(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> bool:
-    """Whether a value of the box, or a parameter, may lie beyond the accumulator's
-    range where that range is narrower than storage's (an infinite bound)."""
-    if a.accumulate.max >= max(a.storage.max, a.operand_format.max):
-        return False
-    thr = xr.overflow_threshold(a.accumulate)
-    mag = np.maximum(np.abs(lo), np.abs(hi)) + r
-    return bool(np.any(mag >= thr) or any(np.any(np.abs(p) >= thr) for p in parameters(layer)))
-
-
 def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
                   arith: Emulated | None = None) -> AprioriBound:  # fmt: skip
     """Bound the error of ``model`` in ``arith`` for every input in [lo, hi].
@@ -194,7 +184,9 @@ def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
     radii = []
     for i, layer in enumerate(model.layers):
         t = layer.type
-        if _outside_accumulator(layer, vlo, vhi, r, a):  # see engine._outside_accumulator
+        mag = np.maximum(np.abs(vlo), np.abs(vhi)) + r
+        if xr.beyond_accumulator(layer, mag[None], a.storage, a.operand_format,
+                                 a.accumulate)[0]:  # fmt: skip
             out = model.shapes()[i + 1]
             vlo, vhi, r = np.full(out, -np.inf), np.full(out, np.inf), np.full(out, np.inf)
             radii.append(np.inf)

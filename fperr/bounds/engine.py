@@ -21,7 +21,7 @@ import numpy.typing as npt
 from ..arith import Emulated
 from ..errors import FperrInputError
 from ..formats import Format
-from ..layers import Conv2d, Dense, Residual, parameters
+from ..layers import Conv2d, Dense, Residual
 from ..model import Model, check_inputs
 from ..rounding import round as fround
 from . import exponent_range as xr
@@ -166,25 +166,6 @@ def _convert(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
     return enc.with_value(y).add_box(half_ulp(mag, new), index, random=True)
 
 
-def _outside_accumulator(enc: Enclosure, layer: Any, a: Emulated) -> npt.NDArray[np.bool_]:
-    """(N,): inputs for which a value entering the layer, or one of its parameters,
-    may lie beyond the accumulator's range.
-
-    Only where the accumulator's range is narrower than storage's (bfloat16
-    values, binary16 accumulator): a kernel converts its operands into the
-    accumulator, where such a value overflows (and inf * 0 is NaN), whatever
-    the products' magnitudes; the bound is then infinite.
-    """
-    N = enc.value.shape[0]
-    thr = xr.overflow_threshold(a.accumulate)
-    if a.accumulate.max >= max(a.storage.max, a.operand_format.max):
-        return np.zeros(N, dtype=bool)
-    if any(np.any(np.abs(p) >= thr) for p in parameters(layer)):
-        return np.ones(N, dtype=bool)
-    mag = np.abs(enc.value) + 2 * enc.radius()
-    return np.asarray(~(mag.reshape(N, -1) < thr).all(axis=1))
-
-
 def _bound_batch(
     model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float
 ) -> tuple[Array, Array, Array]:
@@ -201,7 +182,11 @@ def _bound_batch(
             if ctx.arith.storage != storage:
                 enc = _convert(enc, storage, ctx.arith.storage, i)
                 storage = ctx.arith.storage
-            overflow |= _outside_accumulator(enc, layer, ctx.arith)
+            # operands beyond a narrower accumulator's range: infinite bound
+            a = ctx.arith
+            mag = np.abs(enc.value) + 2 * enc.radius()
+            overflow |= xr.beyond_accumulator(layer, mag, a.storage, a.operand_format,
+                                              a.accumulate)  # fmt: skip
             enc = apply_rule(layer, enc, ctx, i).prune()
             overflow |= enc.nonfinite_inputs()
         n_groups = len(model.layers) + 1

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..formats import Format, gamma
+from ..layers import Layer, parameters
 
 Array = npt.NDArray[np.float64]
 
@@ -142,3 +143,21 @@ def dot_underflow(count: Array | float, n: int, u: float, fmt: Format, exact: bo
     c = np.asarray(count, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         return np.where(c > 0, c * per_term * growth, 0.0)
+
+
+def beyond_accumulator(
+    layer: Layer, mag: Array, storage: Format, operand: Format, acc: Format
+) -> npt.NDArray[np.bool_]:
+    """(N,): rows of magnitudes ``mag`` (N, ...) entering ``layer`` for which a
+    value, or one of the layer's parameters, may lie beyond the accumulator's
+    range.  Only where that range is narrower than storage's (bfloat16 values,
+    binary16 accumulator): a kernel converts its operands into the
+    accumulator, where such a value overflows (and inf * 0 is NaN), whatever
+    the products' magnitudes; the bound is then infinite."""
+    N = mag.shape[0]
+    if acc.max >= max(storage.max, operand.max):
+        return np.zeros(N, dtype=bool)
+    thr = overflow_threshold(acc)
+    if any(np.any(np.abs(p) >= thr) for p in parameters(layer)):
+        return np.ones(N, dtype=bool)
+    return np.asarray(~(mag.reshape(N, -1) < thr).all(axis=1))

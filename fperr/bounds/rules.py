@@ -155,14 +155,14 @@ class Context:
                                 a.acc_rounding == "truncate")  # fmt: skip
 
     def term_underflow(self, t: Array, fmt: Format, n: int) -> Array | float:
-        """Underflow error of a term of magnitude ``t`` held in ``fmt`` entering the
-        accumulator and passing through at most n further additions: eta where
-        ``fmt``'s values are not all exact there (plus eta_add if it flushes)."""
+        """Underflow error of one term of magnitude ``t`` held in ``fmt`` entering
+        the accumulator (exact there when ``fmt``'s values all are) and passing
+        through at most n further additions: :func:`exponent_range.dot_underflow`
+        with one term."""
         a = self.arith
-        per = (0.0 if a.accumulate.contains(fmt) else self.eta()) + self.eta_add()
-        if per == 0.0:
-            return 0.0
-        return np.where(np.asarray(t) > 0, per * (1 + gamma(n, a.u_acc)), 0.0)
+        return xr.dot_underflow((np.asarray(t) > 0).astype(np.float64), n, a.u_acc,
+                                a.accumulate, a.accumulate.contains(fmt),
+                                a.acc_rounding == "truncate")  # fmt: skip
 
     def sum_may_overflow(
         self, total: Array | float, n: int, absolute: Array | float = 0.0

@@ -215,10 +215,13 @@ class ValidationReport:
                    tuple(ConfigResult.from_dict(r) for r in d["results"]), arrays,
                    d.get("slack", cls.slack))  # fmt: skip
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+
     def save(self, path: str | Path) -> None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        p.write_text(self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> ValidationReport:
