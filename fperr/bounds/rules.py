@@ -258,16 +258,14 @@ def _weight_error(w_hat: Array, w: Array, a: Emulated) -> Array:
     return dw
 
 
-@rule("dense")
-def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Dense layer: Higham 2002, Lemma 3.1 / eq. 3.11 for each dot product,
-    plus weight/bias rounding and the storage roundings; errors map through W."""
+def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> tuple[Array, Array, Array]:
+    """(z, local, extra) of a dense layer at computed input ``x`` with incoming
+    radius ``r``: the stored output, the accumulation and storage errors, and
+    the rounding of parameters and operands (see :meth:`Context.add_local`)."""
     a = ctx.arith
-    x = enc.value
     w_hat = a.to_operand(layer.weight)
     s_st = a.matmul(a.activation_operand(x), w_hat.T)
     z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
-    r = enc.radius()
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
     dw = _weight_error(w_hat, layer.weight, a)
@@ -282,45 +280,58 @@ def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclos
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))
     local = _affine_local(s_st, z, mag_op @ wa.T, r @ wa.T, np.zeros_like(z), ctx,
                           layer.weight.shape[1], lambda: (mag > 0) @ nonzero.T, b_abs)  # fmt: skip
+    return z, local, extra
+
+
+@rule("dense")
+def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Dense layer: Higham 2002, Lemma 3.1 / eq. 3.11 for each dot product,
+    plus weight/bias rounding and the storage roundings; errors map through W."""
+    z, local, extra = dense_local(layer, enc.value, enc.radius(), ctx)
     out = enc.linear(z, lambda cols: cols @ layer.weight.T, lambda: layer.weight)
     return ctx.add_local(out, local, extra, index)
 
 
-@rule("conv2d")
-def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Conv2d as dense products over im2col patches (same lemma, n = C/g kh kw)."""
-    a, exact = ctx.arith, Exact()
-    x = enc.value
+def conv_with(layer: Conv2d, w: Array, v: Array) -> Array:
+    """``layer``'s convolution with kernel ``w`` and no bias, in exact arithmetic."""
+    conv = Conv2d(w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return conv.forward(v, Exact())
+
+
+def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> tuple[Array, Array, Array]:
+    """(z, local, extra) of a convolution, as :func:`dense_local` (n = C/g kh kw)."""
+    a = ctx.arith
     w_hat = a.to_operand(layer.weight)
     nobias = Conv2d(w_hat, None, layer.stride, layer.padding, layer.dilation, layer.groups)
     s_st = nobias.forward(x, a)  # rounds x to the operand format itself
     z = s_st
     if layer.bias is not None:
         z = a.store(s_st + a.store(layer.bias)[None, :, None, None])
-
-    def conv_with(w: Array, v: Array) -> Array:
-        return Conv2d(w, None, layer.stride, layer.padding, layer.dilation, layer.groups).forward(
-            v, exact
-        )
-
-    r = enc.radius()
     mag = np.abs(x) + 2 * r
     dw = _weight_error(w_hat, layer.weight, a)
-    extra = conv_with(dw, mag)  # weight rounding, worst case (a function of the data)
+    extra = conv_with(layer, dw, mag)  # weight rounding, worst case (a function of the data)
     wa = np.abs(w_hat)
     dx = _operand_error(mag, a)
     if dx is not None:  # activations rounded to a narrower operand format (TF32)
-        extra = extra + conv_with(wa, dx)
+        extra = extra + conv_with(layer, wa, dx)
     if layer.bias is not None:
         extra = extra + np.abs(a.store(layer.bias) - layer.bias)[None, :, None, None]
     n = int(np.prod(layer.weight.shape[1:]))
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
     nonzero = (wa != 0).astype(np.float64)
-    count = lambda: conv_with(nonzero, (mag > 0).astype(np.float64))  # noqa: E731
+    count = lambda: conv_with(layer, nonzero, (mag > 0).astype(np.float64))  # noqa: E731
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))[None, :, None, None]
-    local = _affine_local(s_st, z, conv_with(wa, mag_op), conv_with(wa, r), np.zeros_like(z),
-                          ctx, n, count, b_abs)  # fmt: skip
-    lin = lambda cols: conv_with(layer.weight, cols)  # noqa: E731
+    local = _affine_local(s_st, z, conv_with(layer, wa, mag_op), conv_with(layer, wa, r),
+                          np.zeros_like(z), ctx, n, count, b_abs)  # fmt: skip
+    return z, local, extra
+
+
+@rule("conv2d")
+def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Conv2d as dense products over im2col patches (same lemma, n = C/g kh kw)."""
+    x = enc.value
+    z, local, extra = conv_local(layer, x, enc.radius(), ctx)
+    lin = lambda cols: conv_with(layer, layer.weight, cols)  # noqa: E731
     out = enc.linear(z, lin, ctx.matrix_of(layer, x.shape[1:], lin))
     return ctx.add_local(out, local, extra, index)
 
@@ -374,14 +385,13 @@ def relu_slopes(alpha: float, lo: Array, hi: Array) -> tuple[Array, Array]:
     return dlo, dhi
 
 
-@rule("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
-def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Mean value form: f(z_hat) - f(z) = f'(xi)(z_hat - z), f'(xi) enclosed over
-    [z_hat - 2r, z_hat + 2r]; the spread of f' becomes a deterministic box."""
+def activation_local(
+    layer: Activation, z: Array, r: Array, ctx: Context
+) -> tuple[Array, Array, Array, Array]:
+    """(y, dc, dr, local): the stored output, the centre and half-width of f' over
+    [z - 2r, z + 2r] (mean value form), and the function's own error."""
     a = ctx.arith
-    z = enc.value
     y = layer.forward(z, a)
-    r = enc.radius()
     lo, hi = z - 2 * r, z + 2 * r
     s = a.storage
     if layer.type in ("relu", "leaky_relu"):
@@ -405,7 +415,15 @@ def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int)
         if layer.type != "sigmoid":
             fmin = np.where((lo <= 0) & (hi >= 0), 0.0, fmin)
         local = ctx.func_error(layer.type, fmag, fmin)
-    dc, dr = (dlo + dhi) / 2, (dhi - dlo) / 2
+    return y, (dlo + dhi) / 2, (dhi - dlo) / 2, local
+
+
+@rule("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Mean value form: f(z_hat) - f(z) = f'(xi)(z_hat - z), f'(xi) enclosed over
+    [z_hat - 2r, z_hat + 2r]; the spread of f' becomes a deterministic box."""
+    r = enc.radius()
+    y, dc, dr, local = activation_local(layer, enc.value, r, ctx)
     out = enc.scale_rows(y, dc)
     out = out.add_box(dr * r, index, random=False)
     return out.add_box(local, index, random=True)
@@ -426,15 +444,25 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
     and sigma = (1 + sum_j s_j e_j + k alpha_e)(1 + gamma_{k-1}) - 1,
     |y_i - s_i| <= s_i ((1 + e_i)(1 + u)^2 / (1 - sigma) - 1) + alpha_e (1 + u)^2 / (1 - sigma).
     """
-    a = ctx.arith
     enc = enc.materialize()
-    z = enc.value
-    y = layer.forward(z, a)
-    s = softmax(z)  # at the computed logits, before the storage rounding
-    r = enc.radius()
-    k = y.shape[-1]
+    y, s, remainder, local = softmax_local(layer, enc.value, enc.radius(), ctx)
     g = enc.gens  # (N, k, q)
     gens = s[:, :, None] * g - s[:, :, None] * np.einsum("bk,bkq->bq", s, g)[:, None, :]
+    out = Enclosure(y, gens, enc.groups, enc.random)
+    out = out.add_box(remainder, index, random=False)
+    return out.add_box(local, index, random=True)
+
+
+def softmax_local(
+    layer: Softmax, z: Array, r: Array, ctx: Context
+) -> tuple[Array, Array, Array, Array]:
+    """(y, s, remainder, local) of a softmax (see :func:`softmax_rule`): the
+    stored output, softmax at the computed logits (J = diag(s) - s s^T), the
+    box for the spread of J and the kernel's own error."""
+    a = ctx.arith
+    y = layer.forward(z, a)
+    s = softmax(z)  # at the computed logits, before the storage rounding
+    k = y.shape[-1]
     rho = 2 * r + 2 * r.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore"):
         ds = np.minimum(s * np.expm1(rho), 1.0)  # softmax values stay in [0, 1]
@@ -458,9 +486,7 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
     local = kern + under + half_ulp(np.minimum(s_plus + kern, 1.0) + under, a.storage)
     # the sum of the k exponentials (each <= 1) must not overflow in any order
     local = np.where(ctx.sum_may_overflow(float(k), k, under), np.inf, local)
-    out = Enclosure(y, gens, enc.groups, enc.random)
-    out = out.add_box(remainder, index, random=False)
-    return out.add_box(local, index, random=True)
+    return y, s, remainder, local
 
 
 def _softmax_underflow(ctx: Context, k: int, rel: float, func_abs: float) -> float:
@@ -477,31 +503,36 @@ def _softmax_underflow(ctx: Context, k: int, rel: float, func_abs: float) -> flo
 
 
 # -- pooling, shape, normalisation ------------------------------------------------
-@rule("maxpool2d", "avgpool2d")
-def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Max: exact; the error is the winner's when it wins for every run, else a
-    box max_i r_i (|max a - max b| <= max |a_i - b_i|).  Avg: linear map plus
-    the sum's accumulation error (Higham 2002, eq. 4.4) and one storage rounding."""
+def window_index(layer: Pool2d, in_shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
+    """(C, H', W', k): the flat input index of every window slot, -1 for padding."""
+    idx = np.arange(1, int(np.prod(in_shape)) + 1, dtype=np.float64).reshape((1, *in_shape))
+    index_pool = Pool2d("avg", layer.kernel, layer.stride, layer.padding)  # pads with 0
+    return index_pool.windows(idx).astype(np.int64)[0] - 1
+
+
+def avgpool_local(layer: Pool2d, x: Array, r: Array, ctx: Context) -> tuple[Array, Array]:
+    """(y, local) of average pooling: the sum's accumulation error (Higham 2002,
+    eq. 4.4), the quotient and one storage rounding."""
     a = ctx.arith
-    x = enc.value
     y = layer.forward(x, a)
-    r = enc.radius()
     k = layer.kernel[0] * layer.kernel[1]
-    # flat input index of every window slot (padding slots get 0; they never win)
-    idx = np.arange(int(np.prod(x.shape[1:])), dtype=np.float64).reshape((1, *x.shape[1:]))
-    index_pool = Pool2d("avg", layer.kernel, layer.stride, layer.padding)
-    win_idx = index_pool.windows(idx).astype(np.int64)[0]  # (C, H', W', k)
-    if layer.kind == "avg":
-        lin = lambda cols: layer.windows(cols).sum(axis=-1) / k  # noqa: E731
-        out = enc.linear(y, lin, ctx.matrix_of(layer, x.shape[1:], lin))
-        mag = layer.windows(np.abs(x) + 2 * r).sum(axis=-1) / k
-        # sum then divide: k flushed additions (their error / k) and one quotient
-        under = (ctx.eta() + ctx.eta_add()) * (1 + gamma(k, a.u_acc))
-        local = gamma(k, a.u_acc) * mag + under
-        local = np.where(ctx.sum_may_overflow(k * mag, k, under), np.inf, local)
-        local = local + half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * local +
-                                 4 * layer.windows(r).max(axis=-1), a.storage)  # fmt: skip
-        return out.add_box(local, index, random=True)
+    mag = layer.windows(np.abs(x) + 2 * r).sum(axis=-1) / k
+    # sum then divide: k flushed additions (their error / k) and one quotient
+    under = (ctx.eta() + ctx.eta_add()) * (1 + gamma(k, a.u_acc))
+    local = gamma(k, a.u_acc) * mag + under
+    local = np.where(ctx.sum_may_overflow(k * mag, k, under), np.inf, local)
+    local = local + half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * local +
+                             4 * layer.windows(r).max(axis=-1), a.storage)  # fmt: skip
+    return y, local
+
+
+def maxpool_local(
+    layer: Pool2d, x: Array, r: Array
+) -> tuple[Array, npt.NDArray[np.int64], npt.NDArray[np.bool_], Array]:
+    """(y, src, sure, box) of max pooling: the flat input index of each window's
+    winner (N, m), whether it wins for every run, and the box max_i r_i where not."""
+    y = layer.forward(x, Exact())  # exact in any format
+    k = layer.kernel[0] * layer.kernel[1]
     wv, wr = layer.windows(x), layer.windows(r)
     wr = np.where(np.isfinite(wv), wr, 0.0)  # padding never carries error
     arg = np.argmax(wv, axis=-1)
@@ -509,11 +540,29 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     rivals = np.where(np.arange(k) == arg[..., None], -np.inf, wv + 2 * wr).max(axis=-1)
     sure = top > rivals
     N = x.shape[0]
+    win_idx = np.maximum(window_index(layer, x.shape[1:]), 0)  # padding slots never win
     flat_w = np.broadcast_to(win_idx, (N, *win_idx.shape))
     src = np.take_along_axis(flat_w, arg[..., None], -1)[..., 0].reshape(N, -1)
+    return y, src, sure, np.where(sure, 0.0, wr.max(axis=-1))
+
+
+@rule("maxpool2d", "avgpool2d")
+def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    """Max: exact; the error is the winner's when it wins for every run, else a
+    box max_i r_i (|max a - max b| <= max |a_i - b_i|).  Avg: linear map plus
+    the sum's accumulation error (Higham 2002, eq. 4.4) and one storage rounding."""
+    x = enc.value
+    r = enc.radius()
+    if layer.kind == "avg":
+        y, local = avgpool_local(layer, x, r, ctx)
+        k = layer.kernel[0] * layer.kernel[1]
+        lin = lambda cols: layer.windows(cols).sum(axis=-1) / k  # noqa: E731
+        out = enc.linear(y, lin, ctx.matrix_of(layer, x.shape[1:], lin))
+        return out.add_box(local, index, random=True)
+    y, src, sure, box = maxpool_local(layer, x, r)
     overlapping = any(s < k for s, k in zip(layer.stride, layer.kernel, strict=True))
     out = enc.gather_rows(y, src, sure.astype(np.float64), overlapping)
-    return out.add_box(np.where(sure, 0.0, wr.max(axis=-1)), index, random=False)
+    return out.add_box(box, index, random=False)
 
 
 @rule("flatten", "reshape", "dropout")
@@ -546,8 +595,19 @@ def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -
     y: |x||alpha - s| + |m~||alpha - s| + |m~ - m||s| + |b~ - b|; then the
     storage rounding.
     """
-    a = ctx.arith
     x = enc.value
+    y, s, computed, params = batchnorm_local(layer, x, enc.radius(), ctx)
+    out = enc.scale_rows(y, np.broadcast_to(s, x.shape))
+    return ctx.add_local(out, computed, params, index)
+
+
+def batchnorm_local(
+    layer: BatchNorm, x: Array, r: Array, ctx: Context
+) -> tuple[Array, Array, Array, Array]:
+    """(y, s, computed, params) of eval batch norm (see :func:`batchnorm_rule`):
+    the stored output, the exact scale (broadcast), the evaluation and storage
+    errors, and the parameter roundings."""
+    a = ctx.arith
     y = layer.forward(x, a)
     bc = lambda v: layer.broadcast(v, x.ndim)  # noqa: E731
     s = bc(layer.scale)
@@ -568,7 +628,6 @@ def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -
     v_t = np.max([fround(layer.running_var, f) for f in fmts], axis=0) + layer.eps
     dalpha = np.where(bc(v_t * (1 + a.u_acc) >= xr.overflow_threshold(a.accumulate)),
                       np.inf, dalpha)  # fmt: skip
-    r = enc.radius()
     mag = np.abs(x) + 2 * r
     terms = amag * mag + mmag * amag + bmag
     # products x alpha and m~ alpha (storage x accumulator) may underflow
@@ -582,8 +641,7 @@ def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -
     params = np.where(np.isnan(params), np.inf, params)
     drift = 2 * amag * r + 2 * (evaluation + params)
     store = half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + drift, a.storage)
-    out = enc.scale_rows(y, np.broadcast_to(s, x.shape))
-    return ctx.add_local(out, evaluation + store, params, index)
+    return y, s, evaluation + store, params
 
 
 @rule("residual")
@@ -599,9 +657,12 @@ def residual_rule(layer: Residual, enc: Enclosure, ctx: Context, index: int) -> 
     gens = branch.gens.copy()
     gens[:, :, :q0] += enc.gens
     out = Enclosure(y, gens, branch.groups, branch.random, branch.boxes)
-    r = out.radius()
-    local = half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * r, a.storage)
-    return out.add_box(local, index, random=True)
+    return out.add_box(residual_local(y, out.radius(), a), index, random=True)
+
+
+def residual_local(y: Array, r: Array, a: Emulated) -> Array:
+    """Storage rounding of the sum x + F(x), at magnitudes |y| + 2r (any run)."""
+    return half_ulp(np.abs(y) + half_ulp(np.abs(y), a.storage) + 2 * r, a.storage)
 
 
 def _layernorm_range(
@@ -791,9 +852,7 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     N, shape = x.shape[0], x.shape
     xg = x.reshape(N, -1, n)
     rg = enc.radius().reshape(xg.shape)
-    w = np.ones(n) if layer.weight is None else layer.weight.reshape(-1)
-    b = np.zeros(n) if layer.bias is None else layer.bias.reshape(-1)
-    w_hat, b_hat = a.store(w), a.store(b)
+    w, _ = layer_norm_affine(layer, n)
     z = xg - xg.mean(axis=-1, keepdims=True)
     q = enc.gens.shape[2]
     g = enc.gens.reshape(N, xg.shape[1], n, q)  # explicit: q may be 0 (exact inputs)
@@ -808,6 +867,33 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     zdir = np.zeros((N, k, n, k))
     zdir[:, np.arange(k), :, np.arange(k)] = (w * z * beta).transpose(1, 0, 2)
     gens = np.concatenate([jg * w[None, None, :, None], zdir], axis=-1).reshape(N, k * n, q + k)
+    # |w (f(z') - f(z))| for any run: the signed part's radius plus the remainder
+    prop = np.abs(gens).sum(axis=-1).reshape(xg.shape) + remainder
+    local, params = layernorm_kernel(layer, ctx, y, xg, rg, z, rho, v_lo, prop)
+    out = Enclosure(y, gens, enc.groups + [index] * k, enc.random + [False] * k)
+    out = out.add_box(remainder.reshape(shape), index, random=False)
+    return ctx.add_local(out, local.reshape(shape), params.reshape(shape), index)
+
+
+def layer_norm_affine(layer: LayerNorm, n: int) -> tuple[Array, Array]:
+    """(w, b) as flat vectors of length n (ones and zeros where absent)."""
+    w = np.ones(n) if layer.weight is None else layer.weight.reshape(-1)
+    b = np.zeros(n) if layer.bias is None else layer.bias.reshape(-1)
+    return w, b
+
+
+def layernorm_kernel(
+    layer: LayerNorm, ctx: Context, y: Array, xg: Array, rg: Array, z: Array, rho: Array,
+    v_lo: Array, prop: Array,
+) -> tuple[Array, Array]:  # fmt: skip
+    """(local, params) of a layer-norm kernel, per group (N, k, n): its evaluation,
+    range and storage errors, and the rounding of w and b.  ``xg``, ``rg``: input
+    and incoming radius; ``z`` the centred input; ``rho`` >= |P (x' - x_hat)| / 2;
+    ``v_lo`` <= the variance of every run; ``prop`` >= |w (f(z') - f(z))|."""
+    a = ctx.arith
+    n = xg.shape[-1]
+    w, b = layer_norm_affine(layer, n)
+    w_hat, b_hat = a.store(w), a.store(b)
     s_min = np.sqrt(v_lo)  # lower bound on s(z') for every run
     with np.errstate(divide="ignore", invalid="ignore"):
         # |u_i| = |z_i| / s <= |z| / s <= sqrt(n) whatever the variance
@@ -827,11 +913,7 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     )
     local = np.where(overflow, np.inf, local)
     yg = y.reshape(xg.shape)
-    # |w (f(z') - f(z))| for any run: the signed part's radius plus the remainder
-    prop = np.abs(gens).sum(axis=-1).reshape(xg.shape) + remainder
     local = local + half_ulp(
         np.abs(yg) + half_ulp(np.abs(yg), a.storage) + 2 * (prop + local + params), a.storage
     )
-    out = Enclosure(y, gens, enc.groups + [index] * k, enc.random + [False] * k)
-    out = out.add_box(remainder.reshape(shape), index, random=False)
-    return ctx.add_local(out, local.reshape(shape), params.reshape(shape), index)
+    return local, params
