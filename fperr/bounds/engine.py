@@ -25,6 +25,15 @@ from ..layers import Conv2d, Dense, Residual
 from ..model import Model, check_inputs
 from ..rounding import round as fround
 from . import exponent_range as xr
+from .backward import (
+    Collector,
+    Ranges,
+    forward_steps,
+    input_step,
+    pull_back,
+    row_selector,
+    scatter_rows,
+)
 from .enclosure import Enclosure, half_ulp
 from .memory import check_memory, estimate_bytes, max_bytes
 from .rules import RULES, Context, apply_rule
@@ -40,6 +49,35 @@ PROBABILISTIC_NOTE = (
 )
 
 Array = npt.NDArray[np.float64]
+
+ENGINES = ("auto", "backward", "zonotope")
+
+CURVED = ("tanh", "sigmoid", "gelu", "softmax", "layernorm")
+"""Layers whose remainder terms grow with the incoming radius squared: there the
+backward engine's interval ranges (exact for one layer, but 17-60x wider than the
+zonotope's after four tanh layers of width 512, infinite through two pre-norm
+residual blocks) cost more tightness than the engine saves."""
+
+
+def layer_types(layers: Sequence[Any]) -> set[str]:
+    """Every layer type in ``layers``, residual branches included."""
+    out: set[str] = set()
+    for layer in layers:
+        out.add(layer.type)
+        if isinstance(layer, Residual):
+            out |= layer_types(layer.layers)
+    return out
+
+
+def resolve_engine(model: Model, engine: str) -> str:
+    """``"auto"``: the backward engine for piecewise-linear models (ReLU, pooling,
+    batch norm: its bounds equal the zonotope's there), the zonotope for models
+    with curved layers (:data:`CURVED`)."""
+    if engine not in ENGINES:
+        raise FperrInputError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    return "zonotope" if layer_types(model.layers) & set(CURVED) else "backward"
 
 # float64 evaluation of the generators themselves is inexact; widen by this
 # relative margin (far above q * 2**-53 for any q we build).
@@ -95,8 +133,21 @@ def bound_run(
     keep: Mapping[int, Emulated] | None = None,
     progress: Callable[[int], None] | None = None,
     layer_ariths: Mapping[int, Emulated] | None = None,
+    engine: str = "auto",
+    ranges: str = "interval",
+    rows: npt.NDArray[np.bool_] | None = None,
 ) -> RunBound:
     """Enclose one run of ``model`` in ``arith`` against exact arithmetic.
+
+    ``engine``: ``"backward"`` (:mod:`.backward`: interval ranges forward, one
+    backward pass per output row, cost ~ K forward passes), ``"zonotope"``
+    (the reference engine: every error source carried forward as a signed
+    generator; sharper ranges, cost growing with width and depth) or
+    ``"auto"`` (default, :func:`resolve_engine`).
+    ``ranges="zonotope"`` gives the backward engine the zonotope's radii (for
+    comparisons: it then bounds the same terms).  ``rows`` (N, K) selects the
+    outputs the backward pass sharpens; the others keep the forward interval
+    range (a cheaper, looser bound) and no per-layer breakdown.
 
     ``layer_ariths`` is the deprecated name of ``keep`` (removed in 0.3).
 
@@ -116,7 +167,14 @@ def bound_run(
         keep = layer_ariths if keep is None else keep
     if method not in ("deterministic", "probabilistic"):
         raise FperrInputError(f"unknown method {method!r}; use deterministic or probabilistic")
+    engine = resolve_engine(model, engine)
+    if rows is not None and engine != "backward":
+        raise FperrInputError("rows (outputs to sharpen) need engine='backward'")
+    if ranges not in ("interval", "zonotope"):
+        raise FperrInputError(f"unknown ranges {ranges!r}; use interval or zonotope")
     x = check_inputs(X, model.input_shape)
+    if rows is not None and (rows.shape != (x.shape[0], int(np.prod(model.output_shape)))):
+        raise FperrInputError(f"rows has shape {rows.shape}, expected (inputs, outputs)")
     # Half the failure budget for the accumulation events inside the network
     # (one per term of every dot product), half for the K outputs' quadrature
     # combination: a union bound over both.
@@ -131,19 +189,27 @@ def bound_run(
         a = (keep or {}).get(i, arith)
         ctxs.append(contexts.setdefault(a, Context(a, method, lam)))
     input_ctx = ctxs[0] if ctxs else Context(arith, method, lam)
-    widest = max(int(np.prod(s)) for s in model.shapes())
-    # Generators grow to ~ (units of all layers) columns; keep a batch near 200 MB.
-    total_units = sum(int(np.prod(s)) for s in model.shapes())
-    bs = batch_size or max(1, int(5e7 // max(1, widest * total_units)))
-    # model.shapes() omits residual branches (wider than the stream): smaller
-    # chunks rather than a memory error (bounds do not depend on the batch)
-    limit = max_bytes()
-    while batch_size is None and bs > 1 and estimate_bytes(model, min(bs, x.shape[0])) > limit:
-        bs = max(1, bs // 2)
-    check_memory(model, min(bs, x.shape[0]))  # a clear error rather than a MemoryError
+    if engine == "backward" and ranges == "interval":
+        bs = batch_size or backward_batch_size(model)
+    else:
+        widest = max(int(np.prod(s)) for s in model.shapes())
+        # Generators grow to ~ (units of all layers) columns; keep a batch near 200 MB.
+        total_units = sum(int(np.prod(s)) for s in model.shapes())
+        bs = batch_size or max(1, int(5e7 // max(1, widest * total_units)))
+        # model.shapes() omits residual branches (wider than the stream): smaller
+        # chunks rather than a memory error (bounds do not depend on the batch)
+        limit = max_bytes()
+        while batch_size is None and bs > 1 and estimate_bytes(model, min(bs, x.shape[0])) > limit:
+            bs = max(1, bs // 2)
+        check_memory(model, min(bs, x.shape[0]))  # a clear error rather than a MemoryError
     outs, radii, layers = [], [], []
     for i in range(0, x.shape[0], bs):
-        o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam_out)
+        if engine == "backward":
+            sel = None if rows is None else rows[i : i + bs]
+            o, r, pl = _bound_batch_backward(model, x[i : i + bs], input_ctx, ctxs, method,
+                                             lam_out, sel, ranges)  # fmt: skip
+        else:
+            o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam_out)
         outs.append(o)
         radii.append(r)
         layers.append(pl)
@@ -210,6 +276,58 @@ def _bound_batch(
         radius = np.where(bad, np.inf, radius)
     out = enc.value.reshape(x.shape[0], -1)
     return out, radius.reshape(out.shape), per
+
+
+def backward_batch_size(model: Model) -> int:
+    """Inputs per batch of the backward engine: its steps keep a few arrays per
+    unit of every layer, its rows K per unit of one; about 1/8 of the budget
+    (:func:`.memory.max_bytes`) per batch leaves room for temporaries."""
+    shapes = model.shapes()
+    units = sum(int(np.prod(s)) for s in shapes) * 2  # residual branches: about as wide
+    rows = int(np.prod(model.output_shape)) * max(int(np.prod(s)) for s in shapes)
+    per_input = 8 * (8 * units + 4 * rows)
+    return max(1, min(4096, max_bytes() // 8 // per_input))
+
+
+def _bound_batch_backward(
+    model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float,
+    rows: npt.NDArray[np.bool_] | None, ranges: str,
+) -> tuple[Array, Array, Array]:  # fmt: skip
+    """One batch through :mod:`.backward`: (outputs, radius, per-layer breakdown)."""
+    N = x.shape[0]
+    first = input_step(x, input_ctx)
+    ref = None
+    if ranges == "zonotope":
+        ref = Enclosure(first.value, np.zeros((N, int(np.prod(x.shape[1:])), 0)))
+        ref = ref.add_box(first.boxes[0][0], 0, random=False)
+    L = len(model.layers)
+    with np.errstate(invalid="ignore", over="ignore"):
+        steps, y, r, bad = forward_steps(
+            model.layers, ctxs, range(1, L + 1), first.value, np.zeros_like(first.value),
+            [first], Ranges(ref), input_ctx.arith.storage,
+        )  # fmt: skip
+        bad |= ~np.isfinite(first.value.reshape(N, -1)).all(axis=1)
+        K = int(np.prod(y.shape[1:]))
+        mask = np.ones((N, K), dtype=bool) if rows is None else rows
+        lam_rows = row_selector(mask)
+        coll = Collector(N, lam_rows.shape[1], L + 1, keep_random=method == "probabilistic")
+        if mask.any():  # no rows: the forward interval range alone (a cascade's first stage)
+            pull_back([first, *steps], lam_rows, coll)
+        if method == "probabilistic":
+            G = L + 1
+            g = np.concatenate([coll.det.transpose(0, 2, 1), *coll.random_cols], axis=2)
+            rnd = np.concatenate([np.zeros(G, dtype=bool),
+                                  np.ones(g.shape[2] - G, dtype=bool)])  # fmt: skip
+            groups = np.concatenate([np.arange(G), *coll.random_groups]).astype(np.int64)
+            radius_rows, per_rows = _probabilistic(g, rnd, groups, G, lam)
+        else:
+            radius_rows, per_rows = coll.det.sum(axis=1), coll.det
+        fill = r.reshape(N, K)
+        radius = scatter_rows(radius_rows, mask, fill) * (1 + _EVAL_MARGIN)
+        per = scatter_rows(per_rows.transpose(0, 2, 1), mask, np.zeros((N, K, L + 1)))
+        bad_out = np.isnan(radius) | bad[:, None]
+        radius = np.where(bad_out, np.inf, radius)
+    return y.reshape(N, K), radius, per.transpose(0, 2, 1)
 
 
 def _probabilistic(
@@ -299,8 +417,12 @@ def bound(
     confidence: float = 0.999,
     keep: Mapping[int, Emulated] | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
+    rows: npt.NDArray[np.bool_] | None = None,
 ) -> BoundResult:
     """Bound |y_low - y_ref| per input and output; see the module docstring.
+
+    ``engine`` and ``rows``: see :func:`bound_run`.
 
     ``keep`` maps layer indices to the arithmetic they run in within the low
     run (mixed precision, e.g. some layers kept in binary32).  With
@@ -314,7 +436,9 @@ def bound(
     if method == "probabilistic" and not 0 < confidence < 1:
         raise FperrInputError(f"confidence must be in (0, 1), got {confidence}")
     each = 1 - (1 - confidence) / 2  # per run: the two failures add up to 1 - confidence
-    lo = bound_run(model, X, low, method=method, confidence=each, keep=keep, progress=progress)
-    ref = bound_run(model, X, reference, method=method, confidence=each, progress=progress)
+    opts: dict[str, Any] = {"method": method, "confidence": each, "progress": progress,
+                            "engine": engine, "rows": rows}  # fmt: skip
+    lo = bound_run(model, X, low, keep=keep, **opts)
+    ref = bound_run(model, X, reference, **opts)
     names = ["input"] + [f"{i}:{layer.type}" for i, layer in enumerate(model.layers)]
     return BoundResult(lo, ref, low, reference, method, names)

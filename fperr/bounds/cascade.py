@@ -1,0 +1,110 @@
+"""A cascade of bounds for certification: cheap first, sharp where undecided.
+
+Most inputs have a margin far above any rounding error, so a cheap sound
+bound already certifies them.  Stage 1 is the backward engine's forward
+interval range (no backward pass at all); an input it leaves undecided goes
+to stage 2: the backward engine's rows for the reference class and only
+those competitors that stage 1 cannot rule out; and, for a model with
+curved layers (:data:`.engine.CURVED`), where interval ranges are wide, an
+input still undecided goes to stage 3, the zonotope engine.  The bound kept
+for an output is the smallest of the stages', all being sound; a
+certificate from any stage is a certificate.
+
+Under the probabilistic method, stage 1 sums every local term in absolute
+value: it holds on the same events (one per dot product term) as the later
+stages, so an input's verdict rests on one output combination event, as
+without the cascade, and the failure probability is unchanged; stages 2 and
+3 would each bring their own, so a curved model skips stage 2 there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..arith import Emulated
+from ..model import Model, check_inputs
+from .engine import BoundResult, RunBound, bound, resolve_engine
+
+Array = npt.NDArray[np.float64]
+Certifier = Callable[[Array, Array], npt.NDArray[np.bool_]]
+
+
+def margin(b: BoundResult) -> Array:
+    """Per output: M = max(B, 2 R_ref), what the certificate compares with the gaps."""
+    return np.maximum(b.bound, 2 * b.reference.radius)
+
+
+def rival_rows(y_ref: Array, m: Array) -> npt.NDArray[np.bool_]:
+    """(N, K): the reference class k and every j with y_k - y_j <= M_k + M_j (the
+    competitors a sharper bound must rule out)."""
+    rows = np.arange(y_ref.shape[0])
+    k = np.argmax(y_ref, axis=1)
+    gap = y_ref[rows, k][:, None] - y_ref - (m[rows, k][:, None] + m)
+    need = ~(gap > 0)
+    need[rows, k] = True
+    return np.asarray(need)
+
+
+def _merge(cheap: RunBound, sharp: RunBound, idx: npt.NDArray[np.intp]) -> RunBound:
+    """``cheap`` with the inputs ``idx`` bounded by min(cheap, sharp) and their
+    per-layer breakdown from ``sharp`` (the first stage has none: zeros)."""
+    radius = cheap.radius.copy()
+    radius[idx] = np.minimum(cheap.radius[idx], sharp.radius)
+    per = cheap.per_layer.copy()
+    per[idx] = sharp.per_layer
+    prob = max(cheap.failure_probability, sharp.failure_probability)
+    return RunBound(cheap.output, radius, per, prob)
+
+
+def cascade_bound(
+    model: Model,
+    X: npt.ArrayLike,
+    low: Emulated | None,
+    reference: Emulated | None,
+    certified: Certifier,
+    *,
+    method: str = "deterministic",
+    confidence: float = 0.999,
+    keep: Mapping[int, Emulated] | None = None,
+    progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
+) -> BoundResult:
+    """Bounds for :func:`fperr.certify`: stage 1 for every input, stage 2 for
+    those ``certified(y_ref, margin)`` rejects (see the module docstring)."""
+    X = check_inputs(X, model.input_shape)
+    N = X.shape[0]
+    K = int(np.prod(model.output_shape))
+    opts: dict[str, Any] = {"method": method, "confidence": confidence, "keep": keep}
+    result = bound(model, X, low, reference, engine="backward",
+                   rows=np.zeros((N, K), dtype=bool), **opts)  # fmt: skip
+    last = resolve_engine(model, engine)
+    # a curved model: the backward rows (interval ranges, cheap) before the zonotope;
+    # not under the probabilistic method, where the two would rest on two output
+    # combination events (see the module docstring)
+    stages = ["backward"] if last == "backward" or method != "probabilistic" else []
+    stages += [] if last == "backward" else [last]
+    todo = np.arange(N)
+    for stage in stages:
+        m = margin(result)
+        left = todo[~certified(result.reference.output[todo], m[todo])]
+        if progress is not None:
+            progress(2 * (todo.size - left.size))  # decided: 2 runs each
+        todo = left
+        if not todo.size:
+            break
+        rows = rival_rows(result.reference.output[todo], m[todo]) if stage == "backward" else None
+        sharp = bound(model, X[todo], result.low_arith, result.reference_arith, engine=stage,
+                      rows=rows, **opts)  # fmt: skip
+        result = replace(
+            result,
+            low=_merge(result.low, sharp.low, todo),
+            reference=_merge(result.reference, sharp.reference, todo),
+        )
+    if progress is not None and todo.size:
+        progress(2 * todo.size)
+    return result

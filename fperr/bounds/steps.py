@@ -1,0 +1,316 @@
+"""What one layer does to a run's error, for the backward engine.
+
+For one layer with computed input ``x`` and incoming radius ``r`` (every run
+and the exact input lie within ``r`` of ``x``), a :class:`Step` writes the
+difference between the computed and the exact output as
+
+    e_out = A e_in + d + S t,     |d| <= sum of the boxes,  |t_j| <= 1,
+
+with ``A`` the layer's linearisation (signed: W for a dense layer, diag f'
+at the centre of the slope range for an activation, J P for a layer norm),
+the boxes its local errors (rounding, parameter rounding, the spread of the
+derivative over the enclosure: one independent source per unit) and ``S``
+a few signed deterministic generators (layer norm's direction z_hat).  The
+local errors are the same functions of (x, r) as in the forward zonotope
+rules (:mod:`.rules`), so with the zonotope's radii the two engines bound
+the same terms; ``image`` >= |A| r is the cheap forward range (interval
+arithmetic, exact for one layer) that feeds the next layer's ``r``.
+
+``adjoint`` maps rows (N, R, n_out) to (N, R, n_in): R linear functionals of
+the output pulled back to the input (Lambda -> Lambda A), as in the backward
+bound propagation of CROWN (Zhang et al. 2018) and auto_LiRPA (Xu et al.
+2020), here applied to error terms rather than to input perturbations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from ..errors import FperrInputError
+from ..layers import Activation, BatchNorm, Conv2d, Dense, LayerNorm, Pool2d, Residual, Softmax
+from ..rounding import round as fround
+from .enclosure import half_ulp
+from .rules import (
+    Context,
+    _ln_remainders,
+    activation_local,
+    avgpool_local,
+    batchnorm_local,
+    conv_local,
+    conv_with,
+    dense_local,
+    layer_norm_affine,
+    layernorm_kernel,
+    maxpool_local,
+    residual_local,
+    softmax_local,
+    window_index,
+)
+
+Array = npt.NDArray[np.float64]
+Adjoint = Callable[[Array], Array]
+
+
+@dataclass
+class Step:
+    """One layer's error map; arrays are flat per input: (N, n_out)."""
+
+    value: Array  # (N, *out) computed output
+    adjoint: Adjoint  # (N, R, n_out) -> (N, R, n_in)
+    image: Array  # (N, n_out) >= |A e_in|
+    group: int  # layer index for the per-layer breakdown
+    boxes: list[tuple[Array, bool]] = field(default_factory=list)  # (radius, random)
+    signed: Array | None = None  # (N, k, n_out / k): one deterministic generator per block
+    branch: list[Step] | None = None  # residual: the branch's steps, pulled back separately
+
+    def radius(self) -> Array:
+        """(N, n_out) radius of the output error: image + boxes + signed."""
+        r = self.image.copy()
+        for b, _ in self.boxes:
+            r += b
+        if self.signed is not None:
+            r += np.abs(self.signed).reshape(r.shape)
+        return r
+
+
+def _flat(a: Array) -> Array:
+    return a.reshape(a.shape[0], -1)
+
+
+def _rows(apply: Callable[[Array], Array], lam: Array, in_shape: tuple[int, ...]) -> Array:
+    """Apply a map on (M, *out) batches to rows (N, R, n_out), giving (N, R, n_in)."""
+    N, R = lam.shape[:2]
+    return apply(lam.reshape(N * R, -1)).reshape(N, R, int(np.prod(in_shape)))
+
+
+def _local_boxes(ctx: Context, computed: Array, data: Array) -> list[tuple[Array, bool]]:
+    """As :meth:`Context.add_local`: one random box in the worst case, a random
+    (computed) and a deterministic (data) box in the probabilistic model."""
+    if ctx.method != "probabilistic":
+        return [(_flat(computed + data), True)]
+    return [(_flat(computed), True), (_flat(data), False)]
+
+
+# -- linear layers ---------------------------------------------------------------------
+def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    z, local, extra = dense_local(layer, x, r, ctx)
+    w = layer.weight
+    image = _flat(r) @ np.abs(w).T
+
+    def adjoint(lam: Array) -> Array:
+        N, R, m = lam.shape
+        return (lam.reshape(N * R, m) @ w).reshape(N, R, w.shape[1])
+
+    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra))
+
+
+def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
+    """Adjoint of ``layer``'s convolution (no bias, exact weights): (M, C_out, H', W')
+    -> (M, C, H, W), the transpose of im2col followed by the GEMM (col2im)."""
+    M = g.shape[0]
+    c, h, w_ = in_shape
+    (kh, kw), (sh, sw) = layer.kernel, layer.stride
+    (ph, pw), (dh, dw) = layer.padding, layer.dilation
+    ho, wo = g.shape[2:]
+    og, cg = layer.weight.shape[0] // layer.groups, c // layer.groups
+    gf = g.reshape(M, g.shape[1], ho * wo)
+    xp = np.zeros((M, c, h + 2 * ph, w_ + 2 * pw))
+    for grp in range(layer.groups):
+        wg = layer.weight[grp * og : (grp + 1) * og].reshape(og, -1)  # (og, cg kh kw)
+        cols = gf[:, grp * og : (grp + 1) * og].transpose(0, 2, 1) @ wg  # (M, L, cg kh kw)
+        d = cols.transpose(0, 2, 1).reshape(M, cg, kh, kw, ho, wo)
+        part = xp[:, grp * cg : (grp + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                hi, wj = i * dh, j * dw
+                part[:, :, hi : hi + sh * ho : sh, wj : wj + sw * wo : sw] += d[:, :, i, j]
+    return xp[:, :, ph : ph + h, pw : pw + w_]
+
+
+def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    z, local, extra = conv_local(layer, x, r, ctx)
+    image = _flat(conv_with(layer, np.abs(layer.weight), r))
+    in_shape = tuple(x.shape[1:])
+    out_shape = tuple(z.shape[1:])
+
+    def adjoint(lam: Array) -> Array:
+        return _rows(lambda v: conv2d_adjoint(layer, v.reshape(-1, *out_shape), in_shape),
+                     lam, in_shape)  # fmt: skip
+
+    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra))
+
+
+def _pool_matrix(layer: Pool2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
+    """(m, n) sparse matrix of average pooling (padding slots count, as zeros)."""
+    idx = window_index(layer, in_shape)  # (C, H', W', k), -1 for padding
+    k = idx.shape[-1]
+    m = int(np.prod(idx.shape[:-1]))
+    rows = np.repeat(np.arange(m), k)
+    cols = idx.reshape(-1)
+    keep = cols >= 0
+    n = int(np.prod(in_shape))
+    data = np.full(int(keep.sum()), 1.0 / k)
+    return sp.csr_matrix((data, (rows[keep], cols[keep])), shape=(m, n))
+
+
+def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    in_shape = tuple(x.shape[1:])
+    n = int(np.prod(in_shape))
+    if layer.kind == "avg":
+        y, local = avgpool_local(layer, x, r, ctx)
+        mat = _pool_matrix(layer, in_shape)
+        image = np.asarray((mat @ _flat(r).T).T)
+
+        def adjoint_avg(lam: Array) -> Array:
+            N, R, m = lam.shape
+            return np.asarray((mat.T @ lam.reshape(N * R, m).T).T).reshape(N, R, n)
+
+        return Step(y, adjoint_avg, image, group, [(_flat(local), True)])
+    y, src, sure, box = maxpool_local(layer, x, r)
+    keep = _flat(sure.astype(np.float64))
+    image = np.take_along_axis(_flat(r), src, axis=1) * keep
+
+    def adjoint_max(lam: Array) -> Array:
+        N, R, m = lam.shape
+        base = (np.arange(N * R) * n).reshape(N, R, 1)
+        idx = base + src[:, None, :]
+        out = np.bincount(idx.reshape(-1), (lam * keep[:, None, :]).reshape(-1),
+                          minlength=N * R * n)  # fmt: skip
+        return out.astype(np.float64).reshape(N, R, n)
+
+    return Step(y, adjoint_max, image, group, [(_flat(box), False)])
+
+
+def shape_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    """Flatten, reshape, dropout (inference): values move, errors keep their units."""
+    return Step(layer.forward(x, ctx.arith), lambda lam: lam, _flat(r), group)
+
+
+# -- elementwise and normalisation -----------------------------------------------------
+def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    y, dc, dr, local = activation_local(layer, x, r, ctx)
+    d = _flat(dc)
+    boxes = [(_flat(dr * r), False), (_flat(local), True)]
+    return Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes)
+
+
+def batchnorm_step(layer: BatchNorm, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    y, s, computed, params = batchnorm_local(layer, x, r, ctx)
+    d = _flat(np.broadcast_to(s, x.shape))
+    boxes = _local_boxes(ctx, computed, params)
+    return Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes)
+
+
+def softmax_step(layer: Softmax, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    y, s, remainder, local = softmax_local(layer, x, r, ctx)
+
+    def adjoint(lam: Array) -> Array:  # Lambda J, J = diag(s) - s s^T
+        ls = lam * s[:, None, :]
+        return ls - ls.sum(axis=-1, keepdims=True) * s[:, None, :]
+
+    # |J| r: s_i (1 - s_i) r_i + s_i sum_{j != i} s_j r_j
+    image = s * (r * (1 - 2 * s) + (s * r).sum(axis=-1, keepdims=True))
+    boxes = [(remainder, False), (local, True)]
+    return Step(y, adjoint, image, group, boxes)
+
+
+FunctionalRadius = Callable[[Array], Array]
+"""rows (N, R, n) at the current layer's input -> (N, R): radius of each functional."""
+
+
+def layernorm_step(
+    layer: LayerNorm, x: Array, r: Array, ctx: Context, group: int, functional: FunctionalRadius
+) -> Step:
+    """Layer norm as :func:`.rules.layernorm_rule`, with the signed projections
+    c = sum_j |z_hat^T P G_j| of the incoming error computed exactly as the
+    radius of the functional z_hat^T P pulled back through every earlier layer
+    (``functional``), and the per-unit radius of P e from the interval range:
+    |P| r = (1 - 2/n) r + sum(r)/n (m2 <= |rho|^2, the box bound)."""
+    a = ctx.arith
+    y = layer.forward(x, a)
+    n = int(np.prod(layer.normalized_shape))
+    N = x.shape[0]
+    xg = x.reshape(N, -1, n)
+    k = xg.shape[1]
+    rg = r.reshape(xg.shape)
+    w, _ = layer_norm_affine(layer, n)
+    z = xg - xg.mean(axis=-1, keepdims=True)
+    pz = z - z.mean(axis=-1, keepdims=True)  # P z_hat: the functional z_hat^T P
+    rows = np.zeros((N, k, k, n))
+    rows[:, np.arange(k), np.arange(k)] = pz
+    c = functional(rows.reshape(N, k, k * n))[..., None]  # (N, k, 1)
+    rho = rg * (1 - 2 / n) + rg.sum(axis=-1, keepdims=True) / n
+    m2 = np.square(rho).sum(axis=-1, keepdims=True)
+    box, beta, v_lo = _ln_remainders(z, c, m2, rho, layer.eps)
+    remainder = np.abs(w) * box
+    s = np.sqrt(np.square(z).sum(axis=-1, keepdims=True) / n + layer.eps)  # (N, k, 1)
+    # |J P e| <= |J| |P| r with |J| <= I / s + |z| |z|^T / (n s^3)
+    jr = rho / s + np.abs(z) * (np.abs(z) * rho).sum(axis=-1, keepdims=True) / (n * s**3)
+    image = np.abs(w) * jr
+    signed = w * z * beta  # (N, k, n): the remainder's part along z_hat, one per group
+    prop = image + np.abs(signed) + remainder
+    local, params = layernorm_kernel(layer, ctx, y, xg, rg, z, rho, v_lo, prop)
+
+    def adjoint(lam: Array) -> Array:  # P J (w Lambda) per group (J, P symmetric)
+        R = lam.shape[1]
+        t = lam.reshape(N, R, k, n) * w
+        sb = s[:, None]  # (N, 1, k, 1)
+        zb = z[:, None]
+        t1 = t / sb - zb * (zb * t).sum(axis=-1, keepdims=True) / (n * sb**3)
+        return (t1 - t1.mean(axis=-1, keepdims=True)).reshape(N, R, k * n)
+
+    boxes = [(_flat(remainder), False), *_local_boxes(ctx, local, params)]
+    return Step(y, adjoint, _flat(image), group, boxes, signed=signed)
+
+
+def residual_local_step(y: Array, r_out: Array, ctx: Context, group: int) -> Step:
+    """The storage rounding of x + F(x) (its branch is pulled back separately)."""
+    local = residual_local(y, r_out.reshape(y.shape), ctx.arith)
+    return Step(y, lambda lam: lam, _flat(r_out), group, [(_flat(local), True)])
+
+
+def convert_step(x: Array, r: Array, old: Any, new: Any, group: int) -> Step:
+    """Values move to another storage format between layers (kept in binary32)."""
+    if new.contains(old):
+        return Step(x, lambda lam: lam, _flat(r), group)
+    y = fround(x, new)
+    box = half_ulp(np.abs(x) + 2 * r, new)
+    return Step(y, lambda lam: lam, _flat(r), group, [(_flat(box), True)])
+
+
+SIMPLE_STEPS: dict[str, Callable[[Any, Array, Array, Context, int], Step]] = {
+    "dense": dense_step,
+    "conv2d": conv2d_step,
+    "maxpool2d": pool_step,
+    "avgpool2d": pool_step,
+    "flatten": shape_step,
+    "reshape": shape_step,
+    "dropout": shape_step,
+    "relu": activation_step,
+    "leaky_relu": activation_step,
+    "tanh": activation_step,
+    "sigmoid": activation_step,
+    "gelu": activation_step,
+    "batchnorm": batchnorm_step,
+    "softmax": softmax_step,
+}
+
+
+def simple_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
+    """The step of a layer that needs nothing but (x, r): every type but layer
+    norm (which pulls functionals back) and residual blocks (which nest)."""
+    if isinstance(layer, LayerNorm | Residual):  # pragma: no cover - dispatched by the engine
+        raise TypeError(f"{layer.type} is not a simple step")
+    try:
+        fn = SIMPLE_STEPS[layer.type]
+    except KeyError:
+        have = ", ".join(sorted([*SIMPLE_STEPS, "layernorm", "residual"]))
+        raise FperrInputError(f"no bound rule for layer type {layer.type!r} (have: {have})"
+                              ) from None  # fmt: skip
+    return fn(layer, x, r, ctx, group)
