@@ -9,6 +9,10 @@ class k = argmax y is certain for every run iff
 which the seed paper's condition  Gamma = y_(1) - y_(2) > 2 max_j M_j  implies.
 M = max(B, 2 R_ref) with B = R_low + R_ref: every run lies within its radius
 of the exact output, and the exact output within R_ref of y.
+
+A model with one output (a two-class classifier's logit, as scikit-learn's
+MLPClassifier has) predicts class 1 where y > 0 and class 0 elsewhere; its
+class is certain iff |y| > M, and its tolerance is |y|.
 """
 
 from __future__ import annotations
@@ -22,23 +26,36 @@ import numpy.typing as npt
 
 from .arith import Emulated
 from .bounds import PROBABILISTIC_NOTE, BoundResult, bound
+from .bounds.cascade import cascade_bound
 from .errors import FperrInputError
+from .layer_shares import LayerShares
 from .layers import Softmax
 from .model import Model
 
 Array = npt.NDArray[np.float64]
 
 
+def predicted_class(y: Array) -> npt.NDArray[np.int64]:
+    """argmax y per row; with one output, 1 where y > 0 and 0 elsewhere."""
+    if y.shape[1] == 1:
+        return np.asarray(y[:, 0] > 0, dtype=np.int64)
+    return np.asarray(np.argmax(y, axis=1), dtype=np.int64)
+
+
 def tolerance(y: Array) -> Array:
-    """Gamma = top-1 minus top-2 output, per row; inf with one output (no rival class)."""
+    """Gamma = top-1 minus top-2 output, per row; |y| with one output (the distance
+    to the decision boundary y = 0)."""
     if y.shape[1] < 2:
-        return np.full(y.shape[0], np.inf)
+        return np.abs(y[:, 0])
     top2 = np.sort(y, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
 
 
 def certified_sharp(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
-    """y_k - y_j > M_k + M_j for all j != k, k = argmax y (strict: ties may flip)."""
+    """y_k - y_j > M_k + M_j for all j != k, k = argmax y (strict: ties may flip);
+    |y| > M with one output (its sign is the class)."""
+    if y.shape[1] == 1:
+        return np.asarray(np.abs(y[:, 0]) > margin[:, 0])
     k = np.argmax(y, axis=1)
     rows = np.arange(y.shape[0])
     gap = y[rows, k][:, None] - y - (margin[rows, k][:, None] + margin)
@@ -46,10 +63,16 @@ def certified_sharp(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
     return np.asarray((gap > 0).all(axis=1))
 
 
+def median_share(share: Array) -> Array:
+    """Median over the rows of (N, L + 1) shares that are not NaN; zeros if none."""
+    has = ~np.isnan(share).any(axis=1)
+    return np.asarray(np.median(share[has], axis=0)) if has.any() else np.zeros(share.shape[1])
+
+
 def certified_simple(y: Array, margin: Array) -> npt.NDArray[np.bool_]:
-    """The seed paper's lemma: Gamma > 2 max_j M_j (one output: always the same class)."""
+    """The seed paper's lemma: Gamma > 2 max_j M_j (one output: |y| > M)."""
     if y.shape[1] < 2:
-        return np.ones(y.shape[0], dtype=bool)
+        return certified_sharp(y, margin)
     return np.asarray(tolerance(y) > 2 * margin.max(axis=1))
 
 
@@ -73,6 +96,7 @@ class CertifyResult:
     labels: npt.NDArray[np.int64] | None = None
     on: str = "logits"
     extra: dict[str, Any] = field(default_factory=dict)
+    cascaded: bool = False  # bounds from the certification cascade (not every input explained)
 
     # -- per input ---------------------------------------------------------------
     @property
@@ -82,7 +106,7 @@ class CertifyResult:
 
     @property
     def reference_class(self) -> npt.NDArray[np.int64]:
-        return np.argmax(self.y_ref, axis=1)
+        return predicted_class(self.y_ref)
 
     @property
     def tolerance(self) -> Array:
@@ -102,7 +126,7 @@ class CertifyResult:
 
     @property
     def flipped(self) -> npt.NDArray[np.bool_]:
-        return np.asarray(np.argmax(self.y_low, axis=1) != self.reference_class)
+        return np.asarray(predicted_class(self.y_low) != self.reference_class)
 
     @property
     def reference_limited(self) -> npt.NDArray[np.bool_]:
@@ -111,15 +135,22 @@ class CertifyResult:
         reference arithmetic has M = 2 R_ref, so no low precision certifies these."""
         return ~certified_sharp(self.y_ref, 2 * self.bounds.reference.radius)
 
-    @property
-    def worst_layer_share(self) -> Array:
-        """(L + 1,) median over inputs of each layer's share of max_k B_k."""
+    def layer_share(self) -> Array:
+        """(N, L + 1): each layer's share of max_k B_k per input; NaN rows for inputs
+        without a breakdown (the certification cascade gives one only to inputs
+        bounded by a sharp stage, see :mod:`fperr.bounds.cascade`)."""
         b = self.bounds.bound
         k = np.argmax(b, axis=1)
         per = self.bounds.per_layer[np.arange(b.shape[0]), :, k]  # (N, L + 1)
         tot = per.sum(axis=1, keepdims=True)
-        share = np.where(tot > 0, per / np.where(tot > 0, tot, 1), 0)
-        return np.asarray(np.median(share, axis=0))
+        with np.errstate(invalid="ignore"):
+            return np.asarray(np.where(tot > 0, per / np.where(tot > 0, tot, 1), np.nan))
+
+    @property
+    def worst_layer_share(self) -> Array:
+        """(L + 1,) median over the inputs with a breakdown of each layer's share of
+        max_k B_k (zeros when none has one)."""
+        return median_share(self.layer_share())
 
     @property
     def exact_layer(self) -> npt.NDArray[np.bool_]:
@@ -174,7 +205,7 @@ class CertifyResult:
             out["method_note"] = PROBABILISTIC_NOTE
         if self.labels is not None:
             out["accuracy_reference"] = float(np.mean(self.reference_class == self.labels))
-            out["accuracy_low"] = float(np.mean(np.argmax(self.y_low, axis=1) == self.labels))
+            out["accuracy_low"] = float(np.mean(predicted_class(self.y_low) == self.labels))
         out.update(self.extra)
         return out
 
@@ -194,10 +225,26 @@ class CertifyResult:
             for i in range(len(k))
         ]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "samples": self.samples()}
+    def layer_shares(self) -> LayerShares:
+        """Each layer's part of B per input and output; see :mod:`fperr.layer_shares`.
+        Needs a breakdown of every input: a result of ``certify(..., cascade=False)``."""
+        if self.cascaded:
+            raise FperrInputError("per-layer shares need every input's breakdown: "
+                                  "certify(..., cascade=False) (fperr bound --per-layer)")
+        return LayerShares.from_bounds(self.bounds)
 
-    def text(self) -> str:
+    def to_dict(self, per_layer: bool = False) -> dict[str, Any]:
+        """Summary and samples; ``per_layer`` adds each layer's share of the bound
+        (``"per_layer"``) and, per sample, each layer's part of max_k B_k."""
+        out: dict[str, Any] = {"summary": self.summary(), "samples": self.samples()}
+        if per_layer:
+            shares = self.layer_shares()
+            out["per_layer"] = shares.to_dict()
+            for sample, parts in zip(out["samples"], shares.sample_lists(), strict=True):
+                sample["per_layer"] = parts
+        return out
+
+    def text(self, per_layer: bool = False) -> str:
         s = self.summary()
         unc = s["uncertified"]
         lines = [
@@ -228,6 +275,8 @@ class CertifyResult:
                          " stochastic rounding (Connolly, Higham & Mary 2021)")  # fmt: skip
         if unc:
             lines += _uncertified_lines(s)
+        if per_layer:
+            lines += self.layer_shares().text_lines()
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -289,8 +338,16 @@ def certify(
     on: str = "logits",
     keep: Mapping[int, Emulated] | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
+    cascade: bool = True,
 ) -> CertifyResult:
     """Certify per input that the low-precision run predicts the reference class.
+
+    ``cascade`` (default) bounds every input cheaply first and spends the
+    sharp ``engine`` (see :func:`fperr.bounds.bound_run`) only on inputs the
+    cheap bound leaves undecided (:mod:`fperr.bounds.cascade`); their bounds
+    are then the smaller of the two, and inputs decided by the cheap bound
+    have no per-layer breakdown (``cascade=False`` gives every input one).
 
     ``on="softmax"`` certifies on softmax probabilities (the softmax error is
     bounded too); the default certifies on logits.  ``keep`` runs some layers
@@ -298,20 +355,32 @@ def certify(
     With ``method="probabilistic"``, ``1 - confidence`` is the failure
     probability per input in total (each run gets half).  ``progress`` is
     called with the number of inputs of each bounded batch (2 N in all).
+    A dask array ``X`` is certified block by block (:mod:`fperr.distributed`).
     """
+    if type(X).__module__.startswith("dask.array"):  # dask: one certify per block of rows
+        from .distributed.arrays import certify_dask
+
+        return certify_dask(model, X, labels, low, reference, method=method,
+                            confidence=confidence, on=on, keep=keep, progress=progress,
+                            engine=engine, cascade=cascade)  # fmt: skip
     if on not in ("logits", "softmax"):
         raise FperrInputError(f"outputs to certify must be 'logits' or 'softmax', got {on!r}")
     if on == "softmax" and not isinstance(model.layers[-1], Softmax):
-        model = Model(model.name, model.input_shape, (*model.layers, Softmax()), model.data)
-    b = bound(model, X, low, reference, method=method, confidence=confidence, keep=keep,
-              progress=progress)  # fmt: skip
+        model = model.appended(Softmax())
+    if cascade:
+        b = cascade_bound(model, X, low, reference, certified_sharp, method=method,
+                          confidence=confidence, keep=keep, progress=progress, engine=engine)
+    else:
+        b = bound(model, X, low, reference, method=method, confidence=confidence, keep=keep,
+                  progress=progress, engine=engine)  # fmt: skip
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and lab.shape[0] != b.low.output.shape[0]:
         raise FperrInputError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")
-    return CertifyResult(model.name, b, b.reference.output, b.low.output, lab, on)
+    return CertifyResult(model.name, b, b.reference.output, b.low.output, lab, on,
+                         cascaded=cascade)  # fmt: skip
 
 
-_EXACT_LAYERS = ("relu", "maxpool2d", "flatten", "reshape", "dropout")
+_EXACT_LAYERS = ("relu", "relu6", "maxpool2d", "flatten", "reshape", "dropout")
 
 
 @dataclass(frozen=True)
@@ -324,15 +393,21 @@ class Suggestion:
     certified_after: float
     steps: list[tuple[str, float]]  # (layer added, certified fraction after it)
     result: CertifyResult
+    target: float = 1.0
+    reason: str = ""  # why the target is out of reach ("" when it is reached)
 
     def text(self) -> str:
         if not self.layers:
-            return "suggest-fp32: nothing to keep in binary32"
-        path = ", ".join(f"+{n}: {100 * f:.2f}%" for n, f in self.steps)
-        return (
-            f"suggest-fp32: keep {', '.join(self.layer_names)} in binary32 -> certified "
-            f"{100 * self.certified_before:.2f}% -> {100 * self.certified_after:.2f}% ({path})"
-        )
+            line = "suggest-fp32: nothing to keep in binary32"
+        else:
+            path = ", ".join(f"+{n}: {100 * f:.2f}%" for n, f in self.steps)
+            line = (f"suggest-fp32: keep {', '.join(self.layer_names)} in binary32 -> certified "
+                    f"{100 * self.certified_before:.2f}% -> {100 * self.certified_after:.2f}%"
+                    f" ({path})")  # fmt: skip
+        if self.reason:
+            line += (f"\nsuggest-fp32: the target {100 * self.target:.2f}% cannot be reached:"
+                     f" {self.reason}")  # fmt: skip
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -341,6 +416,9 @@ class Suggestion:
             "certified_before": self.certified_before,
             "certified_after": self.certified_after,
             "steps": [list(s) for s in self.steps],
+            "target": self.target,
+            "target_reached": not self.reason,
+            "reason": self.reason,
         }
 
 
@@ -355,39 +433,97 @@ def suggest_fp32(
     confidence: float = 0.999,
     on: str = "logits",
 ) -> Suggestion:
-    """Greedy: keep in binary32 the layer contributing most to the bounds of
-    the uncertified inputs, until a ``target`` fraction is certified.
+    """Greedy search over every layer that rounds: at each step, keep in binary32 the
+    one layer that certifies most of the inputs still uncertified (ties: the one that
+    lowers their bounds most), until a ``target`` fraction is certified.
 
-    Each step re-runs the bound, so the result is itself a certificate of
-    the suggested mixed-precision model.  Greedy is not guaranteed minimal.
+    Every candidate is tried (on the uncertified inputs only: an input's bound does
+    not depend on the others), so layers whose errors reach the bound only through a
+    remainder downstream (a relu, a maxpool) are found too.  Layers that do no
+    arithmetic are not candidates, except layer 0, which also sets the storage of the
+    input.  The result is a certificate of the suggested mixed-precision model;
+    greedy is not guaranteed minimal.  When the target is out of reach the
+    Suggestion's ``reason`` says why (near ties binary32 itself cannot settle, or
+    no further layer helps).
     """
     low = low or Emulated.from_names("binary16", "binary32")
     # the low run's kernel, with values stored in the reference's format
     fp32 = replace(low, storage=reference.storage if reference else low.accumulate, operand=None)
-    keep: dict[int, Emulated] = {}
-    def run(keep: dict[int, Emulated] | None = None) -> CertifyResult:
-        return certify(model, X, None, low, reference, method=method, confidence=confidence,
-                       on=on, keep=keep)  # fmt: skip
+    x = np.asarray(X, dtype=np.float64)
 
-    res = run()
+    def run(keep: Mapping[int, Emulated], rows: npt.NDArray[np.intp] | None = None
+            ) -> CertifyResult:  # fmt: skip
+        return certify(model, x if rows is None else x[rows], None, low, reference,
+                       method=method, confidence=confidence, on=on,
+                       keep=dict(keep) or None)  # fmt: skip
+
+    res = run({})
     before = float(res.certified.mean())
+    candidates = [i for i, layer in enumerate(model.layers)
+                  if i == 0 or layer.type not in _EXACT_LAYERS]  # fmt: skip
+    keep: dict[int, Emulated] = {}
     steps: list[tuple[str, float]] = []
-    while res.certified.mean() < target and len(keep) < len(model.layers):
-        unc = ~res.certified
-        b = res.bounds.bound[unc]
-        k = np.argmax(b, axis=1)
-        per = res.bounds.per_layer[unc][np.arange(unc.sum()), :, k]  # (M, L + 1)
-        score = np.median(per / np.maximum(per.sum(axis=1, keepdims=True), 1e-300), axis=0)
-        score[0] = -1  # the input rounding is not a layer
-        for i, layer in enumerate(model.layers):
-            # exact layers (their share is a derivative remainder) gain nothing in fp32
-            if i in keep or layer.type in _EXACT_LAYERS:
-                score[i + 1] = -1
-        best = int(np.argmax(score)) - 1
-        if best < 0 or score[best + 1] <= 0:
+    while res.certified.mean() < target:
+        open_ = np.flatnonzero(~res.certified & ~res.reference_limited)
+        tried = [c for c in candidates if c not in keep]
+        best = _best_layer(run, keep, fp32, tried, open_, res.margin[open_]) if open_.size else None
+        if best is None:
             break
         keep[best] = fp32
         res = run(keep)
-        steps.append((res.bounds.layer_names[best + 1], float(res.certified.mean())))
-    names = [res.bounds.layer_names[i + 1] for i in sorted(keep)]
-    return Suggestion(sorted(keep), names, before, float(res.certified.mean()), steps, res)
+        steps.append((_kept_name(res, model, best), float(res.certified.mean())))
+    reason = "" if res.certified.mean() >= target else _out_of_reach(res, keep, candidates)
+    layers = sorted(keep)
+    return Suggestion(layers, [_kept_name(res, model, i) for i in layers], before,
+                      float(res.certified.mean()), steps, res, target, reason)  # fmt: skip
+
+
+def _kept_name(res: CertifyResult, model: Model, i: int) -> str:
+    name = res.bounds.layer_names[i + 1]
+    return name if model.layers[i].type not in _EXACT_LAYERS else f"{name} (input storage)"
+
+
+def _best_layer(
+    run: Callable[..., CertifyResult],
+    keep: Mapping[int, Emulated],
+    fp32: Emulated,
+    tried: list[int],
+    rows: npt.NDArray[np.intp],
+    margin: Array,
+) -> int | None:
+    """The candidate that, kept in binary32, certifies most of ``rows`` (ties: the
+    smallest median ratio of new to old max_k M_k); None if none helps at all."""
+    old = margin.max(axis=1)
+    best, best_key = None, (0, -1.0 + 1e-3)  # must certify one more, or lower bounds
+    for c in tried:
+        r = run({**keep, c: fp32}, rows)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(np.isfinite(old), r.margin.max(axis=1) / old, 1.0)
+        key = (int(r.certified.sum()), -float(np.median(np.nan_to_num(ratio, nan=1.0))))
+        if key > best_key:
+            best, best_key = c, key
+    return best
+
+
+def _out_of_reach(res: CertifyResult, keep: Mapping[int, Emulated], candidates: list[int]) -> str:
+    """Why the uncertified inputs stay so, in words."""
+    unc = ~res.certified
+    # an infinite reference radius (a run that may overflow, an unbounded layer) is no tie
+    inf_ref = unc & ~np.isfinite(res.bounds.reference.radius).all(axis=1)
+    ties = int((unc & res.reference_limited & ~inf_ref).sum())
+    rest = int(unc.sum()) - ties - int(inf_ref.sum())
+    parts = []
+    if inf_ref.any():
+        parts.append(f"{int(inf_ref.sum())} have an infinite binary32 reference bound (the "
+                     "reference run may overflow); no layer kept in binary32 changes it")
+    if ties:
+        most = 1 - float(res.reference_limited.mean())
+        parts.append(f"{ties} of the remaining uncertified inputs are near ties the binary32 "
+                     "reference cannot settle (y_k - y_j <= 2 B_ref: no layer kept in binary32 "
+                     f"certifies them; at most {100 * most:.2f}% can be certified)")  # fmt: skip
+    if rest and all(c in keep for c in candidates):
+        parts.append(f"{rest} stay uncertified with every layer that rounds kept in binary32")
+    elif rest:
+        parts.append(f"no further layer kept in binary32 certifies any of the other {rest} "
+                     "or lowers their bounds")  # fmt: skip
+    return "; ".join(parts)

@@ -205,6 +205,31 @@ def schema_cmd() -> None:
     metavar="FRACTION",
     help="Exit 0 when at least this fraction of the inputs is certified (a CI gate).",
 )
+@click.option("--per-layer", "per_layer", is_flag=True,
+              help="Report each layer's share of the bound (median over inputs of its part of "
+              "max_k B_k): a rounding counts for the layer that rounds, a remainder term for "
+              "the layer whose nonlinearity makes it (relu, maxpool hold only remainders), "
+              "the engine's 1e-10 evaluation margin as its own line.")  # fmt: skip
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run chunk by chunk on this Dask scheduler (tcp://host:8786); needs "
+              "fperr[dask] and --inputs as a .npy or .zarr file every worker can read.")
+@click.option("--workers", default=None, type=int, metavar="N",
+              help="Run chunk by chunk on a local Dask cluster of N processes.")
+@click.option("--chunk-size", "chunk_size", default=None, type=int,
+              help="With --scheduler/--workers: inputs per chunk (default 4096).")
+@click.option("--stream", default=None, metavar="OUT.jsonl",
+              help="With --scheduler/--workers: append each chunk's certificates to this "
+              "JSON-lines file as it completes (input order at the end).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted --stream file (its model, inputs and options "
+              "must match).")  # fmt: skip
+@click.option("--engine", type=click.Choice(["auto", "backward", "zonotope"]), default="auto",
+              show_default=True,
+              help="Bound engine: backward (cost ~ K forward passes), zonotope (the reference), "
+              "auto (backward for piecewise-linear models, zonotope with curved layers).")
+@click.option("--cascade/--no-cascade", default=True, show_default=True,
+              help="Bound every input cheaply first and sharply only where undecided "
+              "(--per-layer turns it off: every input then gets a breakdown).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines on stderr.")
 def bound_cmd(
     model_path: str,
@@ -223,7 +248,15 @@ def bound_cmd(
     out: str | None,
     suggest: float | None,
     min_certified: float | None,
+    per_layer: bool,
+    engine: str,
+    cascade: bool,
     quiet: bool,
+    scheduler: str | None,
+    workers: int | None,
+    chunk_size: int | None,
+    stream: str | None,
+    resume: bool,
 ) -> None:
     """Certify per input that LOW predicts the same class as REFERENCE.
 
@@ -239,6 +272,10 @@ def bound_cmd(
         if not quiet:
             click.echo(msg, err=True)
 
+    from .distributed import command as dask_command
+
+    if dask_command.wants_cluster(click.get_current_context().params):
+        dask_command.main(click.get_current_context().params, status)
     model, X, y = _model_and_data(model_path, inputs, labels)
     acc_rounding = "truncate" if truncating_accumulator else "nearest"
     lo = Emulated.from_names(low, accumulate, acc_rounding=acc_rounding)
@@ -249,11 +286,12 @@ def bound_cmd(
     bar = _progress_bar(2 * X.shape[0], "bounding (low, then reference run)", quiet)
     try:
         result = certify(model, X, y, lo, ref, method=method, confidence=confidence, on=on,
-                         progress=None if bar is None else bar.update)  # fmt: skip
+                         progress=None if bar is None else bar.update, engine=engine,
+                         cascade=cascade and not per_layer)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
-    report = result.to_dict()
+    report = result.to_dict(per_layer=per_layer)
     report["summary"]["fperr_version"] = __version__
     code, gate = _gate(report["summary"]["certified_fraction"], min_certified,
                        bool(result.certified.all()))  # fmt: skip
@@ -274,7 +312,7 @@ def bound_cmd(
     if as_json:
         click.echo(text)
     else:
-        click.echo(result.text())
+        click.echo(result.text(per_layer=per_layer))
         if gate:
             click.echo(gate)
         if advice is not None:
@@ -282,8 +320,38 @@ def bound_cmd(
     sys.exit(code)
 
 
+@cli.command("convert")
+@click.argument("model_path", metavar="MODEL")
+@click.option("--out", "out_dir", required=True, metavar="DIR",
+              help="Folder for MODEL's YAML spec, its weights and its data.")  # fmt: skip
+@click.option("--inputs", default=None,
+              help="Inputs to copy into DIR (sklearn:NAME or .npy/.npz/.csv); default: a YAML "
+              "spec's own data, none for other kinds.")  # fmt: skip
+@click.option("--labels", default=None, help="Labels (.npy/.csv) stored with the inputs.")
+@click.option("--weights", "weights", default="npz", show_default=True, metavar="npz|safetensors",
+              help="File format of the weights.")  # fmt: skip
+def convert_cmd(
+    model_path: str, out_dir: str, inputs: str | None, labels: str | None, weights: str
+) -> None:
+    """Write MODEL (.yaml, .onnx or torch.export .pt2) as DIR/<name>.yaml + weights.
+
+    Every parameter is kept in float64 as read, so the converted spec computes the
+    same outputs and bounds.  With inputs (or a YAML spec's data section) the spec
+    gets a data section naming DIR/<name>_data.npz, so that
+    ``fperr bound --model DIR/<name>.yaml`` needs no --inputs.  Exit 0 on
+    success, 2 on bad input (a pickled .pt or another file kind: one line).
+    """
+    from .convert import convert_model
+
+    res = convert_model(model_path, out_dir, inputs, labels, weights)
+    data = f", data {res.data} ({res.inputs} inputs)" if res.data is not None else ""
+    click.echo(f"wrote {res.spec}, weights {res.weights}{data}")
+
+
 @cli.command("check-training")
-@click.option("--model", "model_path", required=True, help=_MODEL_HELP + " Dense layers.")
+@click.option("--model", "model_path", required=True,
+              help=_MODEL_HELP + " Chains of dense, conv2d, pool, norm, residual, shape and "
+              "activation layers.")  # fmt: skip
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--eps", default=1e-8, show_default=True, type=float, help="Adam epsilon.")
@@ -293,6 +361,9 @@ def bound_cmd(
 @click.option("--loss-scale", default=1.0, show_default=True, type=float)
 @click.option("--max-batches", default=None, type=click.IntRange(min=1),
               help="Check only the first N batches (a quick look).")  # fmt: skip
+@click.option("--emulate-steps", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Then run this many optimizer steps with every state in the format and "
+              "say which predictions they confirm (0: skip).")  # fmt: skip
 def check_training_cmd(
     model_path: str,
     optimizer: str,
@@ -303,10 +374,12 @@ def check_training_cmd(
     labels: str | None,
     loss_scale: float,
     max_batches: int | None,
+    emulate_steps: int,
 ) -> None:
-    """Predict fp16 training hazards: vanishing eps, lost updates, underflow.
+    """Predict fp16 training hazards: vanishing eps, lost updates, underflow,
+    batch-norm running statistics; a short emulated run confirms or refutes them.
 
-    Exit 0 if no hazard is found, 1 if one is, 2 on bad input.
+    Exit 0 if no hazard is predicted, 1 if one is, 2 on bad input.
     """
     from .training import check_training
 
@@ -314,7 +387,8 @@ def check_training_cmd(
     if y is None:
         raise FperrInputError("check-training needs class labels (an .npz with 'labels')")
     report = check_training(model, X, y, optimizer=optimizer, lr=lr, eps=eps, fmt=fmt,
-                            loss_scale=loss_scale, max_batches=max_batches)  # fmt: skip
+                            loss_scale=loss_scale, max_batches=max_batches,
+                            emulate_steps=emulate_steps)  # fmt: skip
     click.echo(str(report))
     sys.exit(0 if report.ok else 1)
 

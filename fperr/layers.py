@@ -309,13 +309,13 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 @dataclass(frozen=True, eq=False)
 class Activation:
-    type: str  # relu, tanh, sigmoid, gelu, leaky_relu
+    type: str  # relu, relu6, tanh, sigmoid, gelu, leaky_relu
     negative_slope: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.type not in ("relu", "leaky_relu", *ACTIVATIONS):
-            raise SpecError(f"activation: unknown type {self.type!r}; valid: relu, leaky_relu, "
-                            f"{', '.join(ACTIVATIONS)}")  # fmt: skip
+        if self.type not in ("relu", "relu6", "leaky_relu", *ACTIVATIONS):
+            raise SpecError(f"activation: unknown type {self.type!r}; valid: relu, relu6, "
+                            f"leaky_relu, {', '.join(ACTIVATIONS)}")  # fmt: skip
         _check_scalar(self.type, "negative_slope", self.negative_slope, None, False)
 
     def out_shape(self, shape: Shape) -> Shape:
@@ -324,6 +324,8 @@ class Activation:
     def forward(self, x: Array, arith: Arithmetic) -> Array:
         if self.type == "relu":
             return np.maximum(x, 0.0)  # exact
+        if self.type == "relu6":
+            return np.minimum(np.maximum(x, 0.0), 6.0)  # exact: 0 and 6 are in every format
         if self.type == "leaky_relu":
             return np.where(x > 0, x, arith.store(self.negative_slope * x))
         return arith.func(ACTIVATIONS[self.type], x)
@@ -481,3 +483,65 @@ def parameters(layer: Layer) -> list[Array]:
     if isinstance(layer, Residual):
         return [p for sub in layer.layers for p in parameters(sub)]
     return [v for v in vars(layer).values() if isinstance(v, np.ndarray)]
+
+
+# -- merges: operators with several inputs (graph models) ---------------------------
+class _Merge:
+    """What a merge answers where one input is expected: it reads several (a graph)."""
+
+    type: str
+
+    def out_shape(self, shape: Shape) -> Shape:
+        raise SpecError(f"{self.type} reads several inputs: it needs a graph model ('inputs:')")
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        raise SpecError(f"{self.type} reads several inputs: it needs a graph model ('inputs:')")
+
+
+@dataclass(frozen=True, eq=False)
+class Add(_Merge):
+    """y = a + b of two activations of one shape, rounded once to storage (a
+    projection shortcut ``proj(x) + f(x)``; both operands carry error)."""
+
+    type: str = "add"
+    arity: int = 2
+
+    def merge_shape(self, shapes: list[Shape]) -> Shape:
+        if len(shapes) != 2 or shapes[0] != shapes[1]:
+            got = [list(s) for s in shapes]
+            raise SpecError(f"add: expects two inputs of one shape, got {got}")
+        return shapes[0]
+
+    def merge(self, xs: list[Array], arith: Arithmetic) -> Array:
+        return arith.store(xs[0] + xs[1])
+
+
+@dataclass(frozen=True, eq=False)
+class Concat(_Merge):
+    """Inputs joined along ``axis`` of the per-input shape (0: channels); exact."""
+
+    axis: int = 0
+    type: str = "concat"
+    arity: int = 0  # any number >= 2
+
+    def __post_init__(self) -> None:
+        _check_ints("concat", "axis", (self.axis,), 0, 1)
+
+    def merge_shape(self, shapes: list[Shape]) -> Shape:
+        a = self.axis
+        ok = len(shapes) >= 2 and all(len(s) > a for s in shapes)
+        ok = ok and all(s[:a] + s[a + 1 :] == shapes[0][:a] + shapes[0][a + 1 :] for s in shapes)
+        if not ok:
+            raise SpecError(f"concat: inputs {[list(s) for s in shapes]} differ outside axis {a}")
+        return (*shapes[0][:a], sum(s[a] for s in shapes), *shapes[0][a + 1 :])
+
+    def merge(self, xs: list[Array], arith: Arithmetic) -> Array:
+        return np.concatenate(xs, axis=self.axis + 1)
+
+
+MERGES = ("add", "concat")
+
+
+def is_merge(layer: object) -> bool:
+    """Whether a layer reads several inputs (``merge``) rather than one (``forward``)."""
+    return getattr(layer, "type", None) in MERGES

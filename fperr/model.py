@@ -1,5 +1,11 @@
 """A model: an input shape and an ordered list of IR layers.
 
+Layers form a chain (each reads the one before; residual blocks nest a
+branch), or a graph: ``wiring[i]`` lists the layers layer i reads (-1: the
+model input), in topological order, the output being the last layer; merges
+(:class:`~fperr.layers.Add`, :class:`~fperr.layers.Concat`) read several.
+In YAML a layer's optional ``name:`` and ``inputs:`` give the graph.
+
 ``load_model(path)`` reads a YAML spec (parsed within the limits of
 :mod:`fperr.yaml_io`, validated by :mod:`fperr.spec`) and its weights
 (``.npz`` with ``allow_pickle=False``, or ``.safetensors``), checks every
@@ -33,7 +39,9 @@ from .arith import Arithmetic, Exact
 from .errors import SpecError
 from .layers import (
     Activation,
+    Add,
     BatchNorm,
+    Concat,
     Conv2d,
     Dense,
     Dropout,
@@ -45,6 +53,7 @@ from .layers import (
     Residual,
     Shape,
     Softmax,
+    is_merge,
 )
 from .yaml_io import load_yaml
 
@@ -61,19 +70,52 @@ class Model:
     layers: tuple[Layer, ...]
     data: S.DataSpec | None = None
     source: Path | None = field(default=None, repr=False)
+    wiring: tuple[tuple[int, ...], ...] | None = None
+    names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_parameters(self.layers)
+        check_wiring(self.layers, self.wiring, self.names)
         self.shapes()  # validates the whole chain
+
+    @property
+    def is_graph(self) -> bool:
+        """Whether the layers form a graph (named inputs) rather than a chain."""
+        return self.wiring is not None
+
+    def inputs_of(self, i: int) -> tuple[int, ...]:
+        """Indices of the layers whose outputs layer ``i`` reads (-1: the model input)."""
+        return (i - 1,) if self.wiring is None else self.wiring[i]
+
+    def node_name(self, i: int) -> str:
+        return self.names[i] if self.names is not None else f"{i}"
+
+    def require_chain(self, what: str) -> None:
+        """Refuse a graph model in code that walks the layers as a chain."""
+        if self.wiring is not None:
+            raise SpecError(f"{what} supports chains of layers (with residual blocks) only; "
+                            f"model {self.name!r} is a graph (named inputs)")  # fmt: skip
+
+    def appended(self, layer: Layer) -> Model:
+        """This model with ``layer`` applied to its output (e.g. a final softmax)."""
+        n = len(self.layers)
+        wiring = None if self.wiring is None else (*self.wiring, (n - 1,))
+        names = None if self.names is None else (*self.names, f"{n}")
+        return Model(self.name, self.input_shape, (*self.layers, layer), self.data, self.source,
+                     wiring, names)  # fmt: skip
 
     def shapes(self) -> list[Shape]:
         """Per-input shape after each layer; the first entry is the input shape."""
         shapes = [tuple(self.input_shape)]
         for i, layer in enumerate(self.layers):
+            ins = [shapes[j + 1] for j in self.inputs_of(i)]
             try:
-                shapes.append(layer.out_shape(shapes[-1]))
+                if is_merge(layer):
+                    shapes.append(layer.merge_shape(ins))  # type: ignore[attr-defined]
+                else:
+                    shapes.append(layer.out_shape(ins[0]))
             except SpecError as exc:
-                raise SpecError(f"layer {i} ({layer.type}): {exc}") from None
+                raise SpecError(f"layer {self.node_name(i)} ({layer.type}): {exc}") from None
         return shapes
 
     @property
@@ -89,8 +131,12 @@ class Model:
         arith = arith or Exact()
         h = check_inputs(x, self.input_shape)
         hs = [arith.store(h)]
-        for layer in self.layers:
-            hs.append(layer.forward(hs[-1], arith))
+        for i, layer in enumerate(self.layers):
+            ins = [hs[j + 1] for j in self.inputs_of(i)]
+            if is_merge(layer):
+                hs.append(layer.merge(ins, arith))  # type: ignore[attr-defined]
+            else:
+                hs.append(layer.forward(ins[0], arith))
         return hs
 
     def n_params(self) -> int:
@@ -106,14 +152,21 @@ class Model:
             "name": self.name,
             "weights": path.with_suffix(".npz").name,
             "input": {"shape": list(self.input_shape)},
-            "layers": [_layer_to_spec(layer, f"{i}", arrays) for i, layer in
-                       enumerate(self.layers)],
+            "layers": [self._node_spec(i, arrays) for i in range(len(self.layers))],
         }  # fmt: skip
         if self.data is not None:
             spec["data"] = {k: self._relocate(v, path.parent) for k, v in
                             self.data.model_dump(exclude_none=True).items()}  # fmt: skip
         np.savez(path.with_suffix(".npz"), **arrays)  # type: ignore[arg-type]
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    def _node_spec(self, i: int, arrays: dict[str, Array]) -> dict[str, Any]:
+        out = _layer_to_spec(self.layers[i], f"{i}", arrays)
+        if self.names is not None:
+            out["name"] = self.names[i]
+        if self.wiring is not None:
+            out["inputs"] = [self.node_name(j) if j >= 0 else "input" for j in self.wiring[i]]
+        return out
 
     def _relocate(self, ref: str, new_dir: Path) -> str:
         """A data path relative to the source YAML, rewritten relative to ``new_dir``."""
@@ -166,6 +219,42 @@ def check_parameters(layers: Iterable[Layer]) -> None:
                     top = f"layer {path.split('.')[0]} (residual)"
                     raise SpecError(f"{top}: residual blocks nested more than {MAX_NESTING} deep")
                 stack.append((tuple(layer.layers), f"{path}{i}."))
+
+
+def check_wiring(
+    layers: tuple[Layer, ...], wiring: tuple[tuple[int, ...], ...] | None,
+    names: tuple[str, ...] | None,
+) -> None:  # fmt: skip
+    """A graph model's wiring: one entry per layer, each reading earlier layers
+    (-1: the model input), as many inputs as the layer takes, every layer but the
+    last read by a later one (the output is the last layer); merges only in graphs."""
+    if names is not None and (len(names) != len(layers) or len(set(names)) != len(names)):
+        raise SpecError("layer names must be given for every layer and be distinct")
+    if wiring is None:
+        for i, layer in enumerate(layers):
+            if is_merge(layer):
+                raise SpecError(f"layer {i} ({layer.type}) merges several inputs: name them "
+                                "with 'inputs:' (a graph model)")  # fmt: skip
+        return
+    if len(wiring) != len(layers):
+        raise SpecError(f"{len(wiring)} wiring entries for {len(layers)} layers")
+    read: set[int] = set()
+    for i, (layer, ins) in enumerate(zip(layers, wiring, strict=True)):
+        where = f"layer {names[i] if names else i} ({layer.type})"
+        arity = getattr(layer, "arity", 1) if is_merge(layer) else 1
+        if (arity and len(ins) != arity) or (not arity and len(ins) < 2):
+            want = arity or "at least 2"
+            raise SpecError(f"{where}: reads {len(ins)} inputs, takes {want}")
+        for j in ins:
+            if not -1 <= j < i:
+                raise SpecError(f"{where}: reads a layer that is not before it ({j})")
+        read.update(ins)
+    unread = [i for i in range(len(layers) - 1) if i not in read]
+    if unread:
+        i = unread[0]
+        where = f"layer {names[i] if names else i} ({layers[i].type})"
+        raise SpecError(f"{where}: its output is read by no later layer (the model's output "
+                        "is the last layer)")  # fmt: skip
 
 
 def _check_values(where: str, name: str, a: np.ndarray[Any, Any]) -> None:
@@ -285,7 +374,7 @@ def _build(spec: Any, w: _Weights, where: str) -> Layer:
         return Flatten()
     if t == "reshape":
         return _new(where, Reshape, tuple(spec.shape))
-    if t in ("relu", "tanh", "sigmoid", "gelu"):
+    if t in ("relu", "relu6", "tanh", "sigmoid", "gelu"):
         return Activation(t)
     if t == "leaky_relu":
         return _new(where, Activation, "leaky_relu", spec.negative_slope)
@@ -308,14 +397,44 @@ def _build(spec: Any, w: _Weights, where: str) -> Layer:
     if t == "residual":
         return Residual(tuple(_build(s, w, f"{where} branch layer {i}") for i, s in
                               enumerate(spec.layers)))  # fmt: skip
+    if t == "add":
+        return Add()
+    if t == "concat":
+        return _new(where, Concat, spec.axis)
     raise SpecError(f"{where}: unknown layer type {t!r}")  # pragma: no cover (pydantic)
 
 
 def model_from_spec(spec: S.ModelSpec, arrays: Mapping[str, np.ndarray[Any, Any]],
                     source: str = "weights", path: Path | None = None) -> Model:  # fmt: skip
     w = _Weights(arrays, source)
-    layers = tuple(_build(s, w, f"layer {i} ({s.type})") for i, s in enumerate(spec.layers))
-    return Model(spec.name, tuple(spec.input.shape), layers, spec.data, path)
+    layers = tuple(_build(s, w, f"layer {s.name or i} ({s.type})")
+                   for i, s in enumerate(spec.layers))  # fmt: skip
+    wiring, names = _wiring(spec.layers)
+    return Model(spec.name, tuple(spec.input.shape), layers, spec.data, path, wiring, names)
+
+
+def _wiring(specs: list[Any]) -> tuple[tuple[tuple[int, ...], ...] | None, tuple[str, ...] | None]:
+    """Layer names and the indices each layer reads: ``inputs:`` names earlier
+    layers (or ``input``); a layer without ``inputs:`` reads the one before it.
+    A spec with no ``inputs:`` anywhere is a chain (wiring None)."""
+    if not any(s.inputs is not None for s in specs):
+        if any(s.name is not None for s in specs):
+            return None, tuple(s.name or f"{i}" for i, s in enumerate(specs))
+        return None, None
+    names = tuple(s.name or f"{i}" for i, s in enumerate(specs))
+    index: dict[str, int] = {"input": -1}
+    wiring = []
+    for i, s in enumerate(specs):
+        ins = [names[i - 1] if i else "input"] if s.inputs is None else s.inputs
+        for n in ins:
+            if n not in index:
+                raise SpecError(f"layer {names[i]} ({s.type}): input {n!r} names no earlier "
+                                "layer (nor 'input')")  # fmt: skip
+        wiring.append(tuple(index[n] for n in ins))
+        if names[i] in index:
+            raise SpecError(f"layer {names[i]} ({s.type}): the name is used twice")
+        index[names[i]] = i
+    return tuple(wiring), names
 
 
 def _pydantic_message(exc: ValidationError) -> str:
@@ -405,6 +524,7 @@ def _layer_to_spec(layer: Layer, key: str, arrays: dict[str, Array]) -> dict[str
                                         for i, s in enumerate(L.layers)]},
         Activation: lambda L: ({"negative_slope": L.negative_slope}
                                if L.type == "leaky_relu" else {}),
+        Concat: lambda L: {"axis": L.axis},
     }  # fmt: skip
     fields = handlers.get(type(layer), lambda L: {})(layer)
     return {"type": layer.type, **{k: v for k, v in fields.items() if v is not None}}

@@ -139,6 +139,8 @@ def _aten_table() -> dict[Any, Callable[..., Any]]:
         aten.sigmoid.default: same(torch.sigmoid),
         aten.gelu.default: same(F.gelu),
         aten.leaky_relu.default: same(F.leaky_relu),
+        aten.relu6.default: same(F.relu6),
+        aten.hardtanh.default: same(F.hardtanh),
         aten.max_pool2d.default: same(F.max_pool2d),
         aten.avg_pool2d.default: same(F.avg_pool2d),
         aten.flatten.using_ints: same(torch.flatten),

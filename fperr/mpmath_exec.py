@@ -147,6 +147,7 @@ def _activation(x: Obj, layer: Activation) -> Obj:
     sqrt2 = mpmath.sqrt(2)
     funcs: dict[str, Callable[[Any], Any]] = {
         "relu": lambda v: v if v > 0 else mpmath.mpf(0),
+        "relu6": lambda v: min(max(v, mpmath.mpf(0)), mpmath.mpf(6)),
         "leaky_relu": lambda v: v if v > 0 else slope * v,
         "tanh": mpmath.tanh,
         "sigmoid": lambda v: 1 / (1 + mpmath.exp(-v)),
@@ -240,6 +241,7 @@ def run_mpmath(model: Model, X: npt.ArrayLike, dps: int = 50) -> Obj:
 
 def mpmath_activations(model: Model, X: npt.ArrayLike, dps: int = 50) -> list[Obj]:
     """The input and every layer's output, like :meth:`Model.activations`."""
+    model.require_chain("the mpmath executor")
     x = check_inputs(X, model.input_shape)
     with mpmath.workdps(dps):
         hs = [to_mp(x)]

@@ -28,6 +28,11 @@ NonNegPair = NonNegInt | tuple[NonNegInt, NonNegInt]
 
 class _Layer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    name: str | None = Field(None, description="name other layers' inputs refer to")
+    inputs: list[str] | None = Field(
+        None, min_length=1,
+        description="names of the layers (or 'input') this layer reads; default: the one before",
+    )  # fmt: skip
 
 
 class DenseSpec(_Layer):
@@ -70,7 +75,7 @@ class ReshapeSpec(_Layer):
 
 
 class ActivationSpec(_Layer):
-    type: Literal["relu", "tanh", "sigmoid", "gelu"]
+    type: Literal["relu", "relu6", "tanh", "sigmoid", "gelu"]
 
 
 class LeakyReluSpec(_Layer):
@@ -106,6 +111,15 @@ class DropoutSpec(_Layer):
     p: float = Field(0.5, ge=0, le=1)
 
 
+class AddSpec(_Layer):
+    type: Literal["add"]
+
+
+class ConcatSpec(_Layer):
+    type: Literal["concat"]
+    axis: NonNegInt = Field(0, description="axis of the per-input shape (0: channels)")
+
+
 class ResidualSpec(_Layer):
     type: Literal["residual"]
     layers: list[LayerSpec]
@@ -114,7 +128,7 @@ class ResidualSpec(_Layer):
 _LAYER_SPECS = (
     DenseSpec, Conv2dSpec, MaxPool2dSpec, AvgPool2dSpec, FlattenSpec, ReshapeSpec,
     ActivationSpec, LeakyReluSpec, SoftmaxSpec, BatchNormSpec, LayerNormSpec, DropoutSpec,
-    ResidualSpec,
+    ResidualSpec, AddSpec, ConcatSpec,
 )  # fmt: skip
 if TYPE_CHECKING:
     LayerSpec = Any
@@ -148,8 +162,9 @@ class ModelSpec(BaseModel):
 
 
 LAYER_TYPES: tuple[str, ...] = (
-    "dense", "conv2d", "maxpool2d", "avgpool2d", "flatten", "reshape", "relu", "tanh",
+    "dense", "conv2d", "maxpool2d", "avgpool2d", "flatten", "reshape", "relu", "relu6", "tanh",
     "sigmoid", "gelu", "leaky_relu", "softmax", "batchnorm", "layernorm", "dropout", "residual",
+    "add", "concat",
 )  # fmt: skip
 
 

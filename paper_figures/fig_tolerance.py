@@ -35,11 +35,24 @@ def _decades(v: np.ndarray) -> tuple[float, float]:
     return 10.0 ** np.floor(np.log10(v.min())), 10.0 ** np.ceil(np.log10(v.max()))
 
 
+def _panel(r: CertifyResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Tolerance, certified, flipped per input and the line's factor (Gamma = factor delta).
+
+    One output (a single logit, its sign the class): the tolerance is |y|, the
+    distance to the decision threshold 0, an input is certified when |y| > M
+    and flipped when the low-precision sign differs; the line is Gamma = delta.
+    """
+    if r.y_ref.shape[1] == 1:
+        y, low, m = r.y_ref[:, 0], r.y_low[:, 0], r.margin[:, 0]
+        return np.abs(y), np.abs(y) > m, np.sign(low) != np.sign(y), 1.0
+    return r.tolerance, r.certified, r.flipped, 2.0
+
+
 def _limits(results: Iterable[CertifyResult]) -> tuple[tuple[float, float], ...]:
     """Shared axis limits: x over observed deltas and bounds, y over tolerances."""
     rs = list(results)
     xs = np.concatenate([np.r_[r.observed_delta, r.margin.max(axis=1)] for r in rs])
-    ys = np.concatenate([r.tolerance for r in rs])
+    ys = np.concatenate([_panel(r)[0] for r in rs])
     return _decades(xs), _decades(ys)
 
 
@@ -53,10 +66,9 @@ def make(out_dir: Path, small: bool = False, models: Sequence[str] = MODELS) -> 
         fig, axes = style.figure(1, len(results), height=2.2, sharey=True)
         axes = np.atleast_1d(axes)
         for ax, (name, res) in zip(axes, results.items(), strict=True):
-            tol = res.tolerance
+            tol, cert, flips, factor = _panel(res)
             delta = res.observed_delta
             bnd = res.margin.max(axis=1)
-            cert, flips = res.certified, res.flipped
             ok_t = tol > 0
             ok_d = ok_t & (delta > 0)
             ok_b = ok_t & np.isfinite(bnd) & (bnd > 0)
@@ -71,7 +83,8 @@ def make(out_dir: Path, small: bool = False, models: Sequence[str] = MODELS) -> 
             ax.scatter(delta[flips & ok_d], tol[flips & ok_d], s=12, marker="D",
                        facecolor="none", edgecolor="k", lw=0.6, label="observed flip")  # fmt: skip
             grid = np.array([min(x_lo, y_lo / 2), max(x_hi, y_hi)])
-            ax.plot(grid, 2 * grid, color="k", lw=0.6, ls="--", label="$\\Gamma = 2\\delta$")
+            line = "$\\Gamma = 2\\delta$" if factor == 2 else "$\\Gamma = \\delta$ (one logit)"
+            ax.plot(grid, factor * grid, color="k", lw=0.6, ls="--", label=line)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlim(x_lo, x_hi)
@@ -85,7 +98,9 @@ def make(out_dir: Path, small: bool = False, models: Sequence[str] = MODELS) -> 
             )
             ax.set_xlabel("observed $\\delta$ or bound $\\mathrm{max}_k M_k$")
             ax.grid(True, which="major")
-        axes[0].set_ylabel("tolerance $\\Gamma = y_{(1)} - y_{(2)}$")
+        single = all(r.y_ref.shape[1] == 1 for r in results.values())
+        axes[0].set_ylabel("tolerance $\\Gamma = |y|$ (one logit)" if single
+                           else "tolerance $\\Gamma = y_{(1)} - y_{(2)}$")  # fmt: skip
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=3, markerscale=2,
                    handletextpad=0.3, columnspacing=1.0)  # fmt: skip

@@ -337,3 +337,24 @@ def test_layer_ariths_is_a_deprecated_alias_of_keep():
     new = bound_run(model, X, low, keep={0: fp32})
     np.testing.assert_array_equal(old.radius, new.radius)
     assert not np.array_equal(new.radius, bound_run(model, X, low).radius)
+
+
+def test_half_ulp_binade_against_the_hex_exponent():
+    """half_ulp(m) = 2^(e - p) with e the exponent of m read off float.hex() (an
+    oracle independent of log2/frexp), clamped at emin; just below a power of two
+    it is the lower binade's (log2 rounds such m up to the power itself)."""
+    from fperr.bounds.enclosure import half_ulp
+    from fperr.formats import get_format
+
+    rng = np.random.default_rng(0)
+    powers = 2.0 ** np.arange(-30, 16)
+    vals = np.concatenate([powers, np.nextafter(powers, 0), rng.uniform(0, 70000, 2000)])
+    for name in ("binary16", "bfloat16", "binary32"):
+        fmt = get_format(name)
+        got = half_ulp(vals, fmt)
+        for v, h in zip(vals, got, strict=True):
+            if v > fmt.max:
+                assert h == np.inf
+                continue
+            e = int(float(max(v, fmt.smallest_normal)).hex().split("p")[1])
+            assert h == 2.0 ** (max(e, fmt.emin) - fmt.p), (name, v, h)

@@ -15,7 +15,8 @@ from fperr.accumulation import ORDERS
 from fperr.arith import Emulated
 from fperr.certify import certified_sharp, certified_simple, certify, tolerance
 from fperr.cli import cli
-from fperr.model import load_model
+from fperr.layers import Dense
+from fperr.model import Model, load_model
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
 
@@ -194,3 +195,22 @@ def test_suggest_fp32_certifies_the_boundary_inputs():
     assert s.layers and all(model.layers[k].type == "dense" for k in s.layers)
     assert s.result.summary()["certified_flips"] == 0
     assert "keep" in s.text() and s.to_dict()["layers"] == s.layers
+
+
+def test_single_logit_classifier_uses_the_sign():
+    """One output (a two-class classifier's logit): class 1 iff y > 0, certified iff
+    |y| > M, tolerance |y| (it was: always certified, tolerance inf)."""
+    from fperr.certify import predicted_class
+
+    y = np.array([[2.0], [-0.5], [0.01], [0.0]])
+    m = np.array([[0.1], [0.1], [0.1], [0.1]])
+    assert predicted_class(y).tolist() == [1, 0, 1, 0]
+    assert certified_sharp(y, m).tolist() == [True, True, False, False]
+    assert certified_simple(y, m).tolist() == [True, True, False, False]
+    assert tolerance(y).tolist() == [2.0, 0.5, 0.01, 0.0]
+    model = Model("logit", (2,), (Dense(np.array([[1.0, -1.0]]), np.array([0.0])),))
+    X = np.array([[3.0, 1.0], [1.0, 3.0], [1.0, 1.0 + 2.0**-12]])
+    res = certify(model, X, labels=[1, 0, 1])
+    assert res.reference_class.tolist() == [1, 0, 0]
+    assert res.certified.tolist() == [True, True, False]  # the last is within rounding of 0
+    assert res.summary()["accuracy_reference"] == pytest.approx(2 / 3)

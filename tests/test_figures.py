@@ -73,7 +73,8 @@ def test_results_table_matches_certify() -> None:
     n = 40
     X, y = data.digits()
     got = data.certificate("mlp", n).summary()
-    want = certify(data.model("mlp"), X[:n], y[:n]).summary()
+    # the figures bound every input sharply: certify without its cascade
+    want = certify(data.model("mlp"), X[:n], y[:n], cascade=False).summary()
     for key in ("certified", "observed_flips", "median_tolerance", "median_bound"):
         assert got[key] == want[key], key
     rows = tex_snippets.results_rows(small=True)
@@ -158,7 +159,7 @@ def test_figures_for_own_model(tmp_path: Path) -> None:
     assert names == sorted(f"{m}.{e}" for m, _ in build.MODEL_FIGURES for e in ("pdf", "png"))
     assert all(p.stat().st_size > 1000 for p in paths)
     got = data.certificate("model", 30).summary()
-    want = certify(model, X, y).summary()
+    want = certify(model, X, y, cascade=False).summary()  # the figures bound every input sharply
     for key in ("inputs", "certified", "observed_flips", "median_bound", "accuracy_low"):
         assert got[key] == want[key], key
     assert "model" not in data.models_for(small=True)  # the paper's build is unchanged
@@ -188,3 +189,35 @@ def test_figures_for_own_model_bad_input(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("fperr: error: inputs have shape [4, 5]")
     r = CliRunner().invoke(cli, ["figures", "--inputs", "x.npz"])
     assert r.exit_code == 2 and "need --model" in r.output
+
+
+def test_figures_for_a_single_logit_model(tmp_path: Path) -> None:
+    """One output (its sign the class): every model figure builds from the CLI, and the
+    tolerance panel uses |y| against the bound of that logit, certified iff |y| > M."""
+    from click.testing import CliRunner
+
+    from fperr.cli import cli
+    from fperr.layers import Activation, Dense
+    from fperr.model import Model
+
+    rng = np.random.default_rng(1)
+    model = Model("one-logit", (6,), (Dense(rng.normal(0, 0.5, (8, 6)), rng.normal(0, 0.1, 8)),
+                                      Activation("relu"),
+                                      Dense(rng.normal(0, 0.5, (1, 8)), rng.normal(0, 0.1, 1))))
+    model.save(tmp_path / "one.yaml")
+    X = rng.normal(0, 1, (40, 6))
+    np.save(tmp_path / "x.npy", X)
+    r = CliRunner().invoke(cli, ["figures", "--model", str(tmp_path / "one.yaml"), "--inputs",
+                                 str(tmp_path / "x.npy"), "--out", str(tmp_path / "o"),
+                                 "--small"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    files = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert files == sorted(f"{m}.{e}" for m, _ in build.MODEL_FIGURES for e in ("pdf", "png"))
+    # the panel's numbers, against numpy on the certificate's own outputs and margins
+    res = data.certificate("model", 40)
+    tol, cert, flips, factor = fig_tolerance._panel(res)
+    y = res.y_ref[:, 0]
+    np.testing.assert_array_equal(tol, np.abs(y))
+    np.testing.assert_array_equal(cert, np.abs(y) > res.margin[:, 0])
+    assert factor == 1.0 and not flips.any() and cert.sum() > 0

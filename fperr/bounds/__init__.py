@@ -3,8 +3,11 @@
 ``bound(model, X)`` returns, for each input, a componentwise bound B on
 ``|y_low - y_ref|``: the low-precision run (default binary16 storage,
 binary32 accumulation) and the reference run (default binary32) are each
-enclosed against exact arithmetic (:mod:`fperr.bounds.enclosure`, :mod:`fperr.bounds.engine`) and
-B = B_low + B_ref.  Methods:
+enclosed against exact arithmetic (:mod:`fperr.bounds.engine`) and
+B = B_low + B_ref.  Engines: ``"backward"`` (:mod:`fperr.bounds.backward`,
+cost ~ K forward passes), ``"zonotope"`` (:mod:`fperr.bounds.enclosure`, the
+reference) and ``"auto"`` (the backward engine for piecewise-linear models,
+the zonotope for models with curved layers).  Methods:
 
 * ``"deterministic"``: worst case; sound with certainty, for every summation
   order.
@@ -22,6 +25,7 @@ B = B_low + B_ref.  Methods:
 from __future__ import annotations
 
 from .engine import (
+    ENGINES,
     PROBABILISTIC_NOTE,
     RULES,
     BoundResult,
@@ -31,5 +35,5 @@ from .engine import (
     lambda_for,
 )
 
-__all__ = ["PROBABILISTIC_NOTE", "RULES", "RunBound", "BoundResult", "bound", "bound_run",
-           "lambda_for"]  # fmt: skip
+__all__ = ["ENGINES", "PROBABILISTIC_NOTE", "RULES", "RunBound", "BoundResult", "bound",
+           "bound_run", "lambda_for"]  # fmt: skip

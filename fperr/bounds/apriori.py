@@ -23,7 +23,7 @@ from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
 from . import exponent_range as xr
 from .enclosure import half_ulp
-from .rules import Context, derivative_range, relu_slopes
+from .rules import Context, derivative_range, piecewise_slopes, relu_slopes
 
 Array = npt.NDArray[np.float64]
 
@@ -112,6 +112,8 @@ def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tupl
     wlo, whi = lo - r, hi + r  # every computed or exact pre-activation lies here
     if t in ("relu", "leaky_relu"):
         return _leaky_relu(0.0 if t == "relu" else float(layer.negative_slope), lo, hi, r, a)
+    if t == "relu6":
+        return _relu6(lo, hi, r)
     f = ACTIVATIONS[t]
     f_lo, f_hi = f(lo), f(hi)
     if t == "gelu":  # not monotone: minimum -0.17 at x = -0.7518
@@ -147,6 +149,16 @@ def _leaky_relu(alpha: float, lo: Array, hi: Array, r: Array, a: Emulated) -> tu
     return f_lo, f_hi, lip * r + np.where(wlo < 0, local, 0.0)
 
 
+def _relu6(lo: Array, hi: Array, r: Array) -> tuple[Array, ...]:
+    """ReLU6 = min(max(x, 0), 6): monotone, so the image of [lo, hi] is
+    [f(lo), f(hi)]; exact in every format (0 and 6 are representable), so the
+    error is the incoming one times the largest slope of the pieces touched."""
+    wlo, whi = lo - r, hi + r  # every computed or exact pre-activation lies here
+    dlo, dhi = piecewise_slopes((0.0, 6.0), (0.0, 1.0, 0.0), wlo, whi)
+    lip = np.maximum(np.abs(dlo), np.abs(dhi))
+    return np.clip(lo, 0.0, 6.0), np.clip(hi, 0.0, 6.0), lip * r
+
+
 def _pool(layer: Pool2d, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
     wl, wh, wr = (layer.windows(v[None])[0] for v in (lo, hi, r))
     if layer.kind == "max":
@@ -169,7 +181,7 @@ def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
     """Bound the error of ``model`` in ``arith`` for every input in [lo, hi].
 
     ``lo``/``hi``: scalars or arrays of the input shape (e.g. 0 and 1 for
-    pixels).  Supported layers: dense, conv2d, relu, leaky_relu, tanh,
+    pixels).  Supported layers: dense, conv2d, relu, relu6, leaky_relu, tanh,
     sigmoid, gelu, max/avg pooling, flatten, reshape, dropout.
     """
     a = arith or Emulated.from_names("binary16", "binary32")
@@ -181,6 +193,7 @@ def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
     # inputs are rounded to storage: error <= u_s |x| (or half a subnormal spacing)
     r = a.storage.u * np.maximum(np.maximum(np.abs(vlo), np.abs(vhi)), _tiny(a.storage))
     r = np.where(vlo == vhi, np.abs(a.store(vlo) - vlo), r)
+    model.require_chain("the a-priori bound")
     radii = []
     for i, layer in enumerate(model.layers):
         t = layer.type
@@ -193,7 +206,7 @@ def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
             continue
         if t in ("dense", "conv2d"):
             vlo, vhi, r = _affine(layer, vlo, vhi, r, a)
-        elif t in ("relu", "leaky_relu", "tanh", "sigmoid", "gelu"):
+        elif t in ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu"):
             vlo, vhi, r = _activation(layer, vlo, vhi, r, a)
         elif t in ("maxpool2d", "avgpool2d"):
             vlo, vhi, r = _pool(layer, vlo, vhi, r, a)  # type: ignore[arg-type]

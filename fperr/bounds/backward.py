@@ -27,6 +27,7 @@ every earlier layer, one extra row per normalised group.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,31 +39,93 @@ from ..rounding import round as fround
 from . import exponent_range as xr
 from .enclosure import Enclosure, half_ulp
 from .rules import Context, apply_rule
-from .steps import Step, convert_step, layernorm_step, residual_local_step, simple_step
+from .steps import (
+    Step,
+    add_step,
+    concat_step,
+    convert_step,
+    layernorm_step,
+    residual_local_step,
+    simple_step,
+)
 
 Array = npt.NDArray[np.float64]
-Sink = Callable[[int, bool, Array], None]
+Sink = Callable[[int, bool, Array, Array | None], None]
+
+WIDE = 0.05
+"""An interval range at a layer's input wider than this fraction of the input's
+largest value marks the input: interval arithmetic forgets the signs of the
+errors, so on deep or wide layers its ranges can outgrow the sharp (zonotope)
+ones many times over, and wide ranges loosen the local terms they inflate
+(|x| + 2r) and the slopes of units they make unstable.  ``engine="auto"``
+bounds such inputs of a chain with the zonotope instead (see
+:func:`fperr.bounds.engine.bound_run`)."""
 
 
-def pull_back(steps: Sequence[Step], lam: Array, sink: Sink) -> Array:
-    """Pull rows ``lam`` (N, R, n_out) back through ``steps`` (last first),
-    passing each source's contribution |Lambda| box (N, R, n) or |Lambda S|
-    (N, R, k) to ``sink(group, random, contribution)``; returns the rows at
-    the input of the first step."""
-    for step in reversed(steps):
-        alam = np.abs(lam)
-        for box, random in step.boxes:
-            sink(step.group, random, alam * box[:, None, :])
-        if step.signed is not None:
-            N, R = lam.shape[:2]
-            k = step.signed.shape[1]
-            proj = (lam.reshape(N, R, k, -1) * step.signed[:, None]).sum(axis=-1)
-            sink(step.group, False, np.abs(proj))
+@dataclass
+class Tape:
+    """Steps in the order they were computed, and what each reads: ``sources[i]``
+    lists the steps whose outputs step i reads (empty for step 0, the tape's
+    input: the model input's rounding, or a residual branch's entry)."""
+
+    steps: list[Step] = field(default_factory=list)
+    sources: list[tuple[int, ...]] = field(default_factory=list)
+    wide: npt.NDArray[np.bool_] | None = None  # inputs whose interval range grew wide
+
+    def add(self, step: Step, sources: tuple[int, ...]) -> int:
+        self.steps.append(step)
+        self.sources.append(sources)
+        return len(self.steps) - 1
+
+
+def _contribute(step: Step, lam: Array, sink: Sink) -> None:
+    alam = np.abs(lam)
+    for box, random in step.boxes:
+        sink(step.group, random, alam, box)
+    if step.signed is not None:
+        N, R = lam.shape[:2]
+        k = step.signed.shape[1]
+        proj = (lam.reshape(N, R, k, -1) * step.signed[:, None]).sum(axis=-1)
+        sink(step.group, False, np.abs(proj), None)
+
+
+def summed(alam: Array, box: Array | None) -> Array:
+    """(N, R): sum over sources of |Lambda| box (one batched GEMV), or of ``alam``
+    itself when it already holds the contributions (``box`` None)."""
+    if box is None:
+        return alam.sum(axis=-1)
+    return np.matmul(alam, box[:, :, None])[..., 0]
+
+
+def each(alam: Array, box: Array | None) -> Array:
+    """(N, R, n): the contribution of every source on its own."""
+    return alam if box is None else alam * box[:, None, :]
+
+
+def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None) -> Array:
+    """Pull rows ``lam`` (N, R, n) at the output of step ``upto`` (default: the
+    last) back through the tape, passing each source's contribution to ``sink(group,
+    random, |Lambda|, box)`` (the contributions are |Lambda| box, see :func:`each`;
+    ``box`` None: |Lambda S| (N, R, k) of signed generators); returns the rows at
+    the output of step 0 (summed over every path)."""
+    last = len(tape.steps) - 1 if upto is None else upto
+    lams: dict[int, Array] = {last: lam}
+    for i in range(last, -1, -1):
+        lam_i = lams.pop(i, None)
+        if lam_i is None:  # no path from ``upto`` passes through step i
+            continue
+        step = tape.steps[i]
+        _contribute(step, lam_i, sink)
+        if i == 0:
+            return lam_i
         if step.branch is not None:  # x + F(x): the identity plus the branch
-            lam = lam + pull_back(step.branch, lam, sink)
+            pulled = [lam_i + pull_back(step.branch, lam_i, sink)]
         else:
-            lam = step.adjoint(lam)
-    return lam
+            out = step.adjoint(lam_i)
+            pulled = out if step.arity > 1 else [out]
+        for src, part in zip(tape.sources[i], pulled, strict=True):
+            lams[src] = lams[src] + part if src in lams else part
+    return np.zeros((*lam.shape[:2], int(np.prod(tape.steps[0].value.shape[1:]))))
 
 
 class Collector:
@@ -75,27 +138,31 @@ class Collector:
         self.random_cols: list[Array] = []
         self.random_groups: list[Array] = []
 
-    def __call__(self, group: int, random: bool, c: Array) -> None:
+    def __call__(self, group: int, random: bool, alam: Array, box: Array | None) -> None:
         if random and self.keep_random:
+            c = each(alam, box)
             self.random_cols.append(c)
             self.random_groups.append(np.full(c.shape[-1], group, dtype=np.int64))
         else:
-            self.det[:, group, :] += c.sum(axis=-1)
+            self.det[:, group, :] += summed(alam, box)
 
 
-def functional_radius(steps: Sequence[Step]) -> Callable[[Array], Array]:
-    """rows (N, R, n) at the output of ``steps`` -> (N, R): the radius of each
-    functional of the error there (every source, in absolute value)."""
+def functional_radius(
+    tape: Tape, upto: int, outer: Callable[[Array], Array] | None
+) -> Callable[[Array], Array]:
+    """rows (N, R, n) at the output of step ``upto`` -> (N, R): the radius of each
+    functional of the error there (every source in absolute value); ``outer``
+    continues from the tape's input (a residual branch's enclosing tape)."""
 
     def radius(rows: Array) -> Array:
         total = np.zeros(rows.shape[:2])
 
-        def add(group: int, random: bool, c: Array) -> None:
+        def add(group: int, random: bool, alam: Array, box: Array | None) -> None:
             nonlocal total
-            total = total + c.sum(axis=-1)
+            total = total + summed(alam, box)
 
-        pull_back(steps, rows, add)
-        return total
+        at_input = pull_back(tape, rows, add, upto)
+        return total if outer is None else total + outer(at_input)
 
     return radius
 
@@ -124,57 +191,106 @@ class Ranges:
                 raise AssertionError("reference zonotope and steps disagree on values")
 
 
+@dataclass
+class Graph:
+    """What the forward pass needs of a model (or a residual branch): its layers,
+    which earlier layers (-1: the entry) each one reads, their contexts and the
+    group (layer index) their error sources count for."""
+
+    layers: Sequence[Any]
+    inputs: Sequence[tuple[int, ...]]
+    ctxs: Sequence[Context]
+    groups: Sequence[int]
+
+
 def forward_steps(
-    layers: Sequence[Any],
-    ctxs: Sequence[Context],
-    groups: Sequence[int],
-    x: Array,
-    r: Array,
-    prefix: list[Step],
+    graph: Graph,
+    tape: Tape,
     ranges: Ranges,
     storage: Format,
-) -> tuple[list[Step], Array, Array, npt.NDArray[np.bool_]]:
-    """Steps of ``layers`` from computed input ``x`` with radius ``r`` held in
-    ``storage``; ``prefix``: the steps that lead to ``x`` (for functionals
-    pulled back to the input).  Values move between storage formats where
-    consecutive layers' arithmetic differs (``keep``).  Returns (steps, value,
-    radius, inputs whose run may overflow)."""
-    steps: list[Step] = []
-    bad = np.zeros(x.shape[0], dtype=bool)
-    for layer, ctx, group in zip(layers, ctxs, groups, strict=True):
+    outer: Callable[[Array], Array] | None = None,
+) -> tuple[Array, Array, npt.NDArray[np.bool_]]:
+    """Append the steps of ``graph`` to ``tape``, whose step 0 is the graph's entry
+    (computed values, radius, held in ``storage``); ``outer`` pulls functionals
+    back beyond the entry (for a residual branch).  Values move between storage
+    formats where a layer's arithmetic differs from its input's (``keep``).
+    Returns (output value, output radius, inputs whose run may overflow); marks
+    in ``tape.wide`` the inputs whose interval range grew wide somewhere
+    (:data:`WIDE`)."""
+    entry = tape.steps[0]
+    N = entry.value.shape[0]
+    bad = np.zeros(N, dtype=bool)
+    if tape.wide is None:
+        tape.wide = np.zeros(N, dtype=bool)
+    where = [0]  # tape index of each layer's output, the entry first
+    stored = {0: storage}  # storage format of each tape index
+    converted: dict[tuple[int, str], int] = {}
+    for layer, ins, ctx, group in zip(graph.layers, graph.inputs, graph.ctxs, graph.groups,
+                                      strict=True):  # fmt: skip
         a = ctx.arith
-        r = ranges.radius(r)
-        if a.storage != storage:
-            steps.append(convert_step(x, r, storage, a.storage, group))
-            ranges.convert(storage, a.storage, group)
-            storage = a.storage
-            x, r = steps[-1].value, ranges.radius(steps[-1].radius().reshape(x.shape))
-        mag = np.abs(x) + 2 * r
-        bad |= xr.beyond_accumulator(layer, mag, a.storage, a.operand_format, a.accumulate)
-        if isinstance(layer, Residual):
-            sub_ranges = Ranges(None if ranges.enc is None else ranges.enc.materialize())
-            branch, xb, rb, sub_bad = forward_steps(
-                layer.layers, [ctx] * len(layer.layers), [group] * len(layer.layers), x, r,
-                prefix + steps, sub_ranges, storage,
-            )  # fmt: skip
-            bad |= sub_bad
-            y = a.store(x + xb)
-            step = residual_local_step(y, r + rb, ctx, group)
-            step.branch = branch
-        elif isinstance(layer, LayerNorm):
-            func = functional_radius(prefix + steps)
-            step = layernorm_step(layer, x, r, ctx, group, func)
-        else:
-            step = simple_step(layer, x, r, ctx, group)
-        steps.append(step)
+        srcs = []
+        for j in ins:  # each input in this layer's storage format
+            t = where[j + 1]
+            if stored[t] != a.storage:
+                key = (t, a.storage.name)
+                if key not in converted:
+                    src = tape.steps[t]
+                    r_src = ranges.radius(src.radius().reshape(src.value.shape))
+                    conv = convert_step(src.value, r_src, stored[t], a.storage, group)
+                    ranges.convert(stored[t], a.storage, group)
+                    converted[key] = tape.add(conv, (t,))
+                    stored[converted[key]] = a.storage
+                t = converted[key]
+            srcs.append(t)
+        xs = [tape.steps[t].value for t in srcs]
+        rs = [ranges.radius(tape.steps[t].radius().reshape(tape.steps[t].value.shape))
+              for t in srcs]  # fmt: skip
+        for x, r in zip(xs, rs, strict=True):
+            mag = np.abs(x) + 2 * r
+            bad |= xr.beyond_accumulator(layer, mag, a.storage, a.operand_format, a.accumulate)
+            scale = np.abs(x.reshape(N, -1)).max(axis=1, initial=0.0)
+            with np.errstate(invalid="ignore"):
+                tape.wide |= ~(r.reshape(N, -1).max(axis=1, initial=0.0) <= WIDE * scale)
+        step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad)
+        t_out = tape.add(step, tuple(srcs))
+        where.append(t_out)
+        stored[t_out] = a.storage
         ranges.advance(layer, ctx, group, step.value)
-        x = step.value
-        r = step.radius().reshape(x.shape)
+        r_out = step.radius()
         with np.errstate(invalid="ignore"):
-            N = int(x.shape[0])
-            bad |= ~np.isfinite(x.reshape(N, -1)).all(axis=1)
-            bad |= ~np.isfinite(r.reshape(N, -1)).all(axis=1)
-    return steps, x, r, bad
+            bad |= ~np.isfinite(step.value.reshape(N, -1)).all(axis=1)
+            bad |= ~np.isfinite(r_out).all(axis=1)
+    out = tape.steps[where[-1]]
+    return out.value, out.radius().reshape(out.value.shape), bad
+
+
+def _step(
+    layer: Any, xs: list[Array], rs: list[Array], ctx: Context, group: int, tape: Tape,
+    srcs: list[int], ranges: Ranges, outer: Callable[[Array], Array] | None,
+    bad: npt.NDArray[np.bool_],
+) -> Step:  # fmt: skip
+    """The step of one layer, given its inputs' values and radii."""
+    if layer.type == "add":
+        return add_step(xs, rs, ctx, group)
+    if layer.type == "concat":
+        return concat_step(xs, rs, layer.axis, group)
+    x, r = xs[0], rs[0]
+    if isinstance(layer, Residual):
+        sub = Tape()
+        sub.add(Step(x, lambda lam: lam, r.reshape(r.shape[0], -1).copy(), group), ())
+        n = len(layer.layers)
+        chain = Graph(layer.layers, [(i - 1,) for i in range(n)], [ctx] * n, [group] * n)
+        sub_ranges = Ranges(None if ranges.enc is None else ranges.enc.materialize())
+        entry = functional_radius(tape, srcs[0], outer)
+        sub.wide = tape.wide
+        xb, rb, sub_bad = forward_steps(chain, sub, sub_ranges, ctx.arith.storage, entry)
+        bad |= sub_bad
+        step = residual_local_step(ctx.arith.store(x + xb), r + rb, ctx, group)
+        step.branch = sub
+        return step
+    if isinstance(layer, LayerNorm):
+        return layernorm_step(layer, x, r, ctx, group, functional_radius(tape, srcs[0], outer))
+    return simple_step(layer, x, r, ctx, group)
 
 
 def input_step(x: Array, ctx: Context) -> Step:

@@ -4,9 +4,10 @@ Most inputs have a margin far above any rounding error, so a cheap sound
 bound already certifies them.  Stage 1 is the backward engine's forward
 interval range (no backward pass at all); an input it leaves undecided goes
 to stage 2: the backward engine's rows for the reference class and only
-those competitors that stage 1 cannot rule out; and, for a model with
-curved layers (:data:`.engine.CURVED`), where interval ranges are wide, an
-input still undecided goes to stage 3, the zonotope engine.  The bound kept
+those competitors that stage 1 cannot rule out; and an input still
+undecided in a chain model goes to stage 3, the zonotope engine, whose
+ranges are sharper (much so in models with curved layers,
+:data:`.engine.CURVED`, and in deep or wide ones, :data:`.backward.WIDE`).  The bound kept
 for an output is the smallest of the stages', all being sound; a
 certificate from any stage is a certificate.
 
@@ -73,9 +74,12 @@ def cascade_bound(
     keep: Mapping[int, Emulated] | None = None,
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
+    explained: int = 32,
 ) -> BoundResult:
-    """Bounds for :func:`fperr.certify`: stage 1 for every input, stage 2 for
-    those ``certified(y_ref, margin)`` rejects (see the module docstring)."""
+    """Bounds for :func:`fperr.certify`: stage 1 for every input, the later stages
+    for those ``certified(y_ref, margin)`` rejects (see the module docstring);
+    ``explained`` inputs decided early get a per-layer breakdown anyway
+    (:func:`_explain`)."""
     X = check_inputs(X, model.input_shape)
     N = X.shape[0]
     K = int(np.prod(model.output_shape))
@@ -83,9 +87,11 @@ def cascade_bound(
     result = bound(model, X, low, reference, engine="backward",
                    rows=np.zeros((N, K), dtype=bool), **opts)  # fmt: skip
     last = resolve_engine(model, engine)
-    # a curved model: the backward rows (interval ranges, cheap) before the zonotope;
-    # not under the probabilistic method, where the two would rest on two output
-    # combination events (see the module docstring)
+    if engine == "auto" and not model.is_graph and method != "probabilistic":
+        last = "zonotope"  # what the backward rows leave open, the sharper ranges may settle
+    # the backward rows (interval ranges, cheap) before the zonotope; not under the
+    # probabilistic method, where the two would rest on two output combination events
+    # (see the module docstring)
     stages = ["backward"] if last == "backward" or method != "probabilistic" else []
     stages += [] if last == "backward" else [last]
     todo = np.arange(N)
@@ -107,4 +113,37 @@ def cascade_bound(
         )
     if progress is not None and todo.size:
         progress(2 * todo.size)
-    return result
+    return _explain(model, X, result, last, opts, explained)
+
+
+def _explain(
+    model: Model, X: Array, result: BoundResult, engine: str, opts: dict[str, Any], count: int
+) -> BoundResult:
+    """Give the ``count`` inputs with the least slack (gap over margin) among those
+    without a per-layer breakdown one: the breakdown of the sharp engine's bound
+    (their shares, the bound itself stays the cascade's), so that the report's
+    "worst layer" speaks for the inputs nearest to losing their certificate."""
+    per = result.low.per_layer.sum(axis=(1, 2)) + result.reference.per_layer.sum(axis=(1, 2))
+    bare = np.flatnonzero(per == 0)
+    if not bare.size or count <= 0:
+        return result
+    y, m = result.reference.output[bare], margin(result)[bare]
+    k = np.argmax(y, axis=1)
+    rows = np.arange(bare.size)
+    slack = (y[rows, k][:, None] - y) / (m[rows, k][:, None] + m)
+    slack[rows, k] = np.inf
+    pick = np.sort(bare[np.argsort(slack.min(axis=1), kind="stable")[:count]])
+    sharp = bound(model, X[pick], result.low_arith, result.reference_arith, engine=engine, **opts)
+    return replace(
+        result,
+        low=_with_breakdown(result.low, sharp.low, pick),
+        reference=_with_breakdown(result.reference, sharp.reference, pick),
+    )
+
+
+def _with_breakdown(run: RunBound, sharp: RunBound, idx: npt.NDArray[np.intp]) -> RunBound:
+    """``run`` with the per-layer breakdown of ``sharp`` at inputs ``idx``, its bounds
+    unchanged: which inputs are explained depends on the batch, a bound must not."""
+    per = run.per_layer.copy()
+    per[idx] = sharp.per_layer
+    return replace(run, per_layer=per)

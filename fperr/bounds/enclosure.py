@@ -46,9 +46,10 @@ def half_ulp(mag: Array, fmt: Format) -> Array:
     """
     m = np.abs(np.asarray(mag, dtype=np.float64))
     with np.errstate(invalid="ignore"):
-        e = np.floor(np.log2(np.maximum(m, fmt.smallest_normal)))
-        e = np.where(np.isfinite(e), e, fmt.emax)  # NaN / inf: replaced below
-        out = np.ldexp(1.0, (np.maximum(e, fmt.emin) - fmt.p).astype(np.int64))
+        # frexp: m = f 2^e, f in [0.5, 1), exactly, so floor(log2 m) = e - 1 (inf and
+        # NaN give e = 0 and are replaced below)
+        _, e = np.frexp(np.maximum(m, fmt.smallest_normal))
+        out = np.ldexp(1.0, np.maximum(e - 1, fmt.emin) - fmt.p)
         if not fmt.subnormals:  # flush to zero: a value below smallest_normal may be lost
             out = np.maximum(out, np.minimum(m, fmt.smallest_normal))
     return np.where(m <= fmt.max, out, np.inf)  # NaN compares false: inf

@@ -1,9 +1,11 @@
 """The bound engine: enclose a run of a model layer by layer, then combine runs.
 
-``bound_run`` carries an :class:`~fperr.bounds.enclosure.Enclosure` through the
-model with one rule per layer (:mod:`fperr.bounds.rules`) and returns the
-radius per output; ``bound`` combines the low-precision run and the reference
-run into B = B_low + B_ref.
+``bound_run`` bounds one run against exact arithmetic, per output: the
+zonotope engine carries an :class:`~fperr.bounds.enclosure.Enclosure` through
+the model with one rule per layer (:mod:`fperr.bounds.rules`); the backward
+engine (:mod:`fperr.bounds.backward`) computes the same local errors with
+interval ranges and pulls the output rows back.  ``bound`` combines the
+low-precision run and the reference run into B = B_low + B_ref.
 """
 
 
@@ -21,13 +23,15 @@ import numpy.typing as npt
 from ..arith import Emulated
 from ..errors import FperrInputError
 from ..formats import Format
-from ..layers import Conv2d, Dense, Residual
+from ..layers import Conv2d, Dense, Residual, is_merge
 from ..model import Model, check_inputs
 from ..rounding import round as fround
 from . import exponent_range as xr
 from .backward import (
     Collector,
+    Graph,
     Ranges,
+    Tape,
     forward_steps,
     input_step,
     pull_back,
@@ -75,6 +79,11 @@ def resolve_engine(model: Model, engine: str) -> str:
     with curved layers (:data:`CURVED`)."""
     if engine not in ENGINES:
         raise FperrInputError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
+    if model.is_graph:  # the zonotope aligns generators along a chain only
+        if engine == "zonotope":
+            raise FperrInputError(f"model {model.name!r} is a graph (named inputs): the zonotope "
+                                  "engine takes chains only; use engine='backward'")  # fmt: skip
+        return "backward"
     if engine != "auto":
         return engine
     return "zonotope" if layer_types(model.layers) & set(CURVED) else "backward"
@@ -122,6 +131,14 @@ def _count_products(layers: Sequence[Any], shape: tuple[int, ...]) -> int:
     return total
 
 
+def _model_products(model: Model) -> int:
+    """:func:`_count_products` over every layer of a model, chain or graph (each
+    layer at its own input's shape; merges compute no products)."""
+    shapes = model.shapes()
+    return sum(_count_products([layer], shapes[model.inputs_of(i)[0] + 1])
+               for i, layer in enumerate(model.layers) if not is_merge(layer))  # fmt: skip
+
+
 def bound_run(
     model: Model,
     X: npt.ArrayLike,
@@ -143,7 +160,9 @@ def bound_run(
     backward pass per output row, cost ~ K forward passes), ``"zonotope"``
     (the reference engine: every error source carried forward as a signed
     generator; sharper ranges, cost growing with width and depth) or
-    ``"auto"`` (default, :func:`resolve_engine`).
+    ``"auto"`` (default, :func:`resolve_engine`; the backward engine's inputs whose
+    interval ranges grow wide, :data:`.backward.WIDE`, are bounded again by the
+    zonotope when the model is a chain).
     ``ranges="zonotope"`` gives the backward engine the zonotope's radii (for
     comparisons: it then bounds the same terms).  ``rows`` (N, K) selects the
     outputs the backward pass sharpens; the others keep the forward interval
@@ -167,18 +186,21 @@ def bound_run(
         keep = layer_ariths if keep is None else keep
     if method not in ("deterministic", "probabilistic"):
         raise FperrInputError(f"unknown method {method!r}; use deterministic or probabilistic")
+    auto = engine == "auto"
     engine = resolve_engine(model, engine)
     if rows is not None and engine != "backward":
         raise FperrInputError("rows (outputs to sharpen) need engine='backward'")
     if ranges not in ("interval", "zonotope"):
         raise FperrInputError(f"unknown ranges {ranges!r}; use interval or zonotope")
+    if ranges == "zonotope" and model.is_graph:
+        raise FperrInputError("ranges='zonotope' needs a chain model (the zonotope engine's)")
     x = check_inputs(X, model.input_shape)
     if rows is not None and (rows.shape != (x.shape[0], int(np.prod(model.output_shape)))):
         raise FperrInputError(f"rows has shape {rows.shape}, expected (inputs, outputs)")
     # Half the failure budget for the accumulation events inside the network
     # (one per term of every dot product), half for the K outputs' quadrature
     # combination: a union bound over both.
-    inner = max(1, _count_products(model.layers, tuple(model.input_shape)))
+    inner = max(1, _model_products(model))
     outputs = int(np.prod(model.output_shape))
     half = 1 - (1 - confidence) / 2
     lam = lambda_for(half, inner) if method == "probabilistic" else 0.0
@@ -202,12 +224,13 @@ def bound_run(
         while batch_size is None and bs > 1 and estimate_bytes(model, min(bs, x.shape[0])) > limit:
             bs = max(1, bs // 2)
         check_memory(model, min(bs, x.shape[0]))  # a clear error rather than a MemoryError
-    outs, radii, layers = [], [], []
+    outs, radii, layers, wides = [], [], [], []
     for i in range(0, x.shape[0], bs):
         if engine == "backward":
             sel = None if rows is None else rows[i : i + bs]
-            o, r, pl = _bound_batch_backward(model, x[i : i + bs], input_ctx, ctxs, method,
-                                             lam_out, sel, ranges)  # fmt: skip
+            o, r, pl, wide = _bound_batch_backward(model, x[i : i + bs], input_ctx, ctxs,
+                                                   method, lam_out, sel, ranges)  # fmt: skip
+            wides.append(wide)
         else:
             o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam_out)
         outs.append(o)
@@ -215,12 +238,19 @@ def bound_run(
         layers.append(pl)
         if progress is not None:
             progress(o.shape[0])
+    radius, per = np.concatenate(radii), np.concatenate(layers)
+    if auto and engine == "backward" and not model.is_graph and rows is None:
+        redo = np.flatnonzero(np.concatenate(wides))
+        if redo.size:  # ranges grew wide: the zonotope's sharper ranges for these inputs
+            z = bound_run(model, x[redo], arith, method=method, confidence=confidence,
+                          batch_size=batch_size, keep=keep, engine="zonotope")  # fmt: skip
+            radius[redo], per[redo] = z.radius, z.per_layer
     fail = 0.0
     if method == "probabilistic":
         fail = min(
             1.0, 2 * inner * math.exp(-(lam**2) / 2) + 2 * outputs * math.exp(-(lam_out**2) / 2)
         )
-    return RunBound(np.concatenate(outs), np.concatenate(radii), np.concatenate(layers), fail)
+    return RunBound(np.concatenate(outs), radius, per, fail)
 
 
 def _convert(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
@@ -278,22 +308,33 @@ def _bound_batch(
     return out, radius.reshape(out.shape), per
 
 
+def backward_bytes(model: Model) -> int:
+    """Estimated bytes per input of the backward engine: its steps keep a few
+    arrays per unit of every layer (with room for temporaries; the rows are
+    pulled back a few at a time, see :func:`_rows_per_pass`)."""
+    units = sum(int(np.prod(s)) for s in model.shapes()) * 2  # residual branches: as wide
+    return 8 * 8 * units
+
+
 def backward_batch_size(model: Model) -> int:
-    """Inputs per batch of the backward engine: its steps keep a few arrays per
-    unit of every layer, its rows K per unit of one; about 1/8 of the budget
-    (:func:`.memory.max_bytes`) per batch leaves room for temporaries."""
-    shapes = model.shapes()
-    units = sum(int(np.prod(s)) for s in shapes) * 2  # residual branches: about as wide
-    rows = int(np.prod(model.output_shape)) * max(int(np.prod(s)) for s in shapes)
-    per_input = 8 * (8 * units + 4 * rows)
-    return max(1, min(4096, max_bytes() // 8 // per_input))
+    """Inputs per batch of the backward engine: about 1/8 of the memory budget
+    (:func:`.memory.max_bytes`) per batch; one clear error if a single input
+    needs more than the whole budget."""
+    per_input, limit = backward_bytes(model), max_bytes()
+    if per_input > limit:
+        raise FperrInputError(
+            f"model {model.name!r}: bounding one input needs about {per_input / 2**30:.3g} GiB "
+            f"of memory, over the limit of {limit / 2**30:.3g} GiB (FPERR_MAX_BYTES)"
+        )
+    return max(1, min(4096, limit // 8 // per_input))
 
 
 def _bound_batch_backward(
     model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float,
     rows: npt.NDArray[np.bool_] | None, ranges: str,
-) -> tuple[Array, Array, Array]:  # fmt: skip
-    """One batch through :mod:`.backward`: (outputs, radius, per-layer breakdown)."""
+) -> tuple[Array, Array, Array, npt.NDArray[np.bool_]]:  # fmt: skip
+    """One batch through :mod:`.backward`: (outputs, radius, per-layer breakdown,
+    inputs whose ranges grew wide or whose run may overflow)."""
     N = x.shape[0]
     first = input_step(x, input_ctx)
     ref = None
@@ -301,33 +342,55 @@ def _bound_batch_backward(
         ref = Enclosure(first.value, np.zeros((N, int(np.prod(x.shape[1:])), 0)))
         ref = ref.add_box(first.boxes[0][0], 0, random=False)
     L = len(model.layers)
+    tape = Tape()
+    tape.add(first, ())
+    graph = Graph(model.layers, [model.inputs_of(i) for i in range(L)], ctxs, range(1, L + 1))
     with np.errstate(invalid="ignore", over="ignore"):
-        steps, y, r, bad = forward_steps(
-            model.layers, ctxs, range(1, L + 1), first.value, np.zeros_like(first.value),
-            [first], Ranges(ref), input_ctx.arith.storage,
-        )  # fmt: skip
+        y, r, bad = forward_steps(graph, tape, Ranges(ref), input_ctx.arith.storage)
+        wide = tape.wide if tape.wide is not None else np.zeros(N, dtype=bool)
         bad |= ~np.isfinite(first.value.reshape(N, -1)).all(axis=1)
         K = int(np.prod(y.shape[1:]))
         mask = np.ones((N, K), dtype=bool) if rows is None else rows
-        lam_rows = row_selector(mask)
-        coll = Collector(N, lam_rows.shape[1], L + 1, keep_random=method == "probabilistic")
-        if mask.any():  # no rows: the forward interval range alone (a cascade's first stage)
-            pull_back([first, *steps], lam_rows, coll)
-        if method == "probabilistic":
-            G = L + 1
-            g = np.concatenate([coll.det.transpose(0, 2, 1), *coll.random_cols], axis=2)
-            rnd = np.concatenate([np.zeros(G, dtype=bool),
-                                  np.ones(g.shape[2] - G, dtype=bool)])  # fmt: skip
-            groups = np.concatenate([np.arange(G), *coll.random_groups]).astype(np.int64)
-            radius_rows, per_rows = _probabilistic(g, rnd, groups, G, lam)
-        else:
-            radius_rows, per_rows = coll.det.sum(axis=1), coll.det
-        fill = r.reshape(N, K)
-        radius = scatter_rows(radius_rows, mask, fill) * (1 + _EVAL_MARGIN)
-        per = scatter_rows(per_rows.transpose(0, 2, 1), mask, np.zeros((N, K, L + 1)))
+        radius = r.reshape(N, K).copy()  # outputs without a row keep the interval range
+        per = np.zeros((N, K, L + 1))
+        chunk = _rows_per_pass(model, N, method)
+        for k0 in range(0, K, chunk):  # rows are independent: a few at a time
+            sub = np.zeros_like(mask)
+            sub[:, k0 : k0 + chunk] = mask[:, k0 : k0 + chunk]
+            if sub.any():  # no rows: the forward interval range alone (a cascade's first stage)
+                rad, per_rows = _pull_rows(tape, sub, L + 1, method, lam)
+                radius = scatter_rows(rad, sub, radius)
+                per = scatter_rows(per_rows.transpose(0, 2, 1), sub, per)
+        radius = radius * (1 + _EVAL_MARGIN)
         bad_out = np.isnan(radius) | bad[:, None]
         radius = np.where(bad_out, np.inf, radius)
-    return y.reshape(N, K), radius, per.transpose(0, 2, 1)
+    return y.reshape(N, K), radius, per.transpose(0, 2, 1), wide
+
+
+def _rows_per_pass(model: Model, N: int, method: str) -> int:
+    """Output rows pulled back at once: (N, R, n) rows at the widest layer, and under
+    the probabilistic method every random source's contribution kept, within 1/8 of
+    the memory budget."""
+    sizes = [int(np.prod(s)) for s in model.shapes()]
+    width = max(sizes) + (2 * sum(sizes) if method == "probabilistic" else 0)
+    return max(1, int(max_bytes() // 8 // (32 * N * width)))
+
+
+def _pull_rows(
+    tape: Tape, mask: npt.NDArray[np.bool_], n_groups: int, method: str, lam: float
+) -> tuple[Array, Array]:
+    """Radius (N, R) and per-layer breakdown (N, G, R) of the rows selected by ``mask``."""
+    lam_rows = row_selector(mask)
+    coll = Collector(mask.shape[0], lam_rows.shape[1], n_groups,
+                     keep_random=method == "probabilistic")  # fmt: skip
+    pull_back(tape, lam_rows, coll)
+    if method != "probabilistic":
+        return coll.det.sum(axis=1), coll.det
+    g = np.concatenate([coll.det.transpose(0, 2, 1), *coll.random_cols], axis=2)
+    rnd = np.concatenate([np.zeros(n_groups, dtype=bool),
+                          np.ones(g.shape[2] - n_groups, dtype=bool)])  # fmt: skip
+    groups = np.concatenate([np.arange(n_groups), *coll.random_groups]).astype(np.int64)
+    return _probabilistic(g, rnd, groups, n_groups, lam)
 
 
 def _probabilistic(
@@ -440,5 +503,6 @@ def bound(
                             "engine": engine, "rows": rows}  # fmt: skip
     lo = bound_run(model, X, low, keep=keep, **opts)
     ref = bound_run(model, X, reference, **opts)
-    names = ["input"] + [f"{i}:{layer.type}" for i, layer in enumerate(model.layers)]
+    names = ["input"] + [f"{model.node_name(i)}:{layer.type}"
+                         for i, layer in enumerate(model.layers)]  # fmt: skip
     return BoundResult(lo, ref, low, reference, method, names)

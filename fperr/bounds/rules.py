@@ -14,7 +14,7 @@ normal range, and an infinite error where some summation order may overflow.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,10 +258,13 @@ def _weight_error(w_hat: Array, w: Array, a: Emulated) -> Array:
     return dw
 
 
-def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> tuple[Array, Array, Array]:
-    """(z, local, extra) of a dense layer at computed input ``x`` with incoming
-    radius ``r``: the stored output, the accumulation and storage errors, and
-    the rounding of parameters and operands (see :meth:`Context.add_local`)."""
+def dense_local(
+    layer: Dense, x: Array, r: Array, ctx: Context
+) -> tuple[Array, Array, Array, Array]:
+    """(z, local, extra, |W_hat| r) of a dense layer at computed input ``x`` with
+    incoming radius ``r``: the stored output, the accumulation and storage errors,
+    the rounding of parameters and operands (see :meth:`Context.add_local`), and
+    the rounded weights' image of the radius."""
     a = ctx.arith
     w_hat = a.to_operand(layer.weight)
     s_st = a.matmul(a.activation_operand(x), w_hat.T)
@@ -278,16 +281,17 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> tuple[Array, 
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
     nonzero = (wa != 0).astype(np.float64)
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))
-    local = _affine_local(s_st, z, mag_op @ wa.T, r @ wa.T, np.zeros_like(z), ctx,
+    w_abs_r = r @ wa.T
+    local = _affine_local(s_st, z, mag_op @ wa.T, w_abs_r, np.zeros_like(z), ctx,
                           layer.weight.shape[1], lambda: (mag > 0) @ nonzero.T, b_abs)  # fmt: skip
-    return z, local, extra
+    return z, local, extra, w_abs_r
 
 
 @rule("dense")
 def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Dense layer: Higham 2002, Lemma 3.1 / eq. 3.11 for each dot product,
     plus weight/bias rounding and the storage roundings; errors map through W."""
-    z, local, extra = dense_local(layer, enc.value, enc.radius(), ctx)
+    z, local, extra, _ = dense_local(layer, enc.value, enc.radius(), ctx)
     out = enc.linear(z, lambda cols: cols @ layer.weight.T, lambda: layer.weight)
     return ctx.add_local(out, local, extra, index)
 
@@ -298,8 +302,11 @@ def conv_with(layer: Conv2d, w: Array, v: Array) -> Array:
     return conv.forward(v, Exact())
 
 
-def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> tuple[Array, Array, Array]:
-    """(z, local, extra) of a convolution, as :func:`dense_local` (n = C/g kh kw)."""
+def conv_local(
+    layer: Conv2d, x: Array, r: Array, ctx: Context
+) -> tuple[Array, Array, Array, Array]:
+    """(z, local, extra, |W_hat| * r) of a convolution, as :func:`dense_local`
+    (n = C/g kh kw)."""
     a = ctx.arith
     w_hat = a.to_operand(layer.weight)
     nobias = Conv2d(w_hat, None, layer.stride, layer.padding, layer.dilation, layer.groups)
@@ -321,16 +328,17 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> tuple[Array, 
     nonzero = (wa != 0).astype(np.float64)
     count = lambda: conv_with(layer, nonzero, (mag > 0).astype(np.float64))  # noqa: E731
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))[None, :, None, None]
-    local = _affine_local(s_st, z, conv_with(layer, wa, mag_op), conv_with(layer, wa, r),
+    w_abs_r = conv_with(layer, wa, r)
+    local = _affine_local(s_st, z, conv_with(layer, wa, mag_op), w_abs_r,
                           np.zeros_like(z), ctx, n, count, b_abs)  # fmt: skip
-    return z, local, extra
+    return z, local, extra, w_abs_r
 
 
 @rule("conv2d")
 def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Conv2d as dense products over im2col patches (same lemma, n = C/g kh kw)."""
     x = enc.value
-    z, local, extra = conv_local(layer, x, enc.radius(), ctx)
+    z, local, extra, _ = conv_local(layer, x, enc.radius(), ctx)
     lin = lambda cols: conv_with(layer, layer.weight, cols)  # noqa: E731
     out = enc.linear(z, lin, ctx.matrix_of(layer, x.shape[1:], lin))
     return ctx.add_local(out, local, extra, index)
@@ -371,18 +379,50 @@ def derivative_range(kind: str, lo: Array, hi: Array) -> tuple[Array, Array]:
     raise FperrInputError(f"no derivative enclosure for {kind!r}")  # pragma: no cover
 
 
+def piecewise_slopes(
+    kinks: Sequence[float], slopes: Sequence[float], lo: Array, hi: Array
+) -> tuple[Array, Array]:
+    """Range of the secant slopes over [lo, hi] (elementwise) of a continuous
+    piecewise linear function: slope ``slopes[i]`` on the open piece
+    (kinks[i - 1], kinks[i]), kinks ascending, len(slopes) = len(kinks) + 1.
+
+    A secant slope (f(b) - f(a)) / (b - a) is the length-weighted mean of the
+    slopes of the pieces between a and b, so its range is the hull of the
+    slopes of the pieces whose interior [lo, hi] meets (lo < kinks[i] and
+    hi > kinks[i - 1]).  An interval that is a single point at a kink meets no
+    interior: it carries no error (r = 0), and gets the two adjacent pieces'
+    slopes; NaN ends (no enclosure) get every slope.
+    """
+    inf = np.inf
+    edges = [-inf, *kinks, inf]
+    opened = [(lo < edges[i + 1]) & (hi > edges[i]) for i in range(len(slopes))]
+    closed = [(lo <= edges[i + 1]) & (hi >= edges[i]) for i in range(len(slopes))]
+    none_open, none_closed = ~np.any(opened, axis=0), ~np.any(closed, axis=0)
+    dlo, dhi = np.full(np.shape(lo), inf), np.full(np.shape(lo), -inf)
+    for s, o, c in zip(slopes, opened, closed, strict=True):
+        touched = o | (none_open & c) | none_closed
+        dlo = np.where(touched, np.minimum(dlo, s), dlo)
+        dhi = np.where(touched, np.maximum(dhi, s), dhi)
+    return dlo, dhi
+
+
 def relu_slopes(alpha: float, lo: Array, hi: Array) -> tuple[Array, Array]:
     """Range of the secant slopes of leaky ReLU (slope 1 for x > 0, ``alpha``
-    below) over [lo, hi], for any real alpha (negative, 0, or above 1).
+    below) over [lo, hi], for any real alpha (negative, 0, or above 1); see
+    :func:`piecewise_slopes`."""
+    return piecewise_slopes((0.0,), (alpha, 1.0), lo, hi)
 
-    The slopes of the parts the interval touches: 1 where hi > 0, alpha where
-    lo < 0; an interval that is the point 0 carries no error and gets both.
-    """
-    pos, neg = hi > 0, lo < 0
-    both = pos == neg
-    dlo = np.minimum(np.where(pos | both, 1.0, np.inf), np.where(neg | both, alpha, np.inf))
-    dhi = np.maximum(np.where(pos | both, 1.0, -np.inf), np.where(neg | both, alpha, -np.inf))
-    return dlo, dhi
+
+def activation_pieces(layer: Activation) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(kinks, slopes) of a piecewise linear activation (see
+    :func:`piecewise_slopes`), None for a curved one."""
+    if layer.type == "relu":
+        return (0.0,), (0.0, 1.0)
+    if layer.type == "leaky_relu":
+        return (0.0,), (float(layer.negative_slope), 1.0)
+    if layer.type == "relu6":  # min(max(x, 0), 6): MobileNetV2's
+        return (0.0, 6.0), (0.0, 1.0, 0.0)
+    return None
 
 
 def activation_local(
@@ -394,9 +434,10 @@ def activation_local(
     y = layer.forward(z, a)
     lo, hi = z - 2 * r, z + 2 * r
     s = a.storage
-    if layer.type in ("relu", "leaky_relu"):
-        alpha = 0.0 if layer.type == "relu" else float(layer.negative_slope)
-        dlo, dhi = relu_slopes(alpha, lo, hi)
+    pieces = activation_pieces(layer)
+    if pieces is not None:  # relu, relu6 exact; leaky relu rounds alpha x
+        alpha = float(layer.negative_slope) if layer.type == "leaky_relu" else 0.0
+        dlo, dhi = piecewise_slopes(*pieces, lo, hi)
         local = np.zeros_like(z)
         if alpha:  # alpha x, evaluated like any function, then one storage rounding
             amag = abs(alpha) * np.maximum(np.abs(lo), np.abs(hi))
@@ -418,7 +459,7 @@ def activation_local(
     return y, (dlo + dhi) / 2, (dhi - dlo) / 2, local
 
 
-@rule("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+@rule("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu")
 def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Mean value form: f(z_hat) - f(z) = f'(xi)(z_hat - z), f'(xi) enclosed over
     [z_hat - 2r, z_hat + 2r]; the spread of f' becomes a deterministic box."""

@@ -43,7 +43,6 @@ from .rules import (
     avgpool_local,
     batchnorm_local,
     conv_local,
-    conv_with,
     dense_local,
     layer_norm_affine,
     layernorm_kernel,
@@ -54,7 +53,7 @@ from .rules import (
 )
 
 Array = npt.NDArray[np.float64]
-Adjoint = Callable[[Array], Array]
+Adjoint = Callable[[Array], Any]  # rows -> rows (one input) or a list of rows (merges)
 
 
 @dataclass
@@ -67,7 +66,8 @@ class Step:
     group: int  # layer index for the per-layer breakdown
     boxes: list[tuple[Array, bool]] = field(default_factory=list)  # (radius, random)
     signed: Array | None = None  # (N, k, n_out / k): one deterministic generator per block
-    branch: list[Step] | None = None  # residual: the branch's steps, pulled back separately
+    branch: Any = None  # residual: the branch's Tape, pulled back separately
+    arity: int = 1  # inputs read; the adjoint of a merge returns one array of rows per input
 
     def radius(self) -> Array:
         """(N, n_out) radius of the output error: image + boxes + signed."""
@@ -98,10 +98,20 @@ def _local_boxes(ctx: Context, computed: Array, data: Array) -> list[tuple[Array
 
 
 # -- linear layers ---------------------------------------------------------------------
+def exact_weight_image(w_abs_r: Array, r_sum: Array, a: Any) -> Array:
+    """An upper bound on |W| r from |W_hat| r, W_hat = W rounded to the operand
+    format (nearest, or chopped: within 2 half-ulps): |W| <= (|W_hat| + 2 h0) /
+    (1 - 2u), h0 the rounding error at 0 (half the subnormal spacing); it saves a
+    GEMM, and it only feeds the interval range."""
+    f = a.operand_format
+    h0 = float(half_ulp(np.zeros(()), f))
+    return (w_abs_r + 2 * h0 * r_sum) / (1 - 2 * f.u)
+
+
 def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> Step:
-    z, local, extra = dense_local(layer, x, r, ctx)
+    z, local, extra, w_abs_r = dense_local(layer, x, r, ctx)
     w = layer.weight
-    image = _flat(r) @ np.abs(w).T
+    image = exact_weight_image(w_abs_r, _flat(r).sum(axis=1, keepdims=True), ctx.arith)
 
     def adjoint(lam: Array) -> Array:
         N, R, m = lam.shape
@@ -134,8 +144,10 @@ def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
 
 
 def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> Step:
-    z, local, extra = conv_local(layer, x, r, ctx)
-    image = _flat(conv_with(layer, np.abs(layer.weight), r))
+    z, local, extra, w_abs_r = conv_local(layer, x, r, ctx)
+    # every output sums at most C/g kh kw inputs: their radii sum to <= the whole input's
+    r_sum = _flat(r).sum(axis=1, keepdims=True)
+    image = _flat(exact_weight_image(w_abs_r, r_sum[:, :, None, None], ctx.arith))
     in_shape = tuple(x.shape[1:])
     out_shape = tuple(z.shape[1:])
 
@@ -275,6 +287,33 @@ def residual_local_step(y: Array, r_out: Array, ctx: Context, group: int) -> Ste
     return Step(y, lambda lam: lam, _flat(r_out), group, [(_flat(local), True)])
 
 
+def add_step(xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+    """y = a + b of two activations (both carry error): the errors add, then one
+    storage rounding at magnitudes |y| + 2 (r_a + r_b), as a residual sum."""
+    y = ctx.arith.store(xs[0] + xs[1])
+    r = rs[0] + rs[1]
+    local = residual_local(y, r, ctx.arith)
+    step = Step(y, lambda lam: [lam, lam], _flat(r), group, [(_flat(local), True)])
+    step.arity = 2
+    return step
+
+
+def concat_step(xs: list[Array], rs: list[Array], axis: int, group: int) -> Step:
+    """Inputs joined along ``axis`` (per input): exact; rows split back."""
+    y = np.concatenate(xs, axis=axis + 1)
+    out_shape = tuple(y.shape[1:])
+    cuts = np.cumsum([x.shape[axis + 1] for x in xs])[:-1]
+
+    def adjoint(lam: Array) -> list[Array]:
+        N, R = lam.shape[:2]
+        parts = np.split(lam.reshape(N, R, *out_shape), cuts, axis=axis + 2)
+        return [np.ascontiguousarray(p).reshape(N, R, -1) for p in parts]
+
+    step = Step(y, adjoint, _flat(np.concatenate(rs, axis=axis + 1)), group)
+    step.arity = len(xs)
+    return step
+
+
 def convert_step(x: Array, r: Array, old: Any, new: Any, group: int) -> Step:
     """Values move to another storage format between layers (kept in binary32)."""
     if new.contains(old):
@@ -293,6 +332,7 @@ SIMPLE_STEPS: dict[str, Callable[[Any, Array, Array, Context, int], Step]] = {
     "reshape": shape_step,
     "dropout": shape_step,
     "relu": activation_step,
+    "relu6": activation_step,
     "leaky_relu": activation_step,
     "tanh": activation_step,
     "sigmoid": activation_step,

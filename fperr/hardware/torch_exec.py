@@ -108,7 +108,8 @@ def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
     if isinstance(layer, Activation):
         if layer.type == "leaky_relu":
             return nn.LeakyReLU(layer.negative_slope)
-        cls = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+        cls = {"relu": nn.ReLU, "relu6": nn.ReLU6, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+               "gelu": nn.GELU}  # fmt: skip
         return cls[layer.type]()
     if isinstance(layer, Softmax):
         return nn.Softmax(dim=-1)
@@ -154,6 +155,7 @@ _TORCH_FORMATS = {"float16": "binary16", "bfloat16": "bfloat16", "float32": "bin
 
 def to_torch(model: Model) -> torch.nn.Sequential:
     """An ``nn.Sequential`` in float64, eval mode, computing ``model.forward``."""
+    model.require_chain("the torch executor")
     seq = _sequential(model.layers, tuple(model.input_shape))
     seq.eval()
     seq.requires_grad_(False)

@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import SpecError
-from ..layers import Activation, BatchNorm, Conv2d, Dense, Dropout, Layer, LayerNorm, Pool2d, Shape
+from ..layers import (
+    Activation,
+    BatchNorm,
+    Concat,
+    Conv2d,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    LayerNorm,
+    Pool2d,
+    Shape,
+)
 from ..model import Model
 from .builders import _const, _flatten_dims, _flatten_layers, _gelu, _pair, _resolve, _softmax_build
 from .graph import Array, Build, _entry, _Graph, _Op, _to_model, _Unsupported
@@ -94,6 +106,29 @@ def _mod_avg_pool(mod: Any) -> _ModuleOp:
     return _const([Pool2d("avg", k, st, pad)]), None, False
 
 
+def _adaptive_avg(size: Any) -> Build:
+    """Adaptive average pooling to ``size`` as a plain average pool: windows of
+    H / h' by W / w' (the sizes must divide; None keeps a dimension)."""
+
+    def build(shape: Shape) -> list[Layer]:
+        if len(shape) != 3:
+            raise SpecError(f"adaptive average pooling expects [C, H, W], got {list(shape)}")
+        out = (size, size) if isinstance(size, int) else tuple(size)
+        hw = shape[1:]
+        o = tuple(hw[d] if out[d] is None else int(out[d]) for d in (0, 1))
+        if any(o[d] < 1 or hw[d] % o[d] for d in (0, 1)):
+            raise SpecError(f"adaptive average pooling from {list(hw)} to {list(o)}: "
+                            "only sizes that divide the input are supported")  # fmt: skip
+        k = (hw[0] // o[0], hw[1] // o[1])
+        return [Pool2d("avg", k, k)]
+
+    return build
+
+
+def _mod_adaptive_avg_pool(mod: Any) -> _ModuleOp:
+    return _adaptive_avg(mod.output_size), None, False
+
+
 def _mod_flatten(mod: Any) -> _ModuleOp:
     s, e = int(mod.start_dim), int(mod.end_dim)
     return (lambda shape: _flatten_dims(shape, s, e)), None, False
@@ -116,6 +151,10 @@ def _mod_unflatten(mod: Any) -> _ModuleOp:
 def _mod_activation(mod: Any) -> _ModuleOp:
     """ReLU, Tanh, Sigmoid: the class name, lower case, is the activation's."""
     return _const([Activation(type(mod).__name__.lower())]), None, True
+
+
+def _mod_hardtanh(mod: Any) -> _ModuleOp:
+    return _const([_relu6_layer(mod.min_val, mod.max_val)]), None, True
 
 
 def _mod_leaky_relu(mod: Any) -> _ModuleOp:
@@ -176,9 +215,11 @@ def _module_converters() -> tuple[tuple[type, bool, Callable[[Any], _ModuleOp]],
         (nn.Conv2d, True, _mod_conv2d),
         (nn.MaxPool2d, False, _mod_max_pool),
         (nn.AvgPool2d, False, _mod_avg_pool),
+        (nn.AdaptiveAvgPool2d, False, _mod_adaptive_avg_pool),
         (nn.Flatten, False, _mod_flatten),
         (nn.Unflatten, False, _mod_unflatten),
-        *((cls, True, _mod_activation) for cls in (nn.ReLU, nn.Tanh, nn.Sigmoid)),
+        *((cls, True, _mod_activation) for cls in (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid)),
+        (nn.Hardtanh, True, _mod_hardtanh),
         (nn.LeakyReLU, False, _mod_leaky_relu),
         (nn.GELU, False, _mod_gelu),
         (nn.Softmax, False, _mod_softmax),
@@ -355,6 +396,20 @@ def _call_gelu(node: Any, label: str, params: _Params) -> _Op:
     return _unary(node, label, build, elementwise=True)
 
 
+def _relu6_layer(lo: Any, hi: Any) -> Activation:
+    """Clamping to [0, 6] (hardtanh, clamp, clip) is ReLU6; other ranges are refused."""
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi))
+    if not ok or (lo, hi) != (0, 6):
+        raise _Unsupported(f"clamp to [{lo}, {hi}]: only [0, 6] (ReLU6)")
+    return Activation("relu6")
+
+
+def _clamp(lo_key: str, hi_key: str, lo: Any = None, hi: Any = None) -> _CallOp:
+    """F.hardtanh(x, min_val, max_val), torch.clamp / clip(x, min, max), as ReLU6."""
+    return lambda node, label, params: _unary(node, label, _const([_relu6_layer(
+        _arg(node, 1, lo_key, lo), _arg(node, 2, hi_key, hi))]), elementwise=True)  # fmt: skip
+
+
 def _call_leaky_relu(node: Any, label: str, params: _Params) -> _Op:
     slope = float(_arg(node, 1, "negative_slope", 0.01))
     return _unary(node, label, _const([Activation("leaky_relu", slope)]), elementwise=True)
@@ -418,6 +473,53 @@ def _call_add(node: Any, label: str, params: _Params) -> _Op:
     return _Op(label, (x, other), node)
 
 
+def _call_adaptive_avg_pool(node: Any, label: str, params: _Params) -> _Op:
+    return _unary(node, label, _adaptive_avg(_arg(node, 1, "output_size")))
+
+
+def _spatial_mean(dims: Any, keepdim: bool) -> Build:
+    """x.mean over the two spatial axes of (N, C, H, W): a global average pool (and a
+    flatten without keepdim)."""
+
+    def build(shape: Shape) -> list[Layer]:
+        nd = len(shape) + 1
+        d = sorted(int(v) % nd for v in ((dims,) if isinstance(dims, int) else dims))
+        if len(shape) != 3 or d != [2, 3]:
+            raise SpecError(f"mean over dims {dims} of {list(shape)}: only the spatial mean "
+                            "of (N, C, H, W) is supported")  # fmt: skip
+        pool: list[Layer] = [Pool2d("avg", (shape[1], shape[2]), (shape[1], shape[2]))]
+        return pool if keepdim else [*pool, Flatten()]
+
+    return build
+
+
+def _call_mean(node: Any, label: str, params: _Params) -> _Op:
+    """x.mean(dims) and torch.mean(x, dims) over the spatial axes."""
+    dims = _arg(node, 1, "dim")
+    if dims is None or _arg(node, 3, "dtype") is not None:
+        raise _Unsupported("mean over every axis or with a dtype")
+    return _unary(node, label, _spatial_mean(dims, bool(_arg(node, 2, "keepdim", False))))
+
+
+def _call_cat(node: Any, label: str, params: _Params) -> _Op:
+    """torch.cat of computed values along one axis: a graph's concat."""
+    from torch.fx import Node
+
+    values = _arg(node, 0, "tensors")
+    dim = int(_arg(node, 1, "dim", 0))
+    if not isinstance(values, list | tuple) or not all(isinstance(v, Node) for v in values):
+        raise _Unsupported("cat of constants")
+    if any(params(v) is not None for v in values):
+        raise _Unsupported("cat of a parameter")
+    if dim == 0:
+        raise _Unsupported("cat along the batch axis")
+
+    def merge(shapes: list[Shape]) -> Layer:
+        return Concat(dim - 1 if dim > 0 else len(shapes[0]) + dim)
+
+    return _Op(label, tuple(values), node, merge=merge)
+
+
 def _call_dropout(node: Any, label: str, params: _Params) -> _Op:
     return _unary(node, label, _dropout(node), elementwise=True)
 
@@ -473,6 +575,7 @@ def _call_conv2d(node: Any, label: str, params: _Params) -> _Op:
 # and refuses reads of other views of the overwritten storage
 _METHODS: dict[Any, _CallOp] = {
     **{m: _activation(kind) for m, kind in _ACTIVATION_METHODS.items()},
+    **dict.fromkeys(("clamp", "clamp_", "clip", "clip_"), _clamp("min", "max")),
     **dict.fromkeys(("contiguous", "clone", "detach"), _call_identity),
     "softmax": _method_softmax,
     "flatten": _call_flatten,
@@ -480,6 +583,7 @@ _METHODS: dict[Any, _CallOp] = {
     "reshape": _method_reshape,
     "add": _method_add,
     "add_": _method_add,
+    "mean": _call_mean,
 }
 
 
@@ -493,6 +597,9 @@ def _function_converters() -> dict[Any, _CallOp]:
                 F.feature_alpha_dropout, torch.dropout)  # fmt: skip
     groups: list[tuple[tuple[Any, ...], _CallOp]] = [
         ((F.relu, torch.relu, torch.relu_, F.relu_), _activation("relu")),
+        ((F.relu6,), _activation("relu6")),
+        ((F.hardtanh, F.hardtanh_), _clamp("min_val", "max_val", -1.0, 1.0)),
+        ((torch.clamp, torch.clip, torch.clamp_, torch.clip_), _clamp("min", "max")),
         ((torch.tanh, F.tanh, torch.tanh_), _activation("tanh")),
         ((torch.sigmoid, F.sigmoid, torch.sigmoid_), _activation("sigmoid")),
         ((F.gelu,), _call_gelu),
@@ -506,6 +613,9 @@ def _function_converters() -> dict[Any, _CallOp]:
         ((F.linear,), _call_linear),
         ((F.conv2d,), _call_conv2d),
         ((operator.add, operator.iadd, torch.add), _call_add),
+        ((F.adaptive_avg_pool2d,), _call_adaptive_avg_pool),
+        ((torch.mean,), _call_mean),
+        ((torch.cat, torch.concat), _call_cat),
     ]
     return {target: convert for targets, convert in groups for target in targets}
 
@@ -563,7 +673,8 @@ def from_torch(
     ``module``: an ``nn.Sequential`` or any module ``torch.fx`` can trace
     whose graph is a chain (residual blocks ``x + f(x)`` allowed) of Linear,
     Conv2d, MaxPool2d, AvgPool2d, Flatten, Unflatten, view/reshape, ReLU,
-    LeakyReLU, Tanh, Sigmoid, GELU (erf form), Softmax over the last dim of
+    ReLU6 (also hardtanh / clamp to [0, 6]), LeakyReLU, Tanh, Sigmoid, GELU
+    (erf form), Softmax over the last dim of
     vectors, BatchNorm1d/2d (running statistics), LayerNorm, Dropout,
     Identity, or their functional forms.  ``input_shape`` (one input, no
     batch dimension) is inferred from a first Linear or LayerNorm; a model

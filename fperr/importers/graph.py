@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import SpecError
-from ..layers import Layer, Residual, Shape
+from ..layers import Add, Layer, Residual, Shape
 from ..model import Model
 
 Array = npt.NDArray[np.float64]
@@ -46,6 +46,7 @@ class _Op:
     hint: Shape | None = None  # the per-input shape this op implies as first op
     elementwise: bool = False  # keeps any shape; skipped when inferring the input shape
     aux: tuple[tuple[Hashable, Hashable], ...] = ()
+    merge: Callable[[list[Shape]], Layer] | None = None  # several inputs: a graph's merge
 
 
 # A chain: ops and residual branches (nested lists), in execution order.
@@ -107,6 +108,8 @@ class _Graph:
                 )
             visited.append(v)
             aux.update(op.aux)
+            if op.merge is not None:
+                raise SpecError(f"{op.name}: a merge of several values needs a graph model")
             if op.build is None:  # residual add
                 a, b = op.inputs
                 s, t = (a, b) if self.pos[a] <= self.pos[b] else (b, a)
@@ -164,7 +167,10 @@ def _to_model(
     if unsupported:
         n = len(unsupported)
         raise SpecError(f"unsupported: {', '.join(unsupported)} ({n} op{'s' * (n != 1)})")
-    items = graph.chain()
+    try:
+        items = graph.chain()
+    except SpecError:  # not a chain with residual blocks: a graph model
+        return _to_graph_model(graph, input_shape, name)
     if input_shape is None:
         hint = _first_hint(items)
         if not isinstance(hint, tuple):
@@ -187,3 +193,62 @@ def _first_op(items: list[_Item]) -> _Op | None:
         elif not it.elementwise:
             return it
     return None
+
+
+def _to_graph_model(graph: _Graph, input_shape: Sequence[int] | None, name: str) -> Model:
+    """The ops as a graph model: each op's layers read the layers that produce its
+    inputs (an add of two computed values becomes an :class:`~fperr.layers.Add`)."""
+    if input_shape is None:
+        hint = _first_hint(list(graph.ops))
+        if not isinstance(hint, tuple):
+            raise SpecError("cannot infer the input shape of the graph; pass input_shape")
+        input_shape = hint
+    shapes: dict[Hashable, Shape] = {graph.input: tuple(int(d) for d in input_shape)}
+    node: dict[Hashable, int] = {graph.input: -1}
+    layers: list[Layer] = []
+    wiring: list[tuple[int, ...]] = []
+    names: list[str] = []
+    for op in graph.ops:
+        srcs = [v for v in op.inputs if v in node]
+        if len(srcs) != len(op.inputs):  # pragma: no cover - ops come in topological order
+            raise SpecError(f"{op.name}: reads a value computed after it")
+        if op.build is None:
+            ins = [shapes[v] for v in srcs]
+            try:
+                merge = Add() if op.merge is None else op.merge(ins)
+                out = merge.merge_shape(ins)  # type: ignore[attr-defined]
+            except SpecError as exc:
+                raise SpecError(f"{op.name}: {exc}") from None
+            new: list[Layer] = [merge]
+        else:
+            shape = shapes[srcs[0]]
+            try:
+                new = op.build(shape)
+                out = shape
+                for layer in new:
+                    out = layer.out_shape(out)
+            except SpecError as exc:
+                raise SpecError(f"{op.name}: {exc}") from None
+        for k, layer in enumerate(new):
+            wiring.append(tuple(node[v] for v in srcs) if k == 0 else (len(layers) - 1,))
+            names.append(op.name if len(new) == 1 else f"{op.name}.{k}")
+            layers.append(layer)
+        if new:
+            node[op.output] = len(layers) - 1
+        else:  # an op that builds no layer (identity): its output is its input's
+            node[op.output] = node[srcs[0]]
+        shapes[op.output] = out
+    if node.get(graph.output) != len(layers) - 1:
+        raise SpecError("the graph's output is not its last operation")
+    return Model(name, tuple(int(d) for d in input_shape), tuple(layers), wiring=tuple(wiring),
+                 names=_unique(names))  # fmt: skip
+
+
+def _unique(names: list[str]) -> tuple[str, ...]:
+    """Layer names made distinct (an op seen twice gets a suffix)."""
+    seen: Counter[str] = Counter()
+    out = []
+    for n in names:
+        seen[n] += 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return tuple(out)

@@ -218,6 +218,18 @@ class _OnnxConverter:
         layer = Activation("leaky_relu", float(s.attrs.get("alpha", 0.01)))
         return _Op(s.label, s.one, s.out, _const([layer]), elementwise=True)
 
+    def op_clip(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """Clip to [0, 6] is ReLU6 (the bounds are inputs from opset 11, attributes
+        before); other ranges, or a missing bound, are refused."""
+        if self.opset >= 11:
+            ends = [self.const(n, i) for i in (1, 2)]
+            lo, hi = (None if e is None or e.size != 1 else float(e.reshape(-1)[0]) for e in ends)
+        else:
+            lo, hi = s.attrs.get("min"), s.attrs.get("max")
+        if lo != 0.0 or hi != 6.0:
+            raise _Unsupported(f"Clip to [{lo}, {hi}]: only [0, 6] (ReLU6)")
+        return _Op(s.label, s.one, s.out, _const([Activation("relu6")]), elementwise=True)
+
     def op_gelu(self, n: onnx.NodeProto, s: _Site) -> _Op:
         approx = s.attrs.get("approximate", b"none")
         approx = approx.decode() if isinstance(approx, bytes) else str(approx)
@@ -540,6 +552,7 @@ _CONVERTERS: dict[str, Callable[[_OnnxConverter, onnx.NodeProto, _Site], _Op]] =
     "Tanh": _OnnxConverter.op_activation,
     "Sigmoid": _OnnxConverter.op_activation,
     "LeakyRelu": _OnnxConverter.op_leaky_relu,
+    "Clip": _OnnxConverter.op_clip,
     "Gelu": _OnnxConverter.op_gelu,
     "Identity": _OnnxConverter.op_identity,
     "Dropout": _OnnxConverter.op_dropout,

@@ -11,9 +11,10 @@ it.  The classic one is Adam's ``eps=1e-8``, which rounds to 0 in binary16
 (``g != 0`` but ``(1 - beta2) g**2`` underflowed).
 
 :func:`check_training` predicts such hazards *without training*: it runs the
-model's forward and backward passes on its data in float64 (numpy only; dense
-models: dense, relu/tanh/sigmoid, flatten/reshape/dropout, an optional final
-softmax, softmax cross-entropy loss), rounds the gradients to the format and
+model's forward and backward passes on its data in float64 (numpy only, training
+mode; chains of dense, conv2d, max/avg pooling, batch/layer norm, residual
+blocks, shape, dropout and activation layers, an optional final softmax,
+softmax cross-entropy loss; see :mod:`.layer_grads`), rounds the gradients to the format and
 replays the first optimizer step the way PyTorch's single-tensor Adam/SGD
 does it on 16-bit tensors:
 

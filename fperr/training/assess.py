@@ -9,8 +9,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..formats import Format, get_format
-from .constants import HEADROOM, UPDATE_NOTE
+from .constants import HEADROOM, NORM_SCALE_LIMIT, UPDATE_NOTE
 from .report import Constant, Finding, LayerStats, ParamStats, _fmt_float, _pct
+from .running_stats import NormStats
 
 
 def recommended_eps(fmt: Format | str) -> float:
@@ -95,6 +96,7 @@ def assess(
     input_max: float,
     hist: npt.NDArray[np.int64],
     limits: Limits,
+    norms: tuple[NormStats, ...] = (),
 ) -> tuple[list[Finding], list[str]]:
     """Findings (hazards and notes) and suggested fixes from first-step statistics."""
     out = _Findings()
@@ -103,7 +105,37 @@ def assess(
     _gradients(out, step, params, limits)
     _activations(out, step, layers, input_max, limits)
     _loss_scaling(out, step, params, layers, hist, limits)
+    for n in norms:
+        _batchnorm(out, step.fmt, n, limits)
     return out.findings, out.fixes
+
+
+def _batchnorm(out: _Findings, f: Format, n: NormStats, limits: Limits) -> None:
+    """Running statistics and eps of one batch norm held in the format (see running_stats)."""
+    where = f"batchnorm {n.name}"
+    if n.scale_error > NORM_SCALE_LIMIT:
+        out.hazard(
+            f"{where}: with the running variance, eps={n.eps:g} and their sum held in {f.name}, "
+            f"the inference scale 1/sqrt(var+eps) is off by {_fmt_float(n.scale_error, 2)} "
+            f"(relative; {n.var_zero} of {n.channels} running variances flush to 0, eps is "
+            f"{_fmt_float(n.eps_rounded, 4)})",
+            f"keep batchnorm {n.name}'s running statistics in fp32, or use eps >= "
+            f"{recommended_eps(f):g}",
+        )
+    elif n.eps_rounded < f.smallest_normal or n.var_zero or n.var_subnormal:
+        sub = "0" if n.eps_rounded == 0 else ("subnormal" if n.eps_rounded < f.smallest_normal
+                                              else "normal")  # fmt: skip
+        out.note(
+            f"{where}: eps={n.eps:g} is {sub} in {f.name} ({_fmt_float(n.eps_rounded, 5)}); "
+            f"{n.var_zero} of {n.channels} running variances flush to 0 and {n.var_subnormal} "
+            f"are subnormal; the inference scale stays within {_fmt_float(n.scale_error, 2)} "
+            "(eps dominates the lost variance)"
+        )
+    if n.lost > limits.stagnation:
+        out.hazard(
+            f"{where}: {_pct(n.lost)} of the running-statistics updates are lost in {f.name}",
+            f"keep batchnorm {n.name}'s running statistics in fp32",
+        )
 
 
 def _optimizer_constants(out: _Findings, step: Step) -> None:

@@ -1,49 +1,38 @@
-"""The numpy backward pass of a dense model (float64 gradients of the training loss)."""
+"""The numpy backward pass of a model (float64 gradients of the training loss)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from ..arith import Exact
 from ..errors import FperrInputError
-from ..layers import Activation, Dense, Dropout, Flatten, Layer, Reshape, Softmax
-from .constants import ACTIVATIONS, Array
+from ..layers import Layer, Residual, Softmax, parameters
+from .constants import Array
+from .layer_grads import backward_layer, batchnorm_batches, forward, refuse_unsupported
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
 
 
-# -- the numpy backward pass of a dense model ------------------------------------------
+# -- the numpy backward pass ----------------------------------------------------------------
 def _training_layers(model: Model) -> list[Layer]:
     """The model's layers without a final softmax; refuses what the backward pass lacks."""
+    if model.is_graph:
+        raise FperrInputError(
+            "check-training supports chains of layers (residual blocks included); this model "
+            "is a graph (layers with named inputs, add/concat)"
+        )
     layers = list(model.layers)
     if layers and isinstance(layers[-1], Softmax):
         layers = layers[:-1]
     for i, layer in enumerate(layers):
-        if isinstance(layer, Dense | Flatten | Reshape | Dropout):
-            continue
-        if isinstance(layer, Activation) and layer.type in ACTIVATIONS:
-            continue
-        raise FperrInputError(
-            "check-training supports dense models (dense, relu/tanh/sigmoid, flatten, reshape, "
-            f"dropout, a final softmax); layer {i} is {layer.type}"
-        )
-    if not any(isinstance(layer, Dense) for layer in layers):
-        raise FperrInputError("check-training needs a model with at least one dense layer")
+        refuse_unsupported(layer, str(i))
+    if not any(parameters(layer) for layer in layers):
+        raise FperrInputError("check-training needs a model with at least one trainable layer")
     return layers
-
-
-def _activation(kind: str, z: Array) -> Array:
-    if kind == "relu":
-        return np.maximum(z, 0.0)
-    if kind == "tanh":
-        return np.tanh(z)
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-z))
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +43,9 @@ class Backward:
     name (``"{layer}.weight"``/``"{layer}.bias"``, the keys of the example
     models' state dicts) -> ``loss_scale * dloss/dparam``.  ``outputs[i]``:
     output of layer ``i`` (``outputs[-1]`` the logits); ``output_grads[i]``:
-    ``loss_scale * dloss/doutputs[i]``.
+    ``loss_scale * dloss/doutputs[i]``.  ``batchnorm``: batch-norm layer
+    (``"{layer}"``, ``"{block}.{layer}"`` inside residual blocks) -> the batch
+    mean and biased variance per channel and the element count per channel.
     """
 
     loss: float
@@ -63,6 +54,15 @@ class Backward:
     inputs: Array
     outputs: list[Array]
     output_grads: list[Array]
+    batchnorm: dict[str, tuple[Array, Array, int]] = field(default_factory=dict)
+
+
+def _classes(model: Model, layers: list[Layer]) -> int:
+    """The number of logits of the training layers' output; refuses any other output."""
+    out_shape = model.shapes()[len(layers)]
+    if len(out_shape) != 1:
+        raise FperrInputError(f"the model's output has shape {list(out_shape)}; expected logits")
+    return out_shape[0]
 
 
 def _check_labels(labels: npt.ArrayLike | None, n: int, classes: int) -> npt.NDArray[np.int64]:
@@ -85,28 +85,27 @@ def _check_labels(labels: npt.ArrayLike | None, n: int, classes: int) -> npt.NDA
 def backward(
     model: Model, X: npt.ArrayLike, labels: npt.ArrayLike, loss_scale: float = 1.0
 ) -> Backward:
-    """Gradients of the mean softmax cross-entropy of a dense model, in float64."""
+    """Gradients of the mean softmax cross-entropy of a model, in float64 (training mode)."""
     from ..model import check_inputs
 
     layers = _training_layers(model)
     h = check_inputs(X, model.input_shape)
-    out_shape = model.shapes()[len(layers)]
-    if len(out_shape) != 1:
-        raise FperrInputError(f"the model's output has shape {list(out_shape)}; expected logits")
-    y = _check_labels(labels, h.shape[0], out_shape[0])
+    y = _check_labels(labels, h.shape[0], _classes(model, layers))
+    return backward_layers(layers, h, y, loss_scale)
+
+
+def backward_layers(
+    layers: list[Layer], h: Array, y: npt.NDArray[np.int64], loss_scale: float = 1.0
+) -> Backward:
+    """:func:`backward` on a checked chain of layers, inputs ``h`` and labels ``y``."""
     n = h.shape[0]
-    outputs: list[Array] = []
+    caches = []
     x = h
     for layer in layers:
-        if isinstance(layer, Dense):
-            x = x @ layer.weight.T
-            if layer.bias is not None:
-                x = x + layer.bias
-        elif isinstance(layer, Activation):
-            x = _activation(layer.type, x)
-        elif isinstance(layer, Flatten | Reshape):
-            x = layer.forward(x, Exact())
-        outputs.append(x)
+        c = forward(layer, x)
+        caches.append(c)
+        x = c.y
+    outputs: list[Array] = [c.y for c in caches]
     logits = outputs[-1]
     shifted = logits - logits.max(axis=1, keepdims=True)
     logsum = np.log(np.exp(shifted).sum(axis=1))
@@ -118,27 +117,14 @@ def backward(
     grads: dict[str, Array] = {}
     params: dict[str, Array] = {}
     output_grads: list[Array] = [d] * len(layers)
+    bn: dict[str, tuple[Array, Array, int]] = {}
     for i in range(len(layers) - 1, -1, -1):
-        layer = layers[i]
-        inp = h if i == 0 else outputs[i - 1]
         output_grads[i] = d
-        if isinstance(layer, Dense):
-            grads[f"{i}.weight"] = d.T @ inp
-            params[f"{i}.weight"] = layer.weight
-            if layer.bias is not None:
-                grads[f"{i}.bias"] = d.sum(axis=0)
-                params[f"{i}.bias"] = layer.bias
-            d = d @ layer.weight
-        elif isinstance(layer, Activation):
-            out = outputs[i]
-            if layer.type == "relu":
-                d = d * (inp > 0)
-            elif layer.type == "tanh":
-                d = d * (1.0 - out * out)
-            else:
-                d = d * (out * (1.0 - out))
-        else:
-            d = d.reshape(inp.shape)
+        d, g = backward_layer(layers[i], caches[i], d)
+        for k, v in g.items():
+            grads[f"{i}.{k}"] = v
+            params[f"{i}.{k}"] = _param(layers[i], k)
+        bn.update(batchnorm_batches(layers[i], caches[i], str(i)))
 
     def forward_order(item: tuple[str, Array]) -> tuple[int, str]:
         return int(item[0].split(".")[0]), item[0]
@@ -150,4 +136,16 @@ def backward(
         h,
         outputs,
         output_grads,
+        dict(sorted(bn.items())),
     )
+
+
+def _param(layer: Layer, key: str) -> Array:
+    """The parameter ``key`` ("weight", or "{j}.weight" inside a residual block) of a layer."""
+    head, _, rest = key.partition(".")
+    if rest:
+        assert isinstance(layer, Residual)
+        return _param(layer.layers[int(head)], rest)
+    value = getattr(layer, head)
+    assert isinstance(value, np.ndarray)
+    return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,10 +14,12 @@ from ..errors import FperrInputError
 from ..formats import Format, get_format
 from ..rounding import round as fround
 from .assess import Limits, Step, assess
-from .backward import _check_labels, _training_layers, backward
+from .backward import _check_labels, _classes, _training_layers, backward
 from .constants import OPTIMIZERS, STAGNATION_LIMIT, UNDERFLOW_LIMIT, UPDATE_LIMIT, Array
+from .emulate import confirm, emulated_run
 from .lost import lost_updates
 from .report import Constant, LayerStats, ParamStats, TrainingReport
+from .running_stats import NormAcc, NormStats, batchnorms
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
@@ -100,6 +102,7 @@ def check_training(
     stagnation_limit: float = STAGNATION_LIMIT,
     underflow_limit: float = UNDERFLOW_LIMIT,
     update_limit: float = UPDATE_LIMIT,
+    emulate_steps: int = 0,
 ) -> TrainingReport:
     """Predict the hazards of training ``model`` with parameters and optimizer states in ``fmt``.
 
@@ -109,19 +112,22 @@ def check_training(
     (see the module docstring).  ``loss_scale`` multiplies the loss: the
     backward pass sees ``S g`` (underflow, overflow), the optimizer the
     unscaled ``round(round(S g) / S)``.  The ``*_limit`` arguments set when a
-    finding is a hazard rather than a note.
+    finding is a hazard rather than a note.  ``emulate_steps > 0`` then runs
+    that many optimizer steps with every state held in ``fmt``
+    (:func:`~fperr.training.emulate.emulated_run`) and records in
+    ``confirmations`` whether each predicted hazard shows up.
     """
     from ..model import Model as _Model
-    from ..model import load_model
+    from ..model import check_inputs, load_model
 
     f = get_format(fmt)
     opt = _validate(optimizer, lr, eps, betas, loss_scale, batch_size)
     m = model if isinstance(model, _Model) else load_model(model)
-    _training_layers(m)
+    classes = _classes(m, _training_layers(m))
     Xa = np.asarray(X, dtype=np.float64)
     if Xa.ndim < 1 or Xa.shape[0] == 0:
         raise FperrInputError("check-training needs at least one input")
-    y = _check_labels(labels, Xa.shape[0], m.output_shape[0] if m.output_shape else 0)
+    y = _check_labels(labels, Xa.shape[0], classes)
     order = np.random.default_rng(seed).permutation(Xa.shape[0])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if max_batches is not None:
@@ -131,8 +137,9 @@ def check_training(
     stats = _first_steps(m, Xa, y, batches, step, betas)
     limits = Limits(stagnation_limit, underflow_limit, update_limit)
     input_max = float(np.abs(Xa).max(initial=0.0))
-    findings, fixes = assess(step, stats.params, stats.layers, input_max, stats.hist, limits)
-    return TrainingReport(
+    findings, fixes = assess(step, stats.params, stats.layers, input_max, stats.hist, limits,
+                             stats.norms)  # fmt: skip
+    report = TrainingReport(
         model=m.name,
         fmt=f.name,
         optimizer=opt,
@@ -149,7 +156,14 @@ def check_training(
         layers=stats.layers,
         findings=tuple(findings),
         fixes=tuple(fixes),
+        norms=stats.norms,
     )
+    if emulate_steps < 1:
+        return report
+    layers = _training_layers(m)
+    run = emulated_run(layers, check_inputs(Xa, m.input_shape), y, batches, f, opt, lr, eps,
+                       (float(betas[0]), float(betas[1])), loss_scale, emulate_steps)  # fmt: skip
+    return replace(report, confirmations=confirm(report, run, limits))
 
 
 def _step(
@@ -203,6 +217,7 @@ class _Statistics:
     layers: tuple[LayerStats, ...]
     hist: npt.NDArray[np.int64]
     loss: float
+    norms: tuple[NormStats, ...] = ()
 
 
 def _first_steps(
@@ -223,6 +238,7 @@ def _first_steps(
     hist = np.zeros(2200, dtype=np.int64)
     losses = []
     layers = _training_layers(m)
+    norm_acc = {name: NormAcc(bn) for name, bn in batchnorms(layers).items()}
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
         for idx in batches:
             bw = backward(m, X[idx], y[idx], step.loss_scale)
@@ -236,9 +252,12 @@ def _first_steps(
                 _replay(accs[name], gs, f, step.optimizer, step.loss_scale, lr, b1, b2,
                         step.eps, step_size, bc2_sqrt)  # fmt: skip
                 hist += _exponent_hist(gs)
+            for name, batch in bw.batchnorm.items():
+                norm_acc[name].add(batch, f)
     params = tuple(_param_stats(name, a, lr) for name, a in accs.items())
     layer_stats = tuple(la.stats(i, layers[i].type) for i, la in sorted(layer_acc.items()))
-    return _Statistics(params, layer_stats, hist, float(np.mean(losses)))
+    norms = tuple(a.stats(name, f) for name, a in norm_acc.items())
+    return _Statistics(params, layer_stats, hist, float(np.mean(losses)), norms)
 
 
 def _param_stats(name: str, a: _Acc, lr: float) -> ParamStats:

@@ -24,3 +24,6 @@ UPDATE_LIMIT = 1000.0
 """First-step updates above this many times lr are a hazard (Adam has become SGD with lr/eps)."""
 HEADROOM = 8.0
 """Loss-scale suggestions keep the largest gradient this factor below the format's max."""
+NORM_SCALE_LIMIT = 0.01
+"""A batch norm whose inference scale 1/sqrt(var+eps) moves by more than this (relative)
+when its running variance and eps are held in the format is a hazard."""

@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import FperrInputError
-from ..layers import Activation, Dense, Layer
+from ..layers import Activation, Dense, Dropout, Flatten, Layer, Reshape
 from .backward import _training_layers
-from .constants import OPTIMIZERS
+from .constants import ACTIVATIONS, OPTIMIZERS
 from .report import _json_float
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,8 +75,13 @@ def _widths_and_acts(model_or_spec: Any) -> list[tuple[str, int, int]]:
                 if layer.bias is None:
                     raise FperrInputError("train_pure rebuilds dense layers with biases only")
                 arch.append(("dense", int(layer.weight.shape[1]), int(layer.weight.shape[0])))
-            elif isinstance(layer, Activation):
+            elif isinstance(layer, Activation) and layer.type in ACTIVATIONS:
                 arch.append((layer.type, 0, 0))
+            elif not isinstance(layer, Flatten | Reshape | Dropout):
+                raise FperrInputError(
+                    f"train_pure rebuilds dense models (dense, {'/'.join(ACTIVATIONS)}) only; "
+                    f"the model has a {layer.type} layer"
+                )
         return arch
     widths = [int(w) for w in model_or_spec]
     if len(widths) < 2 or min(widths) < 1:

@@ -158,6 +158,8 @@ class TrainingReport:
     layers: tuple[LayerStats, ...]
     findings: tuple[Finding, ...]
     fixes: tuple[str, ...]
+    norms: tuple[Any, ...] = ()  # running_stats.NormStats, one per batch norm
+    confirmations: tuple[Any, ...] = ()  # emulate.Confirmation, when a run was emulated
     verdict: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -199,6 +201,8 @@ class TrainingReport:
             "layers": [layer.to_dict() for layer in self.layers],
             "findings": [f.to_dict() for f in self.findings],
             "fixes": list(self.fixes),
+            "norms": [n.to_dict() for n in self.norms],
+            "emulated_run": [c.to_dict() for c in self.confirmations],
         }
 
     # -- text ---------------------------------------------------------------
@@ -244,12 +248,22 @@ class TrainingReport:
                 f"{_fmt_float(s.out_grad_absmax):>11}{_pct(s.out_grad_underflow):>9}"
                 f"{_fmt_float(s.out_grad_underflow_mass, 2):>14}"
             )
+        for n in self.norms:
+            lines.append(
+                f"batchnorm {n.name}: eps {n.eps:g} -> {_fmt_float(n.eps_rounded, 5)}, running var "
+                f"min {_fmt_float(n.var_min)}, {n.var_zero}/{n.channels} flushed to 0, "
+                f"{n.var_subnormal} subnormal, scale error {_fmt_float(n.scale_error, 2)}, "
+                f"updates lost {_pct(n.lost)}"
+            )
         if self.findings:
             lines.append("findings:")
             lines += [f"  [{f.severity}] {f.message}" for f in self.findings]
         if self.fixes:
             lines.append("fixes:")
             lines += [f"  - {fix}" for fix in self.fixes]
+        if self.confirmations:
+            lines.append("emulated run (every stored tensor rounded to the format):")
+            lines += [f"  [{c.status}] {c.prediction}: {c.observed}" for c in self.confirmations]
         return "\n".join(lines)
 
     __str__ = __repr__

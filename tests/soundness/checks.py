@@ -213,7 +213,8 @@ def _certify(model: Model, X: Array, opts: Options, rep: Report) -> Certified:
     warnings counted (not raised: pytest turns warnings into errors)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = certify(model, X, low=opts.low_arith(), reference=opts.reference_arith(), on=opts.on)
+        res = certify(model, X, low=opts.low_arith(), reference=opts.reference_arith(), on=opts.on,
+                      engine=opts.engine, cascade=opts.cascade)  # fmt: skip
         out = Certified(res.bounds, res.certified, res.reference_class, res.tolerance)
     for w in caught:
         rep.fperr_warnings[f"{w.category.__name__}: {w.message}"] += 1
@@ -274,13 +275,18 @@ def _check_pairs(rep: Report, low: Runs, ref: Runs, B: Array, i: int, base: set[
                 )
 
 
+def _class(y: Array) -> int:
+    """The predicted class: argmax, or the sign of a single logit (class 1 iff y > 0)."""
+    return int(y[0] > 0) if y.size == 1 else int(np.argmax(y))
+
+
 def _check_certificate(
     rep: Report, runs: Sequence[Runs], k_ref: int, tol: float, i: int, base: set[str]
 ) -> None:
     for r in runs:
         for y, name, fl in zip(r.ys, r.names, r.flags, strict=True):
-            if not np.isfinite(y).all() or int(np.argmax(y)) != k_ref:
-                got = int(np.argmax(np.nan_to_num(y, nan=-np.inf)))
+            if not np.isfinite(y).all() or _class(y) != k_ref:
+                got = _class(np.nan_to_num(y, nan=-np.inf))
                 rep.violations.append(
                     Violation(
                         "certificate",
@@ -452,7 +458,8 @@ def check_torch(case: Case, rep: Report) -> None:
     kernels use for reduced-precision inputs)."""
     from .torch_reference import torch_run
 
-    opts = Options(low=case.options.low, on=case.options.on, func_ulps=None)
+    opts = Options(low=case.options.low, on=case.options.on, func_ulps=None,
+                   engine=case.options.engine, cascade=case.options.cascade)  # fmt: skip
     model = evaluated_model(case.model, opts.on)
     X = case.X
     runs = {}

@@ -40,7 +40,7 @@ Array = npt.NDArray[np.float64]
 Shape = tuple[int, ...]
 
 STYLES = ("normal", "ints", "pow2", "sparse", "wide")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu")
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ PROFILES: dict[str, Profile] = {
         "huge", weight_scales=(1.0, 30.0, 1e18), data_scales=(1e3, 3e4, 6e4, 1e19, 1e37)
     ),
     "batch": Profile("batch", overflow_row=True),
-    "piecewise_linear": Profile("piecewise_linear", activations=("relu", "leaky_relu")),
+    "piecewise_linear": Profile("piecewise_linear", activations=("relu", "relu6", "leaky_relu")),
     # tails of tanh / sigmoid / GELU (torch's vectorised kernels err most there)
     "batchnorm": Profile("batchnorm", first_batchnorm=True),
     "smooth": Profile(
@@ -94,6 +94,9 @@ class Options:
     # elementwise kernels within this many ulps of the accumulator (the model the
     # emulator implements); None: fperr's default (measured kernel allowances)
     func_ulps: float | None = 1.0
+    # the bound engine (fperr.bounds.ENGINES); "auto" picks by layer types
+    engine: str = "auto"
+    cascade: bool = False  # certify's cascade: most inputs then get the cheap stage's bound
 
     @property
     def acc_mode(self) -> str:
@@ -115,7 +118,8 @@ class Options:
     def describe(self) -> str:
         op = f", reference operand {self.reference_operand}" if self.reference_operand else ""
         tr = ", truncating accumulator" if self.truncate else ""
-        return f"low {self.low}, accumulate {self.accumulate}{op}{tr}, on {self.on}"
+        return (f"low {self.low}, accumulate {self.accumulate}{op}{tr}, on {self.on}, "
+                f"engine {self.engine}{', cascade' if self.cascade else ''}")
 
 
 @dataclass
@@ -371,6 +375,8 @@ def options() -> st.SearchStrategy[Options]:
         reference_operand=st.sampled_from((None, "tf32")),
         truncate=st.booleans(),
         on=st.sampled_from(("logits", "softmax")),
+        engine=st.sampled_from(("auto", "backward", "zonotope")),
+        cascade=st.sampled_from((False, False, True)),
     )
 
 

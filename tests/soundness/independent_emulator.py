@@ -636,6 +636,8 @@ def pool2d(layer: Pool2d, x: Array, m: Machine) -> Array:
 def activation(layer: Activation, x: Array, m: Machine) -> Array:
     if layer.type == "relu":
         return np.where(x < 0, m.const(0.0), x)  # keeps NaN as NaN
+    if layer.type == "relu6":  # 0 and 6 are exact in every format
+        return np.where(x < 0, m.const(0.0), np.where(x > 6, m.const(6.0), x))
     if layer.type == "leaky_relu":
         return np.where(x > 0, x, m.leaky(x, float(layer.negative_slope)))
     return m.func(layer.type, x)

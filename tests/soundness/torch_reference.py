@@ -109,7 +109,9 @@ def _layernorm(layer: LayerNorm) -> nn.Module:
 def _activation(layer: Activation) -> nn.Module:
     if layer.type == "leaky_relu":
         return nn.LeakyReLU(layer.negative_slope)
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}[layer.type]()
+    kinds = {"relu": nn.ReLU, "relu6": nn.ReLU6, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+             "gelu": nn.GELU}  # fmt: skip
+    return kinds[layer.type]()
 
 
 def module(layer: Any, shape: tuple[int, ...]) -> nn.Module:
