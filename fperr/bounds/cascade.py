@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from ..arith import Emulated
 from ..model import Model, check_inputs
-from .engine import BoundResult, RunBound, bound, resolve_engine
+from .engine import BoundResult, RunBound, bound, resolve_engine, zonotope_fits
 
 Array = npt.NDArray[np.float64]
 Certifier = Callable[[Array, Array], npt.NDArray[np.bool_]]
@@ -87,7 +87,7 @@ def cascade_bound(
     result = bound(model, X, low, reference, engine="backward",
                    rows=np.zeros((N, K), dtype=bool), **opts)  # fmt: skip
     last = resolve_engine(model, engine)
-    if engine == "auto" and not model.is_graph and method != "probabilistic":
+    if engine == "auto" and zonotope_fits(model) and method != "probabilistic":
         last = "zonotope"  # what the backward rows leave open, the sharper ranges may settle
     # the backward rows (interval ranges, cheap) before the zonotope; not under the
     # probabilistic method, where the two would rest on two output combination events

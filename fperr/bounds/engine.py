@@ -73,10 +73,17 @@ def layer_types(layers: Sequence[Any]) -> set[str]:
     return out
 
 
+def zonotope_fits(model: Model) -> bool:
+    """Whether the zonotope engine can bound one input within the memory budget (it
+    carries a generator per unit of every earlier layer: not for large images)."""
+    return not model.is_graph and estimate_bytes(model, 1) <= max_bytes()
+
+
 def resolve_engine(model: Model, engine: str) -> str:
     """``"auto"``: the backward engine for piecewise-linear models (ReLU, pooling,
     batch norm: its bounds equal the zonotope's there), the zonotope for models
-    with curved layers (:data:`CURVED`)."""
+    with curved layers (:data:`CURVED`) where it fits in memory
+    (:func:`zonotope_fits`)."""
     if engine not in ENGINES:
         raise FperrInputError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
     if model.is_graph:  # the zonotope aligns generators along a chain only
@@ -86,7 +93,9 @@ def resolve_engine(model: Model, engine: str) -> str:
         return "backward"
     if engine != "auto":
         return engine
-    return "zonotope" if layer_types(model.layers) & set(CURVED) else "backward"
+    if layer_types(model.layers) & set(CURVED) and zonotope_fits(model):
+        return "zonotope"
+    return "backward"
 
 # float64 evaluation of the generators themselves is inexact; widen by this
 # relative margin (far above q * 2**-53 for any q we build).
@@ -239,7 +248,7 @@ def bound_run(
         if progress is not None:
             progress(o.shape[0])
     radius, per = np.concatenate(radii), np.concatenate(layers)
-    if auto and engine == "backward" and not model.is_graph and rows is None:
+    if auto and engine == "backward" and rows is None and zonotope_fits(model):
         redo = np.flatnonzero(np.concatenate(wides))
         if redo.size:  # ranges grew wide: the zonotope's sharper ranges for these inputs
             z = bound_run(model, x[redo], arith, method=method, confidence=confidence,

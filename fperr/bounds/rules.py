@@ -272,7 +272,9 @@ def dense_local(
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
     dw = _weight_error(w_hat, layer.weight, a)
-    extra = mag @ dw.T  # weight rounding, worst case (a function of the data)
+    # weight rounding, worst case (a function of the data); none where the weights
+    # are values of the operand format (binary32 weights in a binary32 run)
+    extra = mag @ dw.T if dw.any() else np.zeros((x.shape[0], dw.shape[0]))
     dx = _operand_error(mag, a)
     if dx is not None:  # activations rounded to a narrower operand format (TF32)
         extra = extra + dx @ wa.T
