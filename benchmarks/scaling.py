@@ -6,14 +6,14 @@ numpy matmul, bias add and relu; torch float64 ``conv2d``/``max_pool2d`` for
 convolutional models when torch imports (else fperr's exact forward).  Each
 time is the best of 3.  Depth counts weight layers.  Parts:
 
-* grid: ``bound(model, X)`` (engine auto, i.e. backward on ReLU MLPs) /
-  baseline for He-initialised ReLU MLPs, input dim 256, width {256, 1024,
+* grid: ``bound(model, X, engine="backward")`` / baseline for He-initialised
+  ReLU MLPs (float32 weights), input dim 256, width {256, 1024,
   2048}, depth {2, 4, 8}, 10 outputs, N = 1,000.  Targets: <= 30x at width
   256, <= 20x at 1,024 and 2,048; the ratio grows <= 1.5x from depth 2 to 8.
   The old zonotope engine is timed at width 256, depth 2 and 4 for comparison.
 * certify: ``certify()`` on the digits MLP and CNN (all 1,797 inputs), with
   and without the cascade / baseline.  Target <= 8x (cascade).
-* memory: peak RSS of a subprocess running ``bound()`` at N = 10,000 on grid
+* memory: peak RSS of a subprocess running ``bound(engine="backward")`` at N = 10,000 on grid
   points, and on a 3x64x64 convolutional model.  Target <= 2 GiB.
 * tightness: median bound / observed (worst of 4 summation orders, see
   benchmarks/tightness.py) over 300 digits inputs, targets 16 (mlp), 14
@@ -78,7 +78,9 @@ def relu_mlp(width: int, depth: int, seed: int = SEED) -> Model:
     layers: list[Any] = []
     for i in range(depth):
         w = rng.standard_normal((dims[i + 1], dims[i])) * np.sqrt(2.0 / dims[i])
-        layers.append(Dense(w, 0.01 * rng.standard_normal(dims[i + 1])))
+        b = 0.01 * rng.standard_normal(dims[i + 1])
+        # float32 values, as trained weights are
+        layers.append(Dense(w.astype(np.float32).astype(float), b.astype(np.float32).astype(float)))
         if i < depth - 1:
             layers.append(Activation("relu"))
     return Model(f"mlp-w{width}-d{depth}", (IN_DIM,), tuple(layers))
@@ -151,7 +153,8 @@ def baseline_fn(model: Model, X: np.ndarray) -> Callable[[], Any]:
 
 # ---------------------------------------------------------------------- grid
 def part_grid(widths: list[int], depths: list[int], n: int) -> None:
-    print(f"\n== grid: bound(model, X), engine auto, N = {n}; ratio = time / float64 forward")
+    print(f"\n== grid: bound(model, X, engine='backward'), N = {n}; ratio = time / float64 "
+          "forward (engine auto hands inputs whose interval ranges grow wide to the zonotope)")
     print(f"{'width':>6} {'depth':>5} {'forward ms':>11} {'bound s':>8} {'ratio':>8} "
           f"{'target':>7} {'met':>4} {'max B':>10} {'B inf':>6}")  # fmt: skip
     ratios: dict[tuple[int, int], float] = {}
@@ -161,7 +164,7 @@ def part_grid(widths: list[int], depths: list[int], n: int) -> None:
             X = inputs(model, n)
             t0 = best(baseline_fn(model, X))
             res: list[Any] = []
-            tb = best(lambda: res.append(bound(model, X)))  # noqa: B023
+            tb = best(lambda: res.append(bound(model, X, engine="backward")))  # noqa: B023
             target = 30 if w <= 256 else 20
             r = tb / t0
             ratios[w, d] = r
@@ -221,7 +224,7 @@ def child_memory(spec: dict[str, Any]) -> None:
     t = time.perf_counter()
     err = ""
     try:
-        bound(model, X)
+        bound(model, X, engine="backward")
     except MemoryError:
         err = "MemoryError"
     except Exception as exc:  # report, do not hide: the parent prints it
