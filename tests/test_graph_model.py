@@ -287,3 +287,37 @@ def test_resnet_with_projection_shortcuts_imports_from_torch(cat):
     b = bound(model, X)
     assert np.all(np.abs(y16 - y32) <= b.bound)
     assert np.all(np.isfinite(b.bound))
+
+
+def _mixed_forward(model: Model, X: np.ndarray, arith: dict[int, Emulated], default: Emulated):
+    """A graph run where layer i computes in arith.get(i, default), its inputs first
+    rounded to that layer's storage (the conversion a mixed-precision kernel does)."""
+    a0 = arith.get(0, default)
+    vals: dict[int, np.ndarray] = {-1: a0.store(X)}
+    for i, layer in enumerate(model.layers):
+        a = arith.get(i, default)
+        ins = [a.store(vals[j]) for j in model.inputs_of(i)]
+        merge = layer.type in ("add", "concat")
+        vals[i] = layer.merge(ins, a) if merge else layer.forward(ins[0], a)
+    return vals[len(model.layers) - 1]
+
+
+def test_graph_mixed_precision_keep():
+    """Layers kept in binary32 inside a binary16 graph run: the bound holds for the
+    mixed run (each order), and keeping every layer gives the binary32 run's bound."""
+    rng = np.random.default_rng(5)
+    model = tiny_resnet(rng)
+    X = rng.uniform(-1, 1, (30, 2, 6, 6)) * 3
+    f32 = Emulated.from_names("binary32", "binary32")
+    every = {i: f32 for i in range(len(model.layers))}
+    np.testing.assert_array_equal(bound_run(model, X, LOW, keep=every).radius,
+                                  bound_run(model, X, f32).radius)  # fmt: skip
+    keep = {2: f32, 5: f32, 6: f32}  # the branch conv, the projection and the add
+    run = bound_run(model, X, LOW, keep=keep)
+    exact = model.forward(X)
+    for order in ORDERS:
+        lo = Emulated.from_names("binary16", order=order)
+        k32 = Emulated.from_names("binary32", order=order)
+        y = _mixed_forward(model, X, dict.fromkeys(keep, k32), lo)
+        assert np.all(np.abs(y - exact) <= run.radius), order
+    assert np.all(run.radius <= bound_run(model, X, LOW).radius * (1 + 1e-12))
