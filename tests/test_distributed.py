@@ -62,8 +62,13 @@ OPTS = Options(Emulated.from_names("binary16", "binary32"),
 
 
 def _one_process(model, X, opts=OPTS, chunk=CHUNK):
-    """The oracle: certify in this process, chunk by chunk, joined."""
-    return concat_results([opts.run(model, X[s : s + chunk]) for s in range(0, len(X), chunk)])
+    """The oracle: certify in this process, chunk by chunk, joined, with one BLAS
+    thread as the workers have (GEMM results may depend on the thread count)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return concat_results([opts.run(model, X[s : s + chunk])
+                               for s in range(0, len(X), chunk)])  # fmt: skip
 
 
 def _read_stream(p: Path) -> tuple[dict, list[dict]]:
