@@ -18,7 +18,7 @@ from .certify import CertifyResult, Suggestion, certify, suggest_fp32
 from .datasets import load_inputs, load_labels
 from .errors import FperrInputError, SpecError
 from .formats import FORMATS, Format, format_names, get_format
-from .importers import from_onnx, from_torch
+from .importers import from_onnx, from_sklearn, from_torch
 from .model import Model, load_model
 from .rounding import MODES, round, round_scalar
 from .training import TrainingReport, check_training
@@ -49,6 +49,7 @@ __all__ = [
     "check_training",
     "format_names",
     "from_onnx",
+    "from_sklearn",
     "from_torch",
     "get_format",
     "load_inputs",

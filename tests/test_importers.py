@@ -618,3 +618,53 @@ def test_from_torch_two_branches_import_as_a_graph(torch: Any) -> None:
     with torch.no_grad():
         ref = net(torch.from_numpy(X)).numpy()
     np.testing.assert_allclose(model.forward(X), ref, rtol=1e-12)
+
+
+# =============================================================================================
+# scikit-learn
+# =============================================================================================
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_from_sklearn_matches_decision_function(activation: str, classes: int) -> None:
+    """The import reproduces sklearn's probabilities in float64 (two classes: one
+    logit, P(class 1) = sigmoid(y)), and the certificate's class is sklearn's
+    prediction."""
+    import warnings
+
+    from sklearn.datasets import make_classification
+    from sklearn.neural_network import MLPClassifier
+
+    from fperr import certify, from_sklearn
+
+    X, y = make_classification(200, 8, n_informative=5, n_classes=classes, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: a short fit is enough here
+        clf = MLPClassifier((12, 7), activation=activation, max_iter=60, random_state=0).fit(X, y)
+    model = from_sklearn(clf)
+    out = model.forward(X)
+    if classes == 2:
+        assert out.shape == (200, 1)
+        p1 = 1 / (1 + np.exp(-out[:, 0]))
+        np.testing.assert_allclose(p1, clf.predict_proba(X)[:, 1], rtol=1e-9, atol=1e-12)
+    else:
+        proba = np.exp(out - out.max(axis=1, keepdims=True))
+        proba /= proba.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(proba, clf.predict_proba(X), rtol=1e-9, atol=1e-12)
+    res = certify(model, X, y)
+    assert np.array_equal(clf.classes_[res.reference_class], clf.predict(X))
+    assert int((res.certified & res.flipped).sum()) == 0
+
+
+def test_from_sklearn_refuses_what_it_cannot_convert() -> None:
+    from fperr import from_sklearn
+
+    with pytest.raises(SpecError, match="not a fitted scikit-learn MLP"):
+        from_sklearn(object())
+
+    class Odd:
+        coefs_ = [np.ones((3, 2))]
+        intercepts_ = [np.ones(2)]
+        activation = "softplus"
+
+    with pytest.raises(SpecError, match="activation 'softplus' is not supported"):
+        from_sklearn(Odd())

@@ -4,7 +4,13 @@
   any module that ``torch.fx`` can trace whose graph is a chain of supported
   operations, optionally with residual blocks ``y = x + f(x)``;
 * :func:`from_onnx` converts an ONNX graph (a path, bytes or a
-  ``ModelProto``) of the same shape.
+  ``ModelProto``) of the same shape;
+* :func:`from_sklearn` converts a fitted scikit-learn ``MLPClassifier`` or
+  ``MLPRegressor`` (a two-class classifier has one output logit).
+
+Graphs that are not a chain with residual blocks (projection shortcuts
+``proj(x) + f(x)``, ``torch.cat``) become graph models: layers that name
+their inputs (see :mod:`fperr.model`).
 
 Both collect every unsupported operation first and raise one
 :class:`~fperr.errors.SpecError` listing them all (``unsupported: ... (3
@@ -25,8 +31,9 @@ neither.
 from __future__ import annotations
 
 from .from_onnx import from_onnx
+from .from_sklearn import from_sklearn
 from .from_torch import from_torch
 from .graph import Array as Array
 from .graph import Build as Build
 
-__all__ = ["from_onnx", "from_torch"]
+__all__ = ["from_onnx", "from_sklearn", "from_torch"]
