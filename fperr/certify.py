@@ -380,7 +380,7 @@ def certify(
                          cascaded=cascade)  # fmt: skip
 
 
-_EXACT_LAYERS = ("relu", "relu6", "maxpool2d", "flatten", "reshape", "dropout")
+_EXACT_LAYERS = ("relu", "relu6", "maxpool2d", "flatten", "reshape", "dropout", "concat")
 
 
 @dataclass(frozen=True)

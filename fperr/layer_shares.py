@@ -47,9 +47,9 @@ MARGIN_ROW = "evaluation margin"
 
 # what a layer's share can consist of (see the module docstring)
 _KINDS = {
-    "rounds": ("input", "dense", "conv2d", "avgpool2d", "batchnorm"),
+    "rounds": ("input", "dense", "conv2d", "avgpool2d", "batchnorm", "add"),
     "remainder": ("relu", "relu6", "maxpool2d"),
-    "none": ("flatten", "reshape", "dropout"),
+    "none": ("flatten", "reshape", "dropout", "concat"),
 }
 
 
