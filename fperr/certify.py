@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from .arith import Emulated
 from .bounds import PROBABILISTIC_NOTE, BoundResult, bound
-from .bounds.cascade import cascade_bound
+from .bounds.cascade import cascade_bound, margin
 from .errors import FperrInputError
 from .layer_shares import LayerShares
 from .layers import Softmax
@@ -101,8 +101,7 @@ class CertifyResult:
     # -- per input ---------------------------------------------------------------
     @property
     def margin(self) -> Array:
-        b = self.bounds
-        return np.maximum(b.bound, 2 * b.reference.radius)
+        return margin(self.bounds)
 
     @property
     def reference_class(self) -> npt.NDArray[np.int64]:

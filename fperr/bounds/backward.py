@@ -35,10 +35,9 @@ import numpy.typing as npt
 
 from ..formats import Format
 from ..layers import LayerNorm, Residual
-from ..rounding import round as fround
 from . import exponent_range as xr
-from .enclosure import Enclosure, half_ulp
-from .rules import Context, apply_rule
+from .enclosure import Enclosure
+from .rules import Context, apply_rule, convert_rule
 from .steps import (
     Step,
     add_step,
@@ -79,9 +78,10 @@ class Tape:
 
 
 def _contribute(step: Step, lam: Array, sink: Sink) -> None:
-    alam = np.abs(lam)
-    for box, random in step.boxes:
-        sink(step.group, random, alam, box)
+    if step.boxes:  # layers that move values (flatten, concat) have none
+        alam = np.abs(lam)
+        for box, random in step.boxes:
+            sink(step.group, random, alam, box)
     if step.signed is not None:
         N, R = lam.shape[:2]
         k = step.signed.shape[1]
@@ -179,10 +179,8 @@ class Ranges:
         return r_interval if self.enc is None else self.enc.radius()
 
     def convert(self, old: Any, new: Any, group: int) -> None:
-        if self.enc is not None and not new.contains(old):
-            mag = np.abs(self.enc.value) + 2 * self.enc.radius()
-            enc = self.enc.with_value(fround(self.enc.value, new))
-            self.enc = enc.add_box(half_ulp(mag, new), group, random=True)
+        if self.enc is not None:
+            self.enc = convert_rule(self.enc, old, new, group)
 
     def advance(self, layer: Any, ctx: Context, group: int, value: Array) -> None:
         if self.enc is not None:

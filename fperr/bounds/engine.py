@@ -22,10 +22,8 @@ import numpy.typing as npt
 
 from ..arith import Emulated
 from ..errors import FperrInputError
-from ..formats import Format
 from ..layers import Conv2d, Dense, Residual, is_merge
 from ..model import Model, check_inputs
-from ..rounding import round as fround
 from . import exponent_range as xr
 from .backward import (
     Collector,
@@ -38,9 +36,9 @@ from .backward import (
     row_selector,
     scatter_rows,
 )
-from .enclosure import Enclosure, half_ulp
-from .memory import check_memory, estimate_bytes, max_bytes
-from .rules import RULES, Context, apply_rule
+from .enclosure import Enclosure
+from .memory import backward_batch_size, check_memory, estimate_bytes, max_bytes
+from .rules import RULES, Context, apply_rule, convert_rule
 
 __all__ = ["RULES", "RunBound", "BoundResult", "bound", "bound_run", "lambda_for",
            "PROBABILISTIC_NOTE"]  # fmt: skip
@@ -221,7 +219,7 @@ def bound_run(
         ctxs.append(contexts.setdefault(a, Context(a, method, lam)))
     input_ctx = ctxs[0] if ctxs else Context(arith, method, lam)
     if engine == "backward" and ranges == "interval":
-        bs = batch_size or backward_batch_size(model)
+        bs = batch_size or backward_batch_size(model)  # refuses one input over the budget
     else:
         widest = max(int(np.prod(s)) for s in model.shapes())
         # Generators grow to ~ (units of all layers) columns; keep a batch near 200 MB.
@@ -262,15 +260,6 @@ def bound_run(
     return RunBound(np.concatenate(outs), radius, per, fail)
 
 
-def _convert(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
-    """Values move to another storage format between layers."""
-    if new.contains(old):
-        return enc  # exact
-    y = fround(enc.value, new)
-    mag = np.abs(enc.value) + 2 * enc.radius()
-    return enc.with_value(y).add_box(half_ulp(mag, new), index, random=True)
-
-
 def _bound_batch(
     model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float
 ) -> tuple[Array, Array, Array]:
@@ -285,7 +274,7 @@ def _bound_batch(
     with np.errstate(invalid="ignore", over="ignore"):
         for i, (layer, ctx) in enumerate(zip(model.layers, ctxs, strict=True), start=1):
             if ctx.arith.storage != storage:
-                enc = _convert(enc, storage, ctx.arith.storage, i)
+                enc = convert_rule(enc, storage, ctx.arith.storage, i)
                 storage = ctx.arith.storage
             # operands beyond a narrower accumulator's range: infinite bound
             a = ctx.arith
@@ -315,27 +304,6 @@ def _bound_batch(
         radius = np.where(bad, np.inf, radius)
     out = enc.value.reshape(x.shape[0], -1)
     return out, radius.reshape(out.shape), per
-
-
-def backward_bytes(model: Model) -> int:
-    """Estimated bytes per input of the backward engine: its steps keep a few
-    arrays per unit of every layer (with room for temporaries; the rows are
-    pulled back a few at a time, see :func:`_rows_per_pass`)."""
-    units = sum(int(np.prod(s)) for s in model.shapes()) * 2  # residual branches: as wide
-    return 8 * 8 * units
-
-
-def backward_batch_size(model: Model) -> int:
-    """Inputs per batch of the backward engine: about 1/8 of the memory budget
-    (:func:`.memory.max_bytes`) per batch; one clear error if a single input
-    needs more than the whole budget."""
-    per_input, limit = backward_bytes(model), max_bytes()
-    if per_input > limit:
-        raise FperrInputError(
-            f"model {model.name!r}: bounding one input needs about {per_input / 2**30:.3g} GiB "
-            f"of memory, over the limit of {limit / 2**30:.3g} GiB (FPERR_MAX_BYTES)"
-        )
-    return max(1, min(4096, limit // 8 // per_input))
 
 
 def _bound_batch_backward(

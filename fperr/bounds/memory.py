@@ -102,3 +102,23 @@ def check_memory(model: Model, batch: int) -> None:
             f"of memory, over the limit of {_gib(limit)} (FPERR_MAX_BYTES); the engine does "
             "not yet scale to layers this large"
         )
+
+
+def backward_bytes(model: Model) -> int:
+    """Estimated bytes per input of the backward engine: its steps keep a few
+    arrays per unit of every layer, with room for temporaries (its rows are
+    pulled back a few at a time within the budget)."""
+    units = sum(math.prod(s) for s in model.shapes()) * 2  # residual branches: as wide
+    return 8 * 8 * units
+
+
+def backward_batch_size(model: Model) -> int:
+    """Inputs per batch of the backward engine: about 1/8 of :func:`max_bytes` per
+    batch; one clear error, before allocating, if one input needs more than all."""
+    per_input, limit = backward_bytes(model), max_bytes()
+    if per_input > limit:
+        raise FperrInputError(
+            f"model {model.name!r}: bounding one input needs about {_gib(per_input)} of "
+            f"memory, over the limit of {_gib(limit)} (FPERR_MAX_BYTES)"
+        )
+    return max(1, min(4096, limit // 8 // per_input))

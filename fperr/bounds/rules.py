@@ -191,6 +191,16 @@ def rule(*types: str) -> Callable[[Rule], Rule]:
     return register
 
 
+def convert_rule(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
+    """Values move to another storage format between layers (mixed precision):
+    exact where ``new`` holds every value of ``old``, else one rounding of values
+    within 2r of the computed ones."""
+    if new.contains(old):
+        return enc
+    mag = np.abs(enc.value) + 2 * enc.radius()
+    return enc.with_value(fround(enc.value, new)).add_box(half_ulp(mag, new), index, random=True)
+
+
 def apply_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     try:
         fn = RULES[layer.type]

@@ -68,15 +68,19 @@ class Step:
     signed: Array | None = None  # (N, k, n_out / k): one deterministic generator per block
     branch: Any = None  # residual: the branch's Tape, pulled back separately
     arity: int = 1  # inputs read; the adjoint of a merge returns one array of rows per input
+    _radius: Array | None = field(default=None, init=False, repr=False)
 
     def radius(self) -> Array:
-        """(N, n_out) radius of the output error: image + boxes + signed."""
-        r = self.image.copy()
-        for b, _ in self.boxes:
-            r += b
-        if self.signed is not None:
-            r += np.abs(self.signed).reshape(r.shape)
-        return r
+        """(N, n_out) radius of the output error: image + boxes + signed (computed
+        once: every consumer of the step reads it; callers do not write to it)."""
+        if self._radius is None:
+            r = self.image.copy()
+            for b, _ in self.boxes:
+                r += b
+            if self.signed is not None:
+                r += np.abs(self.signed).reshape(r.shape)
+            self._radius = r
+        return self._radius
 
 
 def _flat(a: Array) -> Array:
