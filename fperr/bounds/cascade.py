@@ -113,7 +113,8 @@ def cascade_bound(
         )
     if progress is not None and todo.size:
         progress(2 * todo.size)
-    return _explain(model, X, result, last, opts, explained)
+    # the breakdown as bound() would give it (the zonotope stage is for verdicts only)
+    return _explain(model, X, result, engine, opts, explained)
 
 
 def _explain(
