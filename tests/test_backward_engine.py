@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fperr.bounds.engine as E
 from fperr.arith import Emulated, Exact
 from fperr.bounds import bound, bound_run
 from fperr.bounds.backward import row_selector, scatter_rows
@@ -208,7 +209,10 @@ def _observed(model: Model, X: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
-def test_backward_interval_ranges_sound_and_as_tight_on_examples(name):
+def test_backward_ranges_sound_and_as_tight_on_examples(name):
+    """Default (sharpened) ranges: the median bound equals the zonotope's to 1%;
+    single outputs may be up to 20% looser, where units left unsharpened (their
+    interval range under SHARPEN of their value) feed second-order terms."""
     model, X, _ = load_example(name)
     X = X[:150]
     obs = _observed(model, X)
@@ -216,7 +220,21 @@ def test_backward_interval_ranges_sound_and_as_tight_on_examples(name):
     zono = bound_run(model, X, LOW, engine="zonotope")
     assert np.all(back.radius >= obs)
     ratio = back.radius / zono.radius
-    assert ratio.min() >= 1 - 1e-9 and ratio.max() <= 1.01, (ratio.min(), ratio.max())
+    assert ratio.min() >= 1 - 1e-9 and np.median(ratio) <= 1.01 and ratio.max() <= 1.2, (
+        ratio.min(), np.median(ratio), ratio.max())
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_every_unit_sharpened_gives_the_zonotope_bound(name, monkeypatch):
+    """With every unit at every nonlinearity's input sharpened (SHARPEN = 0) the
+    backward engine's ranges there are the zonotope's, and on these chains (no
+    layer between two linear ones that reads its range) so are the bounds."""
+    model, X, _ = load_example(name)
+    X = X[:40]
+    monkeypatch.setattr(E, "SHARPEN", 0.0)
+    back = bound_run(model, X, LOW, engine="backward")
+    zono = bound_run(model, X, LOW, engine="zonotope")
+    np.testing.assert_allclose(back.radius, zono.radius, rtol=1e-9)
 
 
 def test_rows_sharpen_only_the_selected_outputs():

@@ -123,6 +123,25 @@ def test_bound_run_reports_progress_per_batch():
     assert sum(seen) == 2 * 23  # the low run, then the reference run
 
 
+def _near_ties(model, X, count=4):
+    """Inputs on the segment between two inputs of different classes, bisected to
+    within 2^-20 of where the predicted class changes: their tolerance is tiny
+    (positive, so that they show on the plot's log axes)."""
+    cls = model.forward(X).argmax(axis=1)
+    out = []
+    for i in range(len(X)):
+        j = int(np.flatnonzero(cls != cls[i])[0])
+        lo, hi = 0.0, 1.0
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            x = (1 - mid) * X[i] + mid * X[j]
+            lo, hi = (mid, hi) if model.forward(x[None]).argmax() == cls[i] else (lo, mid)
+        out.append((1 - lo) * X[i] + lo * X[j])
+        if len(out) == count:
+            return np.array(out)
+    raise AssertionError("too few classes among the inputs")
+
+
 def _with_relu_dominating(res):
     """The same result, with the (exact) relu layer given the largest share of B."""
     b = res.bounds
@@ -173,6 +192,7 @@ def test_plot_returns_a_figure_with_labels_legends_and_layer_panel():
 
     model = load_model(MLP)
     X = np.random.default_rng(4).uniform(0, 16, size=(40, 64))
+    X[:4] = _near_ties(model, X[4:])  # a few inputs no bound can certify
     res = _with_relu_dominating(certify(model, X))
     fig = res.plot()
     assert isinstance(fig, Figure) and len(fig.axes) == 2

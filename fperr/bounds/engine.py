@@ -26,6 +26,7 @@ from ..layers import Conv2d, Dense, Residual, is_merge
 from ..model import Model, check_inputs
 from . import exponent_range as xr
 from .backward import (
+    SHARPEN,
     Collector,
     Graph,
     Ranges,
@@ -53,6 +54,7 @@ PROBABILISTIC_NOTE = (
 Array = npt.NDArray[np.float64]
 
 ENGINES = ("auto", "backward", "zonotope")
+RANGES = ("sharpened", "interval", "zonotope")
 
 CURVED = ("tanh", "sigmoid", "gelu", "softmax", "layernorm")
 """Layers whose remainder terms grow with the incoming radius squared: there the
@@ -158,7 +160,7 @@ def bound_run(
     progress: Callable[[int], None] | None = None,
     layer_ariths: Mapping[int, Emulated] | None = None,
     engine: str = "auto",
-    ranges: str = "interval",
+    ranges: str = "sharpened",
     rows: npt.NDArray[np.bool_] | None = None,
 ) -> RunBound:
     """Enclose one run of ``model`` in ``arith`` against exact arithmetic.
@@ -170,7 +172,10 @@ def bound_run(
     ``"auto"`` (default, :func:`resolve_engine`; the backward engine's inputs whose
     interval ranges grow wide, :data:`.backward.WIDE`, are bounded again by the
     zonotope when the model is a chain).
-    ``ranges="zonotope"`` gives the backward engine the zonotope's radii (for
+    The backward engine's ranges: ``"sharpened"`` (default: interval ranges,
+    replaced by backward bounds at the inputs of nonlinear layers where wider
+    than :data:`.backward.SHARPEN` times the value), ``"interval"`` (never
+    sharpened: the cheapest) or ``"zonotope"`` (the zonotope's radii, for
     comparisons: it then bounds the same terms).  ``rows`` (N, K) selects the
     outputs the backward pass sharpens; the others keep the forward interval
     range (a cheaper, looser bound) and no per-layer breakdown.
@@ -197,8 +202,8 @@ def bound_run(
     engine = resolve_engine(model, engine)
     if rows is not None and engine != "backward":
         raise FperrInputError("rows (outputs to sharpen) need engine='backward'")
-    if ranges not in ("interval", "zonotope"):
-        raise FperrInputError(f"unknown ranges {ranges!r}; use interval or zonotope")
+    if ranges not in RANGES:
+        raise FperrInputError(f"unknown ranges {ranges!r}; use {', '.join(RANGES)}")
     if ranges == "zonotope" and model.is_graph:
         raise FperrInputError("ranges='zonotope' needs a chain model (the zonotope engine's)")
     x = check_inputs(X, model.input_shape)
@@ -218,7 +223,7 @@ def bound_run(
         a = (keep or {}).get(i, arith)
         ctxs.append(contexts.setdefault(a, Context(a, method, lam)))
     input_ctx = ctxs[0] if ctxs else Context(arith, method, lam)
-    if engine == "backward" and ranges == "interval":
+    if engine == "backward" and ranges != "zonotope":
         bs = batch_size or backward_batch_size(model)  # refuses one input over the budget
     else:
         widest = max(int(np.prod(s)) for s in model.shapes())
@@ -323,7 +328,8 @@ def _bound_batch_backward(
     tape.add(first, ())
     graph = Graph(model.layers, [model.inputs_of(i) for i in range(L)], ctxs, range(1, L + 1))
     with np.errstate(invalid="ignore", over="ignore"):
-        y, r, bad = forward_steps(graph, tape, Ranges(ref), input_ctx.arith.storage)
+        sharpen = SHARPEN if ranges == "sharpened" else None
+        y, r, bad = forward_steps(graph, tape, Ranges(ref, sharpen), input_ctx.arith.storage)
         wide = tape.wide if tape.wide is not None else np.zeros(N, dtype=bool)
         bad |= ~np.isfinite(first.value.reshape(N, -1)).all(axis=1)
         K = int(np.prod(y.shape[1:]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -102,6 +102,16 @@ class Context:
         if self.method != "probabilistic":
             return enc.add_box(computed + data, index, random=True)
         return enc.add_box(computed, index, random=True).add_box(data, index, random=False)
+
+    def add_signed(self, enc: Enclosure, s: Array | None, index: int) -> Enclosure:
+        """Append one signed generator ``s`` (N, *shape): a known error vector
+        (parameter rounding, :func:`parameter_rounding`), deterministic."""
+        if s is None or not np.any(s):
+            return enc
+        N = enc.value.shape[0]
+        part = np.ascontiguousarray(np.broadcast_to(s, enc.value.shape).reshape(N, 1, -1))
+        return Enclosure(enc.value, None, [*enc.groups, index], [*enc.random, False],
+                         enc.boxes, parts=[*enc.parts, part])  # fmt: skip
 
     def func_rel(self) -> float:
         """Relative error allowed for one elementwise operation (leaky ReLU's alpha x,
@@ -268,44 +278,101 @@ def _weight_error(w_hat: Array, w: Array, a: Emulated) -> Array:
     return dw
 
 
-def dense_local(
-    layer: Dense, x: Array, r: Array, ctx: Context
-) -> tuple[Array, Array, Array, Array]:
-    """(z, local, extra, |W_hat| r) of a dense layer at computed input ``x`` with
-    incoming radius ``r``: the stored output, the accumulation and storage errors,
-    the rounding of parameters and operands (see :meth:`Context.add_local`), and
-    the rounded weights' image of the radius."""
+class Affine(NamedTuple):
+    """What a dense or convolution layer adds to a run's error (see :func:`dense_local`)."""
+
+    z: Array  # stored output
+    local: Array  # accumulation and storage roundings (random in the probabilistic model)
+    extra: Array  # parameter and operand roundings not in ``signed`` (worst case)
+    w_abs_r: Array  # |W_hat| r: the rounded weights' image of the incoming radius
+    signed: Array | None  # the parameter roundings' exact effect on the computed input
+
+
+def parameter_rounding(
+    apply: Callable[[Array, Array], Array],
+    x: Array,
+    r: Array,
+    w_hat: Array,
+    w: Array,
+    db: Array | float,
+    w_abs_x: Array,
+    w_abs_r: Array,
+    n: int,
+    tiny: float,
+) -> tuple[Array, Array]:
+    """(s, box): the effect (W_hat - W) x_run + (b_hat - b) of rounding the
+    parameters, for every run's input x_run (within 2r of the computed ``x``).
+
+    It is s + (W_hat - W)(x_run - x) with the known vector s = (W_hat - W) x +
+    (b_hat - b), kept signed (one generator, so later layers' cancellations
+    apply to it as to the true error), and a second-order box 2 |dW| r.
+    ``apply(M, v)`` is the layer's linear map with weights M (no bias);
+    ``w_abs_x`` >= |W_hat| |x| and ``w_abs_r`` = |W_hat| r.
+
+    |dW| <= rho |W_hat| on entries with |W_hat| >= ``tiny`` (the format's
+    smallest normal; rho the largest ratio, so no GEMM with |dW| is needed);
+    entries with subnormal or zero W_hat get an exact GEMM of their own, only
+    if some exist.  s is evaluated in float64:
+    its error is at most gamma_{n+2}(2^-53) |dW| |x| (Higham 2002, eq. 3.5).
+    """
+    dw = w_hat - w
+    adw = np.abs(dw)
+    normal = np.abs(w_hat) >= tiny
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(normal, adw / np.where(normal, np.abs(w_hat), 1.0), 0.0)
+    rho = float(ratio.max(initial=0.0)) * (1 + 2.0**-50)  # the division may round down
+    s = apply(dw, x) + db
+    box = 2 * rho * w_abs_r
+    if not normal.all():
+        box = box + 2 * apply(np.where(normal, 0.0, adw), r)
+    dw_x = rho * w_abs_x + (0.0 if normal.all() else apply(np.where(normal, 0.0, adw), np.abs(x)))
+    box = box + gamma(n + 2, 2.0**-53) * (dw_x + np.abs(db))
+    return s, box
+
+
+def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
+    """The stored output, the accumulation and storage errors, the rounding of
+    parameters and operands (see :meth:`Context.add_local`), and the rounded
+    weights' image of the radius, of a dense layer at computed input ``x`` with
+    incoming radius ``r``.  Rounded-to-nearest parameters give their error as a
+    signed vector (:func:`parameter_rounding`); parameters that may be chopped
+    (TF32 operands) as a worst-case box."""
     a = ctx.arith
     w_hat = a.to_operand(layer.weight)
     s_st = a.matmul(a.activation_operand(x), w_hat.T)
     z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
-    dw = _weight_error(w_hat, layer.weight, a)
-    # weight rounding, worst case (a function of the data); none where the weights
-    # are values of the operand format (binary32 weights in a binary32 run)
-    extra = mag @ dw.T if dw.any() else np.zeros((x.shape[0], dw.shape[0]))
     dx = _operand_error(mag, a)
-    if dx is not None:  # activations rounded to a narrower operand format (TF32)
-        extra = extra + dx @ wa.T
-    if layer.bias is not None:
-        extra = extra + np.abs(a.store(layer.bias) - layer.bias)
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
+    w_abs_mag = mag_op @ wa.T
+    w_abs_r = r @ wa.T
+    db = 0.0 if layer.bias is None else a.store(layer.bias) - layer.bias
+    signed = None
+    if a.operand_narrower:  # a chopping conversion: the weights' error is not known
+        dw = _weight_error(w_hat, layer.weight, a)
+        extra = mag @ dw.T + np.abs(db)
+        extra = extra + dx @ wa.T
+    else:
+        dense = lambda m, v: v @ m.T  # noqa: E731
+        signed, extra = parameter_rounding(dense, x, r, w_hat, layer.weight, db,
+                                           np.abs(x) @ wa.T, w_abs_r, layer.weight.shape[1],
+                                           a.operand_format.smallest_normal)  # fmt: skip
+        extra = extra + np.zeros_like(z)
     nonzero = (wa != 0).astype(np.float64)
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))
-    w_abs_r = r @ wa.T
-    local = _affine_local(s_st, z, mag_op @ wa.T, w_abs_r, np.zeros_like(z), ctx,
+    local = _affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx,
                           layer.weight.shape[1], lambda: (mag > 0) @ nonzero.T, b_abs)  # fmt: skip
-    return z, local, extra, w_abs_r
+    return Affine(z, local, extra, w_abs_r, signed)
 
 
 @rule("dense")
 def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Dense layer: Higham 2002, Lemma 3.1 / eq. 3.11 for each dot product,
     plus weight/bias rounding and the storage roundings; errors map through W."""
-    z, local, extra, _ = dense_local(layer, enc.value, enc.radius(), ctx)
-    out = enc.linear(z, lambda cols: cols @ layer.weight.T, lambda: layer.weight)
-    return ctx.add_local(out, local, extra, index)
+    f = dense_local(layer, enc.value, enc.radius(), ctx)
+    out = enc.linear(f.z, lambda cols: cols @ layer.weight.T, lambda: layer.weight)
+    return ctx.add_signed(ctx.add_local(out, f.local, f.extra, index), f.signed, index)
 
 
 def conv_with(layer: Conv2d, w: Array, v: Array) -> Array:
@@ -314,11 +381,8 @@ def conv_with(layer: Conv2d, w: Array, v: Array) -> Array:
     return conv.forward(v, Exact())
 
 
-def conv_local(
-    layer: Conv2d, x: Array, r: Array, ctx: Context
-) -> tuple[Array, Array, Array, Array]:
-    """(z, local, extra, |W_hat| * r) of a convolution, as :func:`dense_local`
-    (n = C/g kh kw)."""
+def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
+    """A convolution's :class:`Affine` terms, as :func:`dense_local` (n = C/g kh kw)."""
     a = ctx.arith
     w_hat = a.to_operand(layer.weight)
     nobias = Conv2d(w_hat, None, layer.stride, layer.padding, layer.dilation, layer.groups)
@@ -327,33 +391,40 @@ def conv_local(
     if layer.bias is not None:
         z = a.store(s_st + a.store(layer.bias)[None, :, None, None])
     mag = np.abs(x) + 2 * r
-    dw = _weight_error(w_hat, layer.weight, a)
-    extra = conv_with(layer, dw, mag)  # weight rounding, worst case (a function of the data)
     wa = np.abs(w_hat)
     dx = _operand_error(mag, a)
-    if dx is not None:  # activations rounded to a narrower operand format (TF32)
-        extra = extra + conv_with(layer, wa, dx)
-    if layer.bias is not None:
-        extra = extra + np.abs(a.store(layer.bias) - layer.bias)[None, :, None, None]
     n = int(np.prod(layer.weight.shape[1:]))
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
+    w_abs_r = conv_with(layer, wa, r)
+    db = 0.0
+    if layer.bias is not None:
+        db = (a.store(layer.bias) - layer.bias)[None, :, None, None]
+    signed = None
+    if a.operand_narrower:  # a chopping conversion: the weights' error is not known
+        dw = _weight_error(w_hat, layer.weight, a)
+        extra = conv_with(layer, dw, mag) + np.abs(db) + conv_with(layer, wa, dx)
+    else:
+        conv = lambda m, v: conv_with(layer, m, v)  # noqa: E731
+        signed, extra = parameter_rounding(conv, x, r, w_hat, layer.weight, db,
+                                           conv_with(layer, wa, np.abs(x)), w_abs_r, n,
+                                           a.operand_format.smallest_normal)  # fmt: skip
+        extra = extra + np.zeros_like(z)
     nonzero = (wa != 0).astype(np.float64)
     count = lambda: conv_with(layer, nonzero, (mag > 0).astype(np.float64))  # noqa: E731
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))[None, :, None, None]
-    w_abs_r = conv_with(layer, wa, r)
     local = _affine_local(s_st, z, conv_with(layer, wa, mag_op), w_abs_r,
                           np.zeros_like(z), ctx, n, count, b_abs)  # fmt: skip
-    return z, local, extra, w_abs_r
+    return Affine(z, local, extra, w_abs_r, signed)
 
 
 @rule("conv2d")
 def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Conv2d as dense products over im2col patches (same lemma, n = C/g kh kw)."""
     x = enc.value
-    z, local, extra, _ = conv_local(layer, x, enc.radius(), ctx)
+    f = conv_local(layer, x, enc.radius(), ctx)
     lin = lambda cols: conv_with(layer, layer.weight, cols)  # noqa: E731
-    out = enc.linear(z, lin, ctx.matrix_of(layer, x.shape[1:], lin))
-    return ctx.add_local(out, local, extra, index)
+    out = enc.linear(f.z, lin, ctx.matrix_of(layer, x.shape[1:], lin))
+    return ctx.add_signed(ctx.add_local(out, f.local, f.extra, index), f.signed, index)
 
 
 # -- elementwise ---------------------------------------------------------------------

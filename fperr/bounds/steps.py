@@ -68,6 +68,7 @@ class Step:
     signed: Array | None = None  # (N, k, n_out / k): one deterministic generator per block
     branch: Any = None  # residual: the branch's Tape, pulled back separately
     arity: int = 1  # inputs read; the adjoint of a merge returns one array of rows per input
+    sharpened: bool = field(default=False, init=False)  # radius sharpened by backward rows
     _radius: Array | None = field(default=None, init=False, repr=False)
 
     def radius(self) -> Array:
@@ -81,6 +82,10 @@ class Step:
                 r += np.abs(self.signed).reshape(r.shape)
             self._radius = r
         return self._radius
+
+    def set_radius(self, r: Array) -> None:
+        """A sharper sound radius for the output (the backward bound of each unit)."""
+        self._radius = r
 
 
 def _flat(a: Array) -> Array:
@@ -101,6 +106,13 @@ def _local_boxes(ctx: Context, computed: Array, data: Array) -> list[tuple[Array
     return [(_flat(computed), True), (_flat(data), False)]
 
 
+def _signed(s: Array | None, z: Array) -> Array | None:
+    """A layer's known error vector as one signed generator (N, 1, n_out)."""
+    if s is None or not np.any(s):
+        return None
+    return np.broadcast_to(s, z.shape).reshape(z.shape[0], 1, -1).copy()
+
+
 # -- linear layers ---------------------------------------------------------------------
 def exact_weight_image(w_abs_r: Array, r_sum: Array, a: Any) -> Array:
     """An upper bound on |W| r from |W_hat| r, W_hat = W rounded to the operand
@@ -113,7 +125,7 @@ def exact_weight_image(w_abs_r: Array, r_sum: Array, a: Any) -> Array:
 
 
 def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> Step:
-    z, local, extra, w_abs_r = dense_local(layer, x, r, ctx)
+    z, local, extra, w_abs_r, signed = dense_local(layer, x, r, ctx)
     w = layer.weight
     image = exact_weight_image(w_abs_r, _flat(r).sum(axis=1, keepdims=True), ctx.arith)
 
@@ -121,7 +133,7 @@ def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> St
         N, R, m = lam.shape
         return (lam.reshape(N * R, m) @ w).reshape(N, R, w.shape[1])
 
-    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra))
+    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
 
 
 def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
@@ -148,7 +160,7 @@ def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
 
 
 def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> Step:
-    z, local, extra, w_abs_r = conv_local(layer, x, r, ctx)
+    z, local, extra, w_abs_r, signed = conv_local(layer, x, r, ctx)
     # every output sums at most C/g kh kw inputs: their radii sum to <= the whole input's
     r_sum = _flat(r).sum(axis=1, keepdims=True)
     image = _flat(exact_weight_image(w_abs_r, r_sum[:, :, None, None], ctx.arith))
@@ -159,7 +171,7 @@ def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> 
         return _rows(lambda v: conv2d_adjoint(layer, v.reshape(-1, *out_shape), in_shape),
                      lam, in_shape)  # fmt: skip
 
-    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra))
+    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
 
 
 def _pool_matrix(layer: Pool2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
