@@ -352,7 +352,8 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
     if a.operand_narrower:  # a chopping conversion: the weights' error is not known
         dw = _weight_error(w_hat, layer.weight, a)
         extra = mag @ dw.T + np.abs(db)
-        extra = extra + dx @ wa.T
+        if dx is not None:  # activations rounded to the narrower format too
+            extra = extra + dx @ wa.T
     else:
         dense = lambda m, v: v @ m.T  # noqa: E731
         signed, extra = parameter_rounding(dense, x, r, w_hat, layer.weight, db,
@@ -402,7 +403,9 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
     signed = None
     if a.operand_narrower:  # a chopping conversion: the weights' error is not known
         dw = _weight_error(w_hat, layer.weight, a)
-        extra = conv_with(layer, dw, mag) + np.abs(db) + conv_with(layer, wa, dx)
+        extra = conv_with(layer, dw, mag) + np.abs(db)
+        if dx is not None:  # activations rounded to the narrower format too
+            extra = extra + conv_with(layer, wa, dx)
     else:
         conv = lambda m, v: conv_with(layer, m, v)  # noqa: E731
         signed, extra = parameter_rounding(conv, x, r, w_hat, layer.weight, db,
