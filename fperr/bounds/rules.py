@@ -397,7 +397,7 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
     n = int(np.prod(layer.weight.shape[1:]))
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
     w_abs_r = conv_with(layer, wa, r)
-    db = 0.0
+    db: Array | float = 0.0
     if layer.bias is not None:
         db = (a.store(layer.bias) - layer.bias)[None, :, None, None]
     signed = None
