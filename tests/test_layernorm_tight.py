@@ -410,7 +410,8 @@ def _held_out(k: int) -> np.ndarray:
 def test_trained_prenorm_example_is_certified_and_tight():
     """examples/prenorm.yaml (two pre-norm blocks): the old rule's bound was
     infinite for every input; now finite, every run enclosed, within 150x of
-    the largest observed error (~100x measured) and certifying most inputs."""
+    the largest observed error (~35x measured; issue 18 asks for at most 50)
+    and certifying most inputs."""
     model = load_model(EXAMPLES / "prenorm.yaml")
     X = _held_out(40)
     b = bound(model, X)
@@ -421,8 +422,44 @@ def test_trained_prenorm_example_is_certified_and_tight():
     for y in runs:
         assert (np.abs(y - exact) <= b.low.radius + slack).all()
     obs = np.max([np.abs(y - b.reference.output) for y in runs], axis=0).max(axis=1)
-    assert np.median(b.bound.max(axis=1) / obs) < 150
+    assert np.median(b.bound.max(axis=1) / obs) <= 50
     from fperr.certify import certified_sharp
 
     margin = np.maximum(b.bound, 2 * b.reference.radius)
     assert certified_sharp(b.reference.output, margin).mean() >= 0.9
+
+
+def postnorm(rng, blocks=2, width=32, hidden=64, n_in=12):
+    """dense -> blocks x [ln(h + fc2(gelu(fc1(h))))] -> dense (the original transformer's order)."""
+    layers: list = [_dense(rng, n_in, width)]
+    for _ in range(blocks):
+        layers.append(Residual((_dense(rng, width, hidden), Activation("gelu"),
+                                _dense(rng, hidden, width, 0.5))))  # fmt: skip
+        layers.append(_ln(rng, width))
+    layers.append(_dense(rng, width, 5))
+    return Model("postnorm", (n_in,), tuple(layers))
+
+
+@pytest.mark.parametrize("build", [prenorm, postnorm])
+def test_bound_over_observed_does_not_grow_with_blocks(build):
+    """Stacks of 2, 4 and 8 residual blocks (the same random draw per depth):
+    every run (emulated orders, torch CPU float16) enclosed at every depth.
+    Pre-norm: the median of bound / largest observed error at 8 blocks at most
+    4x its value at 2 (issue 18's target; measured 1.1x).  Post-norm stacks
+    exceed it (17 -> 27 -> 103 here): each layer norm renormalises the stream,
+    so the observed error stops growing after four blocks, while the worst
+    case over the error signs, sum_j |Lambda_j| d_j, keeps adding each block's
+    roundings (0.009 after block 1, 0.164 after block 8, the layer-norm steps
+    adding no more than the residual ones).  We read it as the worst case over
+    signs, which the observed runs do not reach, rather than a loss in the
+    layer-norm rule; it is reported in the issue, not asserted."""
+    ratios = {}
+    for blocks in (2, 4, 8):
+        model = build(np.random.default_rng(11), blocks=blocks)
+        X = np.random.default_rng(12).standard_normal((24, 12))
+        rb, exact = assert_runs_enclosed(model, X)
+        obs = np.max([np.abs(y - exact) for y in all_runs(model, X)], axis=0).max(axis=1)
+        ratios[blocks] = float(np.median(rb.radius.max(axis=1) / obs))
+    assert all(np.isfinite(list(ratios.values()))), ratios
+    if build is prenorm:
+        assert ratios[8] <= 4 * ratios[2], ratios
