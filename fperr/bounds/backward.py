@@ -63,10 +63,18 @@ bounds such inputs of a chain with the zonotope instead (see
 
 
 SHARPEN = 0.02
-"""Ranges wider than this fraction of a unit's value, at the input of a layer that
-needs them (:func:`needs_range`), are sharpened by backward rows
-(:func:`sharpen_radius`).  Smaller is sharper and costlier: on the deep tanh
-example 0.1 leaves the bound 1.9x the zonotope's, 0.01 within 1%."""
+"""Ranges wider than this fraction of a unit's value, at the input of a curved
+layer (tanh, sigmoid, GELU, softmax, layer norm: remainders of order r^2), are
+sharpened by backward rows (:func:`sharpen_radius`).  Smaller is sharper and
+costlier: on the deep tanh example 0.1 leaves the bound up to 3.1x the
+zonotope's, 0.02 within 3%, 0.01 within 1%."""
+
+SHARPEN_KINK = 0.5
+"""The same for piecewise-linear layers (ReLU, leaky ReLU, ReLU6, max pooling):
+there the range matters where it may reach the kink (a unit changing side, a
+window's winner in doubt), so only units whose radius exceeds half their value
+are sharpened (on the digits CNN: 0.1 s for 150 inputs instead of 0.4 s at
+2%, the same median bound)."""
 
 
 @dataclass
@@ -177,12 +185,12 @@ def functional_radius(
 
 class Ranges:
     """Where the layers' incoming radii come from: the steps' own interval
-    images (``enc`` None), sharpened by backward rows at the inputs of
-    nonlinear layers where wider than ``sharpen`` times the value
-    (:func:`sharpen_radius`; None: never), or a reference zonotope carried
+    images (``enc`` None), sharpened (``sharpen``) by backward rows at the
+    inputs of nonlinear layers where wide (:func:`sharpen_threshold`,
+    :func:`sharpen_radius`), or a reference zonotope carried
     alongside (the reference engine's radii: as costly as that engine)."""
 
-    def __init__(self, enc: Enclosure | None, sharpen: float | None = None) -> None:
+    def __init__(self, enc: Enclosure | None, sharpen: bool = False) -> None:
         self.enc = enc
         self.sharpen = sharpen
 
@@ -251,9 +259,10 @@ def forward_steps(
                     stored[converted[key]] = a.storage
                 t = converted[key]
             srcs.append(t)
-        if ranges.sharpen is not None and needs_range(layer):
+        theta = sharpen_threshold(layer) if ranges.sharpen else None
+        if theta is not None:
             for t in srcs:
-                sharpen_radius(tape, t, outer, ranges.sharpen)
+                sharpen_radius(tape, t, outer, theta)
         xs = [tape.steps[t].value for t in srcs]
         rs = [ranges.radius(tape.steps[t].radius().reshape(tape.steps[t].value.shape))
               for t in srcs]  # fmt: skip
@@ -276,13 +285,18 @@ def forward_steps(
     return out.value, out.radius().reshape(out.value.shape), bad
 
 
-def needs_range(layer: Any) -> bool:
-    """Whether a layer's local error depends on its input's radius beyond second
-    order: a nonlinearity's slopes (units the radius makes unstable, curvature
-    remainders), max pooling's winners, a norm's variance bound."""
-    return isinstance(layer, (Activation, LayerNorm, Softmax)) or (
-        isinstance(layer, Pool2d) and layer.kind == "max"
-    )
+def sharpen_threshold(layer: Any) -> float | None:
+    """The fraction of a unit's value beyond which the range at ``layer``'s input
+    is sharpened, for layers whose local error depends on that range beyond
+    second order (a nonlinearity's slopes and remainders, max pooling's winners,
+    a norm's variance bound); None for the others."""
+    if isinstance(layer, Pool2d):
+        return SHARPEN_KINK if layer.kind == "max" else None
+    if isinstance(layer, Activation) and layer.type in ("relu", "leaky_relu", "relu6"):
+        return SHARPEN_KINK
+    if isinstance(layer, (Activation, LayerNorm, Softmax)):
+        return SHARPEN
+    return None
 
 
 def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,

@@ -26,7 +26,6 @@ from ..layers import Conv2d, Dense, Residual, is_merge
 from ..model import Model, check_inputs
 from . import exponent_range as xr
 from .backward import (
-    SHARPEN,
     Collector,
     Graph,
     Ranges,
@@ -173,8 +172,8 @@ def bound_run(
     interval ranges grow wide, :data:`.backward.WIDE`, are bounded again by the
     zonotope when the model is a chain).
     The backward engine's ranges: ``"sharpened"`` (default: interval ranges,
-    replaced by backward bounds at the inputs of nonlinear layers where wider
-    than :data:`.backward.SHARPEN` times the value), ``"interval"`` (never
+    replaced by backward bounds at the inputs of nonlinear layers where wide,
+    :func:`.backward.sharpen_threshold`), ``"interval"`` (never
     sharpened: the cheapest) or ``"zonotope"`` (the zonotope's radii, for
     comparisons: it then bounds the same terms).  ``rows`` (N, K) selects the
     outputs the backward pass sharpens; the others keep the forward interval
@@ -328,8 +327,8 @@ def _bound_batch_backward(
     tape.add(first, ())
     graph = Graph(model.layers, [model.inputs_of(i) for i in range(L)], ctxs, range(1, L + 1))
     with np.errstate(invalid="ignore", over="ignore"):
-        sharpen = SHARPEN if ranges == "sharpened" else None
-        y, r, bad = forward_steps(graph, tape, Ranges(ref, sharpen), input_ctx.arith.storage)
+        sharp = Ranges(ref, sharpen=ranges == "sharpened")
+        y, r, bad = forward_steps(graph, tape, sharp, input_ctx.arith.storage)
         wide = tape.wide if tape.wide is not None else np.zeros(N, dtype=bool)
         bad |= ~np.isfinite(first.value.reshape(N, -1)).all(axis=1)
         K = int(np.prod(y.shape[1:]))

@@ -307,7 +307,8 @@ def parameter_rounding(
     (b_hat - b), kept signed (one generator, so later layers' cancellations
     apply to it as to the true error), and a second-order box 2 |dW| r.
     ``apply(M, v)`` is the layer's linear map with weights M (no bias);
-    ``w_abs_x`` >= |W_hat| |x| and ``w_abs_r`` = |W_hat| r.
+    ``w_abs_x`` >= |W_hat| |x| (|W_hat| times any bound on |x|) and ``w_abs_r`` =
+    |W_hat| r.
 
     |dW| <= rho |W_hat| on entries with |W_hat| >= ``tiny`` (the format's
     smallest normal; rho the largest ratio, so no GEMM with |dW| is needed);
@@ -357,7 +358,7 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
     else:
         dense = lambda m, v: v @ m.T  # noqa: E731
         signed, extra = parameter_rounding(dense, x, r, w_hat, layer.weight, db,
-                                           np.abs(x) @ wa.T, w_abs_r, layer.weight.shape[1],
+                                           w_abs_mag, w_abs_r, layer.weight.shape[1],
                                            a.operand_format.smallest_normal)  # fmt: skip
         extra = extra + np.zeros_like(z)
     nonzero = (wa != 0).astype(np.float64)
@@ -397,6 +398,7 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
     n = int(np.prod(layer.weight.shape[1:]))
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
     w_abs_r = conv_with(layer, wa, r)
+    w_abs_mag = conv_with(layer, wa, mag_op)
     db: Array | float = 0.0
     if layer.bias is not None:
         db = (a.store(layer.bias) - layer.bias)[None, :, None, None]
@@ -409,14 +411,13 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
     else:
         conv = lambda m, v: conv_with(layer, m, v)  # noqa: E731
         signed, extra = parameter_rounding(conv, x, r, w_hat, layer.weight, db,
-                                           conv_with(layer, wa, np.abs(x)), w_abs_r, n,
+                                           w_abs_mag, w_abs_r, n,
                                            a.operand_format.smallest_normal)  # fmt: skip
         extra = extra + np.zeros_like(z)
     nonzero = (wa != 0).astype(np.float64)
     count = lambda: conv_with(layer, nonzero, (mag > 0).astype(np.float64))  # noqa: E731
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))[None, :, None, None]
-    local = _affine_local(s_st, z, conv_with(layer, wa, mag_op), w_abs_r,
-                          np.zeros_like(z), ctx, n, count, b_abs)  # fmt: skip
+    local = _affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx, n, count, b_abs)
     return Affine(z, local, extra, w_abs_r, signed)
 
 

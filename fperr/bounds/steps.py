@@ -93,9 +93,21 @@ def _flat(a: Array) -> Array:
 
 
 def _rows(apply: Callable[[Array], Array], lam: Array, in_shape: tuple[int, ...]) -> Array:
-    """Apply a map on (M, *out) batches to rows (N, R, n_out), giving (N, R, n_in)."""
+    """Apply a map on (M, *out) batches to rows (N, R, n_out), giving (N, R, n_in).
+
+    Only the rows that are not all zero go through ``apply``: inputs that need
+    fewer rows than others carry zero rows (:func:`.backward.row_selector`),
+    and a zero row stays zero through every linear map."""
     N, R = lam.shape[:2]
-    return apply(lam.reshape(N * R, -1)).reshape(N, R, int(np.prod(in_shape)))
+    n_in = int(np.prod(in_shape))
+    flat = lam.reshape(N * R, -1)
+    live = np.flatnonzero(flat.any(axis=1))
+    if 2 * live.size > N * R:
+        return apply(flat).reshape(N, R, n_in)
+    out = np.zeros((N * R, n_in))
+    if live.size:
+        out[live] = apply(flat[live]).reshape(live.size, n_in)
+    return out.reshape(N, R, n_in)
 
 
 def _local_boxes(ctx: Context, computed: Array, data: Array) -> list[tuple[Array, bool]]:
