@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..formats import Format
-from ..layers import Activation, LayerNorm, Pool2d, Residual, Softmax
+from ..layers import Activation, Conv2d, Dense, LayerNorm, Pool2d, Residual, Softmax
 from . import exponent_range as xr
 from .enclosure import Enclosure
 from .memory import max_bytes
@@ -68,6 +68,13 @@ layer (tanh, sigmoid, GELU, softmax, layer norm: remainders of order r^2), are
 sharpened by backward rows (:func:`sharpen_radius`).  Smaller is sharper and
 costlier: on the deep tanh example 0.1 leaves the bound up to 3.1x the
 zonotope's, 0.02 within 3%, 0.01 within 1%."""
+
+SHARPEN_BUDGET = 1024.0
+"""Sharpening may cost each input at most this many forward passes (counted as
+multiply-adds of the layers passed so far; one row pulled back from a layer
+costs about a forward pass up to it).  An input over budget keeps interval
+ranges at the remaining layers: a sound, wider bound, in bounded time.  The
+decision rests on the input's own rows, so bounds do not depend on the batch."""
 
 SHARPEN_KINK = 0.5
 """The same for piecewise-linear layers (ReLU, leaky ReLU, ReLU6, max pooling):
@@ -183,6 +190,39 @@ def functional_radius(
     return radius
 
 
+@dataclass
+class Budget:
+    """Work done so far: ``forward``, multiply-adds of one input's forward pass
+    through the layers passed (residual branches included); ``spent`` (N,), each
+    input's sharpening rows, weighted by the forward work up to their layer."""
+
+    forward: float = 0.0
+    spent: Array | None = None
+    denied: npt.NDArray[np.bool_] | None = None
+
+    def allow(self, need: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """``need`` (N, n) restricted to inputs whose sharpening stays within
+        :data:`SHARPEN_BUDGET` forward passes; charges them.  An input once
+        denied is denied from then on: its later ranges grow from interval ones
+        at this layer, and sharpening a few of them would rarely pay."""
+        if self.spent is None or self.denied is None:
+            self.spent = np.zeros(need.shape[0])
+            self.denied = np.zeros(need.shape[0], dtype=bool)
+        cost = need.sum(axis=1) * max(self.forward, 1.0)
+        self.denied |= self.spent + cost > SHARPEN_BUDGET * max(self.forward, 1.0)
+        self.spent = self.spent + np.where(self.denied, 0.0, cost)
+        return need & ~self.denied[:, None]
+
+
+def layer_work(layer: Any, x: Array, y: Array) -> float:
+    """Multiply-adds of one input through ``layer`` (its outputs, for elementwise ones)."""
+    if isinstance(layer, Dense):
+        return float(layer.weight.size)
+    if isinstance(layer, Conv2d):
+        return float(np.prod(y.shape[1:]) * np.prod(layer.weight.shape[1:]))
+    return float(np.prod(y.shape[1:]))
+
+
 class Ranges:
     """Where the layers' incoming radii come from: the steps' own interval
     images (``enc`` None), sharpened (``sharpen``) by backward rows at the
@@ -190,9 +230,11 @@ class Ranges:
     :func:`sharpen_radius`), or a reference zonotope carried
     alongside (the reference engine's radii: as costly as that engine)."""
 
-    def __init__(self, enc: Enclosure | None, sharpen: bool = False) -> None:
+    def __init__(self, enc: Enclosure | None, sharpen: bool = False,
+                 budget: Budget | None = None) -> None:  # fmt: skip
         self.enc = enc
         self.sharpen = sharpen
+        self.budget = budget or Budget()
 
     def radius(self, r_interval: Array) -> Array:
         return r_interval if self.enc is None else self.enc.radius()
@@ -262,7 +304,7 @@ def forward_steps(
         theta = sharpen_threshold(layer) if ranges.sharpen else None
         if theta is not None:
             for t in srcs:
-                sharpen_radius(tape, t, outer, theta)
+                sharpen_radius(tape, t, outer, theta, ranges.budget)
         xs = [tape.steps[t].value for t in srcs]
         rs = [ranges.radius(tape.steps[t].radius().reshape(tape.steps[t].value.shape))
               for t in srcs]  # fmt: skip
@@ -274,6 +316,8 @@ def forward_steps(
                 tape.wide |= ~(r.reshape(N, -1).max(axis=1, initial=0.0) <= WIDE * scale)
         step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad)
         t_out = tape.add(step, tuple(srcs))
+        if not isinstance(layer, Residual):  # a branch counts its own layers
+            ranges.budget.forward += layer_work(layer, xs[0], step.value)
         where.append(t_out)
         stored[t_out] = a.storage
         ranges.advance(layer, ctx, group, step.value)
@@ -300,7 +344,7 @@ def sharpen_threshold(layer: Any) -> float | None:
 
 
 def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
-                   theta: float) -> None:  # fmt: skip
+                   theta: float, budget: Budget | None = None) -> None:  # fmt: skip
     """Replace the interval radius of step ``t``'s outputs wider than ``theta``
     times their value by each unit's backward bound (one row per unit, pulled
     back through every earlier step: the bound :func:`functional_radius` gives
@@ -318,6 +362,8 @@ def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
     N = r.shape[0]
     with np.errstate(invalid="ignore"):
         need = (r > theta * np.abs(step.value.reshape(N, -1))) & np.isfinite(r) & (r > 0)
+    if budget is not None:
+        need = budget.allow(need)
     if not need.any():
         return
     radius = functional_radius(tape, t, outer)
@@ -354,7 +400,7 @@ def _step(
         n = len(layer.layers)
         chain = Graph(layer.layers, [(i - 1,) for i in range(n)], [ctx] * n, [group] * n)
         sub_ranges = Ranges(None if ranges.enc is None else ranges.enc.materialize(),
-                            ranges.sharpen)  # fmt: skip
+                            ranges.sharpen, ranges.budget)  # fmt: skip
         entry = functional_radius(tape, srcs[0], outer)
         sub.wide = tape.wide
         xb, rb, sub_bad = forward_steps(chain, sub, sub_ranges, ctx.arith.storage, entry)
