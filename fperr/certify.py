@@ -339,6 +339,7 @@ def certify(
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
     cascade: bool = True,
+    ranges: str = "sharpened",
 ) -> CertifyResult:
     """Certify per input that the low-precision run predicts the reference class.
 
@@ -347,6 +348,8 @@ def certify(
     cheap bound leaves undecided (:mod:`fperr.bounds.cascade`); their bounds
     are then the smaller of the two, and inputs decided by the cheap bound
     have no per-layer breakdown (``cascade=False`` gives every input one).
+    ``ranges``: the backward engine's ranges (see :func:`fperr.bounds.bound_run`;
+    ``"interval"`` is cheapest, ``"sharpened"`` the default).
 
     ``on="softmax"`` certifies on softmax probabilities (the softmax error is
     bounded too); the default certifies on logits.  ``keep`` runs some layers
@@ -361,17 +364,18 @@ def certify(
 
         return certify_dask(model, X, labels, low, reference, method=method,
                             confidence=confidence, on=on, keep=keep, progress=progress,
-                            engine=engine, cascade=cascade)  # fmt: skip
+                            engine=engine, cascade=cascade, ranges=ranges)  # fmt: skip
     if on not in ("logits", "softmax"):
         raise FperrInputError(f"outputs to certify must be 'logits' or 'softmax', got {on!r}")
     if on == "softmax" and not isinstance(model.layers[-1], Softmax):
         model = model.appended(Softmax())
     if cascade:
         b = cascade_bound(model, X, low, reference, certified_sharp, method=method,
-                          confidence=confidence, keep=keep, progress=progress, engine=engine)
+                          confidence=confidence, keep=keep, progress=progress, engine=engine,
+                          ranges=ranges)  # fmt: skip
     else:
         b = bound(model, X, low, reference, method=method, confidence=confidence, keep=keep,
-                  progress=progress, engine=engine)  # fmt: skip
+                  progress=progress, engine=engine, ranges=ranges)  # fmt: skip
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and lab.shape[0] != b.low.output.shape[0]:
         raise FperrInputError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")

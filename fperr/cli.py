@@ -227,6 +227,11 @@ def schema_cmd() -> None:
               show_default=True,
               help="Bound engine: backward (cost ~ K forward passes), zonotope (the reference), "
               "auto (backward for piecewise-linear models, zonotope with curved layers).")
+@click.option("--ranges", type=click.Choice(["sharpened", "interval"]), default="sharpened",
+              show_default=True,
+              help="The backward engine's ranges at nonlinear layers: interval ranges sharpened "
+              "by backward rows where wide (a budget of forward passes per input), or interval "
+              "ranges only (cheapest; infinite bounds on deep models).")
 @click.option("--cascade/--no-cascade", default=True, show_default=True,
               help="Bound every input cheaply first and sharply only where undecided "
               "(--per-layer turns it off: every input then gets a breakdown).")
@@ -250,6 +255,7 @@ def bound_cmd(
     min_certified: float | None,
     per_layer: bool,
     engine: str,
+    ranges: str,
     cascade: bool,
     quiet: bool,
     scheduler: str | None,
@@ -287,7 +293,7 @@ def bound_cmd(
     try:
         result = certify(model, X, y, lo, ref, method=method, confidence=confidence, on=on,
                          progress=None if bar is None else bar.update, engine=engine,
-                         cascade=cascade and not per_layer)  # fmt: skip
+                         cascade=cascade and not per_layer, ranges=ranges)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

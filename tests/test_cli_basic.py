@@ -151,3 +151,26 @@ def test_bound_json_is_strict_with_infinite_bounds(tmp_path):
     overflowed = d["samples"][1]
     assert overflowed["bound"] == [None, None] and not overflowed["certified"]
     assert all(x is not None for x in d["samples"][0]["bound"])
+
+
+def test_bound_ranges_option(tmp_path):
+    """--ranges interval gives the bounds of certify(ranges="interval"), never
+    tighter than the default sharpened ranges; a bad value exits 2."""
+    import json
+
+    from fperr import certify, load_model
+
+    X = np.load("examples/digits.npz")["inputs"][:20]
+    np.save(tmp_path / "x.npy", X)
+    args = ["bound", "--model", "examples/cnn.yaml", "--inputs", str(tmp_path / "x.npy"),
+            "--json", "--no-cascade"]  # fmt: skip
+    sharp = json.loads(run(*args).stdout)
+    plain = json.loads(run(*args, "--ranges", "interval").stdout)
+    model = load_model("examples/cnn.yaml")
+    want = certify(model, X, ranges="interval", cascade=False)
+    got = np.array([smp["bound"] for smp in plain["samples"]])
+    np.testing.assert_allclose(got, want.margin, rtol=1e-12)
+    sharp_b = np.array([smp["bound"] for smp in sharp["samples"]])
+    assert np.median(sharp_b) <= np.median(got)
+    bad = run(*args, "--ranges", "zonotope")
+    assert bad.exit_code == 2

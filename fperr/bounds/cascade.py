@@ -75,6 +75,7 @@ def cascade_bound(
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
     explained: int = 32,
+    ranges: str = "sharpened",
 ) -> BoundResult:
     """Bounds for :func:`fperr.certify`: stage 1 for every input, the later stages
     for those ``certified(y_ref, margin)`` rejects (see the module docstring);
@@ -83,9 +84,11 @@ def cascade_bound(
     X = check_inputs(X, model.input_shape)
     N = X.shape[0]
     K = int(np.prod(model.output_shape))
-    opts: dict[str, Any] = {"method": method, "confidence": confidence, "keep": keep}
+    opts: dict[str, Any] = {"method": method, "confidence": confidence, "keep": keep,
+                            "ranges": ranges}  # fmt: skip
+    first = {**opts, "ranges": "interval"}  # the cheapest bound: no backward pass at all
     result = bound(model, X, low, reference, engine="backward",
-                   rows=np.zeros((N, K), dtype=bool), **opts)  # fmt: skip
+                   rows=np.zeros((N, K), dtype=bool), **first)  # fmt: skip
     last = resolve_engine(model, engine)
     if engine == "auto" and zonotope_fits(model) and method != "probabilistic":
         last = "zonotope"  # what the backward rows leave open, the sharper ranges may settle

@@ -464,10 +464,11 @@ def bound(
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
     rows: npt.NDArray[np.bool_] | None = None,
+    ranges: str = "sharpened",
 ) -> BoundResult:
     """Bound |y_low - y_ref| per input and output; see the module docstring.
 
-    ``engine`` and ``rows``: see :func:`bound_run`.
+    ``engine``, ``rows`` and ``ranges``: see :func:`bound_run`.
 
     ``keep`` maps layer indices to the arithmetic they run in within the low
     run (mixed precision, e.g. some layers kept in binary32).  With
@@ -482,7 +483,7 @@ def bound(
         raise FperrInputError(f"confidence must be in (0, 1), got {confidence}")
     each = 1 - (1 - confidence) / 2  # per run: the two failures add up to 1 - confidence
     opts: dict[str, Any] = {"method": method, "confidence": each, "progress": progress,
-                            "engine": engine, "rows": rows}  # fmt: skip
+                            "engine": engine, "rows": rows, "ranges": ranges}  # fmt: skip
     lo = bound_run(model, X, low, keep=keep, **opts)
     ref = bound_run(model, X, reference, **opts)
     names = ["input"] + [f"{model.node_name(i)}:{layer.type}"

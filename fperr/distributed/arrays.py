@@ -61,6 +61,7 @@ def certify_dask(
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
     cascade: bool = True,
+    ranges: str = "sharpened",
 ) -> CertifyResult:
     """:func:`fperr.certify` of a dask array ``X`` (N, ...), block by block of rows.
 
@@ -71,13 +72,13 @@ def certify_dask(
     if X.ndim < 2 or X.shape[0] == 0:
         return certify(model, np.asarray(X), labels, low, reference, method=method,
                        confidence=confidence, on=on, keep=keep, engine=engine,
-                       cascade=cascade)  # fmt: skip
+                       cascade=cascade, ranges=ranges)  # fmt: skip
     X = X.rechunk({i: -1 for i in range(1, X.ndim)})  # blocks of whole rows
     m = dask.delayed(model, name=f"fperr-model-{uuid.uuid4().hex}")
     task = dask.delayed(certify, pure=False)
     parts = dask.compute(*[
         task(m, block, None, low, reference, method=method, confidence=confidence, on=on,
-             keep=keep, engine=engine, cascade=cascade)
+             keep=keep, engine=engine, cascade=cascade, ranges=ranges)
         for block in X.to_delayed().ravel()
     ])  # fmt: skip
     if progress is not None:

@@ -37,16 +37,18 @@ class Options:
     on: str = "logits"
     engine: str = "auto"
     cascade: bool = True
+    ranges: str = "sharpened"
 
     def to_dict(self) -> dict[str, Any]:
         return {"low": self.low.to_dict(), "reference": self.reference.to_dict(),
                 "method": self.method, "confidence": self.confidence, "on": self.on,
-                "engine": self.engine, "cascade": self.cascade}  # fmt: skip
+                "engine": self.engine, "cascade": self.cascade,
+                "ranges": self.ranges}  # fmt: skip
 
     def run(self, model: Model, x: npt.ArrayLike) -> CertifyResult:
         return certify(model, x, None, self.low, self.reference, method=self.method,
                        confidence=self.confidence, on=self.on, engine=self.engine,
-                       cascade=self.cascade)  # fmt: skip
+                       cascade=self.cascade, ranges=self.ranges)  # fmt: skip
 
 
 @dataclass(frozen=True)

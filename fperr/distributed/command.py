@@ -55,7 +55,8 @@ def _options(params: Mapping[str, Any]) -> Any:
     ref = Emulated.from_names(params["reference"], params["reference_accumulate"],
                               params["reference_operand"], acc_rounding=rounding)  # fmt: skip
     return Options(lo, ref, params["method"], params["confidence"], params["on"],
-                   params.get("engine", "auto"), params.get("cascade", True))  # fmt: skip
+                   params.get("engine", "auto"), params.get("cascade", True),
+                   params.get("ranges", "sharpened"))  # fmt: skip
 
 
 def bound_on_cluster(params: Mapping[str, Any], status: Callable[[str], None]) -> int:
