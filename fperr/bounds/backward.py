@@ -108,7 +108,9 @@ def _contribute(step: Step, lam: Array, sink: Sink) -> None:
     if step.signed is not None:
         N, R = lam.shape[:2]
         k = step.signed.shape[1]
-        proj = (lam.reshape(N, R, k, -1) * step.signed[:, None]).sum(axis=-1)
+        # (N, k, R, m) @ (N, k, m, 1): one batched GEMV per block, not a product array
+        blocks = lam.reshape(N, R, k, -1).transpose(0, 2, 1, 3)
+        proj = np.matmul(blocks, step.signed[:, :, :, None])[..., 0].transpose(0, 2, 1)
         sink(step.group, False, np.abs(proj), None)
 
 
