@@ -300,26 +300,73 @@ def _gelu(x: Array) -> Array:
     return 0.5 * x * erfc(-x / math.sqrt(2.0))
 
 
+GELU_TANH_C = math.sqrt(2.0 / math.pi)
+GELU_TANH_K = 0.044715
+
+
+def _gelu_tanh(x: Array) -> Array:
+    """0.5 x (1 + tanh t), t = sqrt(2/pi) (x + 0.044715 x^3) (torch's approximate="tanh"),
+    as x sigmoid(2t): 1 + tanh t cancels for t << 0."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = GELU_TANH_C * (x + GELU_TANH_K * x**3)
+        return x * _sigmoid(2 * t)
+
+
+def _silu(x: Array) -> Array:
+    return x * _sigmoid(x)
+
+
+def _hardsigmoid(x: Array) -> Array:
+    return np.minimum(np.maximum(x + 3.0, 0.0), 6.0) / 6.0
+
+
+def _hardswish(x: Array) -> Array:
+    return x * _hardsigmoid(x)
+
+
+def elu(x: Array, alpha: float = 1.0) -> Array:
+    """x for x > 0, alpha (e^x - 1) otherwise (expm1: no cancellation near 0)."""
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": np.tanh,
     "sigmoid": _sigmoid,
     "gelu": _gelu,
+    "gelu_tanh": _gelu_tanh,
+    "silu": _silu,
+    "hardswish": _hardswish,
+    "hardsigmoid": _hardsigmoid,
 }
+"""Curved elementwise functions without parameters (ELU, with its alpha, is
+:meth:`Activation.function`)."""
+
+ACTIVATION_TYPES = ("relu", "relu6", "leaky_relu", "elu", *ACTIVATIONS)
 
 
 @dataclass(frozen=True, eq=False)
 class Activation:
-    type: str  # relu, relu6, tanh, sigmoid, gelu, leaky_relu
-    negative_slope: float = 0.01
+    type: str  # one of ACTIVATION_TYPES
+    negative_slope: float = 0.01  # leaky_relu
+    alpha: float = 1.0  # elu
 
     def __post_init__(self) -> None:
-        if self.type not in ("relu", "relu6", "leaky_relu", *ACTIVATIONS):
-            raise SpecError(f"activation: unknown type {self.type!r}; valid: relu, relu6, "
-                            f"leaky_relu, {', '.join(ACTIVATIONS)}")  # fmt: skip
+        if self.type not in ACTIVATION_TYPES:
+            raise SpecError(f"activation: unknown type {self.type!r}; valid: "
+                            f"{', '.join(ACTIVATION_TYPES)}")  # fmt: skip
         _check_scalar(self.type, "negative_slope", self.negative_slope, None, False)
+        _check_scalar(self.type, "alpha", self.alpha, None, False)
 
     def out_shape(self, shape: Shape) -> Shape:
         return shape
+
+    @property
+    def function(self) -> Callable[[Array], Array]:
+        """The exact function in float64 of a curved activation (not relu, relu6, leaky_relu)."""
+        if self.type == "elu":
+            alpha = float(self.alpha)
+            return lambda x: elu(x, alpha)
+        return ACTIVATIONS[self.type]
 
     def forward(self, x: Array, arith: Arithmetic) -> Array:
         if self.type == "relu":
@@ -328,7 +375,7 @@ class Activation:
             return np.minimum(np.maximum(x, 0.0), 6.0)  # exact: 0 and 6 are in every format
         if self.type == "leaky_relu":
             return np.where(x > 0, x, arith.store(self.negative_slope * x))
-        return arith.func(ACTIVATIONS[self.type], x)
+        return arith.func(self.function, x)
 
 
 def softmax(x: Array) -> Array:

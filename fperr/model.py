@@ -374,8 +374,11 @@ def _build(spec: Any, w: _Weights, where: str) -> Layer:
         return Flatten()
     if t == "reshape":
         return _new(where, Reshape, tuple(spec.shape))
-    if t in ("relu", "relu6", "tanh", "sigmoid", "gelu"):
+    if t in ("relu", "relu6", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "hardswish",
+             "hardsigmoid"):  # fmt: skip
         return Activation(t)
+    if t == "elu":
+        return _new(where, Activation, "elu", 0.01, spec.alpha)
     if t == "leaky_relu":
         return _new(where, Activation, "leaky_relu", spec.negative_slope)
     if t == "softmax":
@@ -523,7 +526,8 @@ def _layer_to_spec(layer: Layer, key: str, arrays: dict[str, Array]) -> dict[str
         Residual: lambda L: {"layers": [_layer_to_spec(s, f"{key}.{i}", arrays)
                                         for i, s in enumerate(L.layers)]},
         Activation: lambda L: ({"negative_slope": L.negative_slope}
-                               if L.type == "leaky_relu" else {}),
+                               if L.type == "leaky_relu" else
+                               {"alpha": L.alpha} if L.type == "elu" else {}),
         Concat: lambda L: {"axis": L.axis},
     }  # fmt: skip
     fields = handlers.get(type(layer), lambda L: {})(layer)

@@ -141,6 +141,13 @@ def _aten_table() -> dict[Any, Callable[..., Any]]:
         aten.leaky_relu.default: same(F.leaky_relu),
         aten.relu6.default: same(F.relu6),
         aten.hardtanh.default: same(F.hardtanh),
+        aten.silu.default: same(F.silu),
+        aten.hardswish.default: same(F.hardswish),
+        aten.hardsigmoid.default: same(F.hardsigmoid),
+        # elu(x, alpha, scale, input_scale): ELU when both scales are 1, else (SELU,
+        # CELU) left an ATen call, reported unsupported
+        aten.elu.default: lambda a, kw: ((F.elu, a[:2], {}) if tuple(a[2:4]) in ((), (1,),
+                                         (1, 1)) else (aten.elu.default, a, kw)),  # fmt: skip
         aten.max_pool2d.default: same(F.max_pool2d),
         aten.avg_pool2d.default: same(F.avg_pool2d),
         aten.flatten.using_ints: same(torch.flatten),

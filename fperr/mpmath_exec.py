@@ -145,6 +145,8 @@ def _pool(x: Obj, layer: Pool2d) -> Obj:
 def _activation(x: Obj, layer: Activation) -> Obj:
     slope = mpmath.mpf(layer.negative_slope)
     sqrt2 = mpmath.sqrt(2)
+    alpha = mpmath.mpf(layer.alpha)
+    gc, gk = mpmath.sqrt(2 / mpmath.pi), mpmath.mpf("0.044715")  # GELU, tanh form
     funcs: dict[str, Callable[[Any], Any]] = {
         "relu": lambda v: v if v > 0 else mpmath.mpf(0),
         "relu6": lambda v: min(max(v, mpmath.mpf(0)), mpmath.mpf(6)),
@@ -152,6 +154,11 @@ def _activation(x: Obj, layer: Activation) -> Obj:
         "tanh": mpmath.tanh,
         "sigmoid": lambda v: 1 / (1 + mpmath.exp(-v)),
         "gelu": lambda v: v * (1 + mpmath.erf(v / sqrt2)) / 2,
+        "gelu_tanh": lambda v: v / (1 + mpmath.exp(-2 * gc * (v + gk * v**3))),
+        "silu": lambda v: v / (1 + mpmath.exp(-v)),
+        "elu": lambda v: v if v > 0 else alpha * mpmath.expm1(v),
+        "hardsigmoid": lambda v: min(max(v + 3, mpmath.mpf(0)), mpmath.mpf(6)) / 6,
+        "hardswish": lambda v: v * min(max(v + 3, mpmath.mpf(0)), mpmath.mpf(6)) / 6,
     }
     return _map(funcs[layer.type], x)
 

@@ -75,7 +75,13 @@ class ReshapeSpec(_Layer):
 
 
 class ActivationSpec(_Layer):
-    type: Literal["relu", "relu6", "tanh", "sigmoid", "gelu"]
+    type: Literal["relu", "relu6", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "hardswish",
+                  "hardsigmoid"]  # fmt: skip
+
+
+class EluSpec(_Layer):
+    type: Literal["elu"]
+    alpha: float = Field(1.0, allow_inf_nan=False)
 
 
 class LeakyReluSpec(_Layer):
@@ -127,7 +133,7 @@ class ResidualSpec(_Layer):
 
 _LAYER_SPECS = (
     DenseSpec, Conv2dSpec, MaxPool2dSpec, AvgPool2dSpec, FlattenSpec, ReshapeSpec,
-    ActivationSpec, LeakyReluSpec, SoftmaxSpec, BatchNormSpec, LayerNormSpec, DropoutSpec,
+    ActivationSpec, EluSpec, LeakyReluSpec, SoftmaxSpec, BatchNormSpec, LayerNormSpec, DropoutSpec,
     ResidualSpec, AddSpec, ConcatSpec,
 )  # fmt: skip
 if TYPE_CHECKING:
@@ -163,7 +169,8 @@ class ModelSpec(BaseModel):
 
 LAYER_TYPES: tuple[str, ...] = (
     "dense", "conv2d", "maxpool2d", "avgpool2d", "flatten", "reshape", "relu", "relu6", "tanh",
-    "sigmoid", "gelu", "leaky_relu", "softmax", "batchnorm", "layernorm", "dropout", "residual",
+    "sigmoid", "gelu", "gelu_tanh", "silu", "hardswish", "hardsigmoid", "elu", "leaky_relu",
+    "softmax", "batchnorm", "layernorm", "dropout", "residual",
     "add", "concat",
 )  # fmt: skip
 

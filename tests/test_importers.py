@@ -206,13 +206,13 @@ def test_from_torch_input_shape(torch: Any) -> None:
 def test_from_torch_lists_every_unsupported_op(torch: Any) -> None:
     nn = torch.nn
     Module: Any = nn.Module
-    module = nn.Sequential(nn.Linear(4, 4), nn.ELU(), nn.GELU(approximate="tanh"), nn.ReLU(),
-                           nn.Hardswish())  # fmt: skip
+    module = nn.Sequential(nn.Linear(4, 4), nn.SELU(), nn.Hardtanh(-2.0, 2.0), nn.ReLU(),
+                           nn.Mish())  # fmt: skip
     with pytest.raises(SpecError) as info:
         from_torch(module)
     assert str(info.value) == (
-        "unsupported: ELU '1', GELU '2' (approximate='tanh'; only the erf form), "
-        "Hardswish '4' (3 ops)"
+        "unsupported: SELU '1', Hardtanh '2' (clamp to [-2.0, 2.0]: only [0, 6] (ReLU6)), "
+        "Mish '4' (3 ops)"
     )
 
     class Funcs(Module):
@@ -486,15 +486,15 @@ def test_from_onnx_gelu_forms_and_residuals(onnx: Any) -> None:
 def test_from_onnx_lists_every_unsupported_op(onnx: Any) -> None:
     g = _G(onnx, ["N", 4], opset=20)
     h = g.op("Gemm", ["x", g.rand(4, 4)], alpha=0.3)
-    h = g.op("Elu", [h])
+    h = g.op("Selu", [h])
     h = g.op("Relu", [h])
-    h = g.op("Gelu", [h], approximate="tanh")
+    h = g.op("HardSigmoid", [h], alpha=0.2)
     h = g.op("Mul", [h, g.const(2.0)])
     with pytest.raises(SpecError) as info:
         from_onnx(g.model(h))
     msg = str(info.value)
     assert msg.startswith("unsupported: Gemm 'Gemm") and msg.endswith("(4 ops)")
-    for frag in ("alpha=0.3: only 1 or a power of two", "Elu 'Elu", "only the erf form",
+    for frag in ("alpha=0.3: only 1 or a power of two", "Selu 'Selu", "only alpha = 1/6",
                  "Mul 'Mul"):  # fmt: skip
         assert frag in msg
     assert "\n" not in msg

@@ -38,6 +38,7 @@ from ..layers import (
     softmax,
 )
 from ..rounding import round as fround
+from . import activation_ranges as more
 from . import exponent_range as xr
 from .allowance import default_allowance
 from .enclosure import Array, Enclosure, half_ulp
@@ -317,6 +318,8 @@ def parameter_rounding(
     its error is at most gamma_{n+2}(2^-53) |dW| |x| (Higham 2002, eq. 3.5).
     """
     dw = w_hat - w
+    if not dw.any():  # weights already in the format (a binary32 run of float32 weights)
+        return np.zeros_like(w_abs_r) + db, np.zeros_like(w_abs_r)
     adw = np.abs(dw)
     normal = np.abs(w_hat) >= tiny
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -432,13 +435,16 @@ def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
 
 
 # -- elementwise ---------------------------------------------------------------------
-def _derivative(kind: str, v: Array) -> Array:
-    """f'(v) to float64 accuracy relative to f'(v) itself, limits at +-inf.
+def _derivative(kind: str, v: Array, alpha: float = 1.0) -> Array:
+    """f'(v) to float64 accuracy relative to f'(v) itself, limits at +-inf
+    (SiLU, ELU, hard-swish, hard-sigmoid, GELU-tanh: :mod:`.activation_ranges`).
 
     tanh' = sech^2 and sigmoid' = s(v) s(-v), not 1 - tanh^2 and s (1 - s),
     which cancel to 0 in the tails (true value ~1e-16 there); GELU' with
     erfc, not 1 + erf, for the same reason.
     """
+    if kind in more.NEW_CURVED:
+        return more.derivative(kind, v, alpha)
     with np.errstate(over="ignore", invalid="ignore"):
         if kind == "tanh":
             return 1 / np.square(np.cosh(v))
@@ -449,8 +455,13 @@ def _derivative(kind: str, v: Array) -> Array:
         return np.where(np.isinf(v), (v > 0) * 1.0, d)  # GELU' -> 0 at -inf, 1 at +inf
 
 
-def derivative_range(kind: str, lo: Array, hi: Array) -> tuple[Array, Array]:
-    """Range of f' over [lo, hi] (elementwise), exact for each activation."""
+def derivative_range(
+    kind: str, lo: Array, hi: Array, alpha: float = 1.0
+) -> tuple[Array, Array]:
+    """Range of f' over [lo, hi] (elementwise), exact for each activation (an
+    outward-widened enclosure for those of :mod:`.activation_ranges`; ``alpha``: ELU's)."""
+    if kind in more.NEW_CURVED:
+        return more.derivative_range(kind, lo, hi, alpha)
     if kind in ("tanh", "sigmoid"):
         # f' is even and decreasing in |x|: max nearest 0, min at the far end
         near = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi)))
@@ -531,6 +542,14 @@ def activation_local(
             amag = amag * (1 + ctx.func_rel()) + ctx.func_abs()
             local = half_ulp(amag, s) + ctx.func_rel() * amag + ctx.func_abs()
             local = np.where(lo < 0, local, 0.0)  # only the negative part rounds
+    elif layer.type in more.NEW_CURVED:
+        dlo, dhi = derivative_range(layer.type, lo, hi, float(layer.alpha))
+        fmag, fmin = more.magnitudes(layer.type, lo, hi, float(layer.alpha))
+        if layer.type == "elu" and layer.alpha != 1.0:
+            local = elu_error(float(layer.alpha), fmag, fmin, ctx)
+        else:
+            local = ctx.func_error(layer.type, fmag, fmin)
+        local = np.where(more.exact_zone(layer.type, lo, hi), 0.0, local)
     else:
         dlo, dhi = derivative_range(layer.type, lo, hi)
         f = ACTIVATIONS[layer.type]
@@ -546,7 +565,35 @@ def activation_local(
     return y, (dlo + dhi) / 2, (dhi - dlo) / 2, local
 
 
-@rule("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu")
+def elu_error(alpha: float, fmag: Array, fmin: Array, ctx: Context) -> Array:
+    """Kernel error of ELU with alpha != 1, whose table (measured at alpha = 1) does
+    not apply directly.  ATen computes in the opmath format F (binary32 for 16-bit
+    storage; binary64 for binary64) E = expm1(x) (or exp(x) - 1), then a' E with
+    a' = alpha rounded to F, then rounds to storage.  With e_E the measured alpha = 1
+    error of E in F (its table), |expm1 x| <= fmag/|alpha| = m <= 1 (``fmag``, ``fmin``:
+    over the negative inputs, see :func:`.activation_ranges.magnitudes`), u = u_F, eta_F the
+    subnormal spacing of F:
+        |fl(a' E) - alpha expm1 x| <= |alpha| e_E + 2.0001 u |alpha| (m + e_E) + eta_F,
+    plus half an ulp of storage at |f| <= fmag + that when storage is narrower than F.
+    With an explicit ``func_ulps`` the generic allowance of :meth:`Context.func_error`."""
+    a = ctx.arith
+    if a.func_ulps is not None:
+        return ctx.func_error("elu", fmag, fmin)
+    if alpha == 0:  # 0 * E: exactly 0
+        return np.zeros(np.shape(fmag))
+    inner = get_format("binary64" if a.storage.p > 24 else "binary32")
+    fa = default_allowance().measured("elu", inner)
+    if fa is None:  # pragma: no cover - the shipped tables hold both
+        raise FperrInputError(f"no measured allowance for elu in {inner.name}")
+    m, m_min = fmag / abs(alpha), fmin / abs(alpha)
+    e_e = fa.error(m, inner, m_min)
+    err = abs(alpha) * e_e + 2.0001 * inner.u * abs(alpha) * (m + e_e) + inner.smallest_subnormal
+    if a.storage.p < inner.p:
+        err = err + half_ulp(fmag + err, a.storage)
+    return np.where(fmag > a.storage.max, np.inf, err)
+
+
+@rule("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu", *more.NEW_CURVED)
 def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Mean value form: f(z_hat) - f(z) = f'(xi)(z_hat - z), f'(xi) enclosed over
     [z_hat - 2r, z_hat + 2r]; the spread of f' becomes a deterministic box."""

@@ -365,6 +365,11 @@ SIMPLE_STEPS: dict[str, Callable[[Any, Array, Array, Context, int], Step]] = {
     "tanh": activation_step,
     "sigmoid": activation_step,
     "gelu": activation_step,
+    "gelu_tanh": activation_step,
+    "silu": activation_step,
+    "elu": activation_step,
+    "hardswish": activation_step,
+    "hardsigmoid": activation_step,
     "batchnorm": batchnorm_step,
     "softmax": softmax_step,
 }

@@ -2,8 +2,9 @@
 
 Every finite binary16 and bfloat16 input, and a dense binary32 sample, is
 run through each kernel (tanh, sigmoid, GELU in its erf and tanh forms, exp,
-SiLU, rsqrt, erf, log) at several tensor sizes -- 1 and 7 (the scalar loop),
-11 and 69 and 95 (vector body plus scalar tail), 1031, 40037 and the whole
+SiLU, rsqrt, erf, log, ELU at alpha = 1, hard-swish, hard-sigmoid) at several
+tensor sizes -- 1 and 7 (the scalar loop), 11 and 69 and 95 (vector body plus
+scalar tail), 1031, 40037 and the whole
 array (above ATen's 32,768-element grain: parallel chunks, each with its own
 tail) -- with each value rolled to several positions, so that every value
 meets every code path.  The oracle is float64 (numpy/scipy, written to avoid
@@ -53,6 +54,10 @@ def _gelu_tanh(x: Array) -> Array:
     return x * expit(2 * t)  # 0.5 (1 + tanh t) = expit(2t), no cancellation
 
 
+def _hardsigmoid(x: Array) -> Array:
+    return np.minimum(np.maximum(x + 3, 0.0), 6.0) / 6
+
+
 def _pos(f: Callable[[Array], Array]) -> Callable[[Array], Array]:
     def g(x: Array) -> Array:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -72,6 +77,9 @@ ORACLES: dict[str, Callable[[Array], Array]] = {
     "rsqrt": _pos(lambda x: 1 / np.sqrt(x)),
     "erf": erf,
     "log": _pos(np.log),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),  # alpha = 1
+    "hardswish": lambda x: x * _hardsigmoid(x),
+    "hardsigmoid": _hardsigmoid,
 }
 
 
@@ -87,6 +95,9 @@ def _torch_fn(torch: Any, name: str) -> Callable[[Any], Any]:
         "rsqrt": torch.rsqrt,
         "erf": torch.erf,
         "log": torch.log,
+        "elu": F.elu,
+        "hardswish": F.hardswish,
+        "hardsigmoid": F.hardsigmoid,
     }[name]
 
 
@@ -251,6 +262,9 @@ def _mp_functions() -> dict[str, Callable[[Any], Any]]:
         "rsqrt": lambda t: 1 / mp.sqrt(t),
         "erf": mp.erf,
         "log": mp.log,
+        "elu": lambda t: t if t > 0 else mp.expm1(t),
+        "hardswish": lambda t: t * min(max(t + 3, 0), 6) / 6,
+        "hardsigmoid": lambda t: min(max(t + 3, 0), 6) / 6,
     }  # fmt: skip
 
 

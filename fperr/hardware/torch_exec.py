@@ -108,8 +108,13 @@ def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
     if isinstance(layer, Activation):
         if layer.type == "leaky_relu":
             return nn.LeakyReLU(layer.negative_slope)
+        if layer.type == "elu":
+            return nn.ELU(layer.alpha)
+        if layer.type == "gelu_tanh":
+            return nn.GELU(approximate="tanh")
         cls = {"relu": nn.ReLU, "relu6": nn.ReLU6, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-               "gelu": nn.GELU}  # fmt: skip
+               "gelu": nn.GELU, "silu": nn.SiLU, "hardswish": nn.Hardswish,
+               "hardsigmoid": nn.Hardsigmoid}  # fmt: skip
         return cls[layer.type]()
     if isinstance(layer, Softmax):
         return nn.Softmax(dim=-1)

@@ -77,6 +77,8 @@ def _const(layers: list[Layer]) -> Build:
 
 
 def _gelu(approximate: str) -> tuple[Build, bool]:
+    if approximate == "tanh":
+        return _const([Activation("gelu_tanh")]), True
     if approximate != "none":
-        raise _Unsupported(f"approximate={approximate!r}; only the erf form")
+        raise _Unsupported(f"approximate={approximate!r}; only 'none' (erf) and 'tanh'")
     return _const([Activation("gelu")]), True

@@ -161,6 +161,16 @@ def _mod_leaky_relu(mod: Any) -> _ModuleOp:
     return _const([Activation("leaky_relu", float(mod.negative_slope))]), None, True
 
 
+def _elu_layer(alpha: Any) -> Activation:
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
+        raise _Unsupported(f"elu with alpha {alpha!r}: only a constant number")
+    return Activation("elu", alpha=float(alpha))
+
+
+def _mod_elu(mod: Any) -> _ModuleOp:
+    return _const([_elu_layer(mod.alpha)]), None, True
+
+
 def _mod_gelu(mod: Any) -> _ModuleOp:
     b, _ = _gelu(mod.approximate)
     return b, None, True
@@ -218,7 +228,9 @@ def _module_converters() -> tuple[tuple[type, bool, Callable[[Any], _ModuleOp]],
         (nn.AdaptiveAvgPool2d, False, _mod_adaptive_avg_pool),
         (nn.Flatten, False, _mod_flatten),
         (nn.Unflatten, False, _mod_unflatten),
-        *((cls, True, _mod_activation) for cls in (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid)),
+        *((cls, True, _mod_activation) for cls in (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid,
+                                                   nn.SiLU, nn.Hardswish, nn.Hardsigmoid)),
+        (nn.ELU, True, _mod_elu),
         (nn.Hardtanh, True, _mod_hardtanh),
         (nn.LeakyReLU, False, _mod_leaky_relu),
         (nn.GELU, False, _mod_gelu),
@@ -408,6 +420,11 @@ def _clamp(lo_key: str, hi_key: str, lo: Any = None, hi: Any = None) -> _CallOp:
     """F.hardtanh(x, min_val, max_val), torch.clamp / clip(x, min, max), as ReLU6."""
     return lambda node, label, params: _unary(node, label, _const([_relu6_layer(
         _arg(node, 1, lo_key, lo), _arg(node, 2, hi_key, hi))]), elementwise=True)  # fmt: skip
+
+
+def _call_elu(node: Any, label: str, params: _Params) -> _Op:
+    layer = _elu_layer(_arg(node, 1, "alpha", 1.0))
+    return _unary(node, label, _const([layer]), elementwise=True)
 
 
 def _call_leaky_relu(node: Any, label: str, params: _Params) -> _Op:
@@ -603,6 +620,10 @@ def _function_converters() -> dict[Any, _CallOp]:
         ((torch.tanh, F.tanh, torch.tanh_), _activation("tanh")),
         ((torch.sigmoid, F.sigmoid, torch.sigmoid_), _activation("sigmoid")),
         ((F.gelu,), _call_gelu),
+        ((F.silu,), _activation("silu")),
+        ((F.hardswish,), _activation("hardswish")),
+        ((F.hardsigmoid,), _activation("hardsigmoid")),
+        ((F.elu, F.elu_), _call_elu),
         ((F.leaky_relu, F.leaky_relu_), _call_leaky_relu),
         ((F.softmax, torch.softmax), _call_softmax),
         ((torch.flatten,), _call_flatten),

@@ -218,6 +218,23 @@ class _OnnxConverter:
         layer = Activation("leaky_relu", float(s.attrs.get("alpha", 0.01)))
         return _Op(s.label, s.one, s.out, _const([layer]), elementwise=True)
 
+    def op_elu(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        layer = Activation("elu", alpha=float(s.attrs.get("alpha", 1.0)))
+        return _Op(s.label, s.one, s.out, _const([layer]), elementwise=True)
+
+    def op_hard(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """HardSwish (alpha 1/6 and beta 1/2 by definition), and HardSigmoid
+        max(0, min(1, alpha x + beta)) when its attributes are torch's: alpha = 1/6
+        (as a float32 attribute: 0.16666667, taken as 1/6 exactly, as torch computes
+        relu6(x + 3)/6; the graph's float32 alpha differs by 3e-8 relative) and beta = 1/2."""
+        if n.op_type == "HardSigmoid":
+            alpha, beta = float(s.attrs.get("alpha", 0.2)), float(s.attrs.get("beta", 0.5))
+            if np.float32(alpha) != np.float32(1 / 6) or beta != 0.5:
+                raise _Unsupported(f"HardSigmoid with alpha {alpha}, beta {beta}: only "
+                                   "alpha = 1/6, beta = 1/2 (torch's)")  # fmt: skip
+        kind = "hardswish" if n.op_type == "HardSwish" else "hardsigmoid"
+        return _Op(s.label, s.one, s.out, _const([Activation(kind)]), elementwise=True)
+
     def op_clip(self, n: onnx.NodeProto, s: _Site) -> _Op:
         """Clip to [0, 6] is ReLU6 (the bounds are inputs from opset 11, attributes
         before); other ranges, or a missing bound, are refused."""
@@ -554,6 +571,9 @@ _CONVERTERS: dict[str, Callable[[_OnnxConverter, onnx.NodeProto, _Site], _Op]] =
     "LeakyRelu": _OnnxConverter.op_leaky_relu,
     "Clip": _OnnxConverter.op_clip,
     "Gelu": _OnnxConverter.op_gelu,
+    "Elu": _OnnxConverter.op_elu,
+    "HardSwish": _OnnxConverter.op_hard,
+    "HardSigmoid": _OnnxConverter.op_hard,
     "Identity": _OnnxConverter.op_identity,
     "Dropout": _OnnxConverter.op_dropout,
     "Softmax": _OnnxConverter.op_softmax,
