@@ -500,6 +500,59 @@ class LayerNorm:
         return arith.func(f, x)
 
 
+RMS_EPS_DEFAULT = 2.0**-23
+"""torch.finfo(torch.float32).eps: what ``nn.RMSNorm(eps=None)`` uses in float32, and
+(measured bit for bit on torch 2.13 CPU) in float16 and bfloat16 too, whose kernel
+computes in float32; a float64 torch run would use 2^-52 instead."""
+
+
+@dataclass(frozen=True, eq=False)
+class RMSNorm:
+    """Root-mean-square norm over the trailing ``normalized_shape``:
+    y = x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019): layer norm without
+    the centring and the bias.  ``eps`` is a number, never "the format's eps":
+    importers pin torch's ``eps=None`` to :data:`RMS_EPS_DEFAULT`."""
+
+    normalized_shape: Shape
+    weight: Array | None = None
+    eps: float = RMS_EPS_DEFAULT
+    type: str = "rmsnorm"
+
+    def __post_init__(self) -> None:
+        _check_ints("rmsnorm", "normalized_shape", self.normalized_shape, 1, None)
+        if self.weight is not None:
+            _check_array("rmsnorm", "weight", self.weight, len(self.normalized_shape))
+            if tuple(self.weight.shape) != tuple(self.normalized_shape):
+                raise SpecError(f"rmsnorm: weight has shape {list(self.weight.shape)}, expected "
+                                f"normalized_shape {list(self.normalized_shape)}")  # fmt: skip
+        _check_scalar("rmsnorm", "eps", self.eps, 0.0, True)
+
+    @property
+    def bias(self) -> None:
+        """No bias (so code shared with :class:`LayerNorm` reads one)."""
+        return None
+
+    def out_shape(self, shape: Shape) -> Shape:
+        k = len(self.normalized_shape)
+        if tuple(shape[-k:]) != tuple(self.normalized_shape):
+            raise _mismatch("rmsnorm", f"[..., {list(self.normalized_shape)}]", shape)
+        return shape
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        """Exact on the stored input and weight, rounded once to storage: torch's
+        CPU kernel computes x * rsqrt(mean(x^2) + eps) * w in float32 and rounds
+        once (checked bit for bit on float16 and bfloat16); the bound rule allows
+        for the float32 steps."""
+        axes = tuple(range(x.ndim - len(self.normalized_shape), x.ndim))
+        w = None if self.weight is None else arith.store(self.weight)
+
+        def f(v: Array) -> Array:
+            y = v / np.sqrt(np.mean(v * v, axis=axes, keepdims=True) + self.eps)
+            return y if w is None else y * w
+
+        return arith.func(f, x)
+
+
 @dataclass(frozen=True, eq=False)
 class Residual:
     """y = x + F(x), F a nested list of layers with the same output shape."""

@@ -51,6 +51,7 @@ from .layers import (
     Pool2d,
     Reshape,
     Residual,
+    RMSNorm,
     Shape,
     Softmax,
     is_merge,
@@ -397,6 +398,12 @@ def _build(spec: Any, w: _Weights, where: str) -> Layer:
         if shape is None:
             raise SpecError(f"{where}: layernorm needs normalized_shape or weight")
         return _new(where, LayerNorm, tuple(shape), ln_weight, w.get(spec.bias, where), spec.eps)
+    if t == "rmsnorm":
+        rms_weight = w.get(spec.weight, where)
+        shape = spec.normalized_shape or (None if rms_weight is None else list(rms_weight.shape))
+        if shape is None:
+            raise SpecError(f"{where}: rmsnorm needs normalized_shape or weight")
+        return _new(where, RMSNorm, tuple(shape), rms_weight, spec.eps)
     if t == "residual":
         return Residual(tuple(_build(s, w, f"{where} branch layer {i}") for i, s in
                               enumerate(spec.layers)))  # fmt: skip
@@ -523,6 +530,8 @@ def _layer_to_spec(layer: Layer, key: str, arrays: dict[str, Array]) -> dict[str
         LayerNorm: lambda L: {"normalized_shape": list(L.normalized_shape),
                               "weight": put("weight", L.weight), "bias": put("bias", L.bias),
                               "eps": L.eps},
+        RMSNorm: lambda L: {"normalized_shape": list(L.normalized_shape),
+                            "weight": put("weight", L.weight), "eps": L.eps},
         Residual: lambda L: {"layers": [_layer_to_spec(s, f"{key}.{i}", arrays)
                                         for i, s in enumerate(L.layers)]},
         Activation: lambda L: ({"negative_slope": L.negative_slope}

@@ -37,6 +37,7 @@ from .layers import (
     Pool2d,
     Reshape,
     Residual,
+    RMSNorm,
     Softmax,
 )
 from .model import Model, check_inputs
@@ -207,6 +208,21 @@ def _layernorm(x: Obj, layer: LayerNorm) -> Obj:
     return out.reshape((*lead, *layer.normalized_shape))
 
 
+def _rmsnorm(x: Obj, layer: RMSNorm) -> Obj:
+    k = len(layer.normalized_shape)
+    lead, m = x.shape[: x.ndim - k], math.prod(layer.normalized_shape)
+    rows = x.reshape((-1, m))
+    w = None if layer.weight is None else to_mp(layer.weight).reshape(-1)
+    eps, mm = mpmath.mpf(layer.eps), mpmath.mpf(m)
+    out = np.empty(rows.shape, dtype=object)
+    for r in range(rows.shape[0]):
+        inv = 1 / mpmath.sqrt(mpmath.fsum(v * v for v in rows[r]) / mm + eps)
+        for j in range(m):
+            y = rows[r, j] * inv
+            out[r, j] = y if w is None else y * w[j]
+    return out.reshape((*lead, *layer.normalized_shape))
+
+
 def _forward(layer: Layer, x: Obj) -> Obj:
     if isinstance(layer, Dense):
         return _dense(x, layer)
@@ -228,6 +244,8 @@ def _forward(layer: Layer, x: Obj) -> Obj:
         return _batchnorm(x, layer)
     if isinstance(layer, LayerNorm):
         return _layernorm(x, layer)
+    if isinstance(layer, RMSNorm):
+        return _rmsnorm(x, layer)
     if isinstance(layer, Residual):
         h = x
         for sub in layer.layers:

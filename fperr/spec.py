@@ -112,6 +112,15 @@ class LayerNormSpec(_Layer):
     )
 
 
+class RMSNormSpec(_Layer):
+    type: Literal["rmsnorm"]
+    weight: str | None = None
+    eps: float = Field(2.0**-23, gt=0, description="default: torch.finfo(torch.float32).eps")
+    normalized_shape: list[PosInt] | None = Field(
+        None, min_length=1, description="trailing dimensions normalised over (default: from weight)"
+    )
+
+
 class DropoutSpec(_Layer):
     type: Literal["dropout"]
     p: float = Field(0.5, ge=0, le=1)
@@ -134,7 +143,7 @@ class ResidualSpec(_Layer):
 _LAYER_SPECS = (
     DenseSpec, Conv2dSpec, MaxPool2dSpec, AvgPool2dSpec, FlattenSpec, ReshapeSpec,
     ActivationSpec, EluSpec, LeakyReluSpec, SoftmaxSpec, BatchNormSpec, LayerNormSpec, DropoutSpec,
-    ResidualSpec, AddSpec, ConcatSpec,
+    RMSNormSpec, ResidualSpec, AddSpec, ConcatSpec,
 )  # fmt: skip
 if TYPE_CHECKING:
     LayerSpec = Any
@@ -170,7 +179,7 @@ class ModelSpec(BaseModel):
 LAYER_TYPES: tuple[str, ...] = (
     "dense", "conv2d", "maxpool2d", "avgpool2d", "flatten", "reshape", "relu", "relu6", "tanh",
     "sigmoid", "gelu", "gelu_tanh", "silu", "hardswish", "hardsigmoid", "elu", "leaky_relu",
-    "softmax", "batchnorm", "layernorm", "dropout", "residual",
+    "softmax", "batchnorm", "layernorm", "rmsnorm", "dropout", "residual",
     "add", "concat",
 )  # fmt: skip
 

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..formats import Format
-from ..layers import Activation, Conv2d, Dense, LayerNorm, Pool2d, Residual, Softmax
+from ..layers import Activation, Conv2d, Dense, LayerNorm, Pool2d, Residual, RMSNorm, Softmax
 from . import exponent_range as xr
 from .enclosure import Enclosure
 from .memory import max_bytes
@@ -340,7 +340,7 @@ def sharpen_threshold(layer: Any) -> float | None:
         return SHARPEN_KINK if layer.kind == "max" else None
     if isinstance(layer, Activation) and layer.type in ("relu", "leaky_relu", "relu6"):
         return SHARPEN_KINK
-    if isinstance(layer, (Activation, LayerNorm, Softmax)):
+    if isinstance(layer, (Activation, LayerNorm, RMSNorm, Softmax)):
         return SHARPEN
     return None
 
@@ -410,7 +410,7 @@ def _step(
         step = residual_local_step(ctx.arith.store(x + xb), r + rb, ctx, group)
         step.branch = sub
         return step
-    if isinstance(layer, LayerNorm):
+    if isinstance(layer, LayerNorm | RMSNorm):
         return layernorm_step(layer, x, r, ctx, group, functional_radius(tape, srcs[0], outer))
     return simple_step(layer, x, r, ctx, group)
 

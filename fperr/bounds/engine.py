@@ -56,7 +56,7 @@ ENGINES = ("auto", "backward", "zonotope")
 RANGES = ("sharpened", "interval", "zonotope")
 
 CURVED = ("tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "elu", "hardswish", "hardsigmoid",
-          "softmax", "layernorm")
+          "softmax", "layernorm", "rmsnorm")
 """Layers whose remainder terms grow with the incoming radius squared: there the
 backward engine's interval ranges (exact for one layer, but 17-60x wider than the
 zonotope's after four tanh layers of width 512, infinite through two pre-norm

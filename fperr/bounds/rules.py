@@ -34,6 +34,7 @@ from ..layers import (
     LayerNorm,
     Pool2d,
     Residual,
+    RMSNorm,
     Softmax,
     softmax,
 )
@@ -994,10 +995,19 @@ def _ln_signed(z: Array, pg: Array, eps: float) -> tuple[Array, Array]:
     return jg, np.abs(dot).sum(axis=-1)[..., None]
 
 
-@rule("layernorm")
-def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+def centres(layer: LayerNorm | RMSNorm) -> bool:
+    """Whether a norm subtracts the mean (P = I - 11^T/n) or not (RMS norm: P = I)."""
+    return not isinstance(layer, RMSNorm)
+
+
+@rule("layernorm", "rmsnorm")
+def layernorm_rule(
+    layer: LayerNorm | RMSNorm, enc: Enclosure, ctx: Context, index: int
+) -> Enclosure:
     """Layer norm y = w u + b, u = f(z) = z / s(z), z = P x (P = I - 11^T/n
-    centres), s(z) = sqrt(|z|^2/n + eps).
+    centres), s(z) = sqrt(|z|^2/n + eps); RMS norm is the same map with P = I
+    and b = 0 (every step below holds for any linear P: P G are the generators
+    of z, z_hat = P x_hat).
 
     Any run's input x' and the exact x differ from the computed x_hat by P G eps
     (|eps| <= 1, the incoming generators G), so z' - z_hat lies in 2 P E and
@@ -1028,10 +1038,11 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     xg = x.reshape(N, -1, n)
     rg = enc.radius().reshape(xg.shape)
     w, _ = layer_norm_affine(layer, n)
-    z = xg - xg.mean(axis=-1, keepdims=True)
+    centre = centres(layer)
+    z = xg - xg.mean(axis=-1, keepdims=True) if centre else xg
     q = enc.gens.shape[2]
     g = enc.gens.reshape(N, xg.shape[1], n, q)  # explicit: q may be 0 (exact inputs)
-    pg = g - g.mean(axis=2, keepdims=True)
+    pg = g - g.mean(axis=2, keepdims=True) if centre else g
     jg, c = _ln_signed(z, pg, layer.eps)
     m2 = _ln_sq_norm_bound(pg)
     rho = np.abs(pg).sum(axis=-1)  # |P (x' - x_hat)| <= 2 rho for every run
@@ -1050,21 +1061,34 @@ def layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: int) -
     return ctx.add_local(out, local.reshape(shape), params.reshape(shape), index)
 
 
-def layer_norm_affine(layer: LayerNorm, n: int) -> tuple[Array, Array]:
-    """(w, b) as flat vectors of length n (ones and zeros where absent)."""
+def layer_norm_affine(layer: LayerNorm | RMSNorm, n: int) -> tuple[Array, Array]:
+    """(w, b) as flat vectors of length n (ones and zeros where absent; RMS norm
+    has no bias)."""
     w = np.ones(n) if layer.weight is None else layer.weight.reshape(-1)
     b = np.zeros(n) if layer.bias is None else layer.bias.reshape(-1)
     return w, b
 
 
 def layernorm_kernel(
-    layer: LayerNorm, ctx: Context, y: Array, xg: Array, rg: Array, z: Array, rho: Array,
-    v_lo: Array, prop: Array,
+    layer: LayerNorm | RMSNorm, ctx: Context, y: Array, xg: Array, rg: Array, z: Array,
+    rho: Array, v_lo: Array, prop: Array,
 ) -> tuple[Array, Array]:  # fmt: skip
     """(local, params) of a layer-norm kernel, per group (N, k, n): its evaluation,
     range and storage errors, and the rounding of w and b.  ``xg``, ``rg``: input
-    and incoming radius; ``z`` the centred input; ``rho`` >= |P (x' - x_hat)| / 2;
-    ``v_lo`` <= the variance of every run; ``prop`` >= |w (f(z') - f(z))|."""
+    and incoming radius; ``z`` the centred input (x for RMS norm); ``rho`` >=
+    |P (x' - x_hat)| / 2; ``v_lo`` <= the variance (mean square) of every run;
+    ``prop`` >= |w (f(z') - f(z))|.
+
+    RMS norm (torch's CPU kernel: x and w converted to float32, then
+    x * rsqrt(mean(x^2) + eps) * w rounded once to storage): the mean square
+    passes through n roundings (a square, n - 1 additions of nonnegative terms:
+    any order, Higham 2002, eq. 3.5), the division by n (two roundings if by a
+    rounded 1/n), eps's own rounding to the accumulator and its addition:
+    v_hat = v (1 + theta_{n+5}); then
+    |(1 + theta)^-1/2 - 1| <= gamma for gamma <= 0.6, the measured rsqrt
+    (rho_r, alpha_r) and the product x * rsqrt: |u_hat - u| <= ((1 +
+    gamma_{n+6})(1 + rho_r) - 1) |u| + alpha_r |x| (1 + u_acc).  The product
+    by w and its rounding are the affine term below, as for layer norm."""
     a = ctx.arith
     n = xg.shape[-1]
     w, b = layer_norm_affine(layer, n)
@@ -1076,9 +1100,17 @@ def layernorm_kernel(
     # 1 / sqrt(var + eps): the measured rsqrt, |e| <= rho_r |f| + alpha_r, on top
     rho_r, alpha_r = ctx.func_relative("rsqrt")
     xmean = (np.abs(xg) + 2 * rg).mean(axis=-1, keepdims=True)
-    kernel_u = ((1 + gamma(2 * n + 8, a.u_acc)) * (1 + rho_r) - 1) * (
-        u_mag + 1 + xmean / s_min
-    ) + alpha_r * (np.abs(xg) + 2 * rg + xmean)
+    if centres(layer):
+        kernel_u = ((1 + gamma(2 * n + 8, a.u_acc)) * (1 + rho_r) - 1) * (
+            u_mag + 1 + xmean / s_min
+        ) + alpha_r * (np.abs(xg) + 2 * rg + xmean)
+    else:
+        # n + 6: the mean may multiply by a rounded 1/n (one more rounding)
+        g_v = gamma(n + 5, a.u_acc)  # v_hat = v (1 + theta_{n+5}); the inverse root needs <= 0.6
+        g_u = gamma(n + 6, a.u_acc) if g_v <= 0.6 else math.inf
+        kernel_u = ((1 + g_u) * (1 + rho_r) - 1) * u_mag + alpha_r * (1 + a.u_acc) * (
+            np.abs(xg) + 2 * rg
+        )
     under, overflow = _layernorm_range(ctx, xg, rg, z, rho, s_min, u_mag, w_hat, b_hat)
     params = np.abs(w_hat - w) * u_mag + np.abs(b_hat - b)  # parameter rounding
     local = (

@@ -33,7 +33,17 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from ..errors import FperrInputError
-from ..layers import Activation, BatchNorm, Conv2d, Dense, LayerNorm, Pool2d, Residual, Softmax
+from ..layers import (
+    Activation,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    LayerNorm,
+    Pool2d,
+    Residual,
+    RMSNorm,
+    Softmax,
+)
 from ..rounding import round as fround
 from .enclosure import half_ulp
 from .rules import (
@@ -42,6 +52,7 @@ from .rules import (
     activation_local,
     avgpool_local,
     batchnorm_local,
+    centres,
     conv_local,
     dense_local,
     layer_norm_affine,
@@ -265,13 +276,15 @@ FunctionalRadius = Callable[[Array], Array]
 
 
 def layernorm_step(
-    layer: LayerNorm, x: Array, r: Array, ctx: Context, group: int, functional: FunctionalRadius
-) -> Step:
+    layer: LayerNorm | RMSNorm, x: Array, r: Array, ctx: Context, group: int,
+    functional: FunctionalRadius,
+) -> Step:  # fmt: skip
     """Layer norm as :func:`.rules.layernorm_rule`, with the signed projections
     c = sum_j |z_hat^T P G_j| of the incoming error computed exactly as the
     radius of the functional z_hat^T P pulled back through every earlier layer
     (``functional``), and the per-unit radius of P e from the interval range:
-    |P| r = (1 - 2/n) r + sum(r)/n (m2 <= |rho|^2, the box bound)."""
+    |P| r = (1 - 2/n) r + sum(r)/n (m2 <= |rho|^2, the box bound).  RMS norm:
+    P = I (z = x, rho = r, no centring in the adjoint)."""
     a = ctx.arith
     y = layer.forward(x, a)
     n = int(np.prod(layer.normalized_shape))
@@ -280,12 +293,13 @@ def layernorm_step(
     k = xg.shape[1]
     rg = r.reshape(xg.shape)
     w, _ = layer_norm_affine(layer, n)
-    z = xg - xg.mean(axis=-1, keepdims=True)
-    pz = z - z.mean(axis=-1, keepdims=True)  # P z_hat: the functional z_hat^T P
+    centre = centres(layer)
+    z = xg - xg.mean(axis=-1, keepdims=True) if centre else xg
+    pz = z - z.mean(axis=-1, keepdims=True) if centre else z  # P z_hat: functional z_hat^T P
     rows = np.zeros((N, k, k, n))
     rows[:, np.arange(k), np.arange(k)] = pz
     c = functional(rows.reshape(N, k, k * n))[..., None]  # (N, k, 1)
-    rho = rg * (1 - 2 / n) + rg.sum(axis=-1, keepdims=True) / n
+    rho = rg * (1 - 2 / n) + rg.sum(axis=-1, keepdims=True) / n if centre else rg
     m2 = np.square(rho).sum(axis=-1, keepdims=True)
     box, beta, v_lo = _ln_remainders(z, c, m2, rho, layer.eps)
     remainder = np.abs(w) * box
@@ -303,7 +317,8 @@ def layernorm_step(
         sb = s[:, None]  # (N, 1, k, 1)
         zb = z[:, None]
         t1 = t / sb - zb * (zb * t).sum(axis=-1, keepdims=True) / (n * sb**3)
-        return (t1 - t1.mean(axis=-1, keepdims=True)).reshape(N, R, k * n)
+        t1 = t1 - t1.mean(axis=-1, keepdims=True) if centre else t1
+        return t1.reshape(N, R, k * n)
 
     boxes = [(_flat(remainder), False), *_local_boxes(ctx, local, params)]
     return Step(y, adjoint, _flat(image), group, boxes, signed=signed)
@@ -378,12 +393,12 @@ SIMPLE_STEPS: dict[str, Callable[[Any, Array, Array, Context, int], Step]] = {
 def simple_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
     """The step of a layer that needs nothing but (x, r): every type but layer
     norm (which pulls functionals back) and residual blocks (which nest)."""
-    if isinstance(layer, LayerNorm | Residual):  # pragma: no cover - dispatched by the engine
+    if isinstance(layer, LayerNorm | RMSNorm | Residual):  # pragma: no cover - engine dispatches
         raise TypeError(f"{layer.type} is not a simple step")
     try:
         fn = SIMPLE_STEPS[layer.type]
     except KeyError:
-        have = ", ".join(sorted([*SIMPLE_STEPS, "layernorm", "residual"]))
+        have = ", ".join(sorted([*SIMPLE_STEPS, "layernorm", "rmsnorm", "residual"]))
         raise FperrInputError(f"no bound rule for layer type {layer.type!r} (have: {have})"
                               ) from None  # fmt: skip
     return fn(layer, x, r, ctx, group)

@@ -33,6 +33,7 @@ from ..layers import (
     Pool2d,
     Reshape,
     Residual,
+    RMSNorm,
     Shape,
     Softmax,
 )
@@ -141,6 +142,13 @@ def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
             if layer.bias is not None:
                 m.bias = _param(torch, layer.bias)
         return m
+    if isinstance(layer, RMSNorm):  # eps pinned: never torch's per-dtype default
+        ns = tuple(layer.normalized_shape)
+        rms = nn.RMSNorm(ns, eps=layer.eps, elementwise_affine=layer.weight is not None,
+                         dtype=torch.float64)  # fmt: skip
+        if layer.weight is not None:
+            rms.weight = _param(torch, layer.weight)
+        return rms
     if isinstance(layer, Residual):
         return ResidualModule(_sequential(layer.layers, shape))
     raise FperrInputError(f"layer type {layer.type!r} has no torch module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import operator
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..layers import (
+    RMS_EPS_DEFAULT,
     Activation,
     BatchNorm,
     Concat,
@@ -23,6 +25,7 @@ from ..layers import (
     Layer,
     LayerNorm,
     Pool2d,
+    RMSNorm,
     Shape,
 )
 from ..model import Model
@@ -204,6 +207,37 @@ def _mod_layer_norm(mod: Any) -> _ModuleOp:
     return _const([ln]), ns, False
 
 
+def _rms_eps(eps: Any) -> float:
+    """torch's ``eps=None`` pinned to finfo(float32).eps (:data:`~fperr.layers.RMS_EPS_DEFAULT`):
+    what torch uses in float32, and in float16 and bfloat16 on the CPU (its kernel
+    computes in float32; checked bit for bit on torch 2.13), whatever the docs'
+    finfo(input dtype).eps says; a float64 torch run would use 2^-52."""
+    return RMS_EPS_DEFAULT if eps is None else float(eps)
+
+
+def _mod_rms_norm(mod: Any) -> _ModuleOp:
+    ns = tuple(int(d) for d in mod.normalized_shape)
+    return _const([RMSNorm(ns, _np(mod.weight), _rms_eps(mod.eps))]), ns, False
+
+
+def _call_rms_norm(node: Any, label: str, params: _Params) -> _Op:
+    """F.rms_norm(x, normalized_shape, weight, eps) and torch.rms_norm, eps given."""
+    ns, wnode = _arg(node, 1, "normalized_shape"), _arg(node, 2, "weight")
+    eps = _arg(node, 3, "eps")
+    w = None if wnode is None else params(wnode)
+    if wnode is not None and w is None:
+        raise _Unsupported("weight is not a module tensor")
+    if eps is None:  # nn.RMSNorm's None is pinned; a call's None is left to the user
+        raise _Unsupported("eps=None (torch then picks it by dtype): pass eps, e.g. "
+                           "torch.finfo(torch.float32).eps, what float32 runs use")
+    if not isinstance(eps, int | float):
+        raise _Unsupported("eps is not a constant")
+    dims = (ns,) if isinstance(ns, int) else tuple(ns or ())
+    if not dims or not all(isinstance(d, int) for d in dims):
+        raise _Unsupported("normalized_shape is not constant")
+    return _unary(node, label, _const([RMSNorm(tuple(dims), w, _rms_eps(eps))]))
+
+
 def _mod_dropout(mod: Any) -> _ModuleOp:
     p: Any = mod.p  # identities in eval mode, whatever mod.training says
     return _const([Dropout(float(p))]), None, True
@@ -238,6 +272,7 @@ def _module_converters() -> tuple[tuple[type, bool, Callable[[Any], _ModuleOp]],
         (nn.BatchNorm1d, True, _mod_batch_norm),
         (nn.BatchNorm2d, True, _mod_batch_norm),
         (nn.LayerNorm, False, _mod_layer_norm),
+        (nn.RMSNorm, False, _mod_rms_norm),
         *((cls, True, _mod_dropout) for cls in dropouts),
         (nn.Identity, False, _mod_identity),
     )
@@ -630,6 +665,7 @@ def _function_converters() -> dict[Any, _CallOp]:
         ((torch.reshape,), _call_reshape),
         (dropouts, _call_dropout),
         ((F.batch_norm,), _call_batch_norm),
+        ((F.rms_norm, torch.rms_norm), _call_rms_norm),
         ((F.max_pool2d, F.avg_pool2d), _call_pool),
         ((F.linear,), _call_linear),
         ((F.conv2d,), _call_conv2d),
@@ -696,7 +732,9 @@ def from_torch(
     Conv2d, MaxPool2d, AvgPool2d, Flatten, Unflatten, view/reshape, ReLU,
     ReLU6 (also hardtanh / clamp to [0, 6]), LeakyReLU, Tanh, Sigmoid, GELU
     (erf form), Softmax over the last dim of
-    vectors, BatchNorm1d/2d (running statistics), LayerNorm, Dropout,
+    vectors, BatchNorm1d/2d (running statistics), LayerNorm, RMSNorm (``eps=None``
+    pinned to torch.finfo(torch.float32).eps, what float32 and CPU float16/bfloat16
+    runs use; a float64 torch run would use 2^-52), Dropout,
     Identity, or their functional forms.  ``input_shape`` (one input, no
     batch dimension) is inferred from a first Linear or LayerNorm; a model
     starting with a convolution needs it.
@@ -736,8 +774,22 @@ def from_torch(
                 raise SpecError(f"{op.name}: reads {v}, which is not computed from the input")
     model = _to_model(graph, unsupported, input_shape, name)
     if check:
-        check_against_torch(module, model, name)
+        check_against_torch(_pin_rms_eps(module), model, name)
     return model
+
+
+def _pin_rms_eps(module: torch.nn.Module) -> torch.nn.Module:
+    """The module, or a copy with each ``nn.RMSNorm(eps=None)`` given the pinned eps
+    (:func:`_rms_eps`): the float64 check would otherwise run them with 2^-52."""
+    from torch import nn
+
+    if not any(isinstance(m, nn.RMSNorm) and m.eps is None for m in module.modules()):
+        return module
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if isinstance(m, nn.RMSNorm) and m.eps is None:
+            m.eps = RMS_EPS_DEFAULT
+    return module
 
 
 def _traced(module: torch.nn.Module, name: str) -> Any:

@@ -12,7 +12,18 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import SpecError
-from ..layers import Activation, BatchNorm, Conv2d, Dense, Dropout, Layer, LayerNorm, Pool2d, Shape
+from ..layers import (
+    Activation,
+    BatchNorm,
+    Conv2d,
+    Dense,
+    Dropout,
+    Layer,
+    LayerNorm,
+    Pool2d,
+    RMSNorm,
+    Shape,
+)
 from ..model import Model
 from .builders import _const, _flatten_layers, _gelu, _pair, _resolve, _softmax_build
 from .graph import Array, Build, _entry, _Graph, _Op, _to_model, _Unsupported
@@ -419,6 +430,24 @@ class _OnnxConverter:
 
         return _Op(s.label, s.one, s.out, layernorm)
 
+    def op_rms_norm(self, n: onnx.NodeProto, s: _Site) -> _Op:
+        """RMSNormalization (opset 23): X / sqrt(mean(X^2) + epsilon) * scale over the
+        axes from ``axis`` on; ``stash_type`` (the precision of the statistics) is a
+        kernel's choice, allowed for by the bound rule as for layer norm."""
+        axis = int(s.attrs.get("axis", -1))
+        scale = self.need(n, 1)
+        eps = float(s.attrs.get("epsilon", 1e-5))
+
+        def rmsnorm(shape: Shape) -> list[Layer]:
+            nd = len(shape) + 1
+            ax = axis + nd if axis < 0 else axis
+            if not 1 <= ax < nd:
+                raise SpecError(f"RMS norm over axis {axis} of inputs {list(shape)}")
+            ns = shape[ax - 1 :]
+            return [RMSNorm(ns, np.broadcast_to(scale, ns).copy(), eps)]
+
+        return _Op(s.label, s.one, s.out, rmsnorm)
+
     def bias(self, c: Array, n_out: int) -> Array:
         if c.size == 1:
             return np.full(n_out, float(c.reshape(-1)[0]))
@@ -587,6 +616,7 @@ _CONVERTERS: dict[str, Callable[[_OnnxConverter, onnx.NodeProto, _Site], _Op]] =
     "Reshape": _OnnxConverter.op_reshape,
     "BatchNormalization": _OnnxConverter.op_batch_norm,
     "LayerNormalization": _OnnxConverter.op_layer_norm,
+    "RMSNormalization": _OnnxConverter.op_rms_norm,
 }
 
 
