@@ -106,7 +106,7 @@ class Context:
         return enc.add_box(computed, index, random=True).add_box(data, index, random=False)
 
     def add_signed(self, enc: Enclosure, s: Array | None, index: int) -> Enclosure:
-        """Append one signed generator ``s`` (N, *shape): a known error vector
+        """Append one signed generator ``s`` ``(N, *shape)``: a known error vector
         (parameter rounding, :func:`parameter_rounding`), deterministic."""
         if s is None or not np.any(s):
             return enc
@@ -573,8 +573,10 @@ def elu_error(alpha: float, fmag: Array, fmin: Array, ctx: Context) -> Array:
     a' = alpha rounded to F, then rounds to storage.  With e_E the measured alpha = 1
     error of E in F (its table), |expm1 x| <= fmag/|alpha| = m <= 1 (``fmag``, ``fmin``:
     over the negative inputs, see :func:`.activation_ranges.magnitudes`), u = u_F, eta_F the
-    subnormal spacing of F:
+    subnormal spacing of F::
+
         |fl(a' E) - alpha expm1 x| <= |alpha| e_E + 2.0001 u |alpha| (m + e_E) + eta_F,
+
     plus half an ulp of storage at |f| <= fmag + that when storage is narrower than F.
     With an explicit ``func_ulps`` the generic allowance of :meth:`Context.func_error`."""
     a = ctx.arith
