@@ -437,3 +437,65 @@ def test_report_bound_over_observed_rms_vs_layernorm():
             print(f"{kind:4s} {engine:9s} median bound/observed {med:.1f}")
     for kind, _, med in rows:
         assert 1 <= med < 200, (kind, med)
+
+
+# -- the rule itself, where storage rounding cannot hide a missing term -------------------------
+def test_rule_keeps_common_mode_errors():
+    """An incoming error along (1, ..., 1) moves RMSNorm's output (layer norm's
+    centring would remove it): points z + G t of a zonotope whose generators are
+    mostly common-mode map, at 50 digits, into the rule's output enclosure
+    (binary64 arithmetic, so that no storage rounding covers a dropped term)."""
+    from fperr.bounds.enclosure import Enclosure
+    from fperr.bounds.rules import Context, apply_rule
+
+    rng = np.random.default_rng(5)
+    n, q = 6, 4
+    z = rng.standard_normal(n) + 0.5
+    g = 1e-4 * (np.ones((n, q)) + 0.1 * rng.standard_normal((n, q)))  # common mode
+    layer = RMSNorm((n,), None, 1e-6)
+    enc = Enclosure(z[None], g[None])
+    ctx = Context(Emulated.from_names("binary64", "binary64"), "deterministic")
+    out = apply_rule(layer, enc, ctx, 1)
+    lo, hi = out.value[0] - out.radius()[0], out.value[0] + out.radius()[0]
+    with mpmath.workdps(50):
+        for t in [np.ones(q), -np.ones(q), *rng.uniform(-1, 1, (20, q))]:
+            x = [mpmath.mpf(float(v)) for v in z + g @ t]
+            s = mpmath.sqrt(mpmath.fsum(v * v for v in x) / n + mpmath.mpf(1e-6))
+            y = np.array([float(v / s) for v in x])
+            assert (lo <= y).all() and (y <= hi).all(), (y - lo, hi - y)
+    # and the common-mode shift is first order: well above the rule's own slack
+    assert out.radius()[0].max() > 1e-5
+
+
+def test_binary32_torch_runs_within_the_kernel_term():
+    """torch float32 RMSNorm of width 2,048, and a float32 run summing the squares
+    sequentially, against the exact value: their errors (the sum of squares and
+    rsqrt in float32) exceed the output's rounding, and the bound for binary32
+    storage and accumulation must still enclose them."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    n = 2048
+    X = rng.standard_normal((64, n)) * np.exp(rng.uniform(-3, 3, (64, 1)))
+    X = X.astype(np.float32).astype(np.float64)
+    layer = RMSNorm((n,), None, 1e-6)
+    model = Model("rms", (n,), (layer,))
+    rb = bound_run(model, X, Emulated.from_names("binary32", "binary32"))
+    with torch.no_grad():
+        m = torch.nn.RMSNorm(n, eps=1e-6, elementwise_affine=False)
+        y32 = m(torch.tensor(X, dtype=torch.float32)).double().numpy()
+    # a float32 run summing the squares one by one: the accumulation order whose
+    # error grows like n u, far beyond the output's own rounding
+    f32 = np.float32
+    acc = np.zeros(X.shape[0], dtype=f32)
+    sq = (X.astype(f32) * X.astype(f32)).astype(f32)
+    for j in range(n):
+        acc = (acc + sq[:, j]).astype(f32)
+    r = (f32(1) / np.sqrt((acc / f32(n) + f32(1e-6)).astype(f32))).astype(f32)
+    yseq = (X.astype(f32) * r[:, None]).astype(f32).astype(np.float64)
+    exact = X / np.sqrt(np.mean(X * X, axis=1, keepdims=True) + 1e-6)
+    for y in (y32, yseq):
+        err = np.abs(y - exact)
+        assert (err <= rb.radius + 1e-15 * np.abs(exact)).all()
+    # the sequential run errs by several ulps of the output: a bound without the
+    # kernel's accumulation term (storage rounding only) would not hold
+    assert (np.abs(yseq - exact) > 4 * np.abs(exact) * 2.0**-24).any()
