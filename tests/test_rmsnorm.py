@@ -15,6 +15,7 @@ import mpmath
 import numpy as np
 import pytest
 from scipy.special import erf
+from test_layernorm_tight import _sum32
 
 import fperr.bounds.rules as _R
 from fperr.arith import Emulated
@@ -77,25 +78,7 @@ def store(fmt: str, a) -> np.ndarray:
     return np.asarray(a).astype(f16).astype(np.float64) if fmt == "binary16" else to_bf16(a)
 
 
-def _sum32(t: np.ndarray, order: str) -> np.ndarray:
-    t = t.astype(f32)
-    if order in ("ascending", "descending"):
-        idx = np.argsort(np.abs(t), axis=-1)
-        t = np.take_along_axis(t, idx[..., ::-1] if order == "descending" else idx, -1)
-    if order == "reversed":
-        t = t[..., ::-1]
-    if order == "pairwise":
-        while t.shape[-1] > 1:
-            if t.shape[-1] % 2:
-                t = np.concatenate([t, np.zeros_like(t[..., :1])], axis=-1)
-            t = (t[..., 0::2] + t[..., 1::2]).astype(f32)
-        return t[..., 0]
-    acc = np.zeros(t.shape[:-1], dtype=f32)
-    for j in range(t.shape[-1]):
-        acc = (acc + t[..., j]).astype(f32)
-    return acc
-
-
+# float32 sums in a chosen order, one rounding per addition (shared with the layer-norm tests)
 ORDERS = ("sequential", "reversed", "pairwise", "descending", "ascending")
 
 

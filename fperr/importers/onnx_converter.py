@@ -33,6 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
 
+
+def _normalized_shape(axis: int, shape: Shape, what: str) -> Shape:
+    """The trailing dimensions a norm over ``axis`` (ONNX's, counting the batch)
+    normalises, for inputs of ``shape`` (without the batch)."""
+    nd = len(shape) + 1
+    ax = axis + nd if axis < 0 else axis
+    if not 1 <= ax < nd:
+        raise SpecError(f"{what} over axis {axis} of inputs {list(shape)}")
+    return tuple(shape[ax - 1 :])
+
 class _OnnxConverter:
     def __init__(self, model: onnx.ModelProto) -> None:
         from onnx import numpy_helper
@@ -419,11 +429,7 @@ class _OnnxConverter:
             raise _Unsupported("mean/inv_std_dev outputs used")
 
         def layernorm(shape: Shape) -> list[Layer]:
-            nd = len(shape) + 1
-            ax = axis + nd if axis < 0 else axis
-            if not 1 <= ax < nd:
-                raise SpecError(f"layer norm over axis {axis} of inputs {list(shape)}")
-            ns = shape[ax - 1 :]
+            ns = _normalized_shape(axis, shape, "layer norm")
             w = np.broadcast_to(scale, ns).copy()
             b = None if bias is None else np.broadcast_to(bias, ns).copy()
             return [LayerNorm(ns, w, b, eps)]
@@ -439,11 +445,7 @@ class _OnnxConverter:
         eps = float(s.attrs.get("epsilon", 1e-5))
 
         def rmsnorm(shape: Shape) -> list[Layer]:
-            nd = len(shape) + 1
-            ax = axis + nd if axis < 0 else axis
-            if not 1 <= ax < nd:
-                raise SpecError(f"RMS norm over axis {axis} of inputs {list(shape)}")
-            ns = shape[ax - 1 :]
+            ns = _normalized_shape(axis, shape, "RMS norm")
             return [RMSNorm(ns, np.broadcast_to(scale, ns).copy(), eps)]
 
         return _Op(s.label, s.one, s.out, rmsnorm)
