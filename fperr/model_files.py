@@ -156,11 +156,28 @@ def _aten_table() -> dict[Any, Callable[..., Any]]:
         aten.add.Tensor: same(torch.add),
         # layer_norm(x, shape, w, b, eps, cudnn_enable): drop the backend flag
         aten.layer_norm.default: lambda a, kw: (F.layer_norm, a[:5], {}),
+        # rms_norm(x, shape, w=None, eps=None), what nn.RMSNorm exports as (torch 2.13);
+        # an eps left out is pinned as the importer pins nn.RMSNorm(eps=None)
+        aten.rms_norm.default: _rms_norm_args,
         # batch_norm(x, w, b, mean, var, training, momentum, eps, cudnn_enabled)
         aten.batch_norm.default: lambda a, kw: (
             F.batch_norm, (a[0], a[3], a[4], a[1], a[2], a[5], a[6], a[7]), {}
         ),
     }
+
+
+def _rms_norm_args(a: tuple[Any, ...], kw: dict[str, Any]) -> tuple[Any, ...]:
+    """aten.rms_norm(x, normalized_shape, weight=None, eps=None) -> F.rms_norm with eps
+    given: ``None`` (nn.RMSNorm's default, omitted from the exported call) pinned to
+    :data:`~fperr.layers.RMS_EPS_DEFAULT`, finfo(float32).eps, what a float32 run uses."""
+    import torch.nn.functional as F
+
+    from .layers import RMS_EPS_DEFAULT
+
+    full = {**dict(zip(("input", "normalized_shape", "weight", "eps"), a, strict=False)), **kw}
+    eps = full.get("eps")
+    x, ns, w = full["input"], full["normalized_shape"], full.get("weight")
+    return F.rms_norm, (x, ns, w, RMS_EPS_DEFAULT if eps is None else eps), {}
 
 
 def _functional_graph(gm: Any, path: Path) -> Any:

@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import math
+import warnings
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import mpmath as mp
 import numpy as np
@@ -345,6 +347,90 @@ def test_onnx_elu_hardswish_hardsigmoid() -> None:
                          [h.make_tensor_value_info("y", dbl, None)], inits)  # fmt: skip
     with pytest.raises(FperrInputError, match="HardSigmoid"):
         from_onnx(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]))
+
+
+def test_onnx_silu_from_the_torchscript_exporter(tmp_path: Path) -> None:
+    """nn.SiLU and F.silu export (dynamo=False, torch 2.13, every opset tried) as
+    Sigmoid(x) then Mul(x, s); each pair imports as one silu activation."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from torch import nn
+    from torch.nn import functional as F
+
+    from fperr.importers import from_onnx
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.act, self.b = nn.Linear(5, 7), nn.SiLU(), nn.Linear(7, 3)
+
+        def forward(self, x):
+            return self.b(F.silu(self.act(self.a(x))))
+
+    torch.manual_seed(1)
+    seq = nn.Sequential(nn.Linear(5, 7), nn.SiLU(), nn.Linear(7, 3))
+    X = np.random.default_rng(5).uniform(-8, 8, (40, 5))
+    for net, n_silu in ((seq, 1), (Net(), 2)):
+        net = net.double().eval()
+        for opset in (13, 18):
+            path = tmp_path / f"m{opset}.onnx"
+            with warnings.catch_warnings():  # the TorchScript exporter is deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(net, (torch.zeros(2, 5, dtype=torch.float64),), str(path),
+                                  dynamo=False, opset_version=opset, input_names=["x"],
+                                  output_names=["y"], dynamic_axes={"x": {0: "N"}})  # fmt: skip
+            model = from_onnx(path)
+            assert [la.type for la in model.layers].count("silu") == n_silu
+            assert "sigmoid" not in [la.type for la in model.layers]
+            with torch.no_grad():
+                want = net(torch.tensor(X)).numpy()
+            got = model.forward(X)
+            assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)
+
+
+def _silu_graph(body: list[tuple[str, list[str], str]]) -> tuple[Any, np.ndarray, np.ndarray]:
+    """x -> MatMul w1 -> z -> ``body`` (ending in value m) -> MatMul w2 -> y, in float64."""
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as h
+
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.standard_normal((4, 4)), rng.standard_normal((4, 2))
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    nodes = [h.make_node("MatMul", ["x", "w1"], ["z"])]
+    nodes += [h.make_node(t, i, [o]) for t, i, o in body]
+    nodes.append(h.make_node("MatMul", ["m", "w2"], ["y"]))
+    dbl = TensorProto.DOUBLE
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", dbl, ["N", 4])],
+                         [h.make_tensor_value_info("y", dbl, None)], inits)  # fmt: skip
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), w1, w2
+
+
+def test_onnx_silu_either_operand_order() -> None:
+    pytest.importorskip("onnx")
+    from fperr.importers import from_onnx
+
+    for mul_inputs in (["z", "s"], ["s", "z"]):
+        proto, w1, w2 = _silu_graph([("Sigmoid", ["z"], "s"), ("Mul", mul_inputs, "m")])
+        model = from_onnx(proto)
+        assert [la.type for la in model.layers] == ["dense", "silu", "dense"]
+        X = np.random.default_rng(6).uniform(-6, 6, (30, 4))
+        z = X @ w1
+        want = (z / (1 + np.exp(-z))) @ w2  # numpy, not the importer
+        np.testing.assert_allclose(model.forward(X), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("body", [
+    [("Sigmoid", ["z"], "s"), ("Mul", ["x", "s"], "m")],  # a gate x * sigmoid(z), not SiLU
+    [("Sigmoid", ["z"], "s"), ("Mul", ["z", "s"], "t"), ("Add", ["t", "s"], "m")],  # s read twice
+    [("Tanh", ["z"], "s"), ("Mul", ["z", "s"], "m")],
+])  # fmt: skip
+def test_onnx_other_muls_stay_unsupported(body: list[tuple[str, list[str], str]]) -> None:
+    pytest.importorskip("onnx")
+    from fperr.importers import from_onnx
+
+    proto, _, _ = _silu_graph(body)
+    with pytest.raises(FperrInputError, match="Mul"):
+        from_onnx(proto)
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:

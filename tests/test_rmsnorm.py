@@ -377,6 +377,45 @@ def test_import_functional_rms_norm():
         from_torch(Net(None), (4,))
 
 
+@pytest.mark.parametrize("eps", [None, 1e-6])
+@pytest.mark.parametrize("affine", [True, False])
+def test_import_torch_export_program(eps, affine, tmp_path):
+    """torch.export (torch 2.13) keeps nn.RMSNorm as one aten.rms_norm call, eps left
+    out of the call when None: the .pt2 import pins it as from_torch pins the module's."""
+    from torch.export import Dim
+
+    from fperr.model_files import load_model_file
+
+    nn = torch.nn
+    g = torch.Generator().manual_seed(7)
+    norm = nn.RMSNorm(8, eps=eps, elementwise_affine=affine)
+    if affine:
+        norm.weight.data = 1 + 0.3 * torch.randn(8, generator=g)
+    net = nn.Sequential(nn.Linear(5, 8), norm, nn.Linear(8, 3)).double().eval()
+    xt = torch.zeros(2, 5, dtype=torch.float64)
+    ep = torch.export.export(net, (xt,), dynamic_shapes=({0: Dim("batch")},))
+    rms_calls = [n for n in ep.graph.nodes if n.target is torch.ops.aten.rms_norm.default]
+    assert len(rms_calls) == 1
+    torch.export.save(ep, str(tmp_path / "m.pt2"))
+    model = load_model_file(tmp_path / "m.pt2")
+    assert [la.type for la in model.layers] == ["dense", "rmsnorm", "dense"]
+    rms = model.layers[1]
+    assert rms.eps == (RMS_EPS_DEFAULT if eps is None else 1e-6)
+    assert (rms.weight is None) == (not affine)
+    pinned = nn.RMSNorm(8, eps=rms.eps, elementwise_affine=affine).double()
+    if affine:
+        pinned.weight.data = norm.weight.data.clone()
+    twin = nn.Sequential(net[0], pinned, net[2]).eval()
+    X = np.random.default_rng(2).standard_normal((20, 5))
+    with torch.no_grad():
+        want = twin(torch.tensor(X)).numpy()
+        unpinned = net(torch.tensor(X)).numpy()
+    got = model.forward(X)
+    assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)
+    if eps is None:  # float64 torch would use 2^-52: the pin shows, far above 1e-12
+        assert np.linalg.norm(got - unpinned) > 1e-9 * np.linalg.norm(want)
+
+
 def test_import_onnx_rms_normalization():
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper

@@ -217,6 +217,38 @@ class _OnnxConverter:
             return None
         return x, [pre, erf, add, mul, half]
 
+    # -- pattern: SiLU as both torch exporters emit it -------------------------------------------
+    def silu_pattern(self, sig: onnx.NodeProto) -> tuple[str, onnx.NodeProto] | None:
+        """x -> Sigmoid -> Mul(x, s) or Mul(s, x), the Sigmoid read by that Mul alone: torch's
+        TorchScript exporter writes nn.SiLU and F.silu so (measured on torch 2.13, opsets
+        13-20). Returns x and the Mul; any other Mul is left to :meth:`convert`."""
+        x = sig.input[0]
+        if x in self.consts or len(sig.output) != 1:
+            return None
+        mul = self.only_reader(sig.output[0])
+        if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx"):
+            return None
+        if self.data_other(mul, sig.output[0]) != x:
+            return None
+        return x, mul
+
+    def silu_ops(self, skip: dict[int, str]) -> dict[str, _Op]:
+        """The SiLUs x * sigmoid(x), keyed by their output; their nodes go into ``skip``."""
+        ops: list[_Op] = []
+        for n in self.graph.node:
+            if n.op_type != "Sigmoid" or n.domain not in ("", "ai.onnx") or id(n) in skip:
+                continue
+            m = self.silu_pattern(n)
+            if m is None or id(m[1]) in skip:
+                continue
+            x, mul = m
+            skip[id(n)] = skip[id(mul)] = "silu"
+            # the Mul's read of x is the op's input, the Sigmoid's an absorbed extra read
+            ops.append(_Op(f"SiLU {(mul.name or mul.output[0])!r}", (x,), mul.output[0],
+                           _const([Activation("silu")]), elementwise=True,
+                           aux=((n.name or id(n), x),)))  # fmt: skip
+        return {str(op.output): op for op in ops}
+
     # -- one node: the table _CONVERTERS (below the class) maps op type to method -------------
     def convert(self, n: onnx.NodeProto, fused: dict[int, str]) -> _Op:
         """The op of node ``n``; raises _Unsupported (collected by :meth:`to_model`, which
@@ -498,8 +530,8 @@ class _OnnxConverter:
     def to_model(self, input_shape: Sequence[int] | None, name: str) -> Model:
         inp, input_shape = self.graph_input(input_shape, name)
         skip: dict[int, str] = {}
-        gelu_ops = self.gelu_ops(skip)
-        ops, unsupported = self.convert_all(skip, gelu_ops)
+        fused_ops = {**self.gelu_ops(skip), **self.silu_ops(skip)}
+        ops, unsupported = self.convert_all(skip, fused_ops)
         graph = _Graph(ops, inp, self.graph.output[0].name, self.uses())
         if not unsupported:
             for op in ops:
@@ -547,9 +579,10 @@ class _OnnxConverter:
         return {str(op.output): op for op in ops}
 
     def convert_all(
-        self, skip: dict[int, str], gelu_ops: dict[str, _Op]
+        self, skip: dict[int, str], fused_ops: dict[str, _Op]
     ) -> tuple[list[_Op], list[str]]:
-        """The ops in graph order, and an entry for every node that does not convert."""
+        """The ops in graph order, and an entry for every node that does not convert;
+        a fused pattern (GELU, SiLU) stands at the place of its last node."""
         ops: list[_Op] = []
         unsupported: list[str] = []
         for n in self.graph.node:
@@ -558,8 +591,8 @@ class _OnnxConverter:
             ):
                 continue
             if id(n) in skip:
-                if n.op_type == "Mul" and n.output[0] in gelu_ops:
-                    ops.append(gelu_ops[n.output[0]])
+                if n.output[0] in fused_ops:
+                    ops.append(fused_ops[n.output[0]])
                 continue
             try:
                 ops.append(self.convert(n, skip))
