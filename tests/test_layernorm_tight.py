@@ -25,7 +25,7 @@ import fperr.bounds.rules as _R
 from fperr.arith import Emulated
 from fperr.bounds import bound, bound_run
 from fperr.bounds.rules import _ln_remainder, _ln_signed, _ln_sq_norm_bound
-from fperr.layers import Activation, Dense, LayerNorm, Residual
+from fperr.layers import Activation, Dense, LayerNorm, Residual, RMSNorm
 from fperr.model import Model, load_model
 
 FP16 = Emulated.from_names("binary16", "binary32")
@@ -39,6 +39,9 @@ def exact_forward(model: Model, X: np.ndarray) -> np.ndarray:
         for layer in layers:
             if isinstance(layer, Dense):
                 h = h @ layer.weight.T + (0 if layer.bias is None else layer.bias)
+            elif isinstance(layer, RMSNorm):
+                h = h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + layer.eps)
+                h = h * (1 if layer.weight is None else layer.weight)
             elif isinstance(layer, LayerNorm):
                 z = h - h.mean(axis=-1, keepdims=True)
                 h = z / np.sqrt(np.mean(z * z, axis=-1, keepdims=True) + layer.eps)

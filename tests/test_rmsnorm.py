@@ -15,7 +15,7 @@ import mpmath
 import numpy as np
 import pytest
 from scipy.special import erf
-from test_layernorm_tight import _sum32
+from test_layernorm_tight import _sum32, exact_forward
 
 import fperr.bounds.rules as _R
 from fperr.arith import Emulated
@@ -42,29 +42,6 @@ def rms_mp(X, eps, w=None):
             out.append([float(a / s * (1 if w is None else mpmath.mpf(float(w[i]))))
                         for i, a in enumerate(v)])  # fmt: skip
     return np.array(out)
-
-
-def exact_forward(model: Model, X: np.ndarray) -> np.ndarray:
-    def run(layers, h):
-        for layer in layers:
-            if isinstance(layer, Dense):
-                h = h @ layer.weight.T + (0 if layer.bias is None else layer.bias)
-            elif isinstance(layer, RMSNorm):
-                h = h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + layer.eps)
-                h = h * (1 if layer.weight is None else layer.weight)
-            elif isinstance(layer, LayerNorm):
-                z = h - h.mean(axis=-1, keepdims=True)
-                h = z / np.sqrt(np.mean(z * z, axis=-1, keepdims=True) + layer.eps)
-                h = h * layer.weight + layer.bias
-            elif isinstance(layer, Activation):
-                h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
-            elif isinstance(layer, Residual):
-                h = h + run(layer.layers, h)
-            else:  # pragma: no cover
-                raise AssertionError(layer.type)
-        return h
-
-    return run(model.layers, np.asarray(X, dtype=np.float64))
 
 
 def to_bf16(a) -> np.ndarray:

@@ -216,7 +216,7 @@ class Budget:
         return need & ~self.denied[:, None]
 
 
-def layer_work(layer: Any, x: Array, y: Array) -> float:
+def layer_work(layer: Any, y: Array) -> float:
     """Multiply-adds of one input through ``layer`` (its outputs, for elementwise ones)."""
     if isinstance(layer, Dense):
         return float(layer.weight.size)
@@ -319,7 +319,7 @@ def forward_steps(
         step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad)
         t_out = tape.add(step, tuple(srcs))
         if not isinstance(layer, Residual):  # a branch counts its own layers
-            ranges.budget.forward += layer_work(layer, xs[0], step.value)
+            ranges.budget.forward += layer_work(layer, step.value)
         where.append(t_out)
         stored[t_out] = a.storage
         ranges.advance(layer, ctx, group, step.value)

@@ -364,7 +364,6 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
         signed, extra = parameter_rounding(dense, x, r, w_hat, layer.weight, db,
                                            w_abs_mag, w_abs_r, layer.weight.shape[1],
                                            a.operand_format.smallest_normal)  # fmt: skip
-        extra = extra + np.zeros_like(z)
     nonzero = (wa != 0).astype(np.float64)
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))
     local = _affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx,
@@ -417,7 +416,6 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
         signed, extra = parameter_rounding(conv, x, r, w_hat, layer.weight, db,
                                            w_abs_mag, w_abs_r, n,
                                            a.operand_format.smallest_normal)  # fmt: skip
-        extra = extra + np.zeros_like(z)
     nonzero = (wa != 0).astype(np.float64)
     count = lambda: conv_with(layer, nonzero, (mag > 0).astype(np.float64))  # noqa: E731
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))[None, :, None, None]
