@@ -378,22 +378,34 @@ class Activation:
         return arith.func(self.function, x)
 
 
-def softmax(x: Array) -> Array:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def softmax(x: Array, axis: int = -1) -> Array:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 @dataclass(frozen=True, eq=False)
 class Softmax:
+    """Softmax along one per-input ``axis`` (negative counts from the end): the
+    attention scores (H, T, T) of a transformer along the last axis."""
+
+    axis: int = -1
     type: str = "softmax"
 
     def out_shape(self, shape: Shape) -> Shape:
-        if len(shape) != 1:
-            raise _mismatch("softmax", "a vector", shape)
+        if not -len(shape) <= self.axis < len(shape):
+            raise SpecError(f"softmax: axis {self.axis} out of range for inputs of shape "
+                            f"{list(shape)}")  # fmt: skip
         return shape
 
+    def batched_axis(self, ndim: int) -> int:
+        """The softmax axis of a batch (N, *shape) of ``ndim`` dimensions, >= 1."""
+        return self.axis % (ndim - 1) + 1
+
     def forward(self, x: Array, arith: Arithmetic) -> Array:
-        return arith.func(softmax, x)
+        if self.axis == -1:  # the vector case as it always was (bit for bit)
+            return arith.func(softmax, x)
+        ax = self.batched_axis(x.ndim)
+        return arith.func(lambda v: softmax(v, ax), x)
 
 
 # -- normalisation ----------------------------------------------------------------
@@ -643,5 +655,6 @@ MERGES = ("add", "concat")
 
 
 def is_merge(layer: object) -> bool:
-    """Whether a layer reads several inputs (``merge``) rather than one (``forward``)."""
-    return getattr(layer, "type", None) in MERGES
+    """Whether a layer reads several inputs (``merge``) rather than one (``forward``):
+    the merges above and registered operators (:mod:`fperr.operators`) of arity != 1."""
+    return getattr(layer, "type", None) in MERGES or getattr(layer, "arity", 1) != 1

@@ -37,6 +37,7 @@ from pydantic_core import ErrorDetails
 from . import spec as S
 from .arith import Arithmetic, Exact
 from .errors import SpecError
+from .operators import REGISTRY, Operator
 from .layers import (
     Activation,
     Add,
@@ -355,6 +356,8 @@ def _new(where: str, cls: Callable[..., Layer], *args: Any) -> Layer:
 
 def _build(spec: Any, w: _Weights, where: str) -> Layer:
     t = spec.type
+    if t in REGISTRY:
+        return _new(where, REGISTRY[t].from_spec, spec, w, where)  # type: ignore[return-value]
     if t == "dense":
         weight = w.need(spec.weight, where, 2)
         bias = w.get(spec.bias, where, 1)
@@ -383,7 +386,7 @@ def _build(spec: Any, w: _Weights, where: str) -> Layer:
     if t == "leaky_relu":
         return _new(where, Activation, "leaky_relu", spec.negative_slope)
     if t == "softmax":
-        return Softmax()
+        return Softmax(spec.axis)
     if t == "dropout":
         return _new(where, Dropout, spec.p)
     if t == "batchnorm":
@@ -538,6 +541,10 @@ def _layer_to_spec(layer: Layer, key: str, arrays: dict[str, Array]) -> dict[str
                                if L.type == "leaky_relu" else
                                {"alpha": L.alpha} if L.type == "elu" else {}),
         Concat: lambda L: {"axis": L.axis},
+        Softmax: lambda L: {"axis": None if L.axis == -1 else L.axis},  # old files unchanged
     }  # fmt: skip
-    fields = handlers.get(type(layer), lambda L: {})(layer)
+    if isinstance(layer, Operator):
+        fields = layer.spec_fields(put)
+    else:
+        fields = handlers.get(type(layer), lambda L: {})(layer)
     return {"type": layer.type, **{k: v for k, v in fields.items() if v is not None}}

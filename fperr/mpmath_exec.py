@@ -11,7 +11,8 @@ below anything a float64, let alone a binary16, computation can show.
 Inputs and weights are float64 values, taken exactly.  Results are numpy
 object arrays of ``mpmath.mpf`` (``as_float64`` converts).  Cost is about a
 microsecond per multiply-add of pure Python per input: keep batches and
-models small (the digits MLP takes ~0.1 s per input).
+models small (the digits MLP takes ~0.1 s per input).  Graph models run node by
+node in their order, each node reading the outputs its wiring names.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import numpy.typing as npt
 from .errors import FperrInputError
 from .layers import (
     Activation,
+    Add,
     BatchNorm,
+    Concat,
     Conv2d,
     Dense,
     Dropout,
@@ -39,8 +42,10 @@ from .layers import (
     Residual,
     RMSNorm,
     Softmax,
+    is_merge,
 )
 from .model import Model, check_inputs
+from .operators import Operator
 
 __all__ = ["as_float64", "mpmath_activations", "run_mpmath", "to_mp"]
 
@@ -164,14 +169,17 @@ def _activation(x: Obj, layer: Activation) -> Obj:
     return _map(funcs[layer.type], x)
 
 
-def _softmax(x: Obj) -> Obj:
-    out = np.empty(x.shape, dtype=object)
-    for s in range(x.shape[0]):
-        e = [mpmath.exp(v) for v in x[s]]
+def _softmax(x: Obj, axis: int = -1) -> Obj:
+    """Softmax along ``axis`` of the batch (each group of units along it summed exactly)."""
+    moved = np.moveaxis(x, axis, -1)
+    rows = moved.reshape(-1, moved.shape[-1])
+    out = np.empty(rows.shape, dtype=object)
+    for s in range(rows.shape[0]):
+        e = [mpmath.exp(v) for v in rows[s]]
         total = mpmath.fsum(e)
         for j, v in enumerate(e):
             out[s, j] = v / total
-    return out
+    return np.moveaxis(out.reshape(moved.shape), -1, axis)
 
 
 def _batchnorm(x: Obj, layer: BatchNorm) -> Obj:
@@ -239,19 +247,32 @@ def _forward(layer: Layer, x: Obj) -> Obj:
     if isinstance(layer, Activation):
         return _activation(x, layer)
     if isinstance(layer, Softmax):
-        return _softmax(x)
+        return _softmax(x, layer.batched_axis(x.ndim))
     if isinstance(layer, BatchNorm):
         return _batchnorm(x, layer)
     if isinstance(layer, LayerNorm):
         return _layernorm(x, layer)
     if isinstance(layer, RMSNorm):
         return _rmsnorm(x, layer)
+    if isinstance(layer, Operator):
+        return layer.mpmath_forward([x])
     if isinstance(layer, Residual):
         h = x
         for sub in layer.layers:
             h = _forward(sub, h)
         return x + h  # elementwise mpf additions
     raise FperrInputError(f"run_mpmath: unsupported layer type {layer.type!r}")
+
+
+def _merge(layer: Layer, xs: list[Obj]) -> Obj:
+    """A merge node of a graph model: several inputs, one output."""
+    if isinstance(layer, Add):
+        return xs[0] + xs[1]  # elementwise mpf additions
+    if isinstance(layer, Concat):
+        return np.concatenate(xs, axis=layer.axis + 1)  # +1: the batch axis
+    if isinstance(layer, Operator):
+        return layer.mpmath_forward(xs)
+    raise FperrInputError(f"run_mpmath: unsupported merge type {layer.type!r}")
 
 
 def run_mpmath(model: Model, X: npt.ArrayLike, dps: int = 50) -> Obj:
@@ -266,10 +287,10 @@ def run_mpmath(model: Model, X: npt.ArrayLike, dps: int = 50) -> Obj:
 
 def mpmath_activations(model: Model, X: npt.ArrayLike, dps: int = 50) -> list[Obj]:
     """The input and every layer's output, like :meth:`Model.activations`."""
-    model.require_chain("the mpmath executor")
     x = check_inputs(X, model.input_shape)
     with mpmath.workdps(dps):
         hs = [to_mp(x)]
-        for layer in model.layers:
-            hs.append(_forward(layer, hs[-1]))
+        for i, layer in enumerate(model.layers):
+            ins = [hs[j + 1] for j in model.inputs_of(i)]  # a chain: the layer before
+            hs.append(_merge(layer, ins) if is_merge(layer) else _forward(layer, ins[0]))
     return hs

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .operators import REGISTRY, operator_specs
+
 MAX_INT = 2**31 - 1
 """Largest size, stride, padding or dilation (int32, as in PyTorch)."""
 
@@ -91,6 +93,7 @@ class LeakyReluSpec(_Layer):
 
 class SoftmaxSpec(_Layer):
     type: Literal["softmax"]
+    axis: int = Field(-1, description="per-input axis (no batch axis; negative from the end)")
 
 
 class BatchNormSpec(_Layer):
@@ -143,7 +146,7 @@ class ResidualSpec(_Layer):
 _LAYER_SPECS = (
     DenseSpec, Conv2dSpec, MaxPool2dSpec, AvgPool2dSpec, FlattenSpec, ReshapeSpec,
     ActivationSpec, EluSpec, LeakyReluSpec, SoftmaxSpec, BatchNormSpec, LayerNormSpec, DropoutSpec,
-    RMSNormSpec, ResidualSpec, AddSpec, ConcatSpec,
+    RMSNormSpec, ResidualSpec, AddSpec, ConcatSpec, *operator_specs(),
 )  # fmt: skip
 if TYPE_CHECKING:
     LayerSpec = Any
@@ -180,7 +183,7 @@ LAYER_TYPES: tuple[str, ...] = (
     "dense", "conv2d", "maxpool2d", "avgpool2d", "flatten", "reshape", "relu", "relu6", "tanh",
     "sigmoid", "gelu", "gelu_tanh", "silu", "hardswish", "hardsigmoid", "elu", "leaky_relu",
     "softmax", "batchnorm", "layernorm", "rmsnorm", "dropout", "residual",
-    "add", "concat",
+    "add", "concat", *REGISTRY,
 )  # fmt: skip
 
 

@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from ..formats import Format
 from ..layers import Activation, Conv2d, Dense, LayerNorm, Pool2d, Residual, RMSNorm, Softmax
+from ..operators import Operator
 from . import exponent_range as xr
 from .enclosure import Enclosure
 from .memory import max_bytes
@@ -216,8 +217,10 @@ class Budget:
         return need & ~self.denied[:, None]
 
 
-def layer_work(layer: Any, y: Array) -> float:
+def layer_work(layer: Any, y: Array, in_shapes: list[tuple[int, ...]] | None = None) -> float:
     """Multiply-adds of one input through ``layer`` (its outputs, for elementwise ones)."""
+    if isinstance(layer, Operator):
+        return layer.work(in_shapes or [], tuple(y.shape[1:]))
     if isinstance(layer, Dense):
         return float(layer.weight.size)
     if isinstance(layer, Conv2d):
@@ -319,7 +322,7 @@ def forward_steps(
         step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad)
         t_out = tape.add(step, tuple(srcs))
         if not isinstance(layer, Residual):  # a branch counts its own layers
-            ranges.budget.forward += layer_work(layer, step.value)
+            ranges.budget.forward += layer_work(layer, step.value, [x.shape[1:] for x in xs])
         where.append(t_out)
         stored[t_out] = a.storage
         ranges.advance(layer, ctx, group, step.value)
@@ -336,6 +339,8 @@ def sharpen_threshold(layer: Any) -> float | None:
     is sharpened, for layers whose local error depends on that range beyond
     second order (a nonlinearity's slopes and remainders, max pooling's winners,
     a norm's variance bound); None for the others."""
+    if isinstance(layer, Operator):
+        return layer.sharpen
     if isinstance(layer, Pool2d):
         return SHARPEN_KINK if layer.kind == "max" else None
     if isinstance(layer, Activation) and layer.type in ("relu", "leaky_relu", "relu6"):
@@ -391,6 +396,8 @@ def _step(
     bad: npt.NDArray[np.bool_],
 ) -> Step:  # fmt: skip
     """The step of one layer, given its inputs' values and radii."""
+    if isinstance(layer, Operator):
+        return layer.step(xs, rs, ctx, group)
     if layer.type == "add":
         return add_step(xs, rs, ctx, group)
     if layer.type == "concat":

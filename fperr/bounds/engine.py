@@ -23,6 +23,7 @@ import numpy.typing as npt
 from ..arith import Emulated
 from ..errors import FperrInputError
 from ..layers import Conv2d, Dense, Residual, is_merge
+from ..operators import REGISTRY, Operator
 from ..model import Model, check_inputs
 from . import exponent_range as xr
 from .backward import (
@@ -91,6 +92,13 @@ def resolve_engine(model: Model, engine: str) -> str:
             raise FperrInputError(f"model {model.name!r} is a graph (named inputs): the zonotope "
                                   "engine takes chains only; use engine='backward'")  # fmt: skip
         return "backward"
+    no_rule = sorted({t for t in layer_types(model.layers)
+                      if t in REGISTRY and not REGISTRY[t].has_rule()})  # fmt: skip
+    if no_rule:
+        if engine == "zonotope":
+            raise FperrInputError(f"the zonotope engine has no rule for {', '.join(no_rule)}; "
+                                  "use engine='backward'")  # fmt: skip
+        return "backward"
     if engine != "auto":
         return engine
     if layer_types(model.layers) & set(CURVED) and zonotope_fits(model):
@@ -129,6 +137,12 @@ def _count_products(layers: Sequence[Any], shape: tuple[int, ...]) -> int:
     """
     total = 0
     for layer in layers:
+        if isinstance(layer, Operator):
+            # a chain's operators read one input; graph models go through _model_products
+            out = layer.merge_shape([shape])
+            total += layer.products([shape], out)
+            shape = out
+            continue
         out = layer.out_shape(shape)
         if isinstance(layer, Dense):
             total += math.prod(out) * int(layer.weight.shape[1])
@@ -144,8 +158,14 @@ def _model_products(model: Model) -> int:
     """:func:`_count_products` over every layer of a model, chain or graph (each
     layer at its own input's shape; merges compute no products)."""
     shapes = model.shapes()
-    return sum(_count_products([layer], shapes[model.inputs_of(i)[0] + 1])
-               for i, layer in enumerate(model.layers) if not is_merge(layer))  # fmt: skip
+    total = 0
+    for i, layer in enumerate(model.layers):
+        ins = [shapes[j + 1] for j in model.inputs_of(i)]
+        if isinstance(layer, Operator):
+            total += layer.products(ins, shapes[i + 1])
+        elif not is_merge(layer):
+            total += _count_products([layer], ins[0])
+    return total
 
 
 def bound_run(

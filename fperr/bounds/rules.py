@@ -38,6 +38,7 @@ from ..layers import (
     Softmax,
     softmax,
 )
+from ..operators import Operator
 from ..rounding import round as fround
 from . import activation_ranges as more
 from . import exponent_range as xr
@@ -214,6 +215,8 @@ def convert_rule(enc: Enclosure, old: Format, new: Format, index: int) -> Enclos
 
 
 def apply_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+    if isinstance(layer, Operator):
+        return layer.rule(enc, ctx, index)
     try:
         fn = RULES[layer.type]
     except KeyError:
@@ -622,11 +625,37 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
     """
     enc = enc.materialize()
     y, s, remainder, local = softmax_local(layer, enc.value, enc.radius(), ctx)
-    g = enc.gens  # (N, k, q)
-    gens = s[:, :, None] * g - s[:, :, None] * np.einsum("bk,bkq->bq", s, g)[:, None, :]
+    gens = softmax_jacobian(layer, s, enc.gens)
     out = Enclosure(y, gens, enc.groups, enc.random)
     out = out.add_box(remainder, index, random=False)
     return out.add_box(local, index, random=True)
+
+
+def softmax_jacobian(layer: Softmax, s: Array, g: Array) -> Array:
+    """J g for columns g (N, n, q), J = diag(s) - s s^T within each group of
+    units along the softmax axis (s: (N, *shape), softmax at the logits)."""
+    if s.ndim == 2:  # a vector: the formula as it always was (bit for bit)
+        return s[:, :, None] * g - s[:, :, None] * np.einsum("bk,bkq->bq", s, g)[:, None, :]
+    ax = layer.batched_axis(s.ndim)
+    sg = softmax_groups(s, ax, s.ndim - 1)  # (N, G, K)
+    gg = softmax_groups(g.reshape(*s.shape, -1), ax, s.ndim - 1)  # (N, G, K, q)
+    out = sg[..., None] * gg - sg[..., None] * np.einsum("bgk,bgkq->bgq", sg, gg)[:, :, None, :]
+    return softmax_ungroup(out, ax, s.shape).reshape(g.shape)
+
+
+def softmax_groups(v: Array, ax: int, units: int) -> Array:
+    """(N, *shape, *rest) -> (N, G, K, *rest): the softmax axis ``ax`` (of the
+    batch) last among the ``units`` per-input axes, the others flattened to G."""
+    moved = np.moveaxis(v, ax, units)
+    k = moved.shape[units]
+    return moved.reshape(v.shape[0], -1, k, *v.shape[units + 1 :])
+
+
+def softmax_ungroup(v: Array, ax: int, shape: tuple[int, ...]) -> Array:
+    """The inverse of :func:`softmax_groups` for a batch of ``shape`` (N, *units)."""
+    units = len(shape) - 1
+    moved = (*np.delete(np.asarray(shape), ax).tolist(), shape[ax])
+    return np.moveaxis(v.reshape(*moved, *v.shape[3:]), units, ax)
 
 
 def softmax_local(
@@ -634,11 +663,23 @@ def softmax_local(
 ) -> tuple[Array, Array, Array, Array]:
     """(y, s, remainder, local) of a softmax (see :func:`softmax_rule`): the
     stored output, softmax at the computed logits (J = diag(s) - s s^T), the
-    box for the spread of J and the kernel's own error."""
+    box for the spread of J and the kernel's own error, each shaped like z.
+    Along any axis: every term is a function of the units of one group (the
+    axis moved last; for a vector nothing moves)."""
     a = ctx.arith
     y = layer.forward(z, a)
+    ax = layer.batched_axis(z.ndim)
+    s, remainder, local = _softmax_last(
+        np.moveaxis(z, ax, -1), np.moveaxis(r.reshape(z.shape), ax, -1), ctx
+    )
+    return y, *(np.moveaxis(v, -1, ax) for v in (s, remainder, local))  # type: ignore[return-value]
+
+
+def _softmax_last(z: Array, r: Array, ctx: Context) -> tuple[Array, Array, Array]:
+    """(s, remainder, local) of a softmax along the last axis (:func:`softmax_local`)."""
+    a = ctx.arith
     s = softmax(z)  # at the computed logits, before the storage rounding
-    k = y.shape[-1]
+    k = z.shape[-1]
     rho = 2 * r + 2 * r.max(axis=-1, keepdims=True)
     with np.errstate(over="ignore"):
         ds = np.minimum(s * np.expm1(rho), 1.0)  # softmax values stay in [0, 1]
@@ -662,7 +703,7 @@ def softmax_local(
     local = kern + under + half_ulp(np.minimum(s_plus + kern, 1.0) + under, a.storage)
     # the sum of the k exponentials (each <= 1) must not overflow in any order
     local = np.where(ctx.sum_may_overflow(float(k), k, under), np.inf, local)
-    return y, s, remainder, local
+    return s, remainder, local
 
 
 def _softmax_underflow(ctx: Context, k: int, rel: float, func_abs: float) -> float:

@@ -44,6 +44,7 @@ from ..layers import (
     RMSNorm,
     Softmax,
 )
+from ..operators import Operator
 from ..rounding import round as fround
 from .enclosure import half_ulp
 from .rules import (
@@ -59,6 +60,7 @@ from .rules import (
     layernorm_kernel,
     maxpool_local,
     residual_local,
+    softmax_jacobian,
     softmax_local,
     window_index,
 )
@@ -260,6 +262,14 @@ def batchnorm_step(layer: BatchNorm, x: Array, r: Array, ctx: Context, group: in
 
 def softmax_step(layer: Softmax, x: Array, r: Array, ctx: Context, group: int) -> Step:
     y, s, remainder, local = softmax_local(layer, x, r, ctx)
+    if x.ndim != 2:  # along any axis: J = diag(s) - s s^T per group, J symmetric
+        ax = layer.batched_axis(x.ndim)
+        sm, rm = np.moveaxis(s, ax, -1), np.moveaxis(r.reshape(x.shape), ax, -1)
+        image = np.moveaxis(sm * (rm * (1 - 2 * sm) + (sm * rm).sum(axis=-1, keepdims=True)),
+                            -1, ax)  # fmt: skip
+        return Step(y, lambda lam: softmax_jacobian(layer, s, lam.transpose(0, 2, 1)
+                                                    ).transpose(0, 2, 1),
+                    _flat(image), group, [(_flat(remainder), False), (_flat(local), True)])
 
     def adjoint(lam: Array) -> Array:  # Lambda J, J = diag(s) - s s^T
         ls = lam * s[:, None, :]
@@ -393,6 +403,8 @@ SIMPLE_STEPS: dict[str, Callable[[Any, Array, Array, Context, int], Step]] = {
 def simple_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
     """The step of a layer that needs nothing but (x, r): every type but layer
     norm (which pulls functionals back) and residual blocks (which nest)."""
+    if isinstance(layer, Operator):
+        return layer.step([x], [r], ctx, group)
     if isinstance(layer, LayerNorm | RMSNorm | Residual):  # pragma: no cover - engine dispatches
         raise TypeError(f"{layer.type} is not a simple step")
     try:

@@ -1,6 +1,8 @@
 """Run an IR model in PyTorch: the real-hardware counterpart of the emulation.
 
-:func:`to_torch` builds an ``nn.Module`` from a :class:`~fperr.model.Model`;
+:func:`to_torch` builds an ``nn.Module`` from a :class:`~fperr.model.Model`
+(an ``nn.Sequential`` for a chain; for a graph model, a module whose forward
+evaluates its nodes in order, each reading the outputs its wiring names);
 :func:`run_torch` runs a batch through it in float64, float32 (TF32 on or
 off), float16, bfloat16 or under autocast, on the CPU or a CUDA device, and
 returns a :class:`TorchRun`: the outputs as float64 plus a record of every
@@ -23,7 +25,9 @@ import numpy.typing as npt
 from ..errors import FperrInputError
 from ..layers import (
     Activation,
+    Add,
     BatchNorm,
+    Concat,
     Conv2d,
     Dense,
     Dropout,
@@ -36,8 +40,10 @@ from ..layers import (
     RMSNorm,
     Shape,
     Softmax,
+    is_merge,
 )
 from ..model import Model, check_inputs
+from ..operators import Operator
 from ..rounding import round as fround
 from .torch_env import record_flags, require_torch, resolve_device, torch_flags
 
@@ -118,7 +124,7 @@ def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
                "hardsigmoid": nn.Hardsigmoid}  # fmt: skip
         return cls[layer.type]()
     if isinstance(layer, Softmax):
-        return nn.Softmax(dim=-1)
+        return nn.Softmax(dim=layer.axis if layer.axis < 0 else layer.axis + 1)
     if isinstance(layer, BatchNorm):
         c = layer.running_mean.shape[0]
         bns = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -151,7 +157,30 @@ def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
         return rms
     if isinstance(layer, Residual):
         return ResidualModule(_sequential(layer.layers, shape))
+    if isinstance(layer, Operator):
+        return _operator_module(torch, layer)
     raise FperrInputError(f"layer type {layer.type!r} has no torch module")
+
+
+def _operator_module(torch: Any, op: Operator) -> torch.nn.Module:
+    """A registered operator as a module: its parameters as float64 ``nn.Parameter``s
+    (moved with the module's dtype and device), its forward from ``torch_forward``."""
+
+    class OperatorModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.op = op
+            self.params = torch.nn.ParameterDict(
+                {k: _param(torch, v) for k, v in op.torch_parameters().items()}
+            )
+
+        def forward(self, *xs: Any) -> Any:
+            return self.op.torch_forward(list(xs), dict(self.params.items()))
+
+        def extra_repr(self) -> str:
+            return repr(self.op)
+
+    return OperatorModule()
 
 
 def _sequential(layers: tuple[Layer, ...], shape: Shape) -> torch.nn.Sequential:
@@ -166,13 +195,81 @@ def _sequential(layers: tuple[Layer, ...], shape: Shape) -> torch.nn.Sequential:
 _TORCH_FORMATS = {"float16": "binary16", "bfloat16": "bfloat16", "float32": "binary32"}
 
 
-def to_torch(model: Model) -> torch.nn.Sequential:
-    """An ``nn.Sequential`` in float64, eval mode, computing ``model.forward``."""
-    model.require_chain("the torch executor")
-    seq = _sequential(model.layers, tuple(model.input_shape))
-    seq.eval()
-    seq.requires_grad_(False)
-    return seq
+def _merge_module(torch: Any, layer: Layer) -> torch.nn.Module:
+    """The module of a merge node: ``a + b`` (one rounding, as :class:`~fperr.layers.Add`),
+    ``torch.cat`` along the per-input axis (exact), or a registered operator."""
+    base: Any = torch.nn.Module
+
+    class AddModule(base):
+        def forward(self, a: Any, b: Any) -> Any:
+            return a + b
+
+    class ConcatModule(base):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.dim = dim
+
+        def forward(self, *xs: Any) -> Any:
+            return torch.cat(xs, dim=self.dim)
+
+        def extra_repr(self) -> str:
+            return f"dim={self.dim}"
+
+    if isinstance(layer, Add):
+        return AddModule()
+    if isinstance(layer, Concat):
+        return ConcatModule(layer.axis + 1)  # +1: the batch axis
+    if isinstance(layer, Operator):
+        return _operator_module(torch, layer)
+    raise FperrInputError(f"merge type {layer.type!r} has no torch module")
+
+
+def _graph_module(model: Model) -> torch.nn.Module:
+    """A graph model as one module: per-node modules in an ``nn.ModuleList``, evaluated
+    in the model's (topological) order, each reading the outputs ``model.inputs_of`` names."""
+    torch = require_torch()
+    base: Any = torch.nn.Module
+    shapes = model.shapes()
+    wiring = tuple(model.inputs_of(i) for i in range(len(model.layers)))
+    nodes = [
+        _merge_module(torch, layer) if is_merge(layer) else _module(layer, shapes[ins[0] + 1])
+        for layer, ins in zip(model.layers, wiring, strict=True)
+    ]
+    # the last node reading each value (-1: the input): values are dropped after it
+    last = {j: i for i, ins in enumerate(wiring) for j in ins}
+
+    class GraphModule(base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.nodes = torch.nn.ModuleList(nodes)
+            self.wiring = wiring
+
+        def forward(self, x: Any) -> Any:
+            vals: dict[int, Any] = {-1: x}
+            for i, (node, ins) in enumerate(zip(self.nodes, self.wiring, strict=True)):
+                vals[i] = node(*(vals[j] for j in ins))
+                for j in ins:
+                    if last[j] == i:
+                        del vals[j]
+            return vals[len(self.wiring) - 1]
+
+        def extra_repr(self) -> str:
+            return f"wiring={list(map(list, self.wiring))}"
+
+    return GraphModule()
+
+
+def to_torch(model: Model) -> torch.nn.Module:
+    """A module in float64, eval mode, computing ``model.forward``: an ``nn.Sequential``
+    for a chain, a module evaluating the nodes by the wiring for a graph model."""
+    net: torch.nn.Module
+    if model.is_graph:
+        net = _graph_module(model)
+    else:
+        net = _sequential(model.layers, tuple(model.input_shape))
+    net.eval()
+    net.requires_grad_(False)
+    return net
 
 
 # -- running -----------------------------------------------------------------------------------

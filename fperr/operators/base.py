@@ -1,0 +1,188 @@
+"""What an operator of the model IR is: one class holds everything about it.
+
+A registered operator (:func:`register`) carries, in one file:
+
+- its YAML spec (a pydantic model, ``Spec``) and the way back (``spec_fields``);
+- shape inference (``out_shape``) and the forward pass written once against
+  :mod:`fperr.arith` (exact float64 or emulated in any format);
+- its bound rules: ``step`` for the backward engine (a cheap forward range and
+  the linear map that pulls output rows back to its inputs, see
+  :mod:`fperr.bounds.steps`), and optionally ``rule`` for the forward zonotope
+  (the reference engine for chains);
+- how other executors run it: ``torch_forward`` (real PyTorch kernels, for
+  validation) and ``mpmath_forward`` (the high-precision oracle).
+
+The older layer classes of :mod:`fperr.layers` are dispatched by type in each
+of those places; an operator here is found through :data:`REGISTRY` instead,
+so adding one touches its own file and its tests.  Every behaviour an operator
+does not offer raises :class:`OperatorUnsupported` (a
+:class:`~fperr.errors.FperrInputError`) with one line that names it.
+
+The pattern follows onnx.reference (one class per ONNX operator, each with
+its own ``_run``) and auto_LiRPA's bound operators (each with its forward
+value and its backward bound rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import FperrInputError, SpecError
+
+if TYPE_CHECKING:
+    from ..arith import Arithmetic
+    from ..bounds.enclosure import Enclosure
+    from ..bounds.rules import Context
+    from ..bounds.steps import Step
+    from ..model import Model
+
+Array = npt.NDArray[np.float64]
+Shape = tuple[int, ...]
+Put = Callable[[str, "Array | None"], "str | None"]
+"""``put(name, array)`` stores a parameter array for saving and returns its key."""
+
+
+class OperatorUnsupported(FperrInputError):
+    """An operator does not offer a behaviour (an engine, an executor)."""
+
+
+class OperatorSpec(BaseModel):
+    """Fields every operator's YAML spec has (as the layers of :mod:`fperr.spec`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    name: str | None = Field(None, description="name other layers' inputs refer to")
+    inputs: list[str] | None = Field(
+        None, min_length=1,
+        description="names of the layers (or 'input') this layer reads; default: the one before",
+    )  # fmt: skip
+
+
+class Weights:
+    """What ``from_spec`` may ask of the weight file (see :class:`fperr.model._Weights`)."""
+
+    def get(self, key: str | None, where: str, ndim: int | None = None) -> Array | None:
+        raise NotImplementedError  # pragma: no cover - protocol
+
+    def need(self, key: str, where: str, ndim: int | None = None) -> Array:
+        raise NotImplementedError  # pragma: no cover - protocol
+
+
+class Operator:
+    """Base class of registered operators (instances are frozen dataclasses)."""
+
+    type: ClassVar[str]
+    Spec: ClassVar[type[OperatorSpec]]
+    arity: ClassVar[int] = 1
+    """Inputs read: 1, 2, ... or 0 for any number >= 2 (``merge`` instead of ``forward``)."""
+    sharpen: ClassVar[float | None] = None
+    """Backward engine: sharpen incoming ranges wider than this fraction of the values
+    (layers whose local error depends on the range beyond second order), or None."""
+
+    @classmethod
+    def example(cls, rng: np.random.Generator) -> Model:
+        """A small model that uses this operator (random parameters from ``rng``): the
+        conformance and soundness tests run every registered operator through it."""
+        raise NotImplementedError
+
+    # -- construction and saving --------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
+        """The operator a validated spec describes (parameters from ``weights``)."""
+        raise NotImplementedError
+
+    def spec_fields(self, put: Put) -> dict[str, Any]:
+        """The spec's fields other than ``type``, ``name`` and ``inputs`` (None: omitted)."""
+        return {}
+
+    # -- shapes and values ---------------------------------------------------------------
+    def out_shape(self, shape: Shape) -> Shape:
+        if self.arity != 1:
+            raise SpecError(f"{self.type} reads several inputs: it needs a graph model "
+                            "('inputs:')")  # fmt: skip
+        raise NotImplementedError
+
+    def merge_shape(self, shapes: list[Shape]) -> Shape:
+        self._check_arity(len(shapes))
+        return self.out_shape(shapes[0])
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        if self.arity != 1:
+            raise SpecError(f"{self.type} reads several inputs: it needs a graph model "
+                            "('inputs:')")  # fmt: skip
+        raise NotImplementedError
+
+    def merge(self, xs: list[Array], arith: Arithmetic) -> Array:
+        """The output for a list of inputs (one per wired input)."""
+        return self.forward(xs[0], arith)
+
+    def _check_arity(self, n: int) -> None:
+        want = self.arity
+        if (want == 0 and n < 2) or (want and n != want):
+            need = "at least two" if want == 0 else str(want)
+            raise SpecError(f"{self.type}: reads {need} input{'s' * (need != '1')}, got {n}")
+
+    # -- bounds ------------------------------------------------------------------------------
+    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        """The backward engine's step: computed inputs ``xs`` (N, *in), radii ``rs``."""
+        raise NotImplementedError
+
+    def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+        """The forward zonotope rule (chains only)."""
+        raise OperatorUnsupported(f"{self.type} has no forward-zonotope rule; use the "
+                                  "backward engine (engine='backward')")  # fmt: skip
+
+    @classmethod
+    def has_rule(cls) -> bool:
+        return cls.rule is not Operator.rule
+
+    def work(self, in_shapes: list[Shape], out_shape: Shape) -> float:
+        """Multiply-adds per input (the backward engine's sharpening budget counts them)."""
+        return float(math.prod(out_shape))
+
+    def products(self, in_shapes: list[Shape], out_shape: Shape) -> int:
+        """Terms of all dot products per input: the events of the probabilistic bound's
+        failure budget (Higham & Mary 2019, Theorem 3.1)."""
+        return 0
+
+    # -- other executors ---------------------------------------------------------------------
+    def torch_forward(self, xs: list[Any], params: dict[str, Any]) -> Any:
+        """The output from torch tensors ``xs`` (real kernels, any dtype and device);
+        ``params``: :meth:`torch_parameters` as tensors of the run's dtype and device."""
+        raise OperatorUnsupported(f"{self.type} has no torch executor")
+
+    def torch_parameters(self) -> dict[str, Array]:
+        """Parameter arrays the torch executor moves to the run's dtype and device."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+
+    def mpmath_forward(self, xs: list[Any]) -> Any:
+        """The output from object arrays of ``mpmath.mpf`` (at the caller's precision)."""
+        raise OperatorUnsupported(f"{self.type} has no mpmath executor")
+
+
+REGISTRY: dict[str, type[Operator]] = {}
+"""Every registered operator class, by its ``type`` name."""
+
+
+def register(cls: type[Operator]) -> type[Operator]:
+    """Class decorator: add an operator to :data:`REGISTRY` (its type must be new)."""
+    if cls.type in REGISTRY:  # pragma: no cover - a programming error
+        raise ValueError(f"operator type {cls.type!r} registered twice")
+    REGISTRY[cls.type] = cls
+    return cls
+
+
+def is_operator(layer: object) -> bool:
+    return isinstance(layer, Operator)
+
+
+def check_axis(op: str, axis: int, ndim: int) -> int:
+    """A per-input axis (negative counts from the end) as a nonnegative index."""
+    if not -ndim <= axis < ndim:
+        raise SpecError(f"{op}: axis {axis} out of range for a per-input shape of rank {ndim}")
+    return axis % ndim
