@@ -37,7 +37,6 @@ from pydantic_core import ErrorDetails
 from . import spec as S
 from .arith import Arithmetic, Exact
 from .errors import SpecError
-from .operators import REGISTRY, Operator
 from .layers import (
     Activation,
     Add,
@@ -57,6 +56,7 @@ from .layers import (
     Softmax,
     is_merge,
 )
+from .operators import REGISTRY, Operator
 from .yaml_io import load_yaml
 
 Array = npt.NDArray[np.float64]
@@ -357,7 +357,7 @@ def _new(where: str, cls: Callable[..., Layer], *args: Any) -> Layer:
 def _build(spec: Any, w: _Weights, where: str) -> Layer:
     t = spec.type
     if t in REGISTRY:
-        return _new(where, REGISTRY[t].from_spec, spec, w, where)  # type: ignore[return-value]
+        return _new(where, REGISTRY[t].from_spec, spec, w, where)
     if t == "dense":
         weight = w.need(spec.weight, where, 2)
         bias = w.get(spec.bias, where, 1)

@@ -23,8 +23,8 @@ import numpy.typing as npt
 from ..arith import Emulated
 from ..errors import FperrInputError
 from ..layers import Conv2d, Dense, Residual, is_merge
-from ..operators import REGISTRY, Operator
 from ..model import Model, check_inputs
+from ..operators import REGISTRY, Operator
 from . import exponent_range as xr
 from .backward import (
     Collector,

@@ -248,7 +248,7 @@ def _graph_module(model: Model) -> torch.nn.Module:
             vals: dict[int, Any] = {-1: x}
             for i, (node, ins) in enumerate(zip(self.nodes, self.wiring, strict=True)):
                 vals[i] = node(*(vals[j] for j in ins))
-                for j in ins:
+                for j in set(ins):  # a node may read one value twice (x + x)
                     if last[j] == i:
                         del vals[j]
             return vals[len(self.wiring) - 1]

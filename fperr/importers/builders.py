@@ -60,14 +60,21 @@ def _resolve(dims: Sequence[int], shape: Shape, what: str) -> Shape:
     return tuple(int(d) for d in dims)
 
 
-def _softmax_build(dim: Any) -> Build:
+def _softmax_build(dim: Any, coerce: bool = False) -> Build:
+    """Softmax over ``dim`` of the batch (torch's dim, ONNX's axis: 0 is the batch).
+    ``coerce``: ONNX before opset 13, a softmax over all dims from ``dim`` on (only
+    the last dim alone is offered); ``dim`` None (torch's implicit dim): vectors."""
+
     def build(shape: Shape) -> list[Layer]:
-        if len(shape) != 1 or dim not in (None, 1, -1):
-            raise SpecError(
-                f"softmax over dim {dim} of inputs {list(shape)}: only the last dim of "
-                "vector inputs is supported"
-            )
-        return [Softmax()]
+        ndim = len(shape) + 1
+        d = (1 if len(shape) == 1 else None) if dim is None else int(dim)
+        if d is not None and -ndim <= d < ndim:
+            d %= ndim
+        if d is None or not 1 <= d < ndim or (coerce and d != ndim - 1):
+            what = "all dims from " if coerce else "dim "
+            raise SpecError(f"softmax over {what}{dim} of inputs {list(shape)} (batch dim 0): "
+                            "only one dim other than the batch's is supported")  # fmt: skip
+        return [Softmax(-1 if d == ndim - 1 else d - 1)]
 
     return build
 

@@ -25,13 +25,16 @@ from ..layers import (
     Layer,
     LayerNorm,
     Pool2d,
+    Reshape,
     RMSNorm,
     Shape,
 )
 from ..model import Model
+from ..operators import REGISTRY
 from .builders import _const, _flatten_dims, _flatten_layers, _gelu, _pair, _resolve, _softmax_build
 from .graph import Array, Build, _entry, _Graph, _Op, _to_model, _Unsupported
 from .torch_alias import resolve_writes
+from .torch_attention import attention_leaves, attention_ops
 from .torch_fidelity import check_against_torch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,9 +71,21 @@ def _torch_module(mod: torch.nn.Module) -> _ModuleOp:
     raise _Unsupported()
 
 
+def _linear_build(w: Array, b: Array | None) -> Build:
+    """nn.Linear: a dense layer on vectors, the linear operator on the last axis of
+    anything else (tokens x features)."""
+
+    def build(shape: Shape) -> list[Layer]:
+        if len(shape) == 1:
+            return [Dense(w, b)]
+        return [REGISTRY["linear"](w, b)]  # type: ignore[call-arg]
+
+    return build
+
+
 def _mod_linear(mod: Any) -> _ModuleOp:
     w = _need(mod.weight, "weight")
-    return _const([Dense(w, _np(mod.bias))]), (int(w.shape[1]),), False
+    return _linear_build(w, _np(mod.bias)), (int(w.shape[1]),), False
 
 
 def _mod_conv2d(mod: Any) -> _ModuleOp:
@@ -402,10 +417,10 @@ def _batch_norm(node: Any, params: Callable[[Any], Array | None]) -> Build:
 
 # -- call_function and call_method nodes: tables keyed by target --------------------------------
 _Params = Callable[[Any], Array | None]  # the module tensor an fx node reads, or None
-_CallOp = Callable[[Any, str, _Params], _Op]  # (node, label, params) -> op
+_CallOp = Callable[[Any, str, _Params], "_Op | list[_Op]"]  # (node, label, params) -> op(s)
 
 
-def _torch_call(node: Any, label: str, params: _Params) -> _Op | None:
+def _torch_call(node: Any, label: str, params: _Params) -> _Op | list[_Op] | None:
     """The op of a call_function/call_method node; None for shape queries."""
     from torch.fx import Node
 
@@ -418,7 +433,7 @@ def _torch_call(node: Any, label: str, params: _Params) -> _Op | None:
         convert = None
     if convert is not None:
         return convert(node, label, params)
-    if _is_aux(node):
+    if _is_aux(node) or _expanded_parameter(node, params) is not None:
         return None
     raise _Unsupported()
 
@@ -510,8 +525,9 @@ def _method_add(node: Any, label: str, params: _Params) -> _Op:
     return _Op(label, (node.args[0], node.args[1]), node)
 
 
-def _call_add(node: Any, label: str, params: _Params) -> _Op:
-    """x + y, x += y and torch.add(x, y) of two computed values: a residual add."""
+def _call_add(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
+    """x + y, x += y and torch.add(x, y) of two computed values (a residual add), or
+    of a computed value and a parameter (a positional embedding: a constant node)."""
     from torch.fx import Node
 
     x = node.args[0] if node.args else None
@@ -520,9 +536,34 @@ def _call_add(node: Any, label: str, params: _Params) -> _Op:
         raise _Unsupported("add of a constant")
     if _arg(node, 2, "alpha", 1) != 1:
         raise _Unsupported("add with alpha")
+    if params(x) is not None and params(other) is not None:
+        raise _Unsupported("add of two parameters")
     if params(x) is not None or params(other) is not None:
-        raise _Unsupported("add of a parameter")
+        value, p = (other, x) if params(x) is not None else (x, other)
+        const = _constant(node, label, value, params(p), 0)
+        return [const, _Op(label, (value, const.output), node)]
     return _Op(label, (x, other), node)
+
+
+def _constant(node: Any, label: str, value: Any, p: Array | None, i: int) -> _Op:
+    """A parameter read as a graph value: a constant node (it reads ``value`` for the
+    batch size only).  A leading axis of 1 is the batch axis broadcast."""
+    assert p is not None
+
+    def build(shape: Shape) -> list[Layer]:
+        per = p.reshape(p.shape[1:]) if p.ndim > 1 and p.shape[0] == 1 else p
+        return [REGISTRY["constant"](np.array(per))]  # type: ignore[call-arg]
+
+    return _Op(f"{label}.param{i}", (value,), (node, f"param{i}"), build)
+
+
+def _expanded_parameter(v: Any, params: _Params) -> Array | None:
+    """The parameter behind ``p.expand(x.shape[0], ...)`` (a class token), else None."""
+    if getattr(v, "op", None) == "call_method" and v.target == "expand":
+        p = params(v.args[0])
+        if p is not None and p.ndim >= 1 and p.shape[0] == 1:
+            return p
+    return None
 
 
 def _call_adaptive_avg_pool(node: Any, label: str, params: _Params) -> _Op:
@@ -531,14 +572,15 @@ def _call_adaptive_avg_pool(node: Any, label: str, params: _Params) -> _Op:
 
 def _spatial_mean(dims: Any, keepdim: bool) -> Build:
     """x.mean over the two spatial axes of (N, C, H, W): a global average pool (and a
-    flatten without keepdim)."""
+    flatten without keepdim); over other axes (tokens): the mean operator."""
 
     def build(shape: Shape) -> list[Layer]:
         nd = len(shape) + 1
         d = sorted(int(v) % nd for v in ((dims,) if isinstance(dims, int) else dims))
-        if len(shape) != 3 or d != [2, 3]:
-            raise SpecError(f"mean over dims {dims} of {list(shape)}: only the spatial mean "
-                            "of (N, C, H, W) is supported")  # fmt: skip
+        if 0 in d:
+            raise SpecError(f"mean over dims {dims}: the batch axis cannot be averaged")
+        if len(shape) != 3 or d != [2, 3]:  # tokens, features: the mean operator
+            return [REGISTRY["mean"](tuple(a - 1 for a in d), keepdim)]  # type: ignore[call-arg]
         pool: list[Layer] = [Pool2d("avg", (shape[1], shape[2]), (shape[1], shape[2]))]
         return pool if keepdim else [*pool, Flatten()]
 
@@ -546,30 +588,76 @@ def _spatial_mean(dims: Any, keepdim: bool) -> Build:
 
 
 def _call_mean(node: Any, label: str, params: _Params) -> _Op:
-    """x.mean(dims) and torch.mean(x, dims) over the spatial axes."""
+    """x.mean(dims) and torch.mean(x, dims)."""
     dims = _arg(node, 1, "dim")
     if dims is None or _arg(node, 3, "dtype") is not None:
         raise _Unsupported("mean over every axis or with a dtype")
     return _unary(node, label, _spatial_mean(dims, bool(_arg(node, 2, "keepdim", False))))
 
 
-def _call_cat(node: Any, label: str, params: _Params) -> _Op:
-    """torch.cat of computed values along one axis: a graph's concat."""
+def _call_cat(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
+    """torch.cat along one axis of computed values and parameters (a class token
+    ``cls.expand(x.shape[0], -1, -1)``): a graph's concat, parameters as constants."""
     from torch.fx import Node
 
     values = _arg(node, 0, "tensors")
     dim = int(_arg(node, 1, "dim", 0))
     if not isinstance(values, list | tuple) or not all(isinstance(v, Node) for v in values):
         raise _Unsupported("cat of constants")
-    if any(params(v) is not None for v in values):
-        raise _Unsupported("cat of a parameter")
     if dim == 0:
         raise _Unsupported("cat along the batch axis")
+    consts = {i: _expanded_parameter(v, params) for i, v in enumerate(values)}
+    consts = {i: p for i, p in consts.items() if p is not None}
+    if any(params(v) is not None for v in values):
+        raise _Unsupported("cat of a parameter without expand to the batch")
+    computed = [v for i, v in enumerate(values) if i not in consts]
+    if not computed:
+        raise _Unsupported("cat of parameters only")
+    ops = [_constant(node, label, computed[0], p, i) for i, p in consts.items()]
+    made = {i: op.output for i, op in zip(consts, ops, strict=True)}
+    inputs = tuple(made.get(i, v) for i, v in enumerate(values))
 
     def merge(shapes: list[Shape]) -> Layer:
         return Concat(dim - 1 if dim > 0 else len(shapes[0]) + dim)
 
-    return _Op(label, tuple(values), node, merge=merge)
+    return [*ops, _Op(label, inputs, node, merge=merge)]
+
+
+def _index_layers(index: tuple[Any, ...], shape: Shape) -> list[Layer]:
+    """x[:, ...] with integers and unit-step slices on the per-input axes: one slice
+    per restricted axis, then a reshape dropping the axes an integer selects."""
+    if len(index) - 1 > len(shape) or index[0] != slice(None):
+        raise SpecError(f"indexing {index} of {list(shape)}: the batch axis must be ':'")
+    layers: list[Layer] = []
+    out, drop = list(shape), []
+    for ax, it in enumerate(index[1:]):
+        if isinstance(it, int):
+            start = it % shape[ax] if -shape[ax] <= it < shape[ax] else shape[ax]
+            layers.append(REGISTRY["slice"](ax, start, start + 1))  # type: ignore[call-arg]
+            out[ax] = 1
+            drop.append(ax)
+        elif isinstance(it, slice) and it.step in (None, 1):
+            lo, hi, _ = it.indices(shape[ax])
+            if (lo, hi) != (0, shape[ax]):
+                layers.append(REGISTRY["slice"](ax, lo, hi))  # type: ignore[call-arg]
+                out[ax] = hi - lo
+        else:
+            raise SpecError(f"indexing with {it!r}: only integers and ':' ranges")
+    if drop:
+        kept = tuple(n for a, n in enumerate(out) if a not in drop)
+        layers.append(Reshape(kept) if kept else Reshape((1,)))
+    return layers
+
+
+def _call_getitem(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
+    """x[:, 0] (a class token), x[:, 1:]: slices of a computed value; None for the
+    items of shape queries."""
+    if _is_aux(node):
+        return []  # an item of a shape query: checked where it is used
+    index = node.args[1]
+    if not isinstance(index, tuple) or params(node.args[0]) is not None:
+        raise _Unsupported("indexing other than x[:, ...]")
+    return _unary(node, label, lambda shape: _index_layers(index, shape))
 
 
 def _call_dropout(node: Any, label: str, params: _Params) -> _Op:
@@ -609,7 +697,7 @@ def _call_linear(node: Any, label: str, params: _Params) -> _Op:
     if w is None:
         raise _Unsupported("weight is not a parameter")
     b = params(_arg(node, 2, "bias"))
-    return _unary(node, label, _const([Dense(w, b)]), hint=(int(w.shape[1]),))
+    return _unary(node, label, _linear_build(w, b), hint=(int(w.shape[1]),))
 
 
 def _call_conv2d(node: Any, label: str, params: _Params) -> _Op:
@@ -673,6 +761,7 @@ def _function_converters() -> dict[Any, _CallOp]:
         ((F.adaptive_avg_pool2d,), _call_adaptive_avg_pool),
         ((torch.mean,), _call_mean),
         ((torch.cat, torch.concat), _call_cat),
+        ((operator.getitem,), _call_getitem),
     ]
     return {target: convert for targets, convert in groups for target in targets}
 
@@ -712,8 +801,15 @@ def _trace_eval(module: torch.nn.Module) -> Any:
         return module
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
+    leaves = attention_leaves()
+
+    class Tracer(fx.Tracer):  # attention modules stay whole: see torch_attention
+        def is_leaf_module(self, m: Any, qualname: str) -> bool:
+            return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
+
     try:
-        return fx.symbolic_trace(module)
+        root = module
+        return fx.GraphModule(root, Tracer().trace(root), type(root).__name__)
     finally:
         for m, mode in modes:
             m.training = mode
@@ -830,6 +926,19 @@ def _param_reader(gm: Any) -> _Params:
     return params
 
 
+def _attention_output(gm: Any, n: Any) -> bool:
+    """Whether ``n`` is ``mha(x, x, x)[0]`` (the attention output; [1], the weights,
+    is refused: fperr bounds one output)."""
+    src = n.args[0] if n.op == "call_function" and n.target is operator.getitem else None
+    if src is None or getattr(src, "op", None) != "call_module":
+        return False
+    if not isinstance(gm.get_submodule(str(src.target)), attention_leaves()):
+        return False
+    if n.args[1] != 0:
+        raise _Unsupported("only the attention output ([0]) can be read")
+    return True
+
+
 def _convert_nodes(gm: Any, nodes: list[Any]) -> tuple[list[_Op], list[str]]:
     """The ops of the call nodes in order, and an entry for each that does not convert."""
     params = _param_reader(gm)
@@ -841,11 +950,19 @@ def _convert_nodes(gm: Any, nodes: list[Any]) -> tuple[list[_Op], list[str]]:
         label = _fx_label(gm, n)
         try:
             if n.op == "call_module":
-                build, hint, ew = _torch_module(gm.get_submodule(str(n.target)))
+                mod = gm.get_submodule(str(n.target))
+                if isinstance(mod, attention_leaves()):
+                    ops.extend(attention_ops(mod, n, label))
+                    continue
+                build, hint, ew = _torch_module(mod)
                 ops.append(_Op(label, (n.args[0],), n, build, hint, ew))
+            elif _attention_output(gm, n):
+                ops.append(_Op(label, (n.args[0],), n, _const([]), elementwise=True))
             else:
                 op = _torch_call(n, label, params)
-                if op is not None:
+                if isinstance(op, list):
+                    ops.extend(op)
+                elif op is not None:
                     ops.append(op)
         except _Unsupported as exc:
             unsupported.append(_entry(label, exc))

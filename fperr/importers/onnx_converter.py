@@ -325,7 +325,7 @@ class _OnnxConverter:
 
     def op_softmax(self, n: onnx.NodeProto, s: _Site) -> _Op:
         axis = int(s.attrs.get("axis", -1 if self.opset >= 13 else 1))
-        return _Op(s.label, s.one, s.out, _softmax_build(axis))
+        return _Op(s.label, s.one, s.out, _softmax_build(axis, coerce=self.opset < 13))
 
     def op_gemm(self, n: onnx.NodeProto, s: _Site) -> _Op:
         """alpha * x B' + beta * C: alpha folds into the weights only if it is a power of

@@ -25,6 +25,7 @@ value and its backward bound rule).
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -77,7 +78,7 @@ class Operator:
     """Base class of registered operators (instances are frozen dataclasses)."""
 
     type: ClassVar[str]
-    Spec: ClassVar[type[OperatorSpec]]
+    Spec: ClassVar[builtins.type[OperatorSpec]]
     arity: ClassVar[int] = 1
     """Inputs read: 1, 2, ... or 0 for any number >= 2 (``merge`` instead of ``forward``)."""
     sharpen: ClassVar[float | None] = None

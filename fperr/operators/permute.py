@@ -87,8 +87,8 @@ class Permute(Operator):
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         # output unit o carries the error of input unit src[o]: a gather, boxes stay diagonal
         N = enc.value.shape[0]
-        src = self.forward(np.arange(enc.n).reshape(1, *enc.value.shape[1:]), ctx.arith)
-        src = np.broadcast_to(src.reshape(1, -1), (N, enc.n))
+        idx = np.arange(enc.n).reshape(1, *enc.value.shape[1:])
+        src = np.broadcast_to(np.transpose(idx, self._batched()).reshape(1, -1), (N, enc.n))
         y = self.forward(enc.value, ctx.arith)
         return enc.gather_rows(y, src, np.ones((N, enc.n)), overlapping=False)
 
