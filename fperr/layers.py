@@ -398,7 +398,7 @@ class Softmax:
         return shape
 
     def batched_axis(self, ndim: int) -> int:
-        """The softmax axis of a batch (N, *shape) of ``ndim`` dimensions, >= 1."""
+        """The softmax axis of a batch ``(N, *shape)`` of ``ndim`` dimensions, >= 1."""
         return self.axis % (ndim - 1) + 1
 
     def forward(self, x: Array, arith: Arithmetic) -> Array:

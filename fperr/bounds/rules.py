@@ -635,7 +635,7 @@ def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> En
 
 def softmax_jacobian(layer: Softmax, s: Array, g: Array) -> Array:
     """J g for columns g (N, n, q), J = diag(s) - s s^T within each group of
-    units along the softmax axis (s: (N, *shape), softmax at the logits)."""
+    units along the softmax axis (s: ``(N, *shape)``, softmax at the logits)."""
     if s.ndim == 2:  # a vector: the formula as it always was (bit for bit)
         return s[:, :, None] * g - s[:, :, None] * np.einsum("bk,bkq->bq", s, g)[:, None, :]
     ax = layer.batched_axis(s.ndim)
@@ -646,7 +646,7 @@ def softmax_jacobian(layer: Softmax, s: Array, g: Array) -> Array:
 
 
 def softmax_groups(v: Array, ax: int, units: int) -> Array:
-    """(N, *shape, *rest) -> (N, G, K, *rest): the softmax axis ``ax`` (of the
+    """``(N, *shape, *rest) -> (N, G, K, *rest)``: the softmax axis ``ax`` (of the
     batch) last among the ``units`` per-input axes, the others flattened to G."""
     moved = np.moveaxis(v, ax, units)
     k = moved.shape[units]
@@ -654,7 +654,7 @@ def softmax_groups(v: Array, ax: int, units: int) -> Array:
 
 
 def softmax_ungroup(v: Array, ax: int, shape: tuple[int, ...]) -> Array:
-    """The inverse of :func:`softmax_groups` for a batch of ``shape`` (N, *units)."""
+    """The inverse of :func:`softmax_groups` for a batch of ``shape`` ``(N, *units)``."""
     units = len(shape) - 1
     moved = (*np.delete(np.asarray(shape), ax).tolist(), shape[ax])
     return np.moveaxis(v.reshape(*moved, *v.shape[3:]), units, ax)
