@@ -651,10 +651,7 @@ class Concat(_Merge):
         return np.concatenate(xs, axis=self.axis + 1)
 
 
-MERGES = ("add", "concat")
-
-
 def is_merge(layer: object) -> bool:
     """Whether a layer reads several inputs (``merge``) rather than one (``forward``):
     the merges above and registered operators (:mod:`fperr.operators`) of arity != 1."""
-    return getattr(layer, "type", None) in MERGES or getattr(layer, "arity", 1) != 1
+    return getattr(layer, "arity", 1) != 1

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .operators import REGISTRY, operator_specs
+from .operators import REGISTRY, OperatorSpec, operator_specs
 
 MAX_INT = 2**31 - 1
 """Largest size, stride, padding or dilation (int32, as in PyTorch)."""
@@ -28,13 +28,8 @@ PosPair = PosInt | tuple[PosInt, PosInt]
 NonNegPair = NonNegInt | tuple[NonNegInt, NonNegInt]
 
 
-class _Layer(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    name: str | None = Field(None, description="name other layers' inputs refer to")
-    inputs: list[str] | None = Field(
-        None, min_length=1,
-        description="names of the layers (or 'input') this layer reads; default: the one before",
-    )  # fmt: skip
+# every layer's spec, the registered operators' (fperr.operators) included, has name and inputs
+_Layer = OperatorSpec
 
 
 class DenseSpec(_Layer):

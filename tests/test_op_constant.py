@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from op_checks import ORDERS, worst_over_orders
 
 from fperr.arith import Emulated
 from fperr.bounds import bound_run
@@ -25,7 +26,6 @@ def _weight(layer: Any) -> np.ndarray:
     return np.asarray(layer.weight)
 
 
-ORDERS = ("sequential", "pairwise", "blocked", "blas")
 FMTS = ("binary16", "bfloat16")
 TORCH = {"binary16": "float16", "bfloat16": "bfloat16"}
 
@@ -68,15 +68,7 @@ def test_sound_for_every_order_and_torch(kind, fmt):
     exact = model.forward(x).reshape(len(x), -1)
     rb = bound_run(model, x, Emulated.from_names(fmt, "binary32")).radius
     assert np.all(np.isfinite(rb))
-    worst = 0.0
-    for order in ORDERS:
-        for acc in ("binary32", fmt):
-            a = Emulated.from_names(fmt, acc, order=order)
-            r = rb if acc == "binary32" else bound_run(model, x, a).radius
-            err = np.abs(model.forward(x, a).reshape(len(x), -1) - exact)
-            assert np.all(err <= r), f"{kind} {fmt} {order} {acc}"
-            fin = np.isfinite(r)  # a same-format sum near 65504 may overflow: bound inf
-            worst = max(worst, float((err[fin] / np.maximum(r[fin], 1e-300)).max(initial=0.0)))
+    worst = worst_over_orders(model, x, fmt, exact, rb, kind)
     err = np.abs(_torch(model, x, TORCH[fmt]) - exact)
     assert np.all(err <= rb), f"torch {kind} {fmt}"
     assert worst > 0

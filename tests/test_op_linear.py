@@ -17,6 +17,7 @@ from fractions import Fraction
 import fp_emulator as fe
 import numpy as np
 import pytest
+from op_checks import check_run
 
 from fperr.arith import Emulated
 from fperr.bounds import bound_run
@@ -63,21 +64,6 @@ def torch_linear(W, b, X, fmt) -> np.ndarray:
     t = lambda a: torch.tensor(a, dtype=torch.float64).to(dt)  # noqa: E731 - one rounding
     y = torch.nn.functional.linear(t(X), t(W), None if b is None else t(b))
     return y.double().numpy()
-
-
-def check_run(got, exact, radius) -> np.ndarray:
-    """|got - exact| <= radius everywhere (radius inf where the run is inf/NaN);
-    returns the observed errors as floats (NaN where the run overflowed)."""
-    err = np.full(radius.shape, np.nan)
-    for k, (y, e, r) in enumerate(zip(got.reshape(-1), exact.reshape(-1), radius.reshape(-1),
-                                      strict=True)):  # fmt: skip
-        if isinstance(y, float) and not np.isfinite(y):
-            assert r == np.inf, (k, y, r)
-            continue
-        d = abs(Fraction(y) - e)
-        assert d <= Fraction(r) if np.isfinite(r) else True, (k, float(d), r)
-        err.reshape(-1)[k] = float(d)
-    return err
 
 
 def _model(W, b, shape):

@@ -14,6 +14,7 @@ from fractions import Fraction
 import fp_emulator as fe
 import numpy as np
 import pytest
+from op_checks import check_run
 
 from fperr.arith import Emulated
 from fperr.bounds import bound_run
@@ -67,21 +68,6 @@ def torch_mean(X, axes, keepdims, fmt) -> np.ndarray:
     dims = tuple(a % (X.ndim - 1) + 1 for a in axes)
     y = t.mean(dim=dims, keepdim=keepdims).double().numpy()
     return np.squeeze(y, axis=dims) if keepdims else y
-
-
-def check_run(got, exact, radius) -> np.ndarray:
-    """|got - exact| <= radius everywhere (radius inf where the run is inf/NaN);
-    returns the observed errors (NaN where the run overflowed)."""
-    err = np.full(radius.size, np.nan)
-    for k, (y, e, r) in enumerate(zip(got.reshape(-1), exact.reshape(-1), radius.reshape(-1),
-                                      strict=True)):  # fmt: skip
-        if isinstance(y, float) and not np.isfinite(y):
-            assert r == np.inf, (k, y, r)
-            continue
-        d = abs(Fraction(y) - e)
-        assert d <= Fraction(r) if np.isfinite(r) else True, (k, float(d), r)
-        err[k] = float(d)
-    return err
 
 
 def _radius(X, axes, keepdims, fmt, acc):

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import pytest
+from op_checks import ORDERS
 
 from fperr.arith import Emulated, Exact
 from fperr.bounds import bound_run
@@ -23,7 +24,6 @@ from fperr.model import load_model
 from fperr.operators import REGISTRY, Operator, OperatorUnsupported
 
 OPS = sorted(REGISTRY)
-ORDERS = ("sequential", "pairwise", "blocked", "blas")
 
 
 def _example(name: str, seed: int = 0):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from op_checks import worst_over_orders
 
 from fperr.arith import Emulated, Exact
 from fperr.bounds import bound_run
@@ -24,7 +25,6 @@ def _weight(layer: Any) -> np.ndarray:
     return np.asarray(layer.weight)
 
 
-ORDERS = ("sequential", "pairwise", "blocked", "blas")
 FMTS = ("binary16", "bfloat16")
 TORCH = {"binary16": "float16", "bfloat16": "bfloat16"}
 
@@ -98,14 +98,7 @@ def test_sound_for_every_order_and_torch(axis, fmt):
     exact = model.forward(x).reshape(len(x), -1)
     rb = bound_run(model, x, Emulated.from_names(fmt, "binary32")).radius
     assert np.all(np.isfinite(rb))
-    worst, tried = 0.0, 0
-    for order in ORDERS:
-        for acc in ("binary32", fmt):
-            a = Emulated.from_names(fmt, acc, order=order)
-            r = rb if acc == "binary32" else bound_run(model, x, a).radius
-            err = np.abs(model.forward(x, a).reshape(len(x), -1) - exact)
-            assert np.all(err <= r), f"{fmt} {order} {acc}: {(err / r).max()}"
-            worst, tried = max(worst, float((err / r).max())), tried + 1
+    worst = worst_over_orders(model, x, fmt, exact, rb, f"axis {axis}")
     err = np.abs(_torch_attention(model, x, TORCH[fmt], axis) - exact)
     assert np.all(err <= _torch_bound(model, x, fmt, axis, rb)), f"torch {fmt}"
     assert worst > 0 and np.max(err) > 0

@@ -54,7 +54,7 @@ class OperatorUnsupported(FperrInputError):
 
 
 class OperatorSpec(BaseModel):
-    """Fields every operator's YAML spec has (as the layers of :mod:`fperr.spec`)."""
+    """Fields every layer's YAML spec has (the base of :mod:`fperr.spec`'s layers too)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     name: str | None = Field(None, description="name other layers' inputs refer to")
