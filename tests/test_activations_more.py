@@ -424,13 +424,22 @@ def test_onnx_silu_either_operand_order() -> None:
     [("Sigmoid", ["z"], "s"), ("Mul", ["z", "s"], "t"), ("Add", ["t", "s"], "m")],  # s read twice
     [("Tanh", ["z"], "s"), ("Mul", ["z", "s"], "m")],
 ])  # fmt: skip
-def test_onnx_other_muls_stay_unsupported(body: list[tuple[str, list[str], str]]) -> None:
+def test_onnx_other_muls_are_not_silu(body: list[tuple[str, list[str], str]]) -> None:
+    """Other Muls are products of two activations (issue 12's mul operator), not SiLU."""
     pytest.importorskip("onnx")
     from fperr.importers import from_onnx
 
-    proto, _, _ = _silu_graph(body)
-    with pytest.raises(FperrInputError, match="Mul"):
-        from_onnx(proto)
+    proto, w1, w2 = _silu_graph(body)
+    model = from_onnx(proto)
+    types = [la.type for la in model.layers]
+    assert "mul" in types and "silu" not in types
+    X = np.random.default_rng(6).uniform(-6, 6, (30, 4))
+    v = {"x": X, "z": X @ w1}  # numpy, not the importer
+    for t, i, o in body:
+        a, b = v[i[0]], v[i[-1]]
+        v[o] = (1 / (1 + np.exp(-a)) if t == "Sigmoid" else np.tanh(a) if t == "Tanh"
+                else a * b if t == "Mul" else a + b)  # fmt: skip
+    np.testing.assert_allclose(model.forward(X), v["m"] @ w2, rtol=1e-12, atol=1e-12)
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:

@@ -18,18 +18,41 @@ def from_onnx(
     path_or_model: str | Path | bytes | onnx.ModelProto,
     input_shape: Sequence[int] | None = None,
     name: str | None = None,
+    notes: list[str] | None = None,
 ) -> Model:
     """Convert an ONNX model (a file, its bytes or a ``ModelProto``) to a Model.
 
-    Supported: Gemm (``transB``; ``alpha`` 1 or a power of two, any ``beta``),
-    MatMul (+ Add of a constant, fused into a dense layer), Add of two values
-    forming a residual block ``x + f(x)``, Conv, Relu, LeakyRelu, Tanh,
-    Sigmoid, Gelu and the Div/Erf/Add/Mul/Mul GELU the TorchScript exporter
-    writes, Softmax (last axis of vectors), MaxPool, AveragePool, Flatten
-    (axis 1), Reshape to a constant shape, BatchNormalization,
-    LayerNormalization, Dropout and Identity.  Weights come from
+    Any DAG of supported nodes (a graph model where it is not a chain with
+    residual blocks): Conv (grouped and depthwise), BatchNormalization,
+    Gemm, MatMul of an activation and a weight (+ Add of a constant, fused as
+    the bias; a linear layer on the last axis for token inputs) or of two
+    activations, Add of two activations or of a parameter, Mul of two
+    activations, Mul/Div by a scalar constant (scale; Div by a power of two
+    only), Concat (of activations and parameters: a class token),
+    LayerNormalization, RMSNormalization, Softmax along any axis, ReduceMean,
+    GlobalAveragePool, MaxPool, AveragePool, Relu, Clip to [0, 6] (ReLU6),
+    LeakyRelu, Elu, Tanh, Sigmoid, HardSwish, HardSigmoid, Gelu and the
+    Erf-form GELU both torch exporters write, SiLU, Dropout, Cast/CastLike to
+    floats; data movement anywhere (Transpose, Reshape, Flatten, (Un)Squeeze,
+    Slice, Gather and Split with constant indices, Expand, Identity), the
+    batch axis followed through it (:mod:`.onnx_layout`); and shape
+    subgraphs (Shape, Gather, Concat, ConstantOfShape, Range, Equal, Where,
+    Expand, ...), evaluated at import time with the batch size fixed (the
+    graph's static one, else 3 for the analysis).  Weights come from
     initializers and Constant nodes.  The input shape comes from the graph
     input (static dims after the batch dim) unless ``input_shape`` is given.
+
+    Nodes that do not convert are refused together in one line counting the
+    op kinds.  A scikit-learn classifier graph (skl2onnx) is cut before its
+    final Sigmoid/Softmax: the model outputs the logits.
+
+    ``notes``, if given, receives the lines of the import report (also logged
+    to the ``fperr.importers.onnx`` logger): that the exporter folded BatchNorm
+    into the convolutions (see ``_OnnxConverter.folded_batchnorms`` for the
+    detection; torch 2.13 keeps BatchNorm as a node with ``dynamo=True,
+    optimize=False``, or ``dynamo=False`` with ``do_constant_folding=False`` or
+    ``training=torch.onnx.TrainingMode.PRESERVE``), and where a scikit-learn
+    graph was cut.
     """
     try:
         import onnx
@@ -53,4 +76,4 @@ def from_onnx(
         except Exception as exc:  # protobuf decode errors
             raise SpecError(f"cannot read ONNX file {path}: {exc}") from None
         default = path.stem
-    return _OnnxConverter(model).to_model(input_shape, name or default)
+    return _OnnxConverter(model).to_model(input_shape, name or default, notes)

@@ -36,6 +36,17 @@ from .graph import Array, Build, _entry, _Graph, _Op, _to_model, _Unsupported
 from .torch_alias import resolve_writes
 from .torch_attention import attention_leaves, attention_ops
 from .torch_fidelity import check_against_torch
+from .torch_layout import (
+    annotate_static,
+    constant_dims,
+    permute_build,
+    power_of_two,
+    sdpa_factor,
+    sdpa_ops,
+    sdpa_options,
+    static_int,
+    transpose_build,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -263,6 +274,15 @@ def _mod_identity(mod: Any) -> _ModuleOp:
 
 
 @functools.cache
+def _mod_embedding(mod: Any) -> _ModuleOp:
+    """nn.Embedding: the embedding operator (token ids as the model's input values);
+    padding_idx and max_norm (which rewrites the table while running) are refused."""
+    if mod.padding_idx is not None or mod.max_norm is not None:
+        raise _Unsupported("padding_idx or max_norm")
+    table = _need(mod.weight, "weight")
+    return _const([REGISTRY["embedding"](table)]), None, False  # type: ignore[call-arg]
+
+
 def _module_converters() -> tuple[tuple[type, bool, Callable[[Any], _ModuleOp]], ...]:
     """(class, exact, converter) in the order tried: ``exact`` matches the class only,
     not its subclasses (which may compute something else)."""
@@ -290,6 +310,7 @@ def _module_converters() -> tuple[tuple[type, bool, Callable[[Any], _ModuleOp]],
         (nn.RMSNorm, False, _mod_rms_norm),
         *((cls, True, _mod_dropout) for cls in dropouts),
         (nn.Identity, False, _mod_identity),
+        (nn.Embedding, True, _mod_embedding),
     )
 
 
@@ -331,7 +352,23 @@ def _is_aux(n: Any) -> bool:
     if n.op == "call_function" and n.target is operator.getitem:
         src = n.args[0]
         return hasattr(src, "op") and src.op != "get_attr" and _is_aux(src)
+    if n.op == "call_function" and n.target in _SHAPE_ARITH:  # t * 8, c // heads
+        ok = all(_is_aux(a) if hasattr(a, "op") else isinstance(a, int) for a in n.args)
+        return ok and any(hasattr(a, "op") for a in n.args)
     return False
+
+
+_SHAPE_ARITH = frozenset({operator.mul, operator.floordiv, operator.add, operator.sub})
+
+
+def _shape_root(n: Any) -> list[tuple[Any, Any]]:
+    """[(shape query, value it reads)] for ``x.shape[i]`` / ``x.size(i)``: absorbed reads."""
+    if n.op == "call_function" and n.target in _SHAPE_ARITH:
+        return [r for a in n.args if hasattr(a, "op") for r in _shape_root(a)]
+    src = n.args[0] if n.op == "call_function" and n.target is operator.getitem else n
+    if hasattr(src, "op") and src.args and hasattr(src.args[0], "op"):
+        return [(src, src.args[0])]
+    return []
 
 
 def _torch_reshape(node: Any, dims: Any) -> tuple[Build, tuple[tuple[Any, Any], ...]]:
@@ -349,6 +386,10 @@ def _torch_reshape(node: Any, dims: Any) -> tuple[Build, tuple[tuple[Any, Any], 
         aux.append(root)
     elif first != -1:
         raise _Unsupported(f"{node.target} to a fixed batch size {first}")
+    for i, d in enumerate(rest):  # x.shape[i] (i >= 1): the size input_shape gives
+        if isinstance(d, Node) and _is_aux(d):
+            rest[i] = static_int(d, str(node.target))
+            aux.extend(_shape_root(d))
     if any(not isinstance(d, int) for d in rest):
         raise _Unsupported(f"{node.target}: non-constant dimensions")
     if first == -1 and -1 in rest:
@@ -426,6 +467,8 @@ def _torch_call(node: Any, label: str, params: _Params) -> _Op | list[_Op] | Non
 
     if isinstance(node.kwargs.get("out"), Node):
         raise _Unsupported("out= argument")
+    if node.op == "call_function" and node.target in _SHAPE_ARITH and _is_aux(node):
+        return None  # arithmetic of sizes: evaluated where it is used
     table = _METHODS if node.op == "call_method" else _function_converters()
     try:
         convert = table.get(node.target)
@@ -545,6 +588,20 @@ def _call_add(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
     return _Op(label, (x, other), node)
 
 
+def _call_mul(node: Any, label: str, params: _Params) -> _Op:
+    """x * y, x *= y, torch.mul(x, y), x.mul(y) of two computed values of one shape: the
+    mul operator (both carry error)."""
+    from torch.fx import Node
+
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    other = _arg(node, 1, "other")
+    if not (isinstance(x, Node) and isinstance(other, Node)):
+        raise _Unsupported()  # x * constant: not a shape query either
+    if params(x) is not None or params(other) is not None:
+        raise _Unsupported("mul by a parameter")
+    return _Op(label, (x, other), node, merge=lambda shapes: REGISTRY["mul"]())
+
+
 def _constant(node: Any, label: str, value: Any, p: Array | None, i: int) -> _Op:
     """A parameter read as a graph value: a constant node (it reads ``value`` for the
     batch size only).  A leading axis of 1 is the batch axis broadcast."""
@@ -595,6 +652,26 @@ def _call_mean(node: Any, label: str, params: _Params) -> _Op:
     return _unary(node, label, _spatial_mean(dims, bool(_arg(node, 2, "keepdim", False))))
 
 
+def _call_sum(node: Any, label: str, params: _Params) -> _Op:
+    """x.sum(dims) and torch.sum(x, dims): the sum operator over per-input axes."""
+    dims = _arg(node, 1, "dim")
+    if dims is None or _arg(node, 3, "dtype") is not None:
+        raise _Unsupported("sum over every axis or with a dtype")
+    keepdim = bool(_arg(node, 2, "keepdim", False))
+
+    def build(shape: Shape) -> list[Layer]:
+        nd = len(shape) + 1
+        given = [int(v) for v in ((dims,) if isinstance(dims, int) else dims)]
+        if not all(-nd <= v < nd for v in given):
+            raise SpecError(f"sum over dims {dims}: out of range for rank {nd}")
+        d = sorted(v % nd for v in given)
+        if 0 in d:
+            raise SpecError(f"sum over dims {dims}: the batch axis cannot be summed")
+        return [REGISTRY["sum"](tuple(a - 1 for a in d), keepdim)]  # type: ignore[call-arg]
+
+    return _unary(node, label, build)
+
+
 def _call_cat(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
     """torch.cat along one axis of computed values and parameters (a class token
     ``cls.expand(x.shape[0], -1, -1)``): a graph's concat, parameters as constants."""
@@ -626,6 +703,10 @@ def _call_cat(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
 def _index_layers(index: tuple[Any, ...], shape: Shape) -> list[Layer]:
     """x[:, ...] with integers and unit-step slices on the per-input axes: one slice
     per restricted axis, then a reshape dropping the axes an integer selects."""
+    dots = [k for k, it in enumerate(index) if it is Ellipsis]
+    if len(dots) == 1:  # x[..., a:b]: as many ':' as the other items leave
+        k = dots[0]
+        index = index[:k] + (slice(None),) * (len(shape) + 2 - len(index)) + index[k + 1 :]
     if len(index) - 1 > len(shape) or index[0] != slice(None):
         raise SpecError(f"indexing {index} of {list(shape)}: the batch axis must be ':'")
     layers: list[Layer] = []
@@ -654,10 +735,92 @@ def _call_getitem(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
     items of shape queries."""
     if _is_aux(node):
         return []  # an item of a shape query: checked where it is used
+    if _is_split(node.args[0]):
+        return _split_piece(node, label)
     index = node.args[1]
     if not isinstance(index, tuple) or params(node.args[0]) is not None:
         raise _Unsupported("indexing other than x[:, ...]")
     return _unary(node, label, lambda shape: _index_layers(index, shape))
+
+
+# -- split and chunk: no operator of their own, one slice per piece read ----------------------
+def _is_split(n: Any) -> bool:
+    """Whether fx node ``n`` is x.split / x.chunk / torch.split / torch.chunk."""
+    import torch
+
+    if getattr(n, "op", None) == "call_method":
+        return n.target in ("split", "chunk")
+    return getattr(n, "op", None) == "call_function" and n.target in (torch.split, torch.chunk)
+
+
+def _split_args(n: Any) -> tuple[Any, Any, Any, bool]:
+    """(value, split size / sections / chunks, dim, is chunk) of a split node."""
+    import torch
+
+    chunk = n.target in ("chunk", torch.chunk)
+    value = n.args[0] if n.args else n.kwargs.get("tensor", n.kwargs.get("input"))
+    keys = ("chunks",) if chunk else ("split_size_or_sections", "split_size")
+    size = n.args[1] if len(n.args) > 1 else next(
+        (n.kwargs[k] for k in keys if k in n.kwargs), None)  # fmt: skip
+    return value, size, _arg(n, 2, "dim", 0), chunk
+
+
+def _call_split(node: Any, label: str, params: _Params) -> list[_Op]:
+    """x.split(s, dim), x.chunk(k, dim) and their torch functions: checked here, and
+    each piece read (``pieces[i]``) becomes a slice of x (:func:`_split_piece`)."""
+    from torch.fx import Node
+
+    value, size, dim, chunk = _split_args(node)
+    sections = isinstance(size, list | tuple) and not chunk
+    if not isinstance(value, Node) or params(value) is not None:
+        raise _Unsupported("split of a parameter")
+    if isinstance(size, bool) or not (isinstance(size, int) or sections) or (
+            sections and not all(isinstance(v, int) and v >= 0 for v in size)):  # fmt: skip
+        raise _Unsupported("sizes are not constants")
+    if not isinstance(dim, int) or dim == 0 or (isinstance(size, int) and size < 1):
+        raise _Unsupported(f"dim {dim!r} or size {size!r}: constants, not the batch axis")
+    return []  # no layer: the pieces read are built where they are indexed
+
+
+def split_bounds(n: int, size: int | Sequence[int], chunk: bool) -> list[tuple[int, int]]:
+    """[(start, stop)] of the pieces torch.split (``size``: an int or the sections) or
+    torch.chunk (``size`` pieces of ceil(n / size), fewer if they cover n) cut from
+    an axis of length n."""
+    if isinstance(size, int):
+        step = -(-n // size) if chunk else size
+        sizes = [step] * (n // step) + ([n % step] if n % step else [])
+    else:
+        sizes = [int(v) for v in size]
+        if sum(sizes) != n:
+            raise SpecError(f"split sections {sizes} do not add up to the axis length {n}")
+    stops = np.cumsum(sizes).tolist()
+    return [(int(b - a), int(b)) for a, b in zip(sizes, stops, strict=True)]
+
+
+def _split_piece(node: Any, label: str) -> _Op | list[_Op]:
+    """``pieces[i]`` of a split node: a slice of the split's input along its axis
+    (nothing when the piece is the whole axis; no op when nothing reads it)."""
+    if not node.users:
+        return []  # an unpacked piece nobody reads
+    i = node.args[1]
+    if not isinstance(i, int):
+        raise _Unsupported("a range of pieces")
+    value, size, dim, chunk = _split_args(node.args[0])
+
+    def build(shape: Shape) -> list[Layer]:
+        nd = len(shape) + 1
+        if not -nd <= dim < nd or dim % nd == 0:
+            raise SpecError(f"split along dim {dim}: out of range or the batch axis")
+        ax = dim % nd - 1
+        bounds = split_bounds(shape[ax], size, chunk)
+        if not -len(bounds) <= i < len(bounds):
+            raise SpecError(f"piece {i} of {len(bounds)}")
+        lo, hi = bounds[i]
+        if (lo, hi) == (0, shape[ax]):
+            return []
+        return [REGISTRY["slice"](ax, lo, hi)]  # type: ignore[call-arg]
+
+    return _Op(label, (value,), node, build)
 
 
 def _call_dropout(node: Any, label: str, params: _Params) -> _Op:
@@ -711,6 +874,85 @@ def _call_conv2d(node: Any, label: str, params: _Params) -> _Op:
     return _unary(node, label, _const([conv]))
 
 
+# -- layout and attention (torch_layout): transpose, permute, .mT, @, / 2^k, SDPA --------------
+def _call_transpose(node: Any, label: str, params: _Params) -> _Op:
+    a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+    if not (isinstance(a, int) and isinstance(b, int)):
+        raise _Unsupported("dims are not constants")
+    return _unary(node, label, transpose_build(a, b))
+
+
+def _call_permute(node: Any, label: str, params: _Params) -> _Op:
+    """x.permute(*dims), x.permute(dims), torch.permute(x, dims)."""
+    dims = node.args[1:] or (node.kwargs.get("dims"),)
+    return _unary(node, label, permute_build(constant_dims(dims)))
+
+
+def _call_unflatten(node: Any, label: str, params: _Params) -> _Op:
+    """x.unflatten(dim, sizes) and torch.unflatten, as nn.Unflatten."""
+    from types import SimpleNamespace
+
+    dim, sizes = _arg(node, 1, "dim"), _arg(node, 2, "sizes")
+    if not isinstance(dim, int) or not all(isinstance(d, int) for d in sizes or ()):
+        raise _Unsupported("dim or sizes are not constants")
+    build, _, _ = _mod_unflatten(SimpleNamespace(dim=dim, unflattened_size=sizes))
+    return _unary(node, label, build)
+
+
+def _call_getattr(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
+    """``x.mT`` (the last two axes swapped); ``x.shape`` is a shape query."""
+    if _is_aux(node):
+        return []
+    if node.args[1] == "mT" and params(node.args[0]) is None:
+        return _unary(node, label, transpose_build(-2, -1))
+    raise _Unsupported(f"attribute {node.args[1]!r}")
+
+
+def _call_matmul(node: Any, label: str, params: _Params) -> _Op:
+    """a @ b, torch.matmul, torch.bmm of two computed values (the bilinear matmul
+    operator); ``x @ W`` with a 2-D parameter W is the linear operator with W^T."""
+    from torch.fx import Node
+
+    a = _arg(node, 0, "input")
+    b = node.args[1] if len(node.args) > 1 else node.kwargs.get("other", node.kwargs.get("mat2"))
+    if not (isinstance(a, Node) and isinstance(b, Node)) or params(a) is not None:
+        raise _Unsupported("matmul of a constant or a parameter on the left")
+    w = params(b)
+    if w is not None:
+        if w.ndim != 2:
+            raise _Unsupported("matmul with a parameter of rank other than 2")
+        return _unary(node, label, _const([REGISTRY["linear"](w.T.copy(), None)]))  # type: ignore[call-arg]
+    return _Op(label, (a, b), node, merge=lambda shapes: REGISTRY["matmul"]())
+
+
+def _call_truediv(node: Any, label: str, params: _Params) -> _Op:
+    """x / c for a constant power of two c (attention's 1 / sqrt(d) for d a power
+    of 4): the scale operator with factor 1 / c, the same rounded value."""
+    from torch.fx import Node
+
+    x, c = node.args[0] if node.args else None, _arg(node, 1, "other")
+    if not isinstance(x, Node) or params(x) is not None or isinstance(c, Node):
+        raise _Unsupported("division of or by a tensor")
+    if node.kwargs.get("rounding_mode") is not None:
+        raise _Unsupported("rounding_mode")
+    if not power_of_two(c):
+        raise _Unsupported(f"division by {c!r}: only by a power of two (x / c and x * (1/c) "
+                           "round differently otherwise); multiply by the reciprocal")  # fmt: skip
+    return _unary(node, label, _const([REGISTRY["scale"](1.0 / float(c))]))  # type: ignore[call-arg]
+
+
+def _call_sdpa(node: Any, label: str, params: _Params) -> list[_Op]:
+    """F.scaled_dot_product_attention(q, k, v) without mask, dropout or causality."""
+    q, k, v = (_arg(node, i, key) for i, key in enumerate(("query", "key", "value")))
+    sdpa_options(_arg(node, 3, "attn_mask"), _arg(node, 4, "dropout_p", 0.0),
+                 _arg(node, 5, "is_causal", False), node.kwargs.get("enable_gqa"))  # fmt: skip
+    scale = _arg(node, 6, "scale")
+    qshape = getattr(q, "meta", {}).get("fperr_shape")
+    if scale is None and not qshape:
+        raise _Unsupported("head size unknown (pass input_shape)")
+    return sdpa_ops(label, q, k, v, node, sdpa_factor(scale, int(qshape[-1]) if qshape else 1))
+
+
 # in-place forms too: torch_alias redirects later reads of the written value to the write
 # and refuses reads of other views of the overwritten storage
 _METHODS: dict[Any, _CallOp] = {
@@ -723,7 +965,18 @@ _METHODS: dict[Any, _CallOp] = {
     "reshape": _method_reshape,
     "add": _method_add,
     "add_": _method_add,
+    "mul": _call_mul,
+    "mul_": _call_mul,
     "mean": _call_mean,
+    "sum": _call_sum,
+    "split": _call_split,
+    "chunk": _call_split,
+    "transpose": _call_transpose,
+    "swapaxes": _call_transpose,
+    "permute": _call_permute,
+    "unflatten": _call_unflatten,
+    "matmul": _call_matmul,
+    "div": _call_truediv,
 }
 
 
@@ -758,10 +1011,20 @@ def _function_converters() -> dict[Any, _CallOp]:
         ((F.linear,), _call_linear),
         ((F.conv2d,), _call_conv2d),
         ((operator.add, operator.iadd, torch.add), _call_add),
+        ((operator.mul, operator.imul, torch.mul), _call_mul),
         ((F.adaptive_avg_pool2d,), _call_adaptive_avg_pool),
         ((torch.mean,), _call_mean),
+        ((torch.sum,), _call_sum),
+        ((torch.split, torch.chunk), _call_split),
         ((torch.cat, torch.concat), _call_cat),
         ((operator.getitem,), _call_getitem),
+        ((torch.transpose, torch.swapaxes), _call_transpose),
+        ((torch.permute,), _call_permute),
+        ((torch.unflatten,), _call_unflatten),
+        ((getattr,), _call_getattr),
+        ((operator.matmul, torch.matmul, torch.bmm), _call_matmul),
+        ((operator.truediv, torch.div), _call_truediv),
+        ((F.scaled_dot_product_attention,), _call_sdpa),
     ]
     return {target: convert for targets, convert in groups for target in targets}
 
@@ -820,8 +1083,13 @@ def from_torch(
     input_shape: Sequence[int] | None = None,
     name: str | None = None,
     check: bool = True,
+    tracer: str = "fx",
 ) -> Model:
     """Convert a PyTorch module to a :class:`~fperr.model.Model`.
+
+    ``tracer``: ``"fx"`` (the default, ``torch.fx`` symbolic tracing, attention
+    modules kept whole) or ``"export"`` (``torch.export``'s aten graph, which needs
+    ``input_shape``; see :mod:`fperr.importers.torch_export`).
 
     ``module``: an ``nn.Sequential`` or any module ``torch.fx`` can trace
     whose graph is a chain (residual blocks ``x + f(x)`` allowed) of Linear,
@@ -831,7 +1099,11 @@ def from_torch(
     vectors, BatchNorm1d/2d (running statistics), LayerNorm, RMSNorm (``eps=None``
     pinned to torch.finfo(torch.float32).eps, what float32 and CPU float16/bfloat16
     runs use; a float64 torch run would use 2^-52), Dropout,
-    Identity, or their functional forms.  ``input_shape`` (one input, no
+    Identity, or their functional forms; transpose / permute / ``.mT`` of
+    per-input axes, reshapes whose sizes come from ``x.shape`` (with
+    ``input_shape`` given), ``a @ b`` of two values, ``x / 2^k`` and
+    ``F.scaled_dot_product_attention`` without mask (see
+    :mod:`~fperr.importers.torch_layout`).  ``input_shape`` (one input, no
     batch dimension) is inferred from a first Linear or LayerNorm; a model
     starting with a convolution needs it.
 
@@ -854,7 +1126,18 @@ def from_torch(
     if not isinstance(module, torch.nn.Module):
         raise SpecError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     name = name or type(module).__name__
+    if tracer not in ("fx", "export"):
+        raise SpecError(f"tracer must be 'fx' or 'export', got {tracer!r}")
+    if tracer == "export":
+        from .torch_export import export_model
+
+        model = export_model(module, input_shape, name)
+        if check:
+            check_against_torch(_pin_rms_eps(module), model, name)
+        return model
     gm = _traced(module, name)
+    if input_shape is not None:  # sizes read from x.shape[i], i >= 1, become constants
+        annotate_static(gm, input_shape)
     nodes = list(gm.graph.nodes)
     inp, out = _graph_io(nodes, name)
     ops, unsupported = _convert_nodes(gm, nodes)
@@ -932,7 +1215,10 @@ def _attention_output(gm: Any, n: Any) -> bool:
     src = n.args[0] if n.op == "call_function" and n.target is operator.getitem else None
     if src is None or getattr(src, "op", None) != "call_module":
         return False
-    if not isinstance(gm.get_submodule(str(src.target)), attention_leaves()):
+    from torch import nn
+
+    # the encoder (layer) returns a tensor: an item of it is indexing (x[:, 0])
+    if not isinstance(gm.get_submodule(str(src.target)), nn.MultiheadAttention):
         return False
     if n.args[1] != 0:
         raise _Unsupported("only the attention output ([0]) can be read")

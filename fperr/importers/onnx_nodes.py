@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,17 +36,6 @@ def _constant_value(node: onnx.NodeProto) -> npt.NDArray[Any]:
         if a.name in ("value_int", "value_ints"):
             return np.asarray(a.i if a.name == "value_int" else list(a.ints), np.int64)
     raise SpecError(f"Constant node {node.name!r} has no numeric value")
-
-
-_ARITH: dict[str, Callable[[int, int], int]] = {
-    "Add": operator.add,
-    "Sub": operator.sub,
-    "Mul": operator.mul,
-    "Div": lambda a, b: int(a / b),  # ONNX integer division truncates
-    "Mod": operator.mod,  # fmod=0: the sign of the divisor, like Python
-}
-_SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast",
-                        "Identity", "Reshape", *_ARITH})  # fmt: skip
 
 
 def _same_pads(shape: Shape, k: Pair, stride: Pair, dil: Pair) -> Pair:

@@ -75,7 +75,11 @@ def mismatch(got: np.ndarray, want: np.ndarray) -> tuple[float, float] | None:
 def check_against_torch(module: Any, model: Model, name: str, seed: int = 0) -> None:
     """Raise SpecError unless ``model`` computes what ``module`` computes in eval mode."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((BATCH, *model.input_shape))
+    x: np.ndarray = rng.standard_normal((BATCH, *model.input_shape))
+    readers = [model.layers[i] for i in range(len(model.layers)) if -1 in model.inputs_of(i)]
+    if readers and all(layer.type == "embedding" for layer in readers):  # token ids
+        vocab = min(int(layer.weight.shape[0]) for layer in readers)  # type: ignore[attr-defined]
+        x = rng.integers(0, vocab, (BATCH, *model.input_shape))  # int64: torch's long ids
     want = torch_float64_eval(module, x, name)
     got = model.forward(x)
     bad = mismatch(got, want)
