@@ -227,11 +227,13 @@ def schema_cmd() -> None:
               show_default=True,
               help="Bound engine: backward (cost ~ K forward passes), zonotope (the reference), "
               "auto (backward for piecewise-linear models, zonotope with curved layers).")
-@click.option("--ranges", type=click.Choice(["sharpened", "interval"]), default="sharpened",
-              show_default=True,
+@click.option("--ranges", type=click.Choice(["sharpened", "interval", "full"]),
+              default="sharpened", show_default=True,
               help="The backward engine's ranges at nonlinear layers: interval ranges sharpened "
-              "by backward rows where wide (a budget of forward passes per input), or interval "
-              "ranges only (cheapest; infinite bounds on deep models).")
+              "by backward rows where wide (a budget of forward passes per input), interval "
+              "ranges only (cheapest; infinite bounds on deep models), or every unit sharpened "
+              "(full: about one forward pass per unit; with --method probabilistic the ranges "
+              "are probabilistic too, which deep CNNs need).")
 @click.option("--cascade/--no-cascade", default=True, show_default=True,
               help="Bound every input cheaply first and sharply only where undecided "
               "(--per-layer turns it off: every input then gets a breakdown).")

@@ -85,6 +85,14 @@ are sharpened (on the digits CNN: 0.1 s for 150 inputs instead of 0.4 s at
 2%, the same median bound)."""
 
 
+FULL = 2.0**-10
+"""Full ranges (``ranges="full"``) sharpen, at the input of every layer that has
+a sharpening threshold, each unit whose interval radius exceeds this fraction of
+its value, with no budget: every unit whose range could matter (a binary16
+rounding is 2^-11 of the value), not the units of a binary32 run whose ranges
+stay near 2^-24 (sharpening those would double the cost and change nothing)."""
+
+
 @dataclass
 class Tape:
     """Steps in the order they were computed, and what each reads: ``sources[i]``
@@ -174,20 +182,32 @@ class Collector:
 
 
 def functional_radius(
-    tape: Tape, upto: int, outer: Callable[[Array], Array] | None
+    tape: Tape, upto: int, outer: Callable[[Array], Array] | None, lam: float = 0.0
 ) -> Callable[[Array], Array]:
     """rows (N, R, n) at the output of step ``upto`` -> (N, R): the radius of each
     functional of the error there (every source in absolute value); ``outer``
-    continues from the tape's input (a residual branch's enclosing tape)."""
+    continues from the tape's input (a residual branch's enclosing tape).
+
+    With ``lam`` > 0 (the probabilistic method's full ranges) the random sources
+    (computed roundings) combine in quadrature instead: det + lam sqrt(sum c_j^2)
+    holds with probability >= 1 - 2 exp(-lam^2 / 2) for independent zero-mean
+    roundings (Hoeffding; Higham & Mary 2019), one event per row (and one more
+    per enclosing tape, whose part ``outer`` bounds on its own)."""
 
     def radius(rows: Array) -> Array:
         total = np.zeros(rows.shape[:2])
+        squares = np.zeros(rows.shape[:2])
 
         def add(group: int, random: bool, alam: Array, box: Array | None) -> None:
-            nonlocal total
-            total = total + summed(alam, box)
+            nonlocal total, squares
+            if random and lam > 0:
+                squares = squares + summed(np.square(alam), None if box is None else box**2)
+            else:
+                total = total + summed(alam, box)
 
         at_input = pull_back(tape, rows, add, upto)
+        if lam > 0:
+            total = total + lam * np.sqrt(squares)
         return total if outer is None else total + outer(at_input)
 
     return radius
@@ -236,10 +256,23 @@ class Ranges:
     alongside (the reference engine's radii: as costly as that engine)."""
 
     def __init__(self, enc: Enclosure | None, sharpen: bool = False,
-                 budget: Budget | None = None) -> None:  # fmt: skip
+                 budget: Budget | None = None, full: bool = False,
+                 lam: float = 0.0) -> None:  # fmt: skip
         self.enc = enc
-        self.sharpen = sharpen
+        self.sharpen = sharpen or full
         self.budget = budget or Budget()
+        self.full = full  # every unit wider than FULL sharpened, no budget
+        self.lam = lam  # > 0: sharpened radii combine random sources in quadrature
+
+    def threshold(self, layer: Any) -> float | None:
+        """The sharpening threshold at ``layer``'s inputs (None: not sharpened)."""
+        theta = sharpen_threshold(layer) if self.sharpen else None
+        return FULL if theta is not None and self.full else theta
+
+    def functional(self, tape: Tape, t: int,
+                   outer: Callable[[Array], Array] | None) -> Callable[[Array], Array]:  # fmt: skip
+        """:func:`functional_radius` in this run's combination of sources."""
+        return functional_radius(tape, t, outer, self.lam)
 
     def radius(self, r_interval: Array) -> Array:
         return r_interval if self.enc is None else self.enc.radius()
@@ -306,10 +339,11 @@ def forward_steps(
                     stored[converted[key]] = a.storage
                 t = converted[key]
             srcs.append(t)
-        theta = sharpen_threshold(layer) if ranges.sharpen else None
+        theta = ranges.threshold(layer)
         if theta is not None:
             for t in srcs:
-                sharpen_radius(tape, t, outer, theta, ranges.budget)
+                sharpen_radius(tape, t, outer, theta, None if ranges.full else ranges.budget,
+                               ranges.lam)  # fmt: skip
         xs = [tape.steps[t].value for t in srcs]
         rs = [ranges.radius(tape.steps[t].radius().reshape(tape.steps[t].value.shape))
               for t in srcs]  # fmt: skip
@@ -351,7 +385,8 @@ def sharpen_threshold(layer: Any) -> float | None:
 
 
 def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
-                   theta: float, budget: Budget | None = None) -> None:  # fmt: skip
+                   theta: float, budget: Budget | None = None,
+                   lam: float = 0.0) -> None:  # fmt: skip
     """Replace the interval radius of step ``t``'s outputs wider than ``theta``
     times their value by each unit's backward bound (one row per unit, pulled
     back through every earlier step: the bound :func:`functional_radius` gives
@@ -360,7 +395,8 @@ def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
     2018), spent only on the units whose interval range is wide: with every
     unit of every nonlinearity's input sharpened (``theta`` = 0) the ranges are
     the zonotope's and so are the bounds.  Each input's units are chosen from its
-    own values, so a bound never depends on the batch."""
+    own values, so a bound never depends on the batch.  ``lam`` > 0: the
+    probabilistic combination of :func:`functional_radius`."""
     step = tape.steps[t]
     if step.sharpened:
         return
@@ -373,7 +409,7 @@ def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
         need = budget.allow(need)
     if not need.any():
         return
-    radius = functional_radius(tape, t, outer)
+    radius = functional_radius(tape, t, outer, lam)
     rank = np.cumsum(need, axis=1) - 1
     chunk = _rows_per_chunk(tape, t, N)
     out = r.copy()
@@ -409,8 +445,8 @@ def _step(
         n = len(layer.layers)
         chain = Graph(layer.layers, [(i - 1,) for i in range(n)], [ctx] * n, [group] * n)
         sub_ranges = Ranges(None if ranges.enc is None else ranges.enc.materialize(),
-                            ranges.sharpen, ranges.budget)  # fmt: skip
-        entry = functional_radius(tape, srcs[0], outer)
+                            ranges.sharpen, ranges.budget, ranges.full, ranges.lam)  # fmt: skip
+        entry = ranges.functional(tape, srcs[0], outer)
         sub.wide = tape.wide
         xb, rb, sub_bad = forward_steps(chain, sub, sub_ranges, ctx.arith.storage, entry)
         bad |= sub_bad
@@ -418,7 +454,7 @@ def _step(
         step.branch = sub
         return step
     if isinstance(layer, LayerNorm | RMSNorm):
-        return layernorm_step(layer, x, r, ctx, group, functional_radius(tape, srcs[0], outer))
+        return layernorm_step(layer, x, r, ctx, group, ranges.functional(tape, srcs[0], outer))
     return simple_step(layer, x, r, ctx, group)
 
 

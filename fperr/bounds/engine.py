@@ -54,7 +54,7 @@ PROBABILISTIC_NOTE = (
 Array = npt.NDArray[np.float64]
 
 ENGINES = ("auto", "backward", "zonotope")
-RANGES = ("sharpened", "interval", "zonotope")
+RANGES = ("sharpened", "interval", "zonotope", "full")
 
 CURVED = ("tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "elu", "hardswish", "hardsigmoid",
           "softmax", "layernorm", "rmsnorm")
@@ -168,6 +168,36 @@ def _model_products(model: Model) -> int:
     return total
 
 
+def _input_units(layers: Sequence[Any], shapes: Sequence[tuple[int, ...]], depth: int) -> int:
+    """Units at the inputs of ``layers`` (chain, input shapes ``shapes``), each counted
+    once per tape a functional of it may cross (``depth`` + 1: a residual branch's
+    rows continue in each enclosing tape, bounded there on their own)."""
+    total = 0
+    for layer, shape in zip(layers, shapes, strict=True):
+        total += math.prod(shape) * (depth + 1)
+        if isinstance(layer, Residual):
+            inner = [shape]
+            for sub in layer.layers[:-1]:
+                inner.append(sub.out_shape(inner[-1]))
+            total += _input_units(layer.layers, inner, depth + 1)
+    return total
+
+
+def range_functionals(model: Model) -> int:
+    """An upper bound on the range functionals one input's run evaluates with full
+    ranges: every unit at every layer's input sharpened (one functional each) and,
+    at a layer norm, one functional per normalised group (fewer than its units),
+    hence twice the units (:func:`_input_units`).  Each is one event of the
+    probabilistic method's failure budget (the ranges' share)."""
+    shapes = model.shapes()
+    total = 0
+    for i, layer in enumerate(model.layers):
+        ins = [shapes[j + 1] for j in model.inputs_of(i)]
+        total += sum(math.prod(s) for s in ins[1:])  # a merge's other inputs
+        total += _input_units([layer], ins[:1], 0)
+    return max(1, 2 * total)
+
+
 def bound_run(
     model: Model,
     X: npt.ArrayLike,
@@ -195,8 +225,14 @@ def bound_run(
     The backward engine's ranges: ``"sharpened"`` (default: interval ranges,
     replaced by backward bounds at the inputs of nonlinear layers where wide,
     :func:`.backward.sharpen_threshold`), ``"interval"`` (never
-    sharpened: the cheapest) or ``"zonotope"`` (the zonotope's radii, for
-    comparisons: it then bounds the same terms).  ``rows`` (N, K) selects the
+    sharpened: the cheapest), ``"zonotope"`` (the zonotope's radii, for
+    comparisons: it then bounds the same terms) or ``"full"`` (every unit at
+    every nonlinear layer's input sharpened where wider than
+    :data:`.backward.FULL` of its value, with no budget: CROWN's intermediate
+    bounds everywhere, costing about one forward pass per unit;
+    under ``method="probabilistic"`` these ranges combine the roundings in
+    quadrature too, each unit's range one more event of the failure budget,
+    which is then split in three: products, ranges, outputs).  ``rows`` (N, K) selects the
     outputs the backward pass sharpens; the others keep the forward interval
     range (a cheaper, looser bound) and no per-layer breakdown.
 
@@ -234,9 +270,13 @@ def bound_run(
     # combination: a union bound over both.
     inner = max(1, _model_products(model))
     outputs = int(np.prod(model.output_shape))
-    half = 1 - (1 - confidence) / 2
-    lam = lambda_for(half, inner) if method == "probabilistic" else 0.0
-    lam_out = lambda_for(half, outputs) if method == "probabilistic" else 0.0
+    prob_ranges = method == "probabilistic" and ranges == "full"
+    # with probabilistic ranges a third budget share: one event per range functional
+    range_events = range_functionals(model) if prob_ranges else 0
+    share = 1 - (1 - confidence) / (3 if prob_ranges else 2)
+    lam = lambda_for(share, inner) if method == "probabilistic" else 0.0
+    lam_out = lambda_for(share, outputs) if method == "probabilistic" else 0.0
+    lam_range = lambda_for(share, range_events) if prob_ranges else 0.0
     contexts: dict[Emulated, Context] = {}
     ctxs = []
     for i in range(len(model.layers)):
@@ -261,7 +301,8 @@ def bound_run(
         if engine == "backward":
             sel = None if rows is None else rows[i : i + bs]
             o, r, pl, wide = _bound_batch_backward(model, x[i : i + bs], input_ctx, ctxs,
-                                                   method, lam_out, sel, ranges)  # fmt: skip
+                                                   method, lam_out, sel, ranges,
+                                                   lam_range)  # fmt: skip
             wides.append(wide)
         else:
             o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam_out)
@@ -271,7 +312,9 @@ def bound_run(
         if progress is not None:
             progress(o.shape[0])
     radius, per = np.concatenate(radii), np.concatenate(layers)
-    if auto and engine == "backward" and rows is None and zonotope_fits(model):
+    if auto and engine == "backward" and rows is None and ranges != "full" and zonotope_fits(
+        model
+    ):  # full ranges are the zonotope's already (deterministic) or sharper (probabilistic)
         redo = np.flatnonzero(np.concatenate(wides))
         if redo.size:  # ranges grew wide: the zonotope's sharper ranges for these inputs
             z = bound_run(model, x[redo], arith, method=method, confidence=confidence,
@@ -279,9 +322,9 @@ def bound_run(
             radius[redo], per[redo] = z.radius, z.per_layer
     fail = 0.0
     if method == "probabilistic":
-        fail = min(
-            1.0, 2 * inner * math.exp(-(lam**2) / 2) + 2 * outputs * math.exp(-(lam_out**2) / 2)
-        )
+        events = [(inner, lam), (outputs, lam_out)] + ([(range_events, lam_range)]
+                                                       if prob_ranges else [])  # fmt: skip
+        fail = min(1.0, sum(2 * n * math.exp(-(la**2) / 2) for n, la in events))
     return RunBound(np.concatenate(outs), radius, per, fail)
 
 
@@ -333,7 +376,7 @@ def _bound_batch(
 
 def _bound_batch_backward(
     model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float,
-    rows: npt.NDArray[np.bool_] | None, ranges: str,
+    rows: npt.NDArray[np.bool_] | None, ranges: str, lam_range: float = 0.0,
 ) -> tuple[Array, Array, Array, npt.NDArray[np.bool_]]:  # fmt: skip
     """One batch through :mod:`.backward`: (outputs, radius, per-layer breakdown,
     inputs whose ranges grew wide or whose run may overflow)."""
@@ -348,7 +391,7 @@ def _bound_batch_backward(
     tape.add(first, ())
     graph = Graph(model.layers, [model.inputs_of(i) for i in range(L)], ctxs, range(1, L + 1))
     with np.errstate(invalid="ignore", over="ignore"):
-        sharp = Ranges(ref, sharpen=ranges == "sharpened")
+        sharp = Ranges(ref, sharpen=ranges == "sharpened", full=ranges == "full", lam=lam_range)
         y, r, bad = forward_steps(graph, tape, sharp, input_ctx.arith.storage)
         wide = tape.wide if tape.wide is not None else np.zeros(N, dtype=bool)
         bad |= ~np.isfinite(first.value.reshape(N, -1)).all(axis=1)
