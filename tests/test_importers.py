@@ -222,6 +222,12 @@ def test_from_torch_lists_every_unsupported_op(torch: Any) -> None:
     with pytest.raises(SpecError, match=r"^unsupported: mul 'mul', sin 'sin', \.exp\(\) 'exp' "):
         from_torch(Funcs(), input_shape=(3,))
 
+    # many unsupported ops: counted by kind in one short line, not listed
+    many = nn.Sequential(*[m for _ in range(40) for m in (nn.SELU(), nn.Mish(), nn.ReLU())])
+    with pytest.raises(SpecError) as info:
+        from_torch(many, input_shape=(3,))
+    assert str(info.value) == "unsupported: 80 ops of 2 kinds: SELU (40), Mish (40); first: SELU '0'"
+
 
 @pytest.mark.parametrize(
     ("body", "message"),

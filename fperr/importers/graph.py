@@ -161,12 +161,28 @@ def _lower(items: list[_Item], shape: Shape) -> tuple[list[Layer], Shape]:
     return layers, shape
 
 
+LISTED = 8
+"""Unsupported ops named one by one up to this many; beyond, counted by kind."""
+
+
+def unsupported_summary(unsupported: list[str]) -> str:
+    """One line for the unsupported ops (entries "kind 'node'" with an optional
+    reason): each named when few, else counted by kind, most frequent first, so
+    that a model with hundreds of them still gets a short message."""
+    n = len(unsupported)
+    if n <= LISTED:
+        return f"unsupported: {', '.join(unsupported)} ({n} op{'s' * (n != 1)})"
+    kinds = Counter(entry.split(" '", 1)[0] for entry in unsupported)
+    counted = ", ".join(f"{k} ({c})" for k, c in kinds.most_common())
+    return (f"unsupported: {n} ops of {len(kinds)} kind{'s' * (len(kinds) != 1)}: {counted}; "
+            f"first: {unsupported[0]}")  # fmt: skip
+
+
 def _to_model(
     graph: _Graph, unsupported: list[str], input_shape: Sequence[int] | None, name: str
 ) -> Model:
     if unsupported:
-        n = len(unsupported)
-        raise SpecError(f"unsupported: {', '.join(unsupported)} ({n} op{'s' * (n != 1)})")
+        raise SpecError(unsupported_summary(unsupported))
     try:
         items = graph.chain()
     except SpecError:  # not a chain with residual blocks: a graph model
