@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -234,6 +235,10 @@ def schema_cmd() -> None:
               "ranges only (cheapest; infinite bounds on deep models), or every unit sharpened "
               "(full: about one forward pass per unit; with --method probabilistic the ranges "
               "are probabilistic too, which deep CNNs need).")
+@click.option("--memory", default=None, metavar="BYTES",
+              help="Memory budget of the bound engine, e.g. 2G or 8e9 (suffix K, M, G, T: "
+              "powers of 1024): inputs are bounded in batches sized to it, and a model one "
+              "input of which exceeds it is refused at once.  Default: FPERR_MAX_BYTES, else 4G.")
 @click.option("--cascade/--no-cascade", default=True, show_default=True,
               help="Bound every input cheaply first and sharply only where undecided "
               "(--per-layer turns it off: every input then gets a breakdown).")
@@ -258,6 +263,7 @@ def bound_cmd(
     per_layer: bool,
     engine: str,
     ranges: str,
+    memory: str | None,
     cascade: bool,
     quiet: bool,
     scheduler: str | None,
@@ -282,6 +288,11 @@ def bound_cmd(
 
     from .distributed import command as dask_command
 
+    if memory is not None:  # the engine reads its budget from the environment
+        from .bounds.memory import max_bytes
+
+        os.environ["FPERR_MAX_BYTES"] = memory
+        max_bytes()  # a malformed budget fails here, as bad input
     if dask_command.wants_cluster(click.get_current_context().params):
         dask_command.main(click.get_current_context().params, status)
     model, X, y = _model_and_data(model_path, inputs, labels)

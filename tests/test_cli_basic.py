@@ -174,3 +174,28 @@ def test_bound_ranges_option(tmp_path):
     assert np.median(sharp_b) <= np.median(got)
     bad = run(*args, "--ranges", "zonotope")
     assert bad.exit_code == 2
+
+
+def test_bound_memory_budget(tmp_path, monkeypatch):
+    """--memory sizes the engine's batches: the same verdicts at 64M as at the
+    default; a budget one input cannot fit, or a malformed one, is bad input
+    (exit 2, one line)."""
+    import json
+
+    # --memory writes FPERR_MAX_BYTES: monkeypatch removes it again afterwards
+    monkeypatch.setenv("FPERR_MAX_BYTES", "4G")
+    X = np.load("examples/digits.npz")["inputs"][:40]
+    np.save(tmp_path / "x.npy", X)
+    args = ["bound", "--model", "examples/mlp.yaml", "--inputs", str(tmp_path / "x.npy"),
+            "--json", "-q"]  # fmt: skip
+    default = json.loads(run(*args).stdout)
+    small = run(*args, "--memory", "64M")
+    assert small.exit_code in (0, 1), small.output
+    assert json.loads(small.stdout)["summary"] == default["summary"]
+    monkeypatch.setenv("FPERR_MAX_BYTES", "4G")
+    tiny = run(*args, "--memory", "1K")
+    assert tiny.exit_code == 2 and "over the limit of" in tiny.output, tiny.output
+    assert len(tiny.output.strip().splitlines()) == 1
+    monkeypatch.setenv("FPERR_MAX_BYTES", "4G")
+    bad = run(*args, "--memory", "lots")
+    assert bad.exit_code == 2 and "FPERR_MAX_BYTES must be a number" in bad.output, bad.output
