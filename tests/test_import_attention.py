@@ -121,6 +121,32 @@ def test_bounds_hold_for_torch_cpu_and_every_order(case, dtype, fmt):
     assert worst < np.inf or not finite.all()
 
 
+@pytest.mark.parametrize("case", CASES[1:], ids=[c[0] for c in CASES[1:]])
+@pytest.mark.parametrize("dtype, fmt", [(torch.float16, "binary16"), (torch.bfloat16, "bfloat16")])
+def test_eager_fast_path_stays_within_the_bounds(case, dtype, fmt):
+    """The users' own eval-mode runs take torch's fused attention ("fast path",
+    on by default): measured on the CPU it rounds differently from the unfused
+    modules (asserted, so that this test measures the fused kernel) and stays
+    within the bounds of the imported graph (largest error / bound 0.09)."""
+    module = _model(case[1]())
+    model = from_torch(module, input_shape=(T, F))
+    x = np.random.default_rng(2).normal(size=(24, T, F))
+    rb = bound_run(model, x, Emulated.from_names(fmt, "binary32"))
+    m = _copy(module).to(dtype)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    try:
+        runs = []
+        for on in (True, False):
+            torch.backends.mha.set_fastpath_enabled(on)
+            with torch.inference_mode():
+                runs.append(m(torch.from_numpy(x).to(dtype)).double().numpy())
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    assert not np.array_equal(runs[0], runs[1])  # the fused kernel did run
+    err = np.abs(runs[0].reshape(len(x), -1) - model.forward(x).reshape(len(x), -1))
+    assert np.all(err <= rb.radius), (err / rb.radius).max()
+
+
 def test_unsupported_attention_is_refused_in_one_line():
     m = nn.MultiheadAttention(D, H)  # batch_first=False: the batch is not the first axis
 
