@@ -80,14 +80,16 @@ def test_forward_is_the_emulated_kernel(shape, axes, keepdims, acc):
     assert op.out_shape(shape) == np.sum(X[0], axis=axes, keepdims=keepdims).shape
 
 
+@pytest.mark.parametrize("op", [Sum, Mean])
 @pytest.mark.parametrize("shape, axes, keepdims", CASES)
-def test_engines_agree(shape, axes, keepdims):
+def test_engines_agree(op, shape, axes, keepdims):
     """The zonotope rule and the backward step bound the same terms: one linear
-    map, one box; the same radius after a dense head (to rounding)."""
+    map, one box; the same radius after a dense head (to rounding); for the sum
+    and for the mean that derives from it."""
     rng = np.random.default_rng(1)
     X = rng.normal(size=(5, *shape))
-    m = int(np.prod(Sum(axes, keepdims).out_shape(shape)))
-    model = Model("m", shape, (Sum(axes, keepdims), Flatten(), Dense(rng.normal(size=(3, m)))))
+    m = int(np.prod(op(axes, keepdims).out_shape(shape)))
+    model = Model("m", shape, (op(axes, keepdims), Flatten(), Dense(rng.normal(size=(3, m)))))
     arith = Emulated.from_names("binary16", "binary32")
     z = bound_run(model, X, arith, engine="zonotope").radius
     b = bound_run(model, X, arith, engine="backward").radius
