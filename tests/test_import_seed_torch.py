@@ -249,3 +249,37 @@ def test_export_needs_input_shape_and_a_known_tracer():
         fperr.from_torch(nn.Sequential(nn.Linear(4, 2)), tracer="export")
     with pytest.raises(SpecError, match="tracer must be"):
         fperr.from_torch(nn.Sequential(nn.Linear(4, 2)), tracer="jit")
+
+
+class LayerNorm2d(torch.nn.Module):
+    """Layer norm over the channels of an image (ConvNeXt's LayerNorm2d): torch
+    normalises trailing axes only, so it is written permute - LayerNorm - permute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.LayerNorm(8)
+        self.head = torch.nn.Linear(8 * 5 * 5, 4)
+
+    def forward(self, x):
+        y = self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(y.flatten(1))
+
+
+@pytest.mark.parametrize("tracer", TRACERS)
+def test_layer_norm_over_channels_imports_as_permutes(tracer):
+    """Layer norm along a non-trailing axis: permutes around the trailing-axis
+    norm, matching torch in float64 (1e-12) and bounding its float16 CPU run."""
+    torch.manual_seed(0)
+    module = LayerNorm2d().eval()
+    model = fperr.from_torch(module, input_shape=(3, 5, 5), tracer=tracer)
+    assert [layer.type for layer in model.layers] == [
+        "conv2d", "permute", "layernorm", "permute", "flatten", "dense"]
+    x = np.random.default_rng(0).normal(size=(4, 3, 5, 5))
+    with torch.no_grad():
+        want = copy.deepcopy(module).double()(torch.from_numpy(x)).numpy()
+        low = copy.deepcopy(module).half()(torch.from_numpy(x).half()).double().numpy()
+    got = model.forward(x)
+    assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)
+    rb = fperr.bound_run(model, x, Emulated.from_names("binary16", "binary32"))
+    assert np.all(np.abs(low - got) <= rb.radius)  # measured: at most 0.08 of the bound
