@@ -33,10 +33,15 @@ MODULES: tuple[str, ...] = (
 
 
 def available() -> list[str]:
-    """The modules of :data:`MODULES` present in this checkout."""
+    """The modules of :data:`MODULES` present in this installation, less those
+    whose data file (a module's ``NEEDS``) is missing: figures drawn from a
+    checkout's results, which an installed wheel does not carry."""
     out = []
     for name in MODULES:
-        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+        if importlib.util.find_spec(f"{__package__}.{name}") is None:
+            continue
+        needs = getattr(importlib.import_module(f"{__package__}.{name}"), "NEEDS", None)
+        if needs is None or Path(needs).is_file():
             out.append(name)
     return out
 
