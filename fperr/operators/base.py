@@ -130,7 +130,8 @@ class Operator:
 
     # -- bounds ------------------------------------------------------------------------------
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
-        """The backward engine's step: computed inputs ``xs`` (N, *in), radii ``rs``."""
+        """The backward engine's step: computed inputs ``xs``, each ``(N, *in)``, and
+        their radii ``rs``."""
         raise NotImplementedError
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:

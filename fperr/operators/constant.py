@@ -3,7 +3,7 @@ positional embedding), combined with activations by the ``add`` and ``concat``
 merges.
 
 It reads one node only for the batch size N and outputs the parameter P
-rounded to storage, broadcast to (N, *shape).  Nothing flows from its input:
+rounded to storage, broadcast to ``(N, *shape)``.  Nothing flows from its input:
 the adjoint returns zero rows and the image is zero.  Its whole error is the
 storage rounding P^ - P, known exactly: one signed deterministic generator, as
 :func:`fperr.bounds.rules.parameter_rounding` treats weights (Higham 2002,
