@@ -44,3 +44,47 @@ def worst_over_orders(model, x: np.ndarray, fmt: str, exact: np.ndarray, rb: np.
             fin = np.isfinite(r)
             worst = max(worst, float((err[fin] / np.maximum(r[fin], 1e-300)).max(initial=0.0)))
     return worst
+
+
+# -- reductions over axes (sum, mean) ------------------------------------------------------
+TORCH_DTYPES = {"binary16": "float16", "bfloat16": "bfloat16"}
+REDUCTION_CASES = [((8, 5), (0,), False), ((3, 4, 5), (-2, -1), True), ((3, 4, 5), (0, 2), False)]
+
+
+def reduction_groups(X, axes) -> tuple[np.ndarray, tuple[int, ...]]:
+    """X (N, *shape) -> (terms (M, n), output shape without the reduced axes)."""
+    ax = tuple(a % (X.ndim - 1) + 1 for a in axes)
+    keep = [i for i in range(X.ndim) if i not in ax]
+    moved = np.transpose(X, (*keep, *ax))
+    out = tuple(X.shape[i] for i in keep)
+    return moved.reshape(int(np.prod(out)), -1), out
+
+
+def torch_reduce(X, axes, keepdims, fmt, how: str) -> np.ndarray:
+    """torch CPU's ``how`` ("sum", "mean") over per-input ``axes`` in ``fmt``, as float64
+    without the kept axes."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(X, dtype=torch.float64).to(getattr(torch, TORCH_DTYPES[fmt]))
+    dims = tuple(a % (X.ndim - 1) + 1 for a in axes)
+    y = getattr(t, how)(dim=dims, keepdim=keepdims).double().numpy()
+    return np.squeeze(y, axis=dims) if keepdims else y
+
+
+# -- torch modules -----------------------------------------------------------------------------
+def torch_run_unfused(module, x: np.ndarray, dtype) -> np.ndarray:
+    """A copy of ``module`` run by torch on the CPU in ``dtype``, eval-mode attention's
+    fused fast path off (as fperr's validation runs are), as float64."""
+    import copy
+
+    import torch
+
+    m = copy.deepcopy(module).to(dtype).eval()
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            return m(torch.from_numpy(x).to(dtype)).double().numpy()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)

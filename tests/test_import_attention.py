@@ -17,6 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from op_checks import torch_run_unfused  # noqa: E402
+
 from fperr.arith import Emulated  # noqa: E402
 from fperr.bounds import bound_run  # noqa: E402
 from fperr.errors import SpecError  # noqa: E402
@@ -61,17 +63,6 @@ def _model(module: nn.Module, seed: int = 0) -> nn.Module:
     return module.eval()
 
 
-def _torch_run(module: nn.Module, x: np.ndarray, dtype) -> np.ndarray:
-    m = _copy(module).to(dtype)
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad():
-            return m(torch.from_numpy(x).to(dtype)).double().numpy()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-
-
 def _copy(module: nn.Module) -> nn.Module:
     import copy
 
@@ -110,7 +101,7 @@ def test_bounds_hold_for_torch_cpu_and_every_order(case, dtype, fmt):
     # two pre-norm blocks in bfloat16 (8 bits): the second block's layer norm sees ranges
     # too wide for its variance bound (inf: sound; a known limit of the layer-norm rule)
     assert finite.all() or (fmt == "bfloat16" and "2 layers" in case[0])
-    runs = {"torch": _torch_run(module, x, dtype)}
+    runs = {"torch": torch_run_unfused(module, x, dtype)}
     for order in ("sequential", "pairwise", "blocked", "blas"):
         runs[order] = model.forward(x, Emulated.from_names(fmt, "binary32", order=order))
     worst = 0.0

@@ -26,6 +26,8 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+from op_checks import torch_run_unfused  # noqa: E402
+
 import fperr  # noqa: E402
 from fperr.arith import Emulated  # noqa: E402
 from fperr.errors import FperrInputError, SpecError  # noqa: E402
@@ -91,25 +93,13 @@ def _inputs(name: str, n: int) -> np.ndarray:
     return _images(n)
 
 
-def _torch_run(module: nn.Module, x: np.ndarray, dtype) -> np.ndarray:
-    """The module run by torch on the CPU in ``dtype``, attention's fast path off."""
-    m = copy.deepcopy(module).to(dtype).eval()
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad():
-            return m(torch.from_numpy(x).to(dtype)).double().numpy()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-
-
 @pytest.mark.parametrize("tracer", TRACERS)
 @pytest.mark.parametrize("name", list(MODULES))
 def test_import_matches_torch_float64(name, tracer):
     module = MODULES[name]()
     model = fperr.from_torch(module, input_shape=SHAPE, tracer=tracer)
     x = _inputs(name, 3)
-    want = _torch_run(module, x, torch.float64)
+    want = torch_run_unfused(module, x, torch.float64)
     got = model.forward(x, fperr.Exact())
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     print(f"{name} {tracer}: {len(model.layers)} layers, relative error {rel:.2e}")
@@ -124,7 +114,8 @@ def test_vit_bound_covers_torch_float16(norm_first, tracer):
     x = _images(2)
     rb = fperr.bound_run(model, x, Emulated.from_names("binary16", "binary32"))
     radius = np.asarray(rb.radius)
-    err = np.abs(_torch_run(module, x, torch.float16) - _torch_run(module, x, torch.float64))
+    low, exact = (torch_run_unfused(module, x, dt) for dt in (torch.float16, torch.float64))
+    err = np.abs(low - exact)
     assert not np.isnan(radius).any()
     assert np.all(err.reshape(radius.shape) <= radius)
     ratio = float(np.median(radius / np.maximum(err.reshape(radius.shape), 1e-300)))
@@ -172,7 +163,7 @@ def test_layout_and_sdpa_match_torch(cls, tracer):
     module = cls().eval()
     model = fperr.from_torch(module, input_shape=(5, 6), tracer=tracer)
     x = np.random.default_rng(3).normal(size=(4, 5, 6))
-    want = _torch_run(module, x, torch.float64)
+    want = torch_run_unfused(module, x, torch.float64)
     got = model.forward(x, fperr.Exact())
     assert np.linalg.norm(got - want) <= 1e-12 * np.linalg.norm(want)
     # the decomposed SDPA scales after the product, by the float64 1/sqrt(8)

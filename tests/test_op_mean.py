@@ -14,7 +14,7 @@ from fractions import Fraction
 import fp_emulator as fe
 import numpy as np
 import pytest
-from op_checks import check_run
+from op_checks import REDUCTION_CASES, check_run, reduction_groups, torch_reduce
 
 from fperr.arith import Emulated
 from fperr.bounds import bound_run
@@ -24,21 +24,11 @@ from fperr.operators.mean import Mean
 
 EMUL = {"binary16": fe.BINARY16, "bfloat16": fe.BFLOAT16, "binary32": fe.BINARY32}
 ORDERS4 = ("sequential", "reversed", "pairwise", "descending")
-TORCH = {"binary16": "float16", "bfloat16": "bfloat16"}
-CASES = [((8, 5), (0,), False), ((3, 4, 5), (-2, -1), True), ((3, 4, 5), (0, 2), False)]
-
-
-def _groups(X, axes) -> tuple[np.ndarray, tuple[int, ...]]:
-    """X (N, *shape) -> (terms (M, n), output shape without the reduced axes)."""
-    ax = tuple(a % (X.ndim - 1) + 1 for a in axes)
-    keep = [i for i in range(X.ndim) if i not in ax]
-    moved = np.transpose(X, (*keep, *ax))
-    out = tuple(X.shape[i] for i in keep)
-    return moved.reshape(int(np.prod(out)), -1), out
+CASES = REDUCTION_CASES
 
 
 def exact_mean(X, axes) -> np.ndarray:
-    terms, out = _groups(X, axes)
+    terms, out = reduction_groups(X, axes)
     n = terms.shape[1]
     return np.array([sum(map(Fraction, row), Fraction(0)) / n for row in terms],
                     dtype=object).reshape(out)  # fmt: skip
@@ -48,7 +38,7 @@ def emulate_mean(X, axes, storage, acc, order, kernel="divide") -> np.ndarray:
     """Inputs stored, summed in ``acc`` in ``order``, divided by n (or multiplied
     by 1/n rounded to ``acc``) in ``acc``, stored (floats: inf or NaN)."""
     s, a = EMUL[storage], EMUL[acc]
-    terms, out = _groups(X, axes)
+    terms, out = reduction_groups(X, axes)
     n = terms.shape[1]
     ys = []
     for row in terms:
@@ -59,14 +49,6 @@ def emulate_mean(X, axes, storage, acc, order, kernel="divide") -> np.ndarray:
         q = fe.rnd(t / n, a) if kernel == "divide" else fe.mul(t, fe.rnd(Fraction(1, n), a), a)
         ys.append(fe.rnd(q, s) if not isinstance(q, float) else q)
     return np.array(ys, dtype=object).reshape(out)
-
-
-def torch_mean(X, axes, keepdims, fmt) -> np.ndarray:
-    torch = pytest.importorskip("torch")
-    t = torch.tensor(X, dtype=torch.float64).to(getattr(torch, TORCH[fmt]))
-    dims = tuple(a % (X.ndim - 1) + 1 for a in axes)
-    y = t.mean(dim=dims, keepdim=keepdims).double().numpy()
-    return np.squeeze(y, axis=dims) if keepdims else y
 
 
 def _radius(X, axes, keepdims, fmt, acc):
@@ -120,7 +102,7 @@ def test_sound_against_emulated_orders_and_torch(kind, fmt, shape, axes, keepdim
                 err = check_run(emulate_mean(X, axes, fmt, acc, order, kernel), exact, rad)
                 seen += int(np.nansum(err > 0))
         if acc == "binary32":  # torch's CPU reductions accumulate in float32
-            check_run(torch_mean(X, axes, keepdims, fmt).astype(object), exact, rad)
+            check_run(torch_reduce(X, axes, keepdims, fmt, "mean").astype(object), exact, rad)
             assert np.isfinite(rad).all()  # a binary32 sum of these never overflows
         elif kind == "overflow" and fmt == "binary16":
             assert np.isinf(rad).all()  # some order's binary16 sum overflows

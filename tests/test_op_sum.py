@@ -15,7 +15,7 @@ from fractions import Fraction
 import fp_emulator as fe
 import numpy as np
 import pytest
-from op_checks import ORDERS, check_run
+from op_checks import ORDERS, REDUCTION_CASES, check_run, reduction_groups, torch_reduce
 
 from fperr.arith import Emulated
 from fperr.bounds import bound_run
@@ -25,21 +25,11 @@ from fperr.model import Model
 from fperr.operators.mean import Mean
 from fperr.operators.sum import Sum
 
-TORCH = {"binary16": "float16", "bfloat16": "bfloat16"}
-CASES = [((8, 5), (0,), False), ((3, 4, 5), (-2, -1), True), ((3, 4, 5), (0, 2), False)]
-
-
-def _groups(X, axes) -> tuple[np.ndarray, tuple[int, ...]]:
-    """X (N, *shape) -> (terms (M, n), output shape without the reduced axes)."""
-    ax = tuple(a % (X.ndim - 1) + 1 for a in axes)
-    keep = [i for i in range(X.ndim) if i not in ax]
-    moved = np.transpose(X, (*keep, *ax))
-    out = tuple(X.shape[i] for i in keep)
-    return moved.reshape(int(np.prod(out)), -1), out
+CASES = REDUCTION_CASES
 
 
 def exact_sum(X, axes) -> np.ndarray:
-    terms, out = _groups(X, axes)
+    terms, out = reduction_groups(X, axes)
     return np.array([sum(map(Fraction, row), Fraction(0)) for row in terms],
                     dtype=object).reshape(out)  # fmt: skip
 
@@ -47,18 +37,10 @@ def exact_sum(X, axes) -> np.ndarray:
 def emulate_sum(X, axes, storage, acc, order) -> np.ndarray:
     """Inputs stored, summed in ``acc`` in ``order``, stored (floats: inf or NaN)."""
     s, a = fe.FMTS[storage], fe.FMTS[acc]
-    terms, out = _groups(X, axes)
+    terms, out = reduction_groups(X, axes)
     ys = [fe.rnd(fe.sum_in_order([fe.rnd(Fraction(v), s) for v in row], a, order), s)
           for row in terms]  # fmt: skip
     return np.array(ys, dtype=object).reshape(out)
-
-
-def torch_sum(X, axes, keepdims, fmt) -> np.ndarray:
-    torch = pytest.importorskip("torch")
-    t = torch.tensor(X, dtype=torch.float64).to(getattr(torch, TORCH[fmt]))
-    dims = tuple(a % (X.ndim - 1) + 1 for a in axes)
-    y = t.sum(dim=dims, keepdim=keepdims).double().numpy()
-    return np.squeeze(y, axis=dims) if keepdims else y
 
 
 def _radius(X, axes, keepdims, fmt, acc, **kw):
@@ -155,7 +137,7 @@ def test_sound_against_emulated_orders_and_torch(kind, fmt, shape, axes, keepdim
             y = Sum(axes, keepdims).forward(X, Emulated.from_names(fmt, acc, order=order))
             check_run(y.reshape(exact.shape).astype(object), exact, rad.reshape(exact.shape))
         if acc == "binary32":  # torch's CPU reductions accumulate in float32
-            check_run(torch_sum(X, axes, keepdims, fmt).astype(object), exact, rad)
+            check_run(torch_reduce(X, axes, keepdims, fmt, "sum").astype(object), exact, rad)
     prob = _radius(X, axes, keepdims, fmt, "binary32", method="probabilistic")
     det = _radius(X, axes, keepdims, fmt, "binary32")
     assert np.all(prob <= det)
@@ -178,7 +160,7 @@ def test_overflow():
             y = emulate_sum(X, (0,), "binary16", acc, order)
             assert isinstance(y[0], float) and np.isinf(y[0])
             check_run(y, exact, rad)
-    assert np.isinf(torch_sum(X, (0,), False, "binary16")[0])
+    assert np.isinf(torch_reduce(X, (0,), False, "binary16", "sum")[0])
 
 
 def test_one_term_is_exact():

@@ -683,20 +683,28 @@ def _call_cat(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
         raise _Unsupported("cat of constants")
     if dim == 0:
         raise _Unsupported("cat along the batch axis")
-    consts = {i: _expanded_parameter(v, params) for i, v in enumerate(values)}
-    consts = {i: p for i, p in consts.items() if p is not None}
+    expanded = {i: _expanded_parameter(v, params) for i, v in enumerate(values)}
+    consts = {i: p for i, p in expanded.items() if p is not None}
     if any(params(v) is not None for v in values):
         raise _Unsupported("cat of a parameter without expand to the batch")
+
+    def merge(shapes: list[Shape]) -> Layer:
+        return Concat(dim - 1 if dim > 0 else len(shapes[0]) + dim)
+
+    return cat_ops(node, label, values, consts, merge)
+
+
+def cat_ops(node: Any, label: str, values: Sequence[Any], consts: dict[int, Array],
+            merge: Callable[[list[Shape]], Layer]) -> list[_Op]:  # fmt: skip
+    """A concat of ``values`` (both front ends): the entries ``consts`` (position ->
+    a parameter broadcast over the batch, e.g. a class token) become constant
+    nodes fed by the first computed value, the rest are read as they are."""
     computed = [v for i, v in enumerate(values) if i not in consts]
     if not computed:
         raise _Unsupported("cat of parameters only")
     ops = [_constant(node, label, computed[0], p, i) for i, p in consts.items()]
     made = {i: op.output for i, op in zip(consts, ops, strict=True)}
     inputs = tuple(made.get(i, v) for i, v in enumerate(values))
-
-    def merge(shapes: list[Shape]) -> Layer:
-        return Concat(dim - 1 if dim > 0 else len(shapes[0]) + dim)
-
     return [*ops, _Op(label, inputs, node, merge=merge)]
 
 

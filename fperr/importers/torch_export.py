@@ -288,7 +288,7 @@ def _add(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
 
 def _cat(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     from ..layers import Concat
-    from .from_torch import _constant
+    from .from_torch import cat_ops
 
     values, dim = list(n.args[0]), int(_a(n, 1, "dim", 0))
     nd = len(ctx.shape(n)) + 1
@@ -298,13 +298,7 @@ def _cat(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     if any(ctx.param(v) is not None for v in values):
         raise _Unsupported("cat of a parameter without expand to the batch")
     consts = {i: ctx.expanded[v] for i, v in enumerate(values) if v in ctx.expanded}
-    computed = [v for i, v in enumerate(values) if i not in consts]
-    if not computed:
-        raise _Unsupported("cat of parameters only")
-    ops = [_constant(n, label, computed[0], p, i) for i, p in consts.items()]
-    made = {i: op.output for i, op in zip(consts, ops, strict=True)}
-    inputs = tuple(made.get(i, v) for i, v in enumerate(values))
-    return [*ops, _Op(label, inputs, n, merge=lambda shapes: Concat(d - 1))]
+    return cat_ops(n, label, values, consts, lambda shapes: Concat(d - 1))
 
 
 def _mean(n: Any, label: str, ctx: _Ctx) -> list[_Op]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import SpecError
-from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
+from .base import Array, Operator, OperatorSpec, Shape, Weights, register
 
 if TYPE_CHECKING:
     from ..arith import Arithmetic
@@ -82,9 +82,6 @@ class MatMul(Operator):
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls()
-
-    def spec_fields(self, put: Put) -> dict[str, Any]:
-        return {}
 
     def merge_shape(self, shapes: list[Shape]) -> Shape:
         self._check_arity(len(shapes))
