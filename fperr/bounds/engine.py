@@ -314,7 +314,7 @@ def bound_run(
     radius, per = np.concatenate(radii), np.concatenate(layers)
     if auto and engine == "backward" and rows is None and ranges != "full" and zonotope_fits(
         model
-    ):  # full ranges are the zonotope's already (deterministic) or sharper (probabilistic)
+    ):  # full ranges are about the zonotope's already (deterministic; equal with FULL = 0)
         redo = np.flatnonzero(np.concatenate(wides))
         if redo.size:  # ranges grew wide: the zonotope's sharper ranges for these inputs
             z = bound_run(model, x[redo], arith, method=method, confidence=confidence,
