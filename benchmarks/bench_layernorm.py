@@ -125,19 +125,19 @@ def old_layernorm_rule(layer: LayerNorm, enc: Enclosure, ctx: Context, index: in
 @contextlib.contextmanager
 def layernorm_rule(which: str) -> Iterator[None]:
     """Bound with the current rule (``new``) or the one before issue 18 (``old``)."""
-    saved = rules.RULES["layernorm"]
+    saved = LayerNorm.rule
     if which == "old":
-        rules.RULES["layernorm"] = old_layernorm_rule
+        LayerNorm.rule = old_layernorm_rule  # type: ignore[method-assign]
     try:
         yield
     finally:
-        rules.RULES["layernorm"] = saved
+        LayerNorm.rule = saved  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
 def block_radii(blocks: int, out: list[np.ndarray]) -> Iterator[None]:
     """Record max_k radius of the residual stream after each top-level block."""
-    saved = rules.RULES["residual"]
+    saved = rules.residual_rule
     depth = [0]
     calls: list[np.ndarray] = []
 
@@ -152,11 +152,11 @@ def block_radii(blocks: int, out: list[np.ndarray]) -> Iterator[None]:
             calls.append(np.where(np.isnan(r), np.inf, r).max(axis=1))  # NaN: unbounded
         return res
 
-    rules.RULES["residual"] = spy
+    rules.residual_rule = spy  # apply_rule looks it up at each call
     try:
         yield
     finally:
-        rules.RULES["residual"] = saved
+        rules.residual_rule = saved
         # calls come batch by batch, blocks in order within a batch
         for b in range(blocks):
             out.append(np.concatenate(calls[b::blocks]) if calls else np.zeros(0))

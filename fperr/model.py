@@ -37,25 +37,7 @@ from pydantic_core import ErrorDetails
 from . import spec as S
 from .arith import Arithmetic, Exact
 from .errors import SpecError
-from .layers import (
-    Activation,
-    Add,
-    BatchNorm,
-    Concat,
-    Conv2d,
-    Dense,
-    Dropout,
-    Flatten,
-    Layer,
-    LayerNorm,
-    Pool2d,
-    Reshape,
-    Residual,
-    RMSNorm,
-    Shape,
-    Softmax,
-    is_merge,
-)
+from .layers import Layer, Residual, Shape, is_merge
 from .operators import REGISTRY, Operator
 from .yaml_io import load_yaml
 
@@ -268,15 +250,6 @@ def _check_values(where: str, name: str, a: np.ndarray[Any, Any]) -> None:
 
 
 # -- loading ------------------------------------------------------------------------
-def _pair(
-    v: int | tuple[int, int] | None, default: tuple[int, int] | None = None
-) -> tuple[int, int]:
-    if v is None:
-        assert default is not None
-        return default
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def load_weights(path: Path) -> dict[str, np.ndarray[Any, Any]]:
     """Every array of a weights file as stored (dtypes are checked where a layer
     uses one: :class:`_Weights`); a bad file raises SpecError."""
@@ -350,71 +323,17 @@ def _new(where: str, cls: Callable[..., Layer], *args: Any) -> Layer:
     try:
         return cls(*args)
     except SpecError as exc:
+        if str(exc).startswith(f"{where}: "):  # the weights' own messages name the place
+            raise
         msg = re.sub(r"^[a-z0-9_]+: ", "", str(exc))
         raise SpecError(f"{where}: {msg}") from None
 
 
 def _build(spec: Any, w: _Weights, where: str) -> Layer:
-    t = spec.type
-    if t in REGISTRY:
-        return _new(where, REGISTRY[t].from_spec, spec, w, where)
-    if t == "dense":
-        weight = w.need(spec.weight, where, 2)
-        bias = w.get(spec.bias, where, 1)
-        if bias is not None and bias.shape[0] != weight.shape[0]:
-            raise SpecError(
-                f"{where}: bias has {bias.shape[0]} entries, weight {weight.shape[0]} rows"
-            )
-        return _new(where, Dense, weight, bias)
-    if t == "conv2d":
-        weight = w.need(spec.weight, where, 4)
-        bias = w.get(spec.bias, where, 1)
-        return _new(where, Conv2d, weight, bias, _pair(spec.stride), _pair(spec.padding),
-                    _pair(spec.dilation), spec.groups)  # fmt: skip
-    if t in ("maxpool2d", "avgpool2d"):
-        k = _pair(spec.kernel_size)
-        return _new(where, Pool2d, t[:3], k, _pair(spec.stride, k), _pair(spec.padding))
-    if t == "flatten":
-        return Flatten()
-    if t == "reshape":
-        return _new(where, Reshape, tuple(spec.shape))
-    if t in ("relu", "relu6", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "hardswish",
-             "hardsigmoid"):  # fmt: skip
-        return Activation(t)
-    if t == "elu":
-        return _new(where, Activation, "elu", 0.01, spec.alpha)
-    if t == "leaky_relu":
-        return _new(where, Activation, "leaky_relu", spec.negative_slope)
-    if t == "softmax":
-        return Softmax(spec.axis)
-    if t == "dropout":
-        return _new(where, Dropout, spec.p)
-    if t == "batchnorm":
-        return _new(
-            where, BatchNorm, w.need(spec.running_mean, where, 1),
-            w.need(spec.running_var, where, 1), w.get(spec.weight, where, 1),
-            w.get(spec.bias, where, 1), spec.eps,
-        )  # fmt: skip
-    if t == "layernorm":
-        ln_weight = w.get(spec.weight, where)
-        shape = spec.normalized_shape or (list(ln_weight.shape) if ln_weight is not None else None)
-        if shape is None:
-            raise SpecError(f"{where}: layernorm needs normalized_shape or weight")
-        return _new(where, LayerNorm, tuple(shape), ln_weight, w.get(spec.bias, where), spec.eps)
-    if t == "rmsnorm":
-        rms_weight = w.get(spec.weight, where)
-        shape = spec.normalized_shape or (None if rms_weight is None else list(rms_weight.shape))
-        if shape is None:
-            raise SpecError(f"{where}: rmsnorm needs normalized_shape or weight")
-        return _new(where, RMSNorm, tuple(shape), rms_weight, spec.eps)
-    if t == "residual":
+    if spec.type == "residual":
         return Residual(tuple(_build(s, w, f"{where} branch layer {i}") for i, s in
                               enumerate(spec.layers)))  # fmt: skip
-    if t == "add":
-        return Add()
-    if t == "concat":
-        return _new(where, Concat, spec.axis)
-    raise SpecError(f"{where}: unknown layer type {t!r}")  # pragma: no cover (pydantic)
+    return _new(where, REGISTRY[spec.type].from_spec, spec, w, where)
 
 
 def model_from_spec(spec: S.ModelSpec, arrays: Mapping[str, np.ndarray[Any, Any]],
@@ -517,34 +436,10 @@ def _layer_to_spec(layer: Layer, key: str, arrays: dict[str, Array]) -> dict[str
         arrays[f"{key}.{name}"] = a
         return f"{key}.{name}"
 
-    handlers: dict[type, Callable[[Any], dict[str, Any]]] = {
-        Dense: lambda L: {"weight": put("weight", L.weight), "bias": put("bias", L.bias)},
-        Conv2d: lambda L: {"weight": put("weight", L.weight), "bias": put("bias", L.bias),
-                           "stride": list(L.stride), "padding": list(L.padding),
-                           "dilation": list(L.dilation), "groups": L.groups},
-        Pool2d: lambda L: {"kernel_size": list(L.kernel), "stride": list(L.stride),
-                           "padding": list(L.padding)},
-        Reshape: lambda L: {"shape": list(L.shape)},
-        Dropout: lambda L: {"p": L.p},
-        BatchNorm: lambda L: {"running_mean": put("running_mean", L.running_mean),
-                              "running_var": put("running_var", L.running_var),
-                              "weight": put("weight", L.weight), "bias": put("bias", L.bias),
-                              "eps": L.eps},
-        LayerNorm: lambda L: {"normalized_shape": list(L.normalized_shape),
-                              "weight": put("weight", L.weight), "bias": put("bias", L.bias),
-                              "eps": L.eps},
-        RMSNorm: lambda L: {"normalized_shape": list(L.normalized_shape),
-                            "weight": put("weight", L.weight), "eps": L.eps},
-        Residual: lambda L: {"layers": [_layer_to_spec(s, f"{key}.{i}", arrays)
-                                        for i, s in enumerate(L.layers)]},
-        Activation: lambda L: ({"negative_slope": L.negative_slope}
-                               if L.type == "leaky_relu" else
-                               {"alpha": L.alpha} if L.type == "elu" else {}),
-        Concat: lambda L: {"axis": L.axis},
-        Softmax: lambda L: {"axis": None if L.axis == -1 else L.axis},  # old files unchanged
-    }  # fmt: skip
-    if isinstance(layer, Operator):
-        fields = layer.spec_fields(put)
+    if isinstance(layer, Residual):
+        fields = {"layers": [_layer_to_spec(s, f"{key}.{i}", arrays)
+                             for i, s in enumerate(layer.layers)]}  # fmt: skip
     else:
-        fields = handlers.get(type(layer), lambda L: {})(layer)
+        assert isinstance(layer, Operator)  # every other layer is an operator
+        fields = layer.spec_fields(put)
     return {"type": layer.type, **{k: v for k, v in fields.items() if v is not None}}

@@ -27,7 +27,6 @@ from __future__ import annotations
 from .engine import (
     ENGINES,
     PROBABILISTIC_NOTE,
-    RULES,
     BoundResult,
     RunBound,
     bound,
@@ -35,5 +34,5 @@ from .engine import (
     lambda_for,
 )
 
-__all__ = ["ENGINES", "PROBABILISTIC_NOTE", "RULES", "RunBound", "BoundResult", "bound",
+__all__ = ["ENGINES", "PROBABILISTIC_NOTE", "RunBound", "BoundResult", "bound",
            "bound_run", "lambda_for"]  # fmt: skip

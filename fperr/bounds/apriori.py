@@ -21,6 +21,7 @@ from ..errors import FperrInputError
 from ..formats import Format, gamma
 from ..layers import ACTIVATIONS, Conv2d, Pool2d
 from ..model import Model
+from ..operators import Operator, OperatorUnsupported
 from . import exponent_range as xr
 from .enclosure import half_ulp
 from .rules import Context, derivative_range, piecewise_slopes, relu_slopes
@@ -46,7 +47,8 @@ class AprioriBound:
         }
 
 
-def _affine(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
+def affine_apriori(layer: Any, lo: Array, hi: Array, r: Array,
+                   a: Emulated) -> tuple[Array, Array, Array]:  # fmt: skip
     """Dense or conv: value interval, and the radius by the 'dense' formula."""
     if isinstance(layer, Conv2d):
 
@@ -107,7 +109,8 @@ def _tiny(fmt: Format) -> float:
     return fmt.smallest_normal if fmt.subnormals else fmt.smallest_normal / fmt.u
 
 
-def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
+def activation_apriori(layer: Any, lo: Array, hi: Array, r: Array,
+                       a: Emulated) -> tuple[Array, Array, Array]:  # fmt: skip
     t = layer.type
     wlo, whi = lo - r, hi + r  # every computed or exact pre-activation lies here
     if t in ("relu", "leaky_relu"):
@@ -128,7 +131,8 @@ def _activation(layer: Any, lo: Array, hi: Array, r: Array, a: Emulated) -> tupl
     return f_lo, f_hi, lip * r + Context(a).func_error(t, fmag)
 
 
-def _leaky_relu(alpha: float, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
+def _leaky_relu(alpha: float, lo: Array, hi: Array, r: Array,
+                a: Emulated) -> tuple[Array, Array, Array]:  # fmt: skip
     """Leaky ReLU for any slope alpha (negative, 0, above 1): the image of
     [lo, hi] (piecewise linear: ends and the kink at 0), Lipschitz constant
     max(1, |alpha|) over the parts touched, and the rounding of alpha x (a
@@ -149,7 +153,7 @@ def _leaky_relu(alpha: float, lo: Array, hi: Array, r: Array, a: Emulated) -> tu
     return f_lo, f_hi, lip * r + np.where(wlo < 0, local, 0.0)
 
 
-def _relu6(lo: Array, hi: Array, r: Array) -> tuple[Array, ...]:
+def _relu6(lo: Array, hi: Array, r: Array) -> tuple[Array, Array, Array]:
     """ReLU6 = min(max(x, 0), 6): monotone, so the image of [lo, hi] is
     [f(lo), f(hi)]; exact in every format (0 and 6 are representable), so the
     error is the incoming one times the largest slope of the pieces touched."""
@@ -159,7 +163,8 @@ def _relu6(lo: Array, hi: Array, r: Array) -> tuple[Array, ...]:
     return np.clip(lo, 0.0, 6.0), np.clip(hi, 0.0, 6.0), lip * r
 
 
-def _pool(layer: Pool2d, lo: Array, hi: Array, r: Array, a: Emulated) -> tuple[Array, ...]:
+def pool_apriori(layer: Pool2d, lo: Array, hi: Array, r: Array,
+                 a: Emulated) -> tuple[Array, Array, Array]:  # fmt: skip
     wl, wh, wr = (layer.windows(v[None])[0] for v in (lo, hi, r))
     if layer.kind == "max":
         wr = np.where(np.isfinite(wl), wr, 0.0)
@@ -204,17 +209,13 @@ def apriori_bound(model: Model, lo: npt.ArrayLike, hi: npt.ArrayLike,
             vlo, vhi, r = np.full(out, -np.inf), np.full(out, np.inf), np.full(out, np.inf)
             radii.append(np.inf)
             continue
-        if t in ("dense", "conv2d"):
-            vlo, vhi, r = _affine(layer, vlo, vhi, r, a)
-        elif t in ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu"):
-            vlo, vhi, r = _activation(layer, vlo, vhi, r, a)
-        elif t in ("maxpool2d", "avgpool2d"):
-            vlo, vhi, r = _pool(layer, vlo, vhi, r, a)  # type: ignore[arg-type]
-        elif t in ("flatten", "reshape", "dropout"):
-            new = model.shapes()[i + 1]
-            vlo, vhi, r = vlo.reshape(new), vhi.reshape(new), r.reshape(new)
-        else:
-            raise FperrInputError(f"a-priori bounds do not support layer type {t!r} (layer {i})")
+        try:
+            if not isinstance(layer, Operator):  # a residual block
+                raise OperatorUnsupported(t)
+            vlo, vhi, r = layer.apriori(vlo, vhi, r, a, model.shapes()[i + 1])
+        except OperatorUnsupported:
+            raise FperrInputError(f"a-priori bounds do not support layer type {t!r} "
+                                  f"(layer {i})") from None  # fmt: skip
         r = np.where(np.isnan(r), np.inf, r)  # inf - inf after an overflow: no bound
         radii.append(float(np.max(r)))
     return AprioriBound(vlo.ravel(), vhi.ravel(), np.asarray(r).ravel(), radii)

@@ -33,22 +33,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import FperrInputError
 from ..formats import Format
-from ..layers import Activation, Conv2d, Dense, LayerNorm, Pool2d, Residual, RMSNorm, Softmax
+from ..layers import Residual
 from ..operators import Operator
 from . import exponent_range as xr
 from .enclosure import Enclosure
 from .memory import max_bytes
 from .rules import Context, apply_rule, convert_rule
-from .steps import (
-    Step,
-    add_step,
-    concat_step,
-    convert_step,
-    layernorm_step,
-    residual_local_step,
-    simple_step,
-)
+from .steps import Step, convert_step, residual_local_step
 
 Array = npt.NDArray[np.float64]
 Sink = Callable[[int, bool, Array, Array | None], None]
@@ -241,10 +234,6 @@ def layer_work(layer: Any, y: Array, in_shapes: list[tuple[int, ...]] | None = N
     """Multiply-adds of one input through ``layer`` (its outputs, for elementwise ones)."""
     if isinstance(layer, Operator):
         return layer.work(in_shapes or [], tuple(y.shape[1:]))
-    if isinstance(layer, Dense):
-        return float(layer.weight.size)
-    if isinstance(layer, Conv2d):
-        return float(np.prod(y.shape[1:]) * np.prod(layer.weight.shape[1:]))
     return float(np.prod(y.shape[1:]))
 
 
@@ -373,15 +362,7 @@ def sharpen_threshold(layer: Any) -> float | None:
     is sharpened, for layers whose local error depends on that range beyond
     second order (a nonlinearity's slopes and remainders, max pooling's winners,
     a norm's variance bound); None for the others."""
-    if isinstance(layer, Operator):
-        return layer.sharpen
-    if isinstance(layer, Pool2d):
-        return SHARPEN_KINK if layer.kind == "max" else None
-    if isinstance(layer, Activation) and layer.type in ("relu", "leaky_relu", "relu6"):
-        return SHARPEN_KINK
-    if isinstance(layer, (Activation, LayerNorm, RMSNorm, Softmax)):
-        return SHARPEN
-    return None
+    return layer.sharpen_threshold() if isinstance(layer, Operator) else None
 
 
 def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
@@ -433,11 +414,10 @@ def _step(
 ) -> Step:  # fmt: skip
     """The step of one layer, given its inputs' values and radii."""
     if isinstance(layer, Operator):
+        if layer.needs_functional:
+            functional = ranges.functional(tape, srcs[0], outer)
+            return layer.step(xs, rs, ctx, group, functional=functional)  # type: ignore[call-arg]
         return layer.step(xs, rs, ctx, group)
-    if layer.type == "add":
-        return add_step(xs, rs, ctx, group)
-    if layer.type == "concat":
-        return concat_step(xs, rs, layer.axis, group)
     x, r = xs[0], rs[0]
     if isinstance(layer, Residual):
         sub = Tape()
@@ -453,9 +433,7 @@ def _step(
         step = residual_local_step(ctx.arith.store(x + xb), r + rb, ctx, group)
         step.branch = sub
         return step
-    if isinstance(layer, LayerNorm | RMSNorm):
-        return layernorm_step(layer, x, r, ctx, group, ranges.functional(tape, srcs[0], outer))
-    return simple_step(layer, x, r, ctx, group)
+    raise FperrInputError(f"no bound rule for layer type {layer.type!r}")
 
 
 def input_step(x: Array, ctx: Context) -> Step:

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from ..arith import Emulated
 from ..errors import FperrInputError
-from ..layers import Conv2d, Dense, Residual, is_merge
+from ..layers import Residual
 from ..model import Model, check_inputs
 from ..operators import REGISTRY, Operator
 from . import exponent_range as xr
@@ -39,9 +39,9 @@ from .backward import (
 )
 from .enclosure import Enclosure
 from .memory import backward_batch_size, check_memory, estimate_bytes, max_bytes
-from .rules import RULES, Context, apply_rule, convert_rule
+from .rules import Context, apply_rule, convert_rule
 
-__all__ = ["RULES", "RunBound", "BoundResult", "bound", "bound_run", "lambda_for",
+__all__ = ["RunBound", "BoundResult", "bound", "bound_run", "lambda_for",
            "PROBABILISTIC_NOTE"]  # fmt: skip
 
 PROBABILISTIC_NOTE = (
@@ -137,20 +137,13 @@ def _count_products(layers: Sequence[Any], shape: tuple[int, ...]) -> int:
     """
     total = 0
     for layer in layers:
-        if isinstance(layer, Operator):
+        if isinstance(layer, Residual):
+            total += _count_products(layer.layers, shape)
+        elif isinstance(layer, Operator):
             # a chain's operators read one input; graph models go through _model_products
             out = layer.merge_shape([shape])
             total += layer.products([shape], out)
             shape = out
-            continue
-        out = layer.out_shape(shape)
-        if isinstance(layer, Dense):
-            total += math.prod(out) * int(layer.weight.shape[1])
-        elif isinstance(layer, Conv2d):
-            total += math.prod(out) * math.prod(layer.weight.shape[1:])
-        elif isinstance(layer, Residual):
-            total += _count_products(layer.layers, shape)
-        shape = out
     return total
 
 
@@ -163,7 +156,7 @@ def _model_products(model: Model) -> int:
         ins = [shapes[j + 1] for j in model.inputs_of(i)]
         if isinstance(layer, Operator):
             total += layer.products(ins, shapes[i + 1])
-        elif not is_merge(layer):
+        else:
             total += _count_products([layer], ins[0])
     return total
 

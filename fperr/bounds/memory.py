@@ -26,8 +26,9 @@ import os
 from collections.abc import Iterator
 
 from ..errors import FperrInputError
-from ..layers import Conv2d, Dropout, Flatten, Layer, Pool2d, Reshape, Residual, Shape
+from ..layers import Layer, Residual, Shape
 from ..model import Model
+from ..operators import Operator
 
 __all__ = ["DEFAULT_MAX_BYTES", "check_memory", "estimate_bytes", "max_bytes"]
 
@@ -47,16 +48,10 @@ def _walk(layers: tuple[Layer, ...], shape: Shape) -> Iterator[tuple[Layer, Shap
 
 
 def _matrix_bytes(layer: Layer, s_in: Shape, s_out: Shape) -> int:
-    """Floats allocated to form a conv or average pooling's matrix (0 for other layers)."""
-    n, m = math.prod(s_in), math.prod(s_out)
-    if isinstance(layer, Conv2d):
-        kh, kw = layer.kernel
-        patches = n * s_in[0] * kh * kw * s_out[1] * s_out[2]  # im2col of the n unit images
-    elif isinstance(layer, Pool2d) and layer.kind == "avg":
-        patches = n * m * layer.kernel[0] * layer.kernel[1]  # windows of the n unit images
-    else:
-        return 0
-    return _FLOAT * (n * n + patches + 3 * n * m)
+    """Floats allocated to form a layer's matrix (a conv or average pooling's; 0 for most)."""
+    if isinstance(layer, Operator):
+        return _FLOAT * layer.zonotope_matrix_floats(s_in, s_out)
+    return 0
 
 
 def estimate_bytes(model: Model, batch: int) -> int:
@@ -65,7 +60,7 @@ def estimate_bytes(model: Model, batch: int) -> int:
     sources, generators, matrix = math.prod(model.input_shape), 0, 0
     for layer, s_in, s_out in steps:
         units = math.prod(s_out)
-        if not isinstance(layer, Flatten | Reshape | Dropout):  # these move generators, no copy
+        if not getattr(layer, "moves_units", False):  # flatten, reshape: no copy
             generators = max(generators, sources * units)
         matrix = max(matrix, _matrix_bytes(layer, s_in, s_out))
         sources += units

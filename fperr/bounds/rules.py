@@ -191,19 +191,6 @@ def _ulps(a: Emulated) -> float:
     return 1.0 if a.func_ulps is None else a.func_ulps
 
 
-Rule = Callable[[Any, Enclosure, Context, int], Enclosure]
-RULES: dict[str, Rule] = {}
-
-
-def rule(*types: str) -> Callable[[Rule], Rule]:
-    def register(fn: Rule) -> Rule:
-        for t in types:
-            RULES[t] = fn
-        return fn
-
-    return register
-
-
 def convert_rule(enc: Enclosure, old: Format, new: Format, index: int) -> Enclosure:
     """Values move to another storage format between layers (mixed precision):
     exact where ``new`` holds every value of ``old``, else one rounding of values
@@ -217,13 +204,9 @@ def convert_rule(enc: Enclosure, old: Format, new: Format, index: int) -> Enclos
 def apply_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     if isinstance(layer, Operator):
         return layer.rule(enc, ctx, index)
-    try:
-        fn = RULES[layer.type]
-    except KeyError:
-        raise FperrInputError(
-            f"no bound rule for layer type {layer.type!r} (have: {', '.join(sorted(RULES))})"
-        ) from None
-    return fn(layer, enc, ctx, index)
+    if isinstance(layer, Residual):
+        return residual_rule(layer, enc, ctx, index)
+    raise FperrInputError(f"no bound rule for layer type {layer.type!r}")
 
 
 def _affine_local(
@@ -374,7 +357,6 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
     return Affine(z, local, extra, w_abs_r, signed)
 
 
-@rule("dense")
 def dense_rule(layer: Dense, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Dense layer: Higham 2002, Lemma 3.1 / eq. 3.11 for each dot product,
     plus weight/bias rounding and the storage roundings; errors map through W."""
@@ -426,7 +408,6 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
     return Affine(z, local, extra, w_abs_r, signed)
 
 
-@rule("conv2d")
 def conv_rule(layer: Conv2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Conv2d as dense products over im2col patches (same lemma, n = C/g kh kw)."""
     x = enc.value
@@ -599,7 +580,6 @@ def elu_error(alpha: float, fmag: Array, fmin: Array, ctx: Context) -> Array:
     return np.where(fmag > a.storage.max, np.inf, err)
 
 
-@rule("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu", *more.NEW_CURVED)
 def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Mean value form: f(z_hat) - f(z) = f'(xi)(z_hat - z), f'(xi) enclosed over
     [z_hat - 2r, z_hat + 2r]; the spread of f' becomes a deterministic box."""
@@ -610,7 +590,6 @@ def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int)
     return out.add_box(local, index, random=True)
 
 
-@rule("softmax")
 def softmax_rule(layer: Softmax, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Softmax, mean value form: ds = J(xi) dz with J = diag(s) - s s^T.
 
@@ -770,7 +749,6 @@ def maxpool_local(
     return y, src, sure, np.where(sure, 0.0, wr.max(axis=-1))
 
 
-@rule("maxpool2d", "avgpool2d")
 def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Max: exact; the error is the winner's when it wins for every run, else a
     box max_i r_i (|max a - max b| <= max |a_i - b_i|).  Avg: linear map plus
@@ -789,7 +767,6 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
     return out.add_box(box, index, random=False)
 
 
-@rule("flatten", "reshape", "dropout")
 def shape_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Reshapes move values without arithmetic: generators keep their rows."""
     return enc.with_value(layer.forward(enc.value, ctx.arith))
@@ -806,7 +783,6 @@ def _bn_params(layer: BatchNorm, fmt: Format) -> tuple[Array, Array, Array]:
     return fround(layer.running_mean, fmt), alpha, fround(b, fmt)
 
 
-@rule("batchnorm")
 def batchnorm_rule(layer: BatchNorm, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """Eval batch norm y = (x - m) s + b, s = w / sqrt(v + eps): errors scale by s.
 
@@ -868,7 +844,6 @@ def batchnorm_local(
     return y, s, evaluation + store, params
 
 
-@rule("residual")
 def residual_rule(layer: Residual, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
     """y = x + F(x): generators add (shared columns align), plus one rounding."""
     enc = enc.materialize()
@@ -1048,7 +1023,6 @@ def centres(layer: LayerNorm | RMSNorm) -> bool:
     return not isinstance(layer, RMSNorm)
 
 
-@rule("layernorm", "rmsnorm")
 def layernorm_rule(
     layer: LayerNorm | RMSNorm, enc: Enclosure, ctx: Context, index: int
 ) -> Enclosure:

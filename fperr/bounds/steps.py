@@ -32,7 +32,6 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from ..errors import FperrInputError
 from ..layers import (
     Activation,
     BatchNorm,
@@ -40,11 +39,9 @@ from ..layers import (
     Dense,
     LayerNorm,
     Pool2d,
-    Residual,
     RMSNorm,
     Softmax,
 )
-from ..operators import Operator
 from ..rounding import round as fround
 from .enclosure import half_ulp
 from .rules import (
@@ -374,43 +371,3 @@ def convert_step(x: Array, r: Array, old: Any, new: Any, group: int) -> Step:
     y = fround(x, new)
     box = half_ulp(np.abs(x) + 2 * r, new)
     return Step(y, lambda lam: lam, _flat(r), group, [(_flat(box), True)])
-
-
-SIMPLE_STEPS: dict[str, Callable[[Any, Array, Array, Context, int], Step]] = {
-    "dense": dense_step,
-    "conv2d": conv2d_step,
-    "maxpool2d": pool_step,
-    "avgpool2d": pool_step,
-    "flatten": shape_step,
-    "reshape": shape_step,
-    "dropout": shape_step,
-    "relu": activation_step,
-    "relu6": activation_step,
-    "leaky_relu": activation_step,
-    "tanh": activation_step,
-    "sigmoid": activation_step,
-    "gelu": activation_step,
-    "gelu_tanh": activation_step,
-    "silu": activation_step,
-    "elu": activation_step,
-    "hardswish": activation_step,
-    "hardsigmoid": activation_step,
-    "batchnorm": batchnorm_step,
-    "softmax": softmax_step,
-}
-
-
-def simple_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
-    """The step of a layer that needs nothing but (x, r): every type but layer
-    norm (which pulls functionals back) and residual blocks (which nest)."""
-    if isinstance(layer, Operator):
-        return layer.step([x], [r], ctx, group)
-    if isinstance(layer, LayerNorm | RMSNorm | Residual):  # pragma: no cover - engine dispatches
-        raise TypeError(f"{layer.type} is not a simple step")
-    try:
-        fn = SIMPLE_STEPS[layer.type]
-    except KeyError:
-        have = ", ".join(sorted([*SIMPLE_STEPS, "layernorm", "rmsnorm", "residual"]))
-        raise FperrInputError(f"no bound rule for layer type {layer.type!r} (have: {have})"
-                              ) from None  # fmt: skip
-    return fn(layer, x, r, ctx, group)

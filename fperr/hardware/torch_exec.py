@@ -17,29 +17,16 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import FperrInputError
 from ..layers import (
-    Activation,
-    Add,
-    BatchNorm,
-    Concat,
-    Conv2d,
-    Dense,
-    Dropout,
-    Flatten,
     Layer,
-    LayerNorm,
-    Pool2d,
-    Reshape,
     Residual,
-    RMSNorm,
     Shape,
-    Softmax,
     is_merge,
 )
 from ..model import Model, check_inputs
@@ -57,26 +44,18 @@ DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
 
 
 # -- IR -> nn.Module ---------------------------------------------------------------------------
-def _param(torch: Any, a: Array | None) -> Any:
-    return None if a is None else torch.nn.Parameter(torch.from_numpy(np.array(a, np.float64)))
+def float64_parameter(a: Array) -> Any:
+    """``a`` as a float64 ``nn.Parameter`` (moved with its module's dtype and device)."""
+    torch = require_torch()
+    return torch.nn.Parameter(torch.from_numpy(np.array(a, np.float64)))
 
 
 def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
-    """The nn.Module of one IR layer whose per-input input shape is ``shape``."""
+    """The nn.Module of one IR layer whose per-input input shape is ``shape``: an
+    operator's own (:meth:`~fperr.operators.Operator.torch_module`), or a residual
+    block's x + body(x)."""
     torch = require_torch()
-    nn = torch.nn
-    base: Any = nn.Module
-
-    class ReshapeModule(base):
-        def __init__(self, target: Shape) -> None:
-            super().__init__()
-            self.target = tuple(target)
-
-        def forward(self, x: Any) -> Any:
-            return x.reshape((x.shape[0], *self.target))
-
-        def extra_repr(self) -> str:
-            return f"shape={list(self.target)}"
+    base: Any = torch.nn.Module
 
     class ResidualModule(base):
         def __init__(self, body: Any) -> None:
@@ -86,92 +65,25 @@ def _module(layer: Layer, shape: Shape) -> torch.nn.Module:
         def forward(self, x: Any) -> Any:
             return x + self.body(x)
 
-    m: Any
-    if isinstance(layer, Dense):
-        out_f, in_f = layer.weight.shape
-        m = nn.Linear(in_f, out_f, bias=layer.bias is not None, dtype=torch.float64)
-        m.weight = _param(torch, layer.weight)
-        if layer.bias is not None:
-            m.bias = _param(torch, layer.bias)
-        return m
-    if isinstance(layer, Conv2d):
-        o, ig, kh, kw = layer.weight.shape
-        m = nn.Conv2d(ig * layer.groups, o, (kh, kw), layer.stride, layer.padding, layer.dilation,
-                      layer.groups, bias=layer.bias is not None, dtype=torch.float64)  # fmt: skip
-        m.weight = _param(torch, layer.weight)
-        if layer.bias is not None:
-            m.bias = _param(torch, layer.bias)
-        return m
-    if isinstance(layer, Pool2d):
-        if layer.kind == "max":
-            return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
-        return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding, count_include_pad=True)
-    if isinstance(layer, Flatten):
-        return nn.Flatten()
-    if isinstance(layer, Reshape):
-        return ReshapeModule(layer.shape)
-    if isinstance(layer, Dropout):
-        return nn.Dropout(layer.p)
-    if isinstance(layer, Activation):
-        if layer.type == "leaky_relu":
-            return nn.LeakyReLU(layer.negative_slope)
-        if layer.type == "elu":
-            return nn.ELU(layer.alpha)
-        if layer.type == "gelu_tanh":
-            return nn.GELU(approximate="tanh")
-        cls = {"relu": nn.ReLU, "relu6": nn.ReLU6, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-               "gelu": nn.GELU, "silu": nn.SiLU, "hardswish": nn.Hardswish,
-               "hardsigmoid": nn.Hardsigmoid}  # fmt: skip
-        return cls[layer.type]()
-    if isinstance(layer, Softmax):
-        return nn.Softmax(dim=layer.axis if layer.axis < 0 else layer.axis + 1)
-    if isinstance(layer, BatchNorm):
-        c = layer.running_mean.shape[0]
-        bns = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
-        if len(shape) + 1 not in bns:
-            raise FperrInputError(f"batchnorm on inputs {list(shape)} has no torch module")
-        affine = layer.weight is not None or layer.bias is not None
-        m = bns[len(shape) + 1](c, eps=layer.eps, affine=affine, dtype=torch.float64)
-        m.running_mean.copy_(torch.from_numpy(layer.running_mean))
-        m.running_var.copy_(torch.from_numpy(layer.running_var))
-        if affine:
-            m.weight = _param(torch, layer.weight if layer.weight is not None else np.ones(c))
-            m.bias = _param(torch, layer.bias if layer.bias is not None else np.zeros(c))
-        return m
-    if isinstance(layer, LayerNorm):
-        ns = tuple(layer.normalized_shape)
-        affine = layer.weight is not None or layer.bias is not None
-        m = nn.LayerNorm(ns, eps=layer.eps, elementwise_affine=affine, bias=layer.bias is not None,
-                         dtype=torch.float64)  # fmt: skip
-        if affine:
-            m.weight = _param(torch, layer.weight if layer.weight is not None else np.ones(ns))
-            if layer.bias is not None:
-                m.bias = _param(torch, layer.bias)
-        return m
-    if isinstance(layer, RMSNorm):  # eps pinned: never torch's per-dtype default
-        ns = tuple(layer.normalized_shape)
-        rms = nn.RMSNorm(ns, eps=layer.eps, elementwise_affine=layer.weight is not None,
-                         dtype=torch.float64)  # fmt: skip
-        if layer.weight is not None:
-            rms.weight = _param(torch, layer.weight)
-        return rms
     if isinstance(layer, Residual):
         return ResidualModule(_sequential(layer.layers, shape))
     if isinstance(layer, Operator):
-        return _operator_module(torch, layer)
+        return layer.torch_module([shape])
     raise FperrInputError(f"layer type {layer.type!r} has no torch module")
 
 
-def _operator_module(torch: Any, op: Operator) -> torch.nn.Module:
+def operator_module(op: Operator) -> Any:
     """A registered operator as a module: its parameters as float64 ``nn.Parameter``s
     (moved with the module's dtype and device), its forward from ``torch_forward``."""
+    torch = require_torch()
+    base: Any = torch.nn.Module
 
-    class OperatorModule(torch.nn.Module):
+    class OperatorModule(base):
         def __init__(self) -> None:
             super().__init__()
             self.op = op
             self.params = torch.nn.ParameterDict(
-                {k: _param(torch, v) for k, v in op.torch_parameters().items()}
+                {k: float64_parameter(v) for k, v in op.torch_parameters().items()}
             )
 
         def forward(self, *xs: Any) -> Any:
@@ -195,35 +107,6 @@ def _sequential(layers: tuple[Layer, ...], shape: Shape) -> torch.nn.Sequential:
 _TORCH_FORMATS = {"float16": "binary16", "bfloat16": "bfloat16", "float32": "binary32"}
 
 
-def _merge_module(torch: Any, layer: Layer) -> torch.nn.Module:
-    """The module of a merge node: ``a + b`` (one rounding, as :class:`~fperr.layers.Add`),
-    ``torch.cat`` along the per-input axis (exact), or a registered operator."""
-    base: Any = torch.nn.Module
-
-    class AddModule(base):
-        def forward(self, a: Any, b: Any) -> Any:
-            return a + b
-
-    class ConcatModule(base):
-        def __init__(self, dim: int) -> None:
-            super().__init__()
-            self.dim = dim
-
-        def forward(self, *xs: Any) -> Any:
-            return torch.cat(xs, dim=self.dim)
-
-        def extra_repr(self) -> str:
-            return f"dim={self.dim}"
-
-    if isinstance(layer, Add):
-        return AddModule()
-    if isinstance(layer, Concat):
-        return ConcatModule(layer.axis + 1)  # +1: the batch axis
-    if isinstance(layer, Operator):
-        return _operator_module(torch, layer)
-    raise FperrInputError(f"merge type {layer.type!r} has no torch module")
-
-
 def _graph_module(model: Model) -> torch.nn.Module:
     """A graph model as one module: per-node modules in an ``nn.ModuleList``, evaluated
     in the model's (topological) order, each reading the outputs ``model.inputs_of`` names."""
@@ -232,9 +115,10 @@ def _graph_module(model: Model) -> torch.nn.Module:
     shapes = model.shapes()
     wiring = tuple(model.inputs_of(i) for i in range(len(model.layers)))
     nodes = [
-        _merge_module(torch, layer) if is_merge(layer) else _module(layer, shapes[ins[0] + 1])
+        cast(Operator, layer).torch_module([shapes[j + 1] for j in ins]) if is_merge(layer)
+        else _module(layer, shapes[ins[0] + 1])
         for layer, ins in zip(model.layers, wiring, strict=True)
-    ]
+    ]  # fmt: skip
     # the last node reading each value (-1: the input): values are dropped after it
     last = {j: i for i, ins in enumerate(wiring) for j in ins}
 

@@ -16,10 +16,11 @@ __all__ = ["REGISTRY", "Operator", "OperatorSpec", "OperatorUnsupported", "is_op
            "register", "operator_specs"]  # fmt: skip
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _info.name != "base":
+    if _info.name not in ("base", "checks"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def operator_specs() -> tuple[type[OperatorSpec], ...]:
     """The YAML spec class of every registered operator (for :mod:`fperr.spec`)."""
-    return tuple(cls.Spec for cls in REGISTRY.values())
+    classes = dict.fromkeys(REGISTRY.values())  # a class standing for several types once
+    return tuple(spec for cls in classes for spec in cls.specs())

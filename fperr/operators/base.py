@@ -75,21 +75,44 @@ class Weights:
 
 
 class Operator:
-    """Base class of registered operators (instances are frozen dataclasses)."""
+    """Base class of registered operators."""
 
     type: ClassVar[str]
+    types: ClassVar[tuple[str, ...]] = ()
+    """Every type name the class stands for, when several (activations, pooling):
+    the instance's ``type`` says which; empty: just ``type``."""
     Spec: ClassVar[builtins.type[OperatorSpec]]
     arity: ClassVar[int] = 1
     """Inputs read: 1, 2, ... or 0 for any number >= 2 (``merge`` instead of ``forward``)."""
     sharpen: ClassVar[float | None] = None
     """Backward engine: sharpen incoming ranges wider than this fraction of the values
     (layers whose local error depends on the range beyond second order), or None."""
+    def sharpen_threshold(self) -> float | None:
+        """:attr:`sharpen`, or the instance's own where it depends on the instance."""
+        return self.sharpen
+
+    needs_functional: ClassVar[bool] = False
+    """Backward engine: ``step`` takes ``functional=``, the radius of any functional of
+    its input pulled back through every earlier layer (a norm's signed projections)."""
+    moves_units: ClassVar[bool] = False
+    """Values only move (flatten, reshape, dropout): the zonotope engine keeps the
+    generators without a copy (its memory estimate)."""
 
     @classmethod
     def example(cls, rng: np.random.Generator) -> Model:
         """A small model that uses this operator (random parameters from ``rng``): the
         conformance and soundness tests run every registered operator through it."""
         raise NotImplementedError
+
+    @classmethod
+    def example_for(cls, type_name: str, rng: np.random.Generator) -> Model:
+        """:meth:`example` for one of :attr:`types` (a class standing for several)."""
+        return cls.example(rng)
+
+    @classmethod
+    def specs(cls) -> tuple[builtins.type[OperatorSpec], ...]:
+        """The YAML spec classes of the class's types (one unless it stands for several)."""
+        return (cls.Spec,)
 
     # -- construction and saving --------------------------------------------------------
     @classmethod
@@ -131,7 +154,7 @@ class Operator:
     # -- bounds ------------------------------------------------------------------------------
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
         """The backward engine's step: computed inputs ``xs``, each ``(N, *in)``, and
-        their radii ``rs``."""
+        their radii ``rs`` (and ``functional=`` where :attr:`needs_functional`)."""
         raise NotImplementedError
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
@@ -143,6 +166,18 @@ class Operator:
     def has_rule(cls) -> bool:
         return cls.rule is not Operator.rule
 
+    def apriori(self, lo: Array, hi: Array, r: Array, arith: Any,
+                out_shape: Shape) -> tuple[Array, Array, Array]:  # fmt: skip
+        """The a-priori rule (:mod:`fperr.bounds.apriori`): the output's value interval
+        [lo, hi] and error radius for every input in [lo, hi] with errors up to ``r``
+        (one input's arrays, no batch axis)."""
+        raise OperatorUnsupported(f"a-priori bounds do not support layer type {self.type!r}")
+
+    def zonotope_matrix_floats(self, in_shape: Shape, out_shape: Shape) -> int:
+        """Floats the zonotope rule allocates beyond the generators to form the layer's
+        matrix (a convolution's im2col of the unit images; memory estimate)."""
+        return 0
+
     def work(self, in_shapes: list[Shape], out_shape: Shape) -> float:
         """Multiply-adds per input (the backward engine's sharpening budget counts them)."""
         return float(math.prod(out_shape))
@@ -153,6 +188,15 @@ class Operator:
         return 0
 
     # -- other executors ---------------------------------------------------------------------
+    def torch_module(self, in_shapes: list[Shape]) -> Any:
+        """The ``torch.nn.Module`` the torch executor runs (per-input shapes ``in_shapes``);
+        by default :meth:`torch_forward` with :meth:`torch_parameters` as float64
+        parameters.  Operators with a torch layer of their own return it, so that a
+        validation run takes the kernels users' models take."""
+        from ..hardware.torch_exec import operator_module
+
+        return operator_module(self)
+
     def torch_forward(self, xs: list[Any], params: dict[str, Any]) -> Any:
         """The output from torch tensors ``xs`` (real kernels, any dtype and device);
         ``params``: :meth:`torch_parameters` as tensors of the run's dtype and device."""
@@ -172,10 +216,12 @@ REGISTRY: dict[str, type[Operator]] = {}
 
 
 def register(cls: type[Operator]) -> type[Operator]:
-    """Class decorator: add an operator to :data:`REGISTRY` (its type must be new)."""
-    if cls.type in REGISTRY:  # pragma: no cover - a programming error
-        raise ValueError(f"operator type {cls.type!r} registered twice")
-    REGISTRY[cls.type] = cls
+    """Class decorator: add an operator to :data:`REGISTRY` under each of its types
+    (each must be new)."""
+    for name in cls.types or (cls.type,):
+        if name in REGISTRY:  # pragma: no cover - a programming error
+            raise ValueError(f"operator type {name!r} registered twice")
+        REGISTRY[name] = cls
     return cls
 
 

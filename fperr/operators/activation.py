@@ -1,0 +1,245 @@
+"""Elementwise activations: relu, relu6, leaky_relu, elu, tanh, sigmoid, gelu
+(erf and tanh forms), silu, hardswish and hardsigmoid, one class for all.
+
+The piecewise-linear ones are exact in every format but leaky ReLU's
+product; the curved ones are one function evaluation rounded to storage.
+The bound rule is the mean value form f(z_hat) - f(z) = f'(xi)(z_hat - z)
+with f' enclosed over [z_hat - 2r, z_hat + 2r], plus the kernel allowance of
+the function and the storage rounding (:func:`fperr.bounds.rules.activation_local`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+from scipy.special import erfc
+
+from ..errors import SpecError
+from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
+from .checks import check_scalar
+
+if TYPE_CHECKING:
+    from ..arith import Arithmetic
+    from ..bounds.enclosure import Enclosure
+    from ..bounds.rules import Context
+    from ..bounds.steps import Step
+    from ..model import Model
+
+
+class ActivationSpec(OperatorSpec):
+    type: Literal["relu", "relu6", "tanh", "sigmoid", "gelu", "gelu_tanh", "silu", "hardswish",
+                  "hardsigmoid"]  # fmt: skip
+
+
+class EluSpec(OperatorSpec):
+    type: Literal["elu"]
+    alpha: float = Field(1.0, allow_inf_nan=False)
+
+
+class LeakyReluSpec(OperatorSpec):
+    type: Literal["leaky_relu"]
+    negative_slope: float = 0.01
+
+
+def _sigmoid(x: Array) -> Array:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _gelu(x: Array) -> Array:
+    # erfc, not 1 + erf: 1 + erf(x / sqrt 2) cancels for x < -6 (100% error)
+    return 0.5 * x * erfc(-x / math.sqrt(2.0))
+
+
+GELU_TANH_C = math.sqrt(2.0 / math.pi)
+GELU_TANH_K = 0.044715
+
+
+def _gelu_tanh(x: Array) -> Array:
+    """0.5 x (1 + tanh t), t = sqrt(2/pi) (x + 0.044715 x^3) (torch's approximate="tanh"),
+    as x sigmoid(2t): 1 + tanh t cancels for t << 0."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = GELU_TANH_C * (x + GELU_TANH_K * x**3)
+        return x * _sigmoid(2 * t)
+
+
+def _silu(x: Array) -> Array:
+    return x * _sigmoid(x)
+
+
+def _hardsigmoid(x: Array) -> Array:
+    return np.minimum(np.maximum(x + 3.0, 0.0), 6.0) / 6.0
+
+
+def _hardswish(x: Array) -> Array:
+    return x * _hardsigmoid(x)
+
+
+def elu(x: Array, alpha: float = 1.0) -> Array:
+    """x for x > 0, alpha (e^x - 1) otherwise (expm1: no cancellation near 0)."""
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "gelu": _gelu,
+    "gelu_tanh": _gelu_tanh,
+    "silu": _silu,
+    "hardswish": _hardswish,
+    "hardsigmoid": _hardsigmoid,
+}
+"""Curved elementwise functions without parameters (ELU, with its alpha, is
+:meth:`Activation.function`)."""
+
+ACTIVATION_TYPES = ("relu", "relu6", "leaky_relu", "elu", *ACTIVATIONS)
+
+PIECEWISE_LINEAR = ("relu", "relu6", "leaky_relu")
+APRIORI = ("relu", "relu6", "leaky_relu", "tanh", "sigmoid", "gelu")
+"""Activations with an a-priori rule (:mod:`fperr.bounds.apriori`)."""
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Activation(Operator):
+    type: str  # type: ignore[misc]  # one of ACTIVATION_TYPES: the instance says which
+    negative_slope: float = 0.01  # leaky_relu
+    alpha: float = 1.0  # elu
+    types = ACTIVATION_TYPES
+    Spec = ActivationSpec
+
+    def __post_init__(self) -> None:
+        if self.type not in ACTIVATION_TYPES:
+            raise SpecError(f"activation: unknown type {self.type!r}; valid: "
+                            f"{', '.join(ACTIVATION_TYPES)}")  # fmt: skip
+        check_scalar(self.type, "negative_slope", self.negative_slope, None, False)
+        check_scalar(self.type, "alpha", self.alpha, None, False)
+
+    def sharpen_threshold(self) -> float | None:
+        # the slopes of a kink, or a curved function's remainders, depend on the range
+        from ..bounds.backward import SHARPEN, SHARPEN_KINK
+
+        return SHARPEN_KINK if self.type in PIECEWISE_LINEAR else SHARPEN
+
+    @classmethod
+    def specs(cls) -> tuple[builtins.type[OperatorSpec], ...]:
+        return (ActivationSpec, EluSpec, LeakyReluSpec)
+
+    @classmethod
+    def example(cls, rng: np.random.Generator) -> Model:
+        return cls.example_for("tanh", rng)
+
+    @classmethod
+    def example_for(cls, type_name: str, rng: np.random.Generator) -> Model:
+        from ..model import Model
+        from .dense import Dense
+
+        w1, b1 = rng.normal(size=(8, 5)) * 1.5, rng.normal(size=8)
+        w2 = rng.normal(size=(3, 8)) / 3
+        act = cls(type_name, negative_slope=0.2, alpha=0.7)
+        return Model(type_name, (5,), (Dense(w1, b1), act, Dense(w2)))
+
+    @classmethod
+    def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
+        if spec.type == "elu":
+            return cls("elu", 0.01, spec.alpha)
+        if spec.type == "leaky_relu":
+            return cls("leaky_relu", spec.negative_slope)
+        return cls(spec.type)
+
+    def spec_fields(self, put: Put) -> dict[str, Any]:
+        if self.type == "leaky_relu":
+            return {"negative_slope": self.negative_slope}
+        return {"alpha": self.alpha} if self.type == "elu" else {}
+
+    # -- shapes and values ---------------------------------------------------------------
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    @property
+    def function(self) -> Callable[[Array], Array]:
+        """The exact function in float64 of a curved activation (not relu, relu6, leaky_relu)."""
+        if self.type == "elu":
+            alpha = float(self.alpha)
+            return lambda x: elu(x, alpha)
+        return ACTIVATIONS[self.type]
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        if self.type == "relu":
+            return np.maximum(x, 0.0)  # exact
+        if self.type == "relu6":
+            return np.minimum(np.maximum(x, 0.0), 6.0)  # exact: 0 and 6 are in every format
+        if self.type == "leaky_relu":
+            return np.where(x > 0, x, arith.store(self.negative_slope * x))
+        return arith.func(self.function, x)
+
+    # -- bounds ------------------------------------------------------------------------------
+    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.steps import activation_step
+
+        return activation_step(self, xs[0], rs[0], ctx, group)
+
+    def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+        from ..bounds.rules import activation_rule
+
+        return activation_rule(self, enc, ctx, index)
+
+    def apriori(self, lo: Array, hi: Array, r: Array, arith: Any,
+                out_shape: Shape) -> tuple[Array, Array, Array]:  # fmt: skip
+        if self.type not in APRIORI:
+            return super().apriori(lo, hi, r, arith, out_shape)
+        from ..bounds.apriori import activation_apriori
+
+        return activation_apriori(self, lo, hi, r, arith)
+
+    # -- other executors ---------------------------------------------------------------------
+    def torch_module(self, in_shapes: list[Shape]) -> Any:
+        from ..hardware.torch_env import require_torch
+
+        nn = require_torch().nn
+        if self.type == "leaky_relu":
+            return nn.LeakyReLU(self.negative_slope)
+        if self.type == "elu":
+            return nn.ELU(self.alpha)
+        if self.type == "gelu_tanh":
+            return nn.GELU(approximate="tanh")
+        cls = {"relu": nn.ReLU, "relu6": nn.ReLU6, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+               "gelu": nn.GELU, "silu": nn.SiLU, "hardswish": nn.Hardswish,
+               "hardsigmoid": nn.Hardsigmoid}  # fmt: skip
+        return cls[self.type]()
+
+    def mpmath_forward(self, xs: list[Any]) -> Any:
+        # each function from its definition, in mpmath: independent of :meth:`forward`
+        import mpmath
+
+        slope = mpmath.mpf(self.negative_slope)
+        sqrt2 = mpmath.sqrt(2)
+        alpha = mpmath.mpf(self.alpha)
+        gc, gk = mpmath.sqrt(2 / mpmath.pi), mpmath.mpf("0.044715")  # GELU, tanh form
+        zero, six = mpmath.mpf(0), mpmath.mpf(6)
+        funcs: dict[str, Callable[[Any], Any]] = {
+            "relu": lambda v: v if v > 0 else zero,
+            "relu6": lambda v: min(max(v, zero), six),
+            "leaky_relu": lambda v: v if v > 0 else slope * v,
+            "tanh": mpmath.tanh,
+            "sigmoid": lambda v: 1 / (1 + mpmath.exp(-v)),
+            "gelu": lambda v: v * (1 + mpmath.erf(v / sqrt2)) / 2,
+            "gelu_tanh": lambda v: v / (1 + mpmath.exp(-2 * gc * (v + gk * v**3))),
+            "silu": lambda v: v / (1 + mpmath.exp(-v)),
+            "elu": lambda v: v if v > 0 else alpha * mpmath.expm1(v),
+            "hardsigmoid": lambda v: min(max(v + 3, zero), six) / 6,
+            "hardswish": lambda v: v * min(max(v + 3, zero), six) / 6,
+        }
+        f = funcs[self.type]
+        x = xs[0]
+        out = np.empty(x.shape, dtype=object)
+        flat, src = out.reshape(-1), x.reshape(-1)
+        for i, v in enumerate(src):
+            flat[i] = f(v)
+        return out

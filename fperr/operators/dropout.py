@@ -1,0 +1,62 @@
+"""dropout: ``torch.nn.Dropout`` at inference, the identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..errors import SpecError
+from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
+from .checks import check_scalar
+from .flatten import MovesValues
+
+if TYPE_CHECKING:
+    from ..arith import Arithmetic
+    from ..model import Model
+
+
+class DropoutSpec(OperatorSpec):
+    type: Literal["dropout"]
+    p: float = Field(0.5, ge=0, le=1)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Dropout(MovesValues):
+    p: float = 0.5
+    type = "dropout"
+    Spec = DropoutSpec
+
+    def __post_init__(self) -> None:
+        check_scalar("dropout", "p", self.p, 0.0, False)
+        if self.p > 1:
+            raise SpecError(f"dropout: p must be a probability in [0, 1], got {self.p!r}")
+
+    @classmethod
+    def example(cls, rng: np.random.Generator) -> Model:
+        from ..model import Model
+        from .dense import Dense
+
+        w1, w2 = rng.normal(size=(5, 4)) / 2, rng.normal(size=(3, 5)) / 2
+        return Model("dropout", (4,), (Dense(w1), cls(0.1), Dense(w2)))
+
+    @classmethod
+    def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
+        return cls(spec.p)
+
+    def spec_fields(self, put: Put) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        return x  # inference: identity
+
+    def torch_module(self, in_shapes: list[Shape]) -> Any:
+        from ..hardware.torch_env import require_torch
+
+        return require_torch().nn.Dropout(self.p)

@@ -1,0 +1,80 @@
+"""flatten: ``torch.nn.Flatten`` (every per-input axis into one).
+
+Values move without arithmetic: each output unit carries the error of the
+input unit it came from, in the same order, so rows pass back unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .base import Array, Operator, OperatorSpec, Shape, Weights, register
+
+if TYPE_CHECKING:
+    from ..arith import Arithmetic
+    from ..bounds.enclosure import Enclosure
+    from ..bounds.rules import Context
+    from ..bounds.steps import Step
+    from ..model import Model
+
+
+class FlattenSpec(OperatorSpec):
+    type: Literal["flatten"]
+
+
+class MovesValues(Operator):
+    """What flatten, reshape and inference-mode dropout share: the output is the
+    input's values in the same order, so every bound rule is the identity on errors."""
+
+    moves_units = True
+
+    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.steps import shape_step
+
+        return shape_step(self, xs[0], rs[0], ctx, group)
+
+    def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+        from ..bounds.rules import shape_rule
+
+        return shape_rule(self, enc, ctx, index)
+
+    def apriori(self, lo: Array, hi: Array, r: Array, arith: Any,
+                out_shape: Shape) -> tuple[Array, Array, Array]:  # fmt: skip
+        return lo.reshape(out_shape), hi.reshape(out_shape), r.reshape(out_shape)
+
+    def mpmath_forward(self, xs: list[Any]) -> Any:
+        x = xs[0]
+        return x.reshape((x.shape[0], *self.out_shape(x.shape[1:])))
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Flatten(MovesValues):
+    type = "flatten"
+    Spec = FlattenSpec
+
+    @classmethod
+    def example(cls, rng: np.random.Generator) -> Model:
+        from ..model import Model
+        from .dense import Dense
+
+        return Model("flatten", (2, 3, 2), (cls(), Dense(rng.normal(size=(3, 12)) / 4)))
+
+    @classmethod
+    def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
+        return cls()
+
+    def out_shape(self, shape: Shape) -> Shape:
+        return (math.prod(shape),)
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        return x.reshape(x.shape[0], -1)
+
+    def torch_module(self, in_shapes: list[Shape]) -> Any:
+        from ..hardware.torch_env import require_torch
+
+        return require_torch().nn.Flatten()

@@ -1,0 +1,196 @@
+"""maxpool2d / avgpool2d: ``torch.nn.MaxPool2d`` and ``AvgPool2d`` (zero padding
+counted, ``count_include_pad=True``).
+
+Max pooling is exact in every format: the error of an output is the winner's
+when it wins for every run, else at most the largest error in the window
+(|max a - max b| <= max |a_i - b_i|).  Average pooling is a sum of the window
+then one division: the linear map plus the sum's accumulation error (Higham
+2002, eq. 4.4) and one storage rounding.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from ..errors import SpecError
+from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
+from .checks import NonNegPair, Pair, PosPair, check_ints, mismatch, pair
+
+if TYPE_CHECKING:
+    from ..arith import Arithmetic
+    from ..bounds.enclosure import Enclosure
+    from ..bounds.rules import Context
+    from ..bounds.steps import Step
+    from ..model import Model
+
+
+class MaxPool2dSpec(OperatorSpec):
+    type: Literal["maxpool2d"]
+    kernel_size: PosPair
+    stride: PosPair | None = None
+    padding: NonNegPair = 0
+
+
+class AvgPool2dSpec(OperatorSpec):
+    type: Literal["avgpool2d"]
+    kernel_size: PosPair
+    stride: PosPair | None = None
+    padding: NonNegPair = 0
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Pool2d(Operator):
+    kind: str  # "max" or "avg"
+    kernel: Pair
+    stride: Pair
+    padding: Pair = (0, 0)
+    types = ("maxpool2d", "avgpool2d")
+    Spec = MaxPool2dSpec
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("max", "avg"):
+            raise SpecError(f"pool2d: kind must be 'max' or 'avg', got {self.kind!r}")
+        check_ints(self.type, "kernel_size", self.kernel, 1, 2)
+        check_ints(self.type, "stride", self.stride, 1, 2)
+        check_ints(self.type, "padding", self.padding, 0, 2)
+
+    @property
+    def type(self) -> str:  # type: ignore[override]  # one class, two types: the instance's
+        return f"{self.kind}pool2d"
+
+    def sharpen_threshold(self) -> float | None:
+        # max pooling's winners decide the error; average pooling is linear
+        from ..bounds.backward import SHARPEN_KINK
+
+        return SHARPEN_KINK if self.kind == "max" else None
+
+    @classmethod
+    def specs(cls) -> tuple[builtins.type[OperatorSpec], ...]:
+        return (MaxPool2dSpec, AvgPool2dSpec)
+
+    @classmethod
+    def example(cls, rng: np.random.Generator) -> Model:
+        return cls.example_for("maxpool2d", rng)
+
+    @classmethod
+    def example_for(cls, type_name: str, rng: np.random.Generator) -> Model:
+        from ..model import Model
+        from .conv2d import Conv2d
+        from .dense import Dense
+        from .flatten import Flatten
+
+        w = rng.normal(size=(3, 2, 3, 3)) / 3
+        head = rng.normal(size=(3, 3 * 3 * 3)) / 3
+        pool = cls(type_name[:3], (3, 3), (2, 2), (1, 1))
+        return Model(type_name, (2, 6, 6), (Conv2d(w, None, padding=(1, 1)), pool, Flatten(),
+                                            Dense(head)))  # fmt: skip
+
+    @classmethod
+    def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
+        k = pair(spec.kernel_size)
+        return cls(spec.type[:3], k, pair(spec.stride, k), pair(spec.padding))
+
+    def spec_fields(self, put: Put) -> dict[str, Any]:
+        return {"kernel_size": list(self.kernel), "stride": list(self.stride),
+                "padding": list(self.padding)}  # fmt: skip
+
+    # -- shapes and values ---------------------------------------------------------------
+    def out_shape(self, shape: Shape) -> Shape:
+        if len(shape) != 3:
+            raise mismatch(self.type, "[C, H, W]", shape)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel, strict=True)):
+            raise SpecError(f"{self.type}: padding {list(self.padding)} exceeds half the kernel")
+        from .conv2d import conv_output_size
+
+        ho, wo = (
+            conv_output_size(shape[d + 1], self.kernel[d], self.stride[d], self.padding[d], 1)
+            for d in (0, 1)
+        )
+        if ho < 1 or wo < 1:
+            raise mismatch(self.type, "an image at least as large as the window", shape)
+        return (shape[0], ho, wo)
+
+    def windows(self, x: Array) -> Array:
+        """(N, C, H', W', kh*kw) windows; max pooling pads with -inf, avg with 0."""
+        n, c = x.shape[:2]
+        fill = -np.inf if self.kind == "max" else 0.0
+        ph, pw = self.padding
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+        _, ho, wo = self.out_shape(x.shape[1:])
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        out = np.empty((n, c, ho, wo, kh * kw), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                out[..., i * kw + j] = xp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw]
+        return out
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        win = self.windows(x)
+        if self.kind == "max":
+            return win.max(axis=-1)  # exact in any format
+        k = self.kernel[0] * self.kernel[1]
+        return arith.func(lambda v: v.sum(axis=-1) / k, win)
+
+    # -- bounds ------------------------------------------------------------------------------
+    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.steps import pool_step
+
+        return pool_step(self, xs[0], rs[0], ctx, group)
+
+    def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+        from ..bounds.rules import pool_rule
+
+        return pool_rule(self, enc, ctx, index)
+
+    def apriori(self, lo: Array, hi: Array, r: Array, arith: Any,
+                out_shape: Shape) -> tuple[Array, Array, Array]:  # fmt: skip
+        from ..bounds.apriori import pool_apriori
+
+        return pool_apriori(self, lo, hi, r, arith)
+
+    def zonotope_matrix_floats(self, in_shape: Shape, out_shape: Shape) -> int:
+        if self.kind != "avg":
+            return 0
+        n, m = int(np.prod(in_shape)), int(np.prod(out_shape))
+        patches = n * m * self.kernel[0] * self.kernel[1]  # windows of the n unit images
+        return n * n + patches + 3 * n * m
+
+    # -- other executors ---------------------------------------------------------------------
+    def torch_module(self, in_shapes: list[Shape]) -> Any:
+        from ..hardware.torch_env import require_torch
+
+        nn = require_torch().nn
+        if self.kind == "max":
+            return nn.MaxPool2d(self.kernel, self.stride, self.padding)
+        return nn.AvgPool2d(self.kernel, self.stride, self.padding, count_include_pad=True)
+
+    def mpmath_forward(self, xs: list[Any]) -> Any:
+        import mpmath
+
+        x = xs[0]
+        n, c, h, wd = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        ho = (h + 2 * ph - kh) // sh + 1
+        wo = (wd + 2 * pw - kw) // sw + 1
+        out = np.empty((n, c, ho, wo), dtype=object)
+        k = mpmath.mpf(kh * kw)
+        for s in range(n):
+            for ch in range(c):
+                for i in range(ho):
+                    for j in range(wo):
+                        vals = [
+                            x[s, ch, r, q]
+                            for r in range(i * sh - ph, i * sh - ph + kh)
+                            for q in range(j * sw - pw, j * sw - pw + kw)
+                            if 0 <= r < h and 0 <= q < wd
+                        ]
+                        if self.kind == "max":
+                            out[s, ch, i, j] = max(vals)  # padding is -inf: never chosen
+                        else:
+                            out[s, ch, i, j] = mpmath.fsum(vals) / k  # zero padding counts
+        return out

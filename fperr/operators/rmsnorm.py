@@ -1,0 +1,120 @@
+"""rmsnorm: ``torch.nn.RMSNorm`` over the trailing ``normalized_shape``:
+y = x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019), layer norm without
+the centring and the bias; its bound is layer norm's with P = I.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
+from .checks import PosInt
+from .layernorm import Norm
+
+if TYPE_CHECKING:
+    from ..arith import Arithmetic
+    from ..model import Model
+
+
+class RMSNormSpec(OperatorSpec):
+    type: Literal["rmsnorm"]
+    weight: str | None = None
+    eps: float = Field(2.0**-23, gt=0, description="default: torch.finfo(torch.float32).eps")
+    normalized_shape: list[PosInt] | None = Field(
+        None, min_length=1, description="trailing dimensions normalised over (default: from weight)"
+    )
+
+
+RMS_EPS_DEFAULT = 2.0**-23
+"""torch.finfo(torch.float32).eps: what ``nn.RMSNorm(eps=None)`` uses in float32, and
+(measured bit for bit on torch 2.13 CPU) in float16 and bfloat16 too, whose kernel
+computes in float32; a float64 torch run would use 2^-52 instead."""
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class RMSNorm(Norm):
+    """Root-mean-square norm over the trailing ``normalized_shape``.  ``eps`` is a
+    number, never "the format's eps": importers pin torch's ``eps=None`` to
+    :data:`RMS_EPS_DEFAULT`."""
+
+    normalized_shape: Shape
+    weight: Array | None = None
+    eps: float = RMS_EPS_DEFAULT
+    type = "rmsnorm"
+    Spec = RMSNormSpec
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    @property
+    def bias(self) -> None:
+        """No bias (so code shared with :class:`LayerNorm` reads one)."""
+        return None
+
+    @classmethod
+    def example(cls, rng: np.random.Generator) -> Model:
+        from ..model import Model
+        from .dense import Dense
+        from .flatten import Flatten
+        from .reshape import Reshape
+
+        w1, b1 = rng.normal(size=(8, 5)), rng.normal(size=8)
+        norm = cls((4,), rng.normal(size=4) + 1, 1e-5)
+        return Model("rmsnorm", (5,), (Dense(w1, b1), Reshape((2, 4)), norm, Flatten(),
+                                       Dense(rng.normal(size=(3, 8)) / 3)))  # fmt: skip
+
+    @classmethod
+    def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
+        weight = weights.get(spec.weight, where)
+        return cls(cls._shape_from(spec, weight), weight, spec.eps)
+
+    def spec_fields(self, put: Put) -> dict[str, Any]:
+        return {"normalized_shape": list(self.normalized_shape),
+                "weight": put("weight", self.weight), "eps": self.eps}  # fmt: skip
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        """Exact on the stored input and weight, rounded once to storage: torch's
+        CPU kernel computes x * rsqrt(mean(x^2) + eps) * w in float32 and rounds
+        once (checked bit for bit on float16 and bfloat16); the bound rule allows
+        for the float32 steps."""
+        axes = self._axes(x.ndim)
+        w = None if self.weight is None else arith.store(self.weight)
+
+        def f(v: Array) -> Array:
+            y = v / np.sqrt(np.mean(v * v, axis=axes, keepdims=True) + self.eps)
+            return y if w is None else y * w
+
+        return arith.func(f, x)
+
+    def torch_module(self, in_shapes: list[Shape]) -> Any:
+        from ..hardware.torch_env import require_torch
+        from ..hardware.torch_exec import float64_parameter
+
+        torch = require_torch()  # eps pinned: never torch's per-dtype default
+        rms = torch.nn.RMSNorm(tuple(self.normalized_shape), eps=self.eps,
+                               elementwise_affine=self.weight is not None,
+                               dtype=torch.float64)  # fmt: skip
+        if self.weight is not None:
+            rms.weight = float64_parameter(self.weight)
+        return rms
+
+    def mpmath_forward(self, xs: list[Any]) -> Any:
+        import mpmath
+
+        from ..mpmath_exec import to_mp
+
+        rows, lead, m = self._mp_rows(xs[0])
+        w = None if self.weight is None else to_mp(self.weight).reshape(-1)
+        eps, mm = mpmath.mpf(self.eps), mpmath.mpf(m)
+        out = np.empty(rows.shape, dtype=object)
+        for r in range(rows.shape[0]):
+            inv = 1 / mpmath.sqrt(mpmath.fsum(v * v for v in rows[r]) / mm + eps)
+            for j in range(m):
+                y = rows[r, j] * inv
+                out[r, j] = y if w is None else y * w[j]
+        return out.reshape((*lead, *self.normalized_shape))

@@ -1,0 +1,117 @@
+"""softmax along one per-input axis (negative counts from the end): a
+classifier's probabilities, or the attention scores (H, T, T) of a
+transformer along the last axis.
+
+One function evaluation per group rounded to storage; the bound is the mean
+value form ds = J(xi) dz with J = diag(s) - s s^T per group, plus the kernel
+allowance and the storage rounding (:func:`fperr.bounds.rules.softmax_local`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..errors import SpecError
+from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
+
+if TYPE_CHECKING:
+    from ..arith import Arithmetic
+    from ..bounds.enclosure import Enclosure
+    from ..bounds.rules import Context
+    from ..bounds.steps import Step
+    from ..model import Model
+
+
+class SoftmaxSpec(OperatorSpec):
+    type: Literal["softmax"]
+    axis: int = Field(-1, description="per-input axis (no batch axis; negative from the end)")
+
+
+def softmax(x: Array, axis: int = -1) -> Array:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@register
+@dataclass(frozen=True, eq=False)
+class Softmax(Operator):
+    """Softmax along one per-input ``axis`` (negative counts from the end): the
+    attention scores (H, T, T) of a transformer along the last axis."""
+
+    axis: int = -1
+    type = "softmax"
+    Spec = SoftmaxSpec
+
+    def sharpen_threshold(self) -> float | None:
+        from ..bounds.backward import SHARPEN
+
+        return SHARPEN
+
+    @classmethod
+    def example(cls, rng: np.random.Generator) -> Model:
+        from ..model import Model
+        from .dense import Dense
+        from .flatten import Flatten
+        from .reshape import Reshape
+
+        w1, w2 = rng.normal(size=(6, 4)) * 2, rng.normal(size=(3, 6)) / 2
+        return Model("softmax", (4,), (Dense(w1), Reshape((2, 3)), cls(0), Flatten(), Dense(w2),
+                                       cls()))  # fmt: skip
+
+    @classmethod
+    def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
+        return cls(spec.axis)
+
+    def spec_fields(self, put: Put) -> dict[str, Any]:
+        return {"axis": None if self.axis == -1 else self.axis}  # old files unchanged
+
+    def out_shape(self, shape: Shape) -> Shape:
+        if not -len(shape) <= self.axis < len(shape):
+            raise SpecError(f"softmax: axis {self.axis} out of range for inputs of shape "
+                            f"{list(shape)}")  # fmt: skip
+        return shape
+
+    def batched_axis(self, ndim: int) -> int:
+        """The softmax axis of a batch ``(N, *shape)`` of ``ndim`` dimensions, >= 1."""
+        return self.axis % (ndim - 1) + 1
+
+    def forward(self, x: Array, arith: Arithmetic) -> Array:
+        if self.axis == -1:  # the vector case as it always was (bit for bit)
+            return arith.func(softmax, x)
+        ax = self.batched_axis(x.ndim)
+        return arith.func(lambda v: softmax(v, ax), x)
+
+    # -- bounds ------------------------------------------------------------------------------
+    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.steps import softmax_step
+
+        return softmax_step(self, xs[0], rs[0], ctx, group)
+
+    def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
+        from ..bounds.rules import softmax_rule
+
+        return softmax_rule(self, enc, ctx, index)
+
+    # -- other executors ---------------------------------------------------------------------
+    def torch_module(self, in_shapes: list[Shape]) -> Any:
+        from ..hardware.torch_env import require_torch
+
+        return require_torch().nn.Softmax(dim=self.axis if self.axis < 0 else self.axis + 1)
+
+    def mpmath_forward(self, xs: list[Any]) -> Any:
+        import mpmath
+
+        x = xs[0]
+        moved = np.moveaxis(x, self.batched_axis(x.ndim), -1)
+        rows = moved.reshape(-1, moved.shape[-1])
+        out = np.empty(rows.shape, dtype=object)
+        for s in range(rows.shape[0]):
+            e = [mpmath.exp(v) for v in rows[s]]
+            total = mpmath.fsum(e)
+            for j, v in enumerate(e):
+                out[s, j] = v / total
+        return np.moveaxis(out.reshape(moved.shape), -1, self.batched_axis(x.ndim))
