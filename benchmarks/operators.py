@@ -25,7 +25,7 @@ ORDERS = ("sequential", "pairwise", "blocked", "blas")
 
 
 def tightness(name: str, n: int) -> tuple[float, float | None]:
-    model = REGISTRY[name].example(np.random.default_rng(0))
+    model = REGISTRY[name].example_for(name, np.random.default_rng(0))
     x = np.random.default_rng(1).normal(size=(n, *model.input_shape))
     exact = model.forward(x).reshape(n, -1)
     arith = Emulated.from_names("binary16", "binary32")
@@ -48,11 +48,11 @@ def main() -> None:
     p.add_argument("--inputs", type=int, default=200)
     args = p.parse_args()
     warnings.simplefilter("ignore", RuntimeWarning)
-    print(f"{'operator':<10} {'median bound/observed':>22} {'backward/zonotope':>18}")
+    print(f"{'operator':<12} {'median bound/observed':>22} {'backward/zonotope':>18}")
     for name in sorted(REGISTRY):
         ratio, zono = tightness(name, args.inputs)
         z = "-" if zono is None else f"{zono:.3f}"
-        print(f"{name:<10} {ratio:>22.2f} {z:>18}")
+        print(f"{name:<12} {ratio:>22.2f} {z:>18}")
 
 
 if __name__ == "__main__":

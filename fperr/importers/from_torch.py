@@ -23,7 +23,6 @@ from ..layers import (
     Dropout,
     Flatten,
     Layer,
-    LayerNorm,
     Pool2d,
     Reshape,
     RMSNorm,
@@ -70,7 +69,7 @@ def _need(t: torch.Tensor | None, what: str) -> Array:
     return a
 
 
-# -- leaf modules: one function per module class ----------------------------------------------
+# -- leaf modules: each operator's from_torch_module (fperr.operators), nn.Identity here -------
 _ModuleOp = tuple[Build, Shape | None, bool]  # (build, hint, elementwise)
 
 
@@ -94,47 +93,6 @@ def _linear_build(w: Array, b: Array | None) -> Build:
     return build
 
 
-def _mod_linear(mod: Any) -> _ModuleOp:
-    w = _need(mod.weight, "weight")
-    return _linear_build(w, _np(mod.bias)), (int(w.shape[1]),), False
-
-
-def _mod_conv2d(mod: Any) -> _ModuleOp:
-    if mod.padding_mode != "zeros":
-        raise _Unsupported(f"padding_mode={mod.padding_mode!r}")
-    k = _pair(mod.kernel_size)
-    d = _pair(mod.dilation)
-    if mod.padding == "valid":
-        pad = (0, 0)
-    elif mod.padding == "same":
-        tot = [d[i] * (k[i] - 1) for i in (0, 1)]
-        if any(t % 2 for t in tot):
-            raise _Unsupported("padding='same' with asymmetric padding")
-        pad = (tot[0] // 2, tot[1] // 2)
-    else:
-        pad = _pair(mod.padding)
-    layer = Conv2d(_need(mod.weight, "weight"), _np(mod.bias), _pair(mod.stride), pad, d,
-                   int(mod.groups))  # fmt: skip
-    return _const([layer]), None, False
-
-
-def _mod_max_pool(mod: Any) -> _ModuleOp:
-    if mod.ceil_mode or mod.return_indices or _pair(mod.dilation) != (1, 1):
-        raise _Unsupported("ceil_mode, return_indices or dilation")
-    k = _pair(mod.kernel_size)
-    st = _pair(mod.stride) if mod.stride else k
-    return _const([Pool2d("max", k, st, _pair(mod.padding))]), None, False
-
-
-def _mod_avg_pool(mod: Any) -> _ModuleOp:
-    pad = _pair(mod.padding)
-    if mod.ceil_mode or mod.divisor_override or (not mod.count_include_pad and any(pad)):
-        raise _Unsupported("ceil_mode, divisor_override or count_include_pad=False")
-    k = _pair(mod.kernel_size)
-    st = _pair(mod.stride) if mod.stride else k
-    return _const([Pool2d("avg", k, st, pad)]), None, False
-
-
 def _adaptive_avg(size: Any) -> Build:
     """Adaptive average pooling to ``size`` as a plain average pool: windows of
     H / h' by W / w' (the sizes must divide; None keeps a dimension)."""
@@ -154,19 +112,11 @@ def _adaptive_avg(size: Any) -> Build:
     return build
 
 
-def _mod_adaptive_avg_pool(mod: Any) -> _ModuleOp:
-    return _adaptive_avg(mod.output_size), None, False
+def _unflatten(dim: int, sizes: tuple[int, ...]) -> Build:
+    """nn.Unflatten(dim, sizes) and x.unflatten(dim, sizes): axis ``dim`` (batch axis 0)
+    split into ``sizes`` (one may be -1)."""
 
-
-def _mod_flatten(mod: Any) -> _ModuleOp:
-    s, e = int(mod.start_dim), int(mod.end_dim)
-    return (lambda shape: _flatten_dims(shape, s, e)), None, False
-
-
-def _mod_unflatten(mod: Any) -> _ModuleOp:
-    dim, sizes = int(mod.dim), tuple(int(x) for x in mod.unflattened_size)
-
-    def unflatten(shape: Shape) -> list[Layer]:
+    def build(shape: Shape) -> list[Layer]:
         nd = len(shape) + 1
         dd = dim % nd if dim < 0 else dim
         if dd == 0 or dd >= nd:
@@ -174,20 +124,7 @@ def _mod_unflatten(mod: Any) -> _ModuleOp:
         new = _resolve(sizes, (shape[dd - 1],), "unflatten")
         return _flatten_layers(shape, shape[: dd - 1] + new + shape[dd:])
 
-    return unflatten, None, False
-
-
-def _mod_activation(mod: Any) -> _ModuleOp:
-    """ReLU, Tanh, Sigmoid: the class name, lower case, is the activation's."""
-    return _const([Activation(type(mod).__name__.lower())]), None, True
-
-
-def _mod_hardtanh(mod: Any) -> _ModuleOp:
-    return _const([_relu6_layer(mod.min_val, mod.max_val)]), None, True
-
-
-def _mod_leaky_relu(mod: Any) -> _ModuleOp:
-    return _const([Activation("leaky_relu", float(mod.negative_slope))]), None, True
+    return build
 
 
 def _elu_layer(alpha: Any) -> Activation:
@@ -196,54 +133,12 @@ def _elu_layer(alpha: Any) -> Activation:
     return Activation("elu", alpha=float(alpha))
 
 
-def _mod_elu(mod: Any) -> _ModuleOp:
-    return _const([_elu_layer(mod.alpha)]), None, True
-
-
-def _mod_gelu(mod: Any) -> _ModuleOp:
-    b, _ = _gelu(mod.approximate)
-    return b, None, True
-
-
-def _mod_softmax(mod: Any) -> _ModuleOp:
-    return _softmax_build(mod.dim), None, False
-
-
-def _mod_batch_norm(mod: Any) -> _ModuleOp:
-    """BatchNorm1d (inputs [C] or [C, L]) and BatchNorm2d ([C, H, W]), running statistics."""
-    from torch import nn
-
-    if mod.running_mean is None or mod.running_var is None:
-        raise _Unsupported("track_running_stats=False: batch statistics also in eval mode")
-    bn = BatchNorm(_need(mod.running_mean, "running_mean"), _need(mod.running_var, "running_var"),
-                   _np(mod.weight), _np(mod.bias), float(mod.eps))  # fmt: skip
-    ranks = (1, 2) if isinstance(mod, nn.BatchNorm1d) else (3,)
-
-    def batchnorm(shape: Shape) -> list[Layer]:
-        if len(shape) not in ranks:
-            raise SpecError(f"{type(mod).__name__} on inputs {list(shape)}")
-        return [bn]
-
-    return batchnorm, None, False
-
-
-def _mod_layer_norm(mod: Any) -> _ModuleOp:
-    ns = tuple(int(d) for d in mod.normalized_shape)
-    ln = LayerNorm(ns, _np(mod.weight), _np(getattr(mod, "bias", None)), float(mod.eps))
-    return _const([ln]), ns, False
-
-
 def _rms_eps(eps: Any) -> float:
     """torch's ``eps=None`` pinned to finfo(float32).eps (:data:`~fperr.layers.RMS_EPS_DEFAULT`):
     what torch uses in float32, and in float16 and bfloat16 on the CPU (its kernel
     computes in float32; checked bit for bit on torch 2.13), whatever the docs'
     finfo(input dtype).eps says; a float64 torch run would use 2^-52."""
     return RMS_EPS_DEFAULT if eps is None else float(eps)
-
-
-def _mod_rms_norm(mod: Any) -> _ModuleOp:
-    ns = tuple(int(d) for d in mod.normalized_shape)
-    return _const([RMSNorm(ns, _np(mod.weight), _rms_eps(mod.eps))]), ns, False
 
 
 def _call_rms_norm(node: Any, label: str, params: _Params) -> _Op:
@@ -264,54 +159,24 @@ def _call_rms_norm(node: Any, label: str, params: _Params) -> _Op:
     return _unary(node, label, _const([RMSNorm(tuple(dims), w, _rms_eps(eps))]))
 
 
-def _mod_dropout(mod: Any) -> _ModuleOp:
-    p: Any = mod.p  # identities in eval mode, whatever mod.training says
-    return _const([Dropout(float(p))]), None, True
-
-
 def _mod_identity(mod: Any) -> _ModuleOp:
     return _const([]), None, True
 
 
-@functools.cache
-def _mod_embedding(mod: Any) -> _ModuleOp:
-    """nn.Embedding: the embedding operator (token ids as the model's input values);
-    padding_idx and max_norm (which rewrites the table while running) are refused."""
-    if mod.padding_idx is not None or mod.max_norm is not None:
-        raise _Unsupported("padding_idx or max_norm")
-    table = _need(mod.weight, "weight")
-    return _const([REGISTRY["embedding"](table)]), None, False  # type: ignore[call-arg]
-
-
 def _module_converters() -> tuple[tuple[type, bool, Callable[[Any], _ModuleOp]], ...]:
-    """(class, exact, converter) in the order tried: ``exact`` matches the class only,
-    not its subclasses (which may compute something else)."""
+    """(class, exact, converter) in the order tried: each registered operator's
+    ``torch_module_classes`` with its ``from_torch_module`` (``exact`` matches the class
+    only, not its subclasses, which may compute something else), then nn.Identity, the one
+    leaf pattern with no operator.  Only ReLU6 and Hardtanh are related, both exact, so no
+    class matches two entries and the order does not choose (tests/test_import_patterns.py)."""
     from torch import nn
 
-    dropouts = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+    ops = dict.fromkeys(REGISTRY.values())  # a class standing for several types once
     return (
-        (nn.Linear, False, _mod_linear),
-        (nn.Conv2d, True, _mod_conv2d),
-        (nn.MaxPool2d, False, _mod_max_pool),
-        (nn.AvgPool2d, False, _mod_avg_pool),
-        (nn.AdaptiveAvgPool2d, False, _mod_adaptive_avg_pool),
-        (nn.Flatten, False, _mod_flatten),
-        (nn.Unflatten, False, _mod_unflatten),
-        *((cls, True, _mod_activation) for cls in (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Sigmoid,
-                                                   nn.SiLU, nn.Hardswish, nn.Hardsigmoid)),
-        (nn.ELU, True, _mod_elu),
-        (nn.Hardtanh, True, _mod_hardtanh),
-        (nn.LeakyReLU, False, _mod_leaky_relu),
-        (nn.GELU, False, _mod_gelu),
-        (nn.Softmax, False, _mod_softmax),
-        (nn.BatchNorm1d, True, _mod_batch_norm),
-        (nn.BatchNorm2d, True, _mod_batch_norm),
-        (nn.LayerNorm, False, _mod_layer_norm),
-        (nn.RMSNorm, False, _mod_rms_norm),
-        *((cls, True, _mod_dropout) for cls in dropouts),
+        *((getattr(nn, name), exact, op.from_torch_module)
+          for op in ops for name, exact in op.torch_module_classes),
         (nn.Identity, False, _mod_identity),
-        (nn.Embedding, True, _mod_embedding),
-    )
+    )  # fmt: skip
 
 
 def _arg(node: Any, i: int, key: str, default: Any = None) -> Any:
@@ -898,13 +763,10 @@ def _call_permute(node: Any, label: str, params: _Params) -> _Op:
 
 def _call_unflatten(node: Any, label: str, params: _Params) -> _Op:
     """x.unflatten(dim, sizes) and torch.unflatten, as nn.Unflatten."""
-    from types import SimpleNamespace
-
     dim, sizes = _arg(node, 1, "dim"), _arg(node, 2, "sizes")
     if not isinstance(dim, int) or not all(isinstance(d, int) for d in sizes or ()):
         raise _Unsupported("dim or sizes are not constants")
-    build, _, _ = _mod_unflatten(SimpleNamespace(dim=dim, unflattened_size=sizes))
-    return _unary(node, label, build)
+    return _unary(node, label, _unflatten(int(dim), tuple(int(x) for x in sizes)))
 
 
 def _call_getattr(node: Any, label: str, params: _Params) -> _Op | list[_Op]:

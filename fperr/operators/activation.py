@@ -113,6 +113,12 @@ class Activation(Operator):
     alpha: float = 1.0  # elu
     types = ACTIVATION_TYPES
     Spec = ActivationSpec
+    torch_module_classes = (
+        *((name, True) for name in ("ReLU", "ReLU6", "Tanh", "Sigmoid", "SiLU", "Hardswish",
+                                    "Hardsigmoid", "ELU", "Hardtanh")),
+        ("LeakyReLU", False),
+        ("GELU", False),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.type not in ACTIVATION_TYPES:
@@ -152,6 +158,26 @@ class Activation(Operator):
         if spec.type == "leaky_relu":
             return cls("leaky_relu", spec.negative_slope)
         return cls(spec.type)
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """ReLU, Tanh, Sigmoid, ...: the class name, lower case, is the activation's;
+        Hardtanh to [0, 6] is ReLU6; ELU, LeakyReLU and GELU carry their parameter."""
+        from torch import nn
+
+        from ..importers.builders import _const, _gelu
+        from ..importers.from_torch import _elu_layer, _relu6_layer
+
+        if isinstance(mod, nn.LeakyReLU):
+            return _const([cls("leaky_relu", float(mod.negative_slope))]), None, True
+        if isinstance(mod, nn.GELU):
+            b, _ = _gelu(mod.approximate)
+            return b, None, True
+        if type(mod) is nn.ELU:
+            return _const([_elu_layer(mod.alpha)]), None, True
+        if type(mod) is nn.Hardtanh:  # not ReLU6, its subclass, named as its activation
+            return _const([_relu6_layer(mod.min_val, mod.max_val)]), None, True
+        return _const([cls(type(mod).__name__.lower())]), None, True
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         if self.type == "leaky_relu":

@@ -9,12 +9,19 @@ A registered operator (:func:`register`) carries, in one file:
   the linear map that pulls output rows back to its inputs, see
   :mod:`fperr.bounds.steps`), and optionally ``rule`` for the forward zonotope
   (the reference engine for chains);
-- how other executors run it: ``torch_forward`` (real PyTorch kernels, for
-  validation) and ``mpmath_forward`` (the high-precision oracle).
+- the a-priori rule over an input box (``apriori``) where it has one;
+- how other executors run it: ``torch_module`` (real PyTorch kernels, for
+  validation: the torch layer users' models use where there is one, else
+  ``torch_forward``) and ``mpmath_forward`` (the high-precision oracle);
+- its import patterns: the ``torch.nn`` leaf modules it stands for
+  (``torch_module_classes``, ``from_torch_module``).
 
-The older layer classes of :mod:`fperr.layers` are dispatched by type in each
-of those places; an operator here is found through :data:`REGISTRY` instead,
-so adding one touches its own file and its tests.  Every behaviour an operator
+Every layer type is an operator, found through :data:`REGISTRY` by the model
+loader, the engines, the executors and the memory estimate, never dispatched by
+type; adding one touches its own file and its tests.  (The residual block of
+:mod:`fperr.layers` is a nested chain, not an operator.)  A class may stand for
+several types (:attr:`Operator.types`: the activations, max and average
+pooling), the instance's ``type`` saying which.  Every behaviour an operator
 does not offer raises :class:`OperatorUnsupported` (a
 :class:`~fperr.errors.FperrInputError`) with one line that names it.
 
@@ -209,6 +216,23 @@ class Operator:
     def mpmath_forward(self, xs: list[Any]) -> Any:
         """The output from object arrays of ``mpmath.mpf`` (at the caller's precision)."""
         raise OperatorUnsupported(f"{self.type} has no mpmath executor")
+
+    # -- import patterns -----------------------------------------------------------------------
+    torch_module_classes: ClassVar[tuple[tuple[str, bool], ...]] = ()
+    """The ``torch.nn`` leaf modules the torch importer turns into this operator, as
+    (name of a class in ``torch.nn``, exact) pairs: exact matches the class only, not its
+    subclasses (which may compute something else); otherwise any instance matches.  The
+    importer tries them in :data:`REGISTRY` order, then ``nn.Identity``
+    (:func:`fperr.importers.from_torch._module_converters`)."""
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """A leaf module of :attr:`torch_module_classes` as the torch importer's
+        ``(build, hint, elementwise)``: ``build(shape)`` the layers for a per-input shape,
+        ``hint`` the per-input shape the module implies (or None), ``elementwise`` whether
+        it acts on each value alone.  Settings the operator cannot express raise the
+        importer's ``_Unsupported`` (the module is then listed as unsupported)."""
+        raise OperatorUnsupported(f"{cls.__name__} imports no torch.nn module")
 
 
 REGISTRY: dict[str, type[Operator]] = {}

@@ -49,6 +49,7 @@ class BatchNorm(Operator):
     eps: float = 1e-5
     type = "batchnorm"
     Spec = BatchNormSpec
+    torch_module_classes = (("BatchNorm1d", True), ("BatchNorm2d", True))
 
     def __post_init__(self) -> None:
         check_array("batchnorm", "running_mean", self.running_mean, 1)
@@ -81,6 +82,27 @@ class BatchNorm(Operator):
         return cls(weights.need(spec.running_mean, where, 1),
                    weights.need(spec.running_var, where, 1), weights.get(spec.weight, where, 1),
                    weights.get(spec.bias, where, 1), spec.eps)  # fmt: skip
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """BatchNorm1d (inputs [C] or [C, L]) and BatchNorm2d ([C, H, W]), running statistics."""
+        from torch import nn
+
+        from ..importers.from_torch import _need, _np
+        from ..importers.graph import _Unsupported
+
+        if mod.running_mean is None or mod.running_var is None:
+            raise _Unsupported("track_running_stats=False: batch statistics also in eval mode")
+        bn = cls(_need(mod.running_mean, "running_mean"), _need(mod.running_var, "running_var"),
+                 _np(mod.weight), _np(mod.bias), float(mod.eps))  # fmt: skip
+        ranks = (1, 2) if isinstance(mod, nn.BatchNorm1d) else (3,)
+
+        def batchnorm(shape: Shape) -> list[Any]:
+            if len(shape) not in ranks:
+                raise SpecError(f"{type(mod).__name__} on inputs {list(shape)}")
+            return [bn]
+
+        return batchnorm, None, False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"running_mean": put("running_mean", self.running_mean),

@@ -68,6 +68,7 @@ class Conv2d(Operator):
     groups: int = 1
     type = "conv2d"
     Spec = Conv2dSpec
+    torch_module_classes = (("Conv2d", True),)
 
     def __post_init__(self) -> None:
         check_array("conv2d", "weight", self.weight, 4)
@@ -100,6 +101,30 @@ class Conv2d(Operator):
         bias = weights.get(spec.bias, where, 1)
         return cls(weight, bias, pair(spec.stride), pair(spec.padding), pair(spec.dilation),
                    spec.groups)  # fmt: skip
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.Conv2d with zero padding ('same' where it is symmetric)."""
+        from ..importers.builders import _const, _pair
+        from ..importers.from_torch import _need, _np
+        from ..importers.graph import _Unsupported
+
+        if mod.padding_mode != "zeros":
+            raise _Unsupported(f"padding_mode={mod.padding_mode!r}")
+        k = _pair(mod.kernel_size)
+        d = _pair(mod.dilation)
+        if mod.padding == "valid":
+            pad = (0, 0)
+        elif mod.padding == "same":
+            tot = [d[i] * (k[i] - 1) for i in (0, 1)]
+            if any(t % 2 for t in tot):
+                raise _Unsupported("padding='same' with asymmetric padding")
+            pad = (tot[0] // 2, tot[1] // 2)
+        else:
+            pad = _pair(mod.padding)
+        layer = cls(_need(mod.weight, "weight"), _np(mod.bias), _pair(mod.stride), pad, d,
+                    int(mod.groups))  # fmt: skip
+        return _const([layer]), None, False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"weight": put("weight", self.weight), "bias": put("bias", self.bias),

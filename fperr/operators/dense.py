@@ -42,6 +42,7 @@ class Dense(Operator):
     bias: Array | None = None
     type = "dense"
     Spec = DenseSpec
+    torch_module_classes = (("Linear", False),)
 
     def __post_init__(self) -> None:
         check_array("dense", "weight", self.weight, 2)
@@ -63,6 +64,15 @@ class Dense(Operator):
         if bias is not None and bias.shape[0] != weight.shape[0]:
             raise SpecError(f"bias has {bias.shape[0]} entries, weight {weight.shape[0]} rows")
         return cls(weight, bias)
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.Linear: a dense layer on vectors, the linear operator on the last axis of
+        anything else (the build chooses by the input's rank)."""
+        from ..importers.from_torch import _linear_build, _need, _np
+
+        w = _need(mod.weight, "weight")
+        return _linear_build(w, _np(mod.bias)), (int(w.shape[1]),), False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"weight": put("weight", self.weight), "bias": put("bias", self.bias)}

@@ -29,6 +29,8 @@ class Dropout(MovesValues):
     p: float = 0.5
     type = "dropout"
     Spec = DropoutSpec
+    torch_module_classes = (("Dropout", True), ("Dropout1d", True), ("Dropout2d", True),
+                            ("AlphaDropout", True))  # fmt: skip
 
     def __post_init__(self) -> None:
         check_scalar("dropout", "p", self.p, 0.0, False)
@@ -46,6 +48,14 @@ class Dropout(MovesValues):
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(spec.p)
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.Dropout, Dropout1d, Dropout2d, AlphaDropout: identities in eval mode."""
+        from ..importers.builders import _const
+
+        p: Any = mod.p  # identities in eval mode, whatever mod.training says
+        return _const([cls(float(p))]), None, True
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"p": self.p}

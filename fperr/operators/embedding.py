@@ -20,6 +20,7 @@ piecewise constant): the adjoint is zero.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -76,6 +77,7 @@ def spread(e: Array, fe: Array, lo: np.ndarray, hi: np.ndarray) -> Array:
 class Embedding(Operator):
     type = "embedding"
     Spec = EmbeddingSpec
+    torch_module_classes = (("Embedding", True),)
 
     def __init__(self, weight: Array) -> None:
         w = np.asarray(weight, dtype=np.float64)
@@ -102,6 +104,20 @@ class Embedding(Operator):
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(weights.need(spec.weight, where, ndim=2))
+
+    @classmethod
+    @functools.cache  # one operator per module, however often the graph calls it
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.Embedding: the embedding operator (token ids as the model's input values);
+        padding_idx and max_norm (which rewrites the table while running) are refused."""
+        from ..importers.builders import _const
+        from ..importers.from_torch import _need
+        from ..importers.graph import _Unsupported
+
+        if mod.padding_idx is not None or mod.max_norm is not None:
+            raise _Unsupported("padding_idx or max_norm")
+        table = _need(mod.weight, "weight")
+        return _const([cls(table)]), None, False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"weight": put("weight", self.weight)}

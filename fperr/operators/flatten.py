@@ -56,6 +56,7 @@ class MovesValues(Operator):
 class Flatten(MovesValues):
     type = "flatten"
     Spec = FlattenSpec
+    torch_module_classes = (("Flatten", False), ("Unflatten", False))
 
     @classmethod
     def example(cls, rng: np.random.Generator) -> Model:
@@ -67,6 +68,21 @@ class Flatten(MovesValues):
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls()
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.Flatten and nn.Unflatten: a flatten or a reshape of the per-input shape
+        (nothing where it stays)."""
+        from torch import nn
+
+        from ..importers.builders import _flatten_dims
+        from ..importers.from_torch import _unflatten
+
+        if isinstance(mod, nn.Unflatten):
+            dim, sizes = int(mod.dim), tuple(int(x) for x in mod.unflattened_size)
+            return _unflatten(dim, sizes), None, False
+        s, e = int(mod.start_dim), int(mod.end_dim)
+        return (lambda shape: _flatten_dims(shape, s, e)), None, False
 
     def out_shape(self, shape: Shape) -> Shape:
         return (math.prod(shape),)

@@ -107,6 +107,7 @@ class LayerNorm(Norm):
     eps: float = 1e-5
     type = "layernorm"
     Spec = LayerNormSpec
+    torch_module_classes = (("LayerNorm", False),)
 
     def __post_init__(self) -> None:
         self._check()
@@ -127,6 +128,16 @@ class LayerNorm(Norm):
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         weight = weights.get(spec.weight, where)
         return cls(cls._shape_from(spec, weight), weight, weights.get(spec.bias, where), spec.eps)
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.LayerNorm (the normalized shape is the per-input shape's hint)."""
+        from ..importers.builders import _const
+        from ..importers.from_torch import _np
+
+        ns = tuple(int(d) for d in mod.normalized_shape)
+        ln = cls(ns, _np(mod.weight), _np(getattr(mod, "bias", None)), float(mod.eps))
+        return _const([ln]), ns, False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape),

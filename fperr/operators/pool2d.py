@@ -51,6 +51,8 @@ class Pool2d(Operator):
     padding: Pair = (0, 0)
     types = ("maxpool2d", "avgpool2d")
     Spec = MaxPool2dSpec
+    torch_module_classes = (("MaxPool2d", False), ("AvgPool2d", False),
+                            ("AdaptiveAvgPool2d", False))  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.kind not in ("max", "avg"):
@@ -94,6 +96,30 @@ class Pool2d(Operator):
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         k = pair(spec.kernel_size)
         return cls(spec.type[:3], k, pair(spec.stride, k), pair(spec.padding))
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.MaxPool2d, nn.AvgPool2d (floor mode), nn.AdaptiveAvgPool2d (sizes that divide)."""
+        from torch import nn
+
+        from ..importers.builders import _const, _pair
+        from ..importers.from_torch import _adaptive_avg
+        from ..importers.graph import _Unsupported
+
+        if isinstance(mod, nn.AdaptiveAvgPool2d):
+            return _adaptive_avg(mod.output_size), None, False
+        if isinstance(mod, nn.MaxPool2d):
+            if mod.ceil_mode or mod.return_indices or _pair(mod.dilation) != (1, 1):
+                raise _Unsupported("ceil_mode, return_indices or dilation")
+            k = _pair(mod.kernel_size)
+            st = _pair(mod.stride) if mod.stride else k
+            return _const([cls("max", k, st, _pair(mod.padding))]), None, False
+        pad = _pair(mod.padding)
+        if mod.ceil_mode or mod.divisor_override or (not mod.count_include_pad and any(pad)):
+            raise _Unsupported("ceil_mode, divisor_override or count_include_pad=False")
+        k = _pair(mod.kernel_size)
+        st = _pair(mod.stride) if mod.stride else k
+        return _const([cls("avg", k, st, pad)]), None, False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"kernel_size": list(self.kernel), "stride": list(self.stride),

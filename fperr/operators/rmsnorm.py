@@ -47,6 +47,7 @@ class RMSNorm(Norm):
     eps: float = RMS_EPS_DEFAULT
     type = "rmsnorm"
     Spec = RMSNormSpec
+    torch_module_classes = (("RMSNorm", False),)
 
     def __post_init__(self) -> None:
         self._check()
@@ -72,6 +73,15 @@ class RMSNorm(Norm):
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         weight = weights.get(spec.weight, where)
         return cls(cls._shape_from(spec, weight), weight, spec.eps)
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.RMSNorm, ``eps=None`` pinned (:func:`fperr.importers.from_torch._rms_eps`)."""
+        from ..importers.builders import _const
+        from ..importers.from_torch import _np, _rms_eps
+
+        ns = tuple(int(d) for d in mod.normalized_shape)
+        return _const([cls(ns, _np(mod.weight), _rms_eps(mod.eps))]), ns, False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape),

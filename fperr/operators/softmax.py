@@ -45,6 +45,7 @@ class Softmax(Operator):
     axis: int = -1
     type = "softmax"
     Spec = SoftmaxSpec
+    torch_module_classes = (("Softmax", False),)
 
     def sharpen_threshold(self) -> float | None:
         from ..bounds.backward import SHARPEN
@@ -65,6 +66,13 @@ class Softmax(Operator):
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(spec.axis)
+
+    @classmethod
+    def from_torch_module(cls, mod: Any) -> Any:
+        """nn.Softmax over one dim other than the batch's."""
+        from ..importers.builders import _softmax_build
+
+        return _softmax_build(mod.dim), None, False
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"axis": None if self.axis == -1 else self.axis}  # old files unchanged
