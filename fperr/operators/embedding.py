@@ -52,7 +52,7 @@ def token_ids(x: Array, vocab: int) -> np.ndarray:
 
 
 def spread(e: Array, fe: Array, lo: np.ndarray, hi: np.ndarray) -> Array:
-    """(*lo.shape, dim): max over ids a, b in [lo, hi] of |e[a] - fe[b]| per column
+    """``(*lo.shape, dim)``: max over ids a, b in [lo, hi] of |e[a] - fe[b]| per column
     (the whole table's where a range is wider than :data:`SCAN`)."""
     shape = (*lo.shape, e.shape[1])
     e_max, e_min = np.full(shape, -np.inf), np.full(shape, np.inf)
