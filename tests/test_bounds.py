@@ -358,3 +358,35 @@ def test_half_ulp_binade_against_the_hex_exponent():
                 continue
             e = int(float(max(v, fmt.smallest_normal)).hex().split("p")[1])
             assert h == 2.0 ** (max(e, fmt.emin) - fmt.p), (name, v, h)
+
+
+def test_half_ulp_over_the_whole_float64_range_and_every_kind_of_format():
+    """The same hex-exponent oracle over magnitudes from subnormal float64 to
+    1e308, signs, 0, inf and NaN, in formats read through the exponent bits
+    (binary16 .. float8, a flush-to-zero format) and through frexp (binary64,
+    whose spacings go below the float64 normals); 0-d in, 0-d out."""
+    from fperr.bounds.enclosure import half_ulp
+    from fperr.formats import Format, get_format
+
+    rng = np.random.default_rng(3)
+    mags = rng.uniform(1, 2, 3000) * 2.0 ** rng.integers(-1074, 1023, 3000)
+    vals = np.concatenate([mags * rng.choice([-1.0, 1.0], 3000),
+                           [0.0, -0.0, 5e-324, 2.0**-1022, np.inf, -np.inf, np.nan]])  # fmt: skip
+    formats = [get_format(n) for n in ("binary16", "bfloat16", "binary32", "tf32", "binary64",
+                                       "float8_e4m3fn", "float8_e5m2")]  # fmt: skip
+    formats.append(Format("ftz16", 11, 15, subnormals=False))
+    for fmt in formats:
+        got = half_ulp(vals, fmt)
+        for v, h in zip(vals, got, strict=True):
+            m = abs(v)
+            if not m <= fmt.max:
+                assert h == np.inf, (fmt.name, v, h)
+                continue
+            e = int(float(max(m, fmt.smallest_normal)).hex().split("p")[1])
+            want = 2.0 ** (max(e, fmt.emin) - fmt.p)
+            if not fmt.subnormals:
+                want = max(want, min(m, fmt.smallest_normal))
+            assert h == want, (fmt.name, v, h, want)
+        zero_d = half_ulp(np.float64(3.0), fmt)
+        assert isinstance(zero_d, np.ndarray) and zero_d.shape == () and zero_d == half_ulp(
+            np.array([3.0]), fmt)[0]
