@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared script for a session with a GPU: probe how cuBLAS accumulates,
 # then validate the example models on CUDA into $OUT/results/<gpu-name>/
-# (kernels.json, probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt).  Estimated
+# (kernels.json, probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt), and run
+# the seed paper's models in every torch format (seed.json, examples/seed/seed_gpu.py).  Estimated
 # 2-3 minutes on one H100 with 16 cores (not yet run on a GPU): the bounds run
 # on the CPU cores (~0.15 s per deep_tanh input and arithmetic on one core)
 # while torch runs on the GPU.  Exit 0: no violation; 1: a bound or a certificate
@@ -52,5 +53,9 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # elementwise-kernel errors on this device first (results/<gpu-name>/kernels.json)
 $PY -m fperr.cli kernels --device "$DEVICE" --out "$OUT/results" || status=$?
 $PY -m fperr.cli validate "${args[@]}" || status=$?
+# the seed paper's models (examples/seed): flips and observed delta in every torch format
+# (results/<gpu-name>/seed.json; about a minute on one GPU, the 1,000 stored images)
+$PY examples/seed/seed_gpu.py --device "$DEVICE" --out "$OUT/results" ${INPUTS:+--n "$INPUTS"} \
+  || status=$?
 echo "validation/run_gpu.sh: exit $status after $(( $(date +%s) - start )) s; results in $OUT/results"
 exit $status
