@@ -162,3 +162,30 @@ def test_cli_per_layer_text_and_json(tmp_path, X):
         assert p["bound"] <= max(s["bound"])  # B <= the margin M = max(B, 2 R_ref)
         assert p["bound"] == pytest.approx(s["bound"][p["output"]], rel=1e-12) or (
             p["bound"] < s["bound"][p["output"]])  # fmt: skip
+
+
+def test_a_many_output_model_is_explained_at_its_largest_bound():
+    """With more outputs than EXPLAIN_ALL_OUTPUTS the cascade explains each picked
+    input at the output with the largest bound only (one backward row, not K), and
+    that breakdown is the one the full backward engine gives for that output."""
+    from fperr.bounds import bound
+    from fperr.bounds.cascade import EXPLAIN_ALL_OUTPUTS
+    from fperr.layers import Activation, Dense
+
+    rng = np.random.default_rng(5)
+    K = EXPLAIN_ALL_OUTPUTS + 24
+    model = Model("wide", (12,), (Dense(rng.normal(size=(30, 12)) / 2), Activation("relu"),
+                                  Dense(rng.normal(size=(K, 30)) / 3)))  # fmt: skip
+    Xw = rng.normal(size=(40, 12))
+    res = certify(model, Xw)  # the cascade: 32 of the 40 inputs get a breakdown
+    per = res.bounds.per_layer  # (N, L + 1, K)
+    k = np.argmax(res.bounds.bound, axis=1)
+    explained = np.flatnonzero(per.sum(axis=(1, 2)) > 0)
+    assert explained.size == 32
+    full = bound(model, Xw[explained], LOW, REF, engine="backward")
+    for i, n in enumerate(explained):
+        others = np.delete(per[n], k[n], axis=1)
+        assert not others.any()  # one row pulled back per input
+        np.testing.assert_allclose(per[n][:, k[n]], full.per_layer[i][:, k[n]], rtol=1e-12)
+    share = res.layer_share()
+    assert np.isfinite(share[explained]).all()
