@@ -12,9 +12,11 @@ it.  The classic one is Adam's ``eps=1e-8``, which rounds to 0 in binary16
 
 :func:`check_training` predicts such hazards *without training*: it runs the
 model's forward and backward passes on its data in float64 (numpy only, training
-mode; chains of dense, conv2d, max/avg pooling, batch/layer norm, residual
-blocks, shape, dropout and activation layers, an optional final softmax,
-softmax cross-entropy loss; see :mod:`.layer_grads`), rounds the gradients to the format and
+mode; chains and graphs of dense, linear, conv2d, max/avg pooling, batch/layer
+norm, residual blocks, add, concat, mul, matmul, permute, slice, scale,
+constant, mean, sum, shape, dropout, softmax and activation layers, an
+optional final softmax, softmax cross-entropy loss; see :mod:`.layer_grads`),
+rounds the gradients to the format and
 replays the first optimizer step the way PyTorch's single-tensor Adam/SGD
 does it on 16-bit tensors:
 

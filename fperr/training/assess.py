@@ -13,6 +13,11 @@ from .constants import HEADROOM, NORM_SCALE_LIMIT, UPDATE_NOTE
 from .report import Constant, Finding, LayerStats, ParamStats, _fmt_float, _pct
 from .running_stats import NormStats
 
+GRAD_NOISE = 2.0**-40
+"""A parameter tensor whose every gradient is at most this fraction of the model's
+largest gradient holds float64 rounding noise around an exact zero (attention key
+biases: softmax(z + c) = softmax(z)), not gradients that underflow: no hazard."""
+
 
 def recommended_eps(fmt: Format | str) -> float:
     """Smallest power of ten at or above the format's smallest normal number.
@@ -220,7 +225,18 @@ def _gradients(
     out: _Findings, step: Step, params: tuple[ParamStats, ...], limits: Limits
 ) -> None:
     f = step.fmt
+    top = max((p.grad_absmax for p in params if math.isfinite(p.grad_absmax)), default=0.0)
+    noise = [p for p in params if 0 < p.grad_absmax <= GRAD_NOISE * top]
+    noisy = {id(p) for p in noise}
+    if noise:
+        out.note(
+            "gradients zero to float64 precision (|g| <= 2^-40 of the largest gradient: an "
+            "exact zero computed with rounding, e.g. attention key biases, which softmax's "
+            "shift invariance cancels): " + ", ".join(p.name for p in noise)
+        )
     for p in params:
+        if id(p) in noisy:
+            continue
         if p.grad_underflow_mass > limits.underflow:
             out.hazard(
                 f"gradients of {p.name} that underflow to 0 in {f.name} "

@@ -11,22 +11,23 @@ import numpy.typing as npt
 from ..errors import FperrInputError
 from ..layers import Layer, Residual, Softmax, parameters
 from .constants import Array
-from .layer_grads import backward_layer, batchnorm_batches, forward, refuse_unsupported
+from .layer_grads import Cache, backward_node, batchnorm_batches, forward_node, refuse_unsupported
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Model
+
+Wiring = tuple[tuple[int, ...], ...]
+"""Per node, the indices of the nodes it reads (-1: the model input), as ``Model.inputs_of``."""
 
 
 # -- the numpy backward pass ----------------------------------------------------------------
 def _training_layers(model: Model) -> list[Layer]:
     """The model's layers without a final softmax; refuses what the backward pass lacks."""
-    if model.is_graph:
-        raise FperrInputError(
-            "check-training supports chains of layers (residual blocks included); this model "
-            "is a graph (layers with named inputs, add/concat)"
-        )
     layers = list(model.layers)
     if layers and isinstance(layers[-1], Softmax):
+        if model.inputs_of(len(layers) - 1) != (len(layers) - 2,):
+            raise FperrInputError("check-training drops a final softmax only where it reads the "
+                                  "layer before it (the logits)")  # fmt: skip
         layers = layers[:-1]
     for i, layer in enumerate(layers):
         refuse_unsupported(layer, str(i))
@@ -46,6 +47,9 @@ class Backward:
     ``loss_scale * dloss/doutputs[i]``.  ``batchnorm``: batch-norm layer
     (``"{layer}"``, ``"{block}.{layer}"`` inside residual blocks) -> the batch
     mean and biased variance per channel and the element count per channel.
+    ``input_grad``: ``loss_scale * dloss/dinputs``.  Graph models key their
+    nodes by index as chains do (``"{node}.weight"``, a constant's
+    ``"{node}.weight"`` its value).
     """
 
     loss: float
@@ -55,6 +59,12 @@ class Backward:
     outputs: list[Array]
     output_grads: list[Array]
     batchnorm: dict[str, tuple[Array, Array, int]] = field(default_factory=dict)
+    input_grad: Array | None = None
+
+
+def training_wiring(model: Model, layers: list[Layer]) -> Wiring | None:
+    """The wiring of the training layers of a graph model; None for a chain."""
+    return tuple(model.inputs_of(i) for i in range(len(layers))) if model.is_graph else None
 
 
 def _classes(model: Model, layers: list[Layer]) -> int:
@@ -91,20 +101,25 @@ def backward(
     layers = _training_layers(model)
     h = check_inputs(X, model.input_shape)
     y = _check_labels(labels, h.shape[0], _classes(model, layers))
-    return backward_layers(layers, h, y, loss_scale)
+    return backward_layers(layers, h, y, loss_scale, training_wiring(model, layers))
 
 
 def backward_layers(
-    layers: list[Layer], h: Array, y: npt.NDArray[np.int64], loss_scale: float = 1.0
-) -> Backward:
-    """:func:`backward` on a checked chain of layers, inputs ``h`` and labels ``y``."""
+    layers: list[Layer], h: Array, y: npt.NDArray[np.int64], loss_scale: float = 1.0,
+    wiring: Wiring | None = None,
+) -> Backward:  # fmt: skip
+    """:func:`backward` on checked layers, inputs ``h`` and labels ``y``.
+
+    ``wiring``: a graph's (:func:`training_wiring`), None for a chain.  Reverse
+    mode over the DAG: each node's forward is cached in topological order, then
+    the nodes are visited backwards; ``dL/d(value)`` of a value several nodes
+    read is the sum of their contributions (the multivariable chain rule).
+    """
     n = h.shape[0]
-    caches = []
-    x = h
-    for layer in layers:
-        c = forward(layer, x)
-        caches.append(c)
-        x = c.y
+    wires = wiring if wiring is not None else tuple((i - 1,) for i in range(len(layers)))
+    caches: list[Cache] = []
+    for layer, ins in zip(layers, wires, strict=True):
+        caches.append(forward_node(layer, [h if j < 0 else caches[j].y for j in ins]))
     outputs: list[Array] = [c.y for c in caches]
     logits = outputs[-1]
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -118,13 +133,19 @@ def backward_layers(
     params: dict[str, Array] = {}
     output_grads: list[Array] = [d] * len(layers)
     bn: dict[str, tuple[Array, Array, int]] = {}
+    pending: dict[int, Array] = {len(layers) - 1: d}  # dL/d(value of node j), summed so far
     for i in range(len(layers) - 1, -1, -1):
+        d = pending.pop(i, None)
+        d = np.zeros_like(caches[i].y) if d is None else d  # read by no later node
         output_grads[i] = d
-        d, g = backward_layer(layers[i], caches[i], d)
+        dxs, g = backward_node(layers[i], caches[i], d)
+        for j, dx in zip(wires[i], dxs, strict=True):  # not in place: dx may alias d
+            pending[j] = dx if j not in pending else pending[j] + dx
         for k, v in g.items():
             grads[f"{i}.{k}"] = v
             params[f"{i}.{k}"] = _param(layers[i], k)
         bn.update(batchnorm_batches(layers[i], caches[i], str(i)))
+        caches[i].extra.clear()  # the node's patches and the like: freed as soon as used
 
     def forward_order(item: tuple[str, Array]) -> tuple[int, str]:
         return int(item[0].split(".")[0]), item[0]
@@ -137,6 +158,7 @@ def backward_layers(
         outputs,
         output_grads,
         dict(sorted(bn.items())),
+        pending.get(-1, np.zeros_like(h)),
     )
 
 

@@ -14,7 +14,7 @@ from ..errors import FperrInputError
 from ..formats import Format, get_format
 from ..rounding import round as fround
 from .assess import Limits, Step, assess
-from .backward import _check_labels, _classes, _training_layers, backward
+from .backward import _check_labels, _classes, _training_layers, backward, training_wiring
 from .constants import OPTIMIZERS, STAGNATION_LIMIT, UNDERFLOW_LIMIT, UPDATE_LIMIT, Array
 from .emulate import confirm, emulated_run
 from .lost import lost_updates
@@ -162,7 +162,8 @@ def check_training(
         return report
     layers = _training_layers(m)
     run = emulated_run(layers, check_inputs(Xa, m.input_shape), y, batches, f, opt, lr, eps,
-                       (float(betas[0]), float(betas[1])), loss_scale, emulate_steps)  # fmt: skip
+                       (float(betas[0]), float(betas[1])), loss_scale, emulate_steps,
+                       training_wiring(m, layers))  # fmt: skip
     return replace(report, confirmations=confirm(report, run, limits))
 
 

@@ -21,8 +21,10 @@ import numpy.typing as npt
 
 from ..formats import Format
 from ..layers import BatchNorm, Layer, Residual
+from ..operators.constant import Constant
+from ..operators.linear import Linear
 from ..rounding import round as fround
-from .backward import backward_layers
+from .backward import Wiring, backward_layers
 from .constants import Array
 from .lost import lost_updates
 from .running_stats import MOMENTUM, batchnorms, scale_error, update
@@ -62,7 +64,13 @@ def _with_params(layer: Layer, p: dict[str, Array], key: str) -> Layer:
         return replace(layer, layers=subs)
     names = ("weight", "bias", "running_mean", "running_var")
     new = {n: p[f"{key}.{n}"] for n in names if f"{key}.{n}" in p}
-    return replace(layer, **new) if new else layer  # type: ignore[type-var]
+    if not new:
+        return layer
+    if isinstance(layer, Linear):  # plain classes (not dataclasses): built anew
+        return Linear(new.get("weight", layer.weight), new.get("bias", layer.bias))
+    if isinstance(layer, Constant):
+        return Constant(new["weight"])
+    return replace(layer, **new)  # type: ignore[type-var]
 
 
 def _adam(w: Array, g: Array, st: dict[str, Any], t: int, f: Format, lr: float, eps: float,
@@ -78,9 +86,12 @@ def _adam(w: Array, g: Array, st: dict[str, Any], t: int, f: Format, lr: float, 
 def emulated_run(
     layers: list[Layer], X: Array, y: npt.NDArray[np.int64], batches: list[npt.NDArray[np.int64]],
     f: Format, optimizer: str, lr: float, eps: float, betas: tuple[float, float],
-    loss_scale: float, steps: int,
+    loss_scale: float, steps: int, wiring: Wiring | None = None,
 ) -> RunStats:  # fmt: skip
-    """``steps`` optimizer steps on ``batches`` (cycled) with every state held in ``f``."""
+    """``steps`` optimizer steps on ``batches`` (cycled) with every state held in ``f``.
+
+    ``wiring``: a graph model's (:func:`~fperr.training.backward.training_wiring`);
+    the rebuilt layers keep it, so only the parameters change between steps."""
     b1, b2 = betas
     params: dict[str, Array] = {}
     shadow: dict[str, Array] = {}  # float64 running variances, for the scale error
@@ -95,7 +106,7 @@ def emulated_run(
         for t in range(1, steps + 1):
             idx = batches[(t - 1) % len(batches)]
             cur = [_with_params(layer, params, str(i)) for i, layer in enumerate(layers)]
-            bw = backward_layers(cur, X[idx], y[idx], loss_scale)
+            bw = backward_layers(cur, X[idx], y[idx], loss_scale, wiring)
             assert r.losses is not None
             r.losses.append(bw.loss)
             for name, gs in bw.grads.items():

@@ -4,7 +4,10 @@ One ``_fwd_*`` / ``_bwd_*`` pair per layer type.  ``forward(layer, x)``
 returns the output and a cache; ``backward_layer(layer, cache, dy)`` returns
 ``dL/dx`` and the gradients of the layer's parameters, keyed by the
 parameter's attribute name (``"weight"``, ``"bias"``; a residual block's by
-``"{j}.weight"`` of its branch layer ``j``).
+``"{j}.weight"`` of its branch layer ``j``).  Graph nodes that read several
+inputs (add, concat, mul, matmul) go through ``forward_node``/``backward_node``,
+which take and return one array per wired input.  Every backward is the exact
+vector-Jacobian product of the float64 forward of :mod:`fperr.operators`.
 
 Training mode differs from the inference forward of :mod:`fperr.layers` in
 one place: batch norm normalises with the batch statistics (biased variance,
@@ -22,10 +25,13 @@ from typing import Any
 import numpy as np
 from scipy.special import erfc
 
+from ..arith import Exact
 from ..errors import FperrInputError
 from ..layers import (
     Activation,
+    Add,
     BatchNorm,
+    Concat,
     Conv2d,
     Dense,
     Dropout,
@@ -36,14 +42,28 @@ from ..layers import (
     Reshape,
     Residual,
     Softmax,
+    is_merge,
     softmax,
 )
+from ..operators.base import check_axis
+from ..operators.constant import Constant
+from ..operators.linear import Linear
+from ..operators.matmul import MatMul
+from ..operators.mul import Mul
+from ..operators.permute import Permute
+from ..operators.scale import Scale
+from ..operators.slice import Slice
+from ..operators.sum import Sum
 from .constants import Array
 
 SUPPORTED = (
-    "dense, conv2d, max/avg pool2d, batchnorm, layernorm, residual, flatten, reshape, dropout, "
-    "relu/relu6/leaky_relu/tanh/sigmoid/gelu, softmax"
+    "dense, linear, conv2d, max/avg pool2d, batchnorm, layernorm, residual, flatten, reshape, "
+    "dropout, relu/relu6/leaky_relu/tanh/sigmoid/gelu, softmax, add, concat, mul, matmul, "
+    "permute, slice, scale, constant, mean, sum"
 )
+_ONE_INPUT = (Dense, Linear, Conv2d, Pool2d, BatchNorm, LayerNorm, Flatten, Reshape, Dropout,
+              Activation, Softmax, Permute, Slice, Scale, Constant, Sum)  # fmt: skip
+_MERGES = (Add, Concat, Mul, MatMul)
 
 
 @dataclass
@@ -61,12 +81,8 @@ def refuse_unsupported(layer: Layer, where: str) -> None:
         for j, sub in enumerate(layer.layers):
             refuse_unsupported(sub, f"{where}.{j}")
         return
-    ok = (Dense, Conv2d, Pool2d, BatchNorm, LayerNorm, Flatten, Reshape, Dropout, Activation,
-          Softmax)  # fmt: skip
-    if not isinstance(layer, ok):
-        raise FperrInputError(
-            f"check-training supports {SUPPORTED}; layer {where} is {layer.type}"
-        )
+    if not isinstance(layer, _ONE_INPUT + _MERGES):
+        raise FperrInputError(f"check-training supports {SUPPORTED}; layer {where} is {layer.type}")
 
 
 # -- dense and conv2d (Higham 2002 is not needed here: these are exact float64) --------------
@@ -157,7 +173,8 @@ def _bwd_pool(layer: Pool2d, c: Cache, dy: Array) -> tuple[Array, dict[str, Arra
 # -- elementwise --------------------------------------------------------------------------
 def _fwd_act(layer: Activation | Softmax, x: Array) -> Cache:
     if isinstance(layer, Softmax):
-        return Cache(x, softmax(x))
+        ax = layer.batched_axis(x.ndim)
+        return Cache(x, softmax(x, ax), {"axis": ax})
     if layer.type == "relu":
         return Cache(x, np.maximum(x, 0.0))
     if layer.type == "relu6":
@@ -171,7 +188,8 @@ def _fwd_act(layer: Activation | Softmax, x: Array) -> Cache:
 def _bwd_act(layer: Activation | Softmax, c: Cache, dy: Array) -> tuple[Array, dict[str, Array]]:
     x, y = c.x, c.y
     if isinstance(layer, Softmax):
-        return y * (dy - (dy * y).sum(axis=-1, keepdims=True)), {}
+        ax = c.extra["axis"]  # the Jacobian diag(y) - y y^T along the softmax axis
+        return y * (dy - (dy * y).sum(axis=ax, keepdims=True)), {}
     kind = layer.type
     if kind == "relu":
         return dy * (x > 0), {}  # relu'(0) = 0, as PyTorch
@@ -259,6 +277,89 @@ def _bwd_res(layer: Residual, c: Cache, dy: Array) -> tuple[Array, dict[str, Arr
     return dy + d, grads
 
 
+# -- graph operators: token-wise linear, layout, constants, reductions ----------------------
+def _fwd_linear(layer: Linear, x: Array) -> Cache:
+    y = x @ layer.weight.T  # nn.Linear on the last axis: every token the same map
+    return Cache(x, y if layer.bias is None else y + layer.bias)
+
+
+def _bwd_linear(layer: Linear, c: Cache, dy: Array) -> tuple[Array, dict[str, Array]]:
+    rows_dy = dy.reshape(-1, layer.n_out)  # tokens of every input as rows: sums over both
+    g = {"weight": rows_dy.T @ c.x.reshape(-1, layer.n_in)}
+    if layer.bias is not None:
+        g["bias"] = rows_dy.sum(axis=0)
+    return dy @ layer.weight, g
+
+
+def _reduced(layer: Sum, x: Array) -> tuple[int, ...]:
+    """The batched axes a sum or mean reduces (the per-input axes + 1)."""
+    return tuple(sorted({check_axis(layer.type, a, x.ndim - 1) + 1 for a in layer.axes}))
+
+
+def _bwd_sum(layer: Sum, c: Cache, dy: Array) -> Array:
+    ax = _reduced(layer, c.x)
+    d = dy if layer.keepdims else np.expand_dims(dy, ax)
+    d = np.broadcast_to(d, c.x.shape)
+    if layer.divides:  # mean: every term enters with weight 1/n
+        d = d / math.prod(c.x.shape[a] for a in ax)
+    return np.array(d)
+
+
+def _bwd_one(layer: Layer, c: Cache, dy: Array) -> tuple[Array, dict[str, Array]] | None:
+    """The VJPs of the one-input graph operators; None for the layers of a chain."""
+    if isinstance(layer, Linear):
+        return _bwd_linear(layer, c, dy)
+    if isinstance(layer, Permute):  # the inverse permutation of the batched axes
+        inv = np.argsort((0, *(a + 1 for a in layer.axes)))
+        return np.ascontiguousarray(np.transpose(dy, tuple(int(a) for a in inv))), {}
+    if isinstance(layer, Slice):  # scatter into zeros (the rows the slice dropped get 0)
+        ax = check_axis("slice", layer.axis, c.x.ndim - 1)
+        dx = np.zeros_like(c.x)
+        dx[(slice(None),) * (ax + 1) + (slice(layer.start, layer.stop),)] = dy
+        return dx, {}
+    if isinstance(layer, Scale):  # the factor is a constant of the model, not a parameter
+        return dy * layer.factor, {}
+    if isinstance(layer, Constant):  # output independent of the input; one value per batch
+        return np.zeros_like(c.x), {"weight": dy.sum(axis=0)}
+    if isinstance(layer, Sum):  # mean too (a subclass)
+        return _bwd_sum(layer, c, dy), {}
+    return None
+
+
+def _fwd_merge(layer: Layer, xs: list[Array]) -> Cache:
+    y = layer.merge(xs, Exact())  # type: ignore[attr-defined]
+    return Cache(xs[0], y, {"xs": xs})
+
+
+def _bwd_merge(layer: Layer, c: Cache, dy: Array) -> list[Array]:
+    """One ``dL/dx`` per wired input of add, concat, mul or matmul."""
+    xs = c.extra["xs"]
+    if isinstance(layer, Add):
+        return [dy, dy]
+    if isinstance(layer, Concat):  # split along the axis (+1: the batch axis)
+        ends = np.cumsum([x.shape[layer.axis + 1] for x in xs])[:-1]
+        return [np.ascontiguousarray(d) for d in np.split(dy, ends, axis=layer.axis + 1)]
+    if isinstance(layer, Mul):  # the product rule
+        return [dy * xs[1], dy * xs[0]]
+    if isinstance(layer, MatMul):  # Y = A B on the last two axes: dA = dY B^T, dB = A^T dY
+        a, b = xs
+        return [dy @ np.swapaxes(b, -1, -2), np.swapaxes(a, -1, -2) @ dy]
+    raise FperrInputError(f"check-training supports {SUPPORTED}; got {layer.type}")
+
+
+def forward_node(layer: Layer, xs: list[Array]) -> Cache:
+    """Training-mode forward of one graph node from its wired inputs (float64)."""
+    return _fwd_merge(layer, xs) if is_merge(layer) else forward(layer, xs[0])
+
+
+def backward_node(layer: Layer, c: Cache, dy: Array) -> tuple[list[Array], dict[str, Array]]:
+    """One ``dL/dx`` per wired input of a graph node and its parameter gradients."""
+    if is_merge(layer):
+        return _bwd_merge(layer, c, dy), {}
+    dx, g = backward_layer(layer, c, dy)
+    return [dx], g
+
+
 # -- dispatch -----------------------------------------------------------------------------
 class _ExactArith:
     """float64 arithmetic for the elementwise forwards of :mod:`fperr.layers`."""
@@ -286,6 +387,10 @@ def forward(layer: Layer, x: Array) -> Cache:
         return _fwd_ln(layer, x)
     if isinstance(layer, Residual):
         return _fwd_res(layer, x)
+    if isinstance(layer, Linear):
+        return _fwd_linear(layer, x)
+    if isinstance(layer, Permute | Slice | Scale | Constant | Sum):  # float64 forward as is
+        return Cache(x, layer.forward(x, Exact()))
     if isinstance(layer, Flatten | Reshape):
         return Cache(x, x.reshape((x.shape[0], *layer.out_shape(x.shape[1:]))))
     if isinstance(layer, Dropout):
@@ -309,7 +414,8 @@ def backward_layer(layer: Layer, c: Cache, dy: Array) -> tuple[Array, dict[str, 
         return _bwd_ln(layer, c, dy)
     if isinstance(layer, Residual):
         return _bwd_res(layer, c, dy)
-    return dy.reshape(c.x.shape), {}  # flatten, reshape, dropout
+    out = _bwd_one(layer, c, dy)
+    return out if out is not None else (dy.reshape(c.x.shape), {})  # flatten, reshape, dropout
 
 
 def batchnorm_batches(layer: Layer, c: Cache, prefix: str) -> dict[str, tuple[Array, Array, int]]:
