@@ -280,3 +280,16 @@ def test_attention_key_biases_are_zero_gradients_not_underflow() -> None:
     assert all(n in note for n in quiet)
     assert not any("underflow" in t and n in t for t in text for n in quiet
                    if not t.startswith("gradients zero"))  # fmt: skip
+
+
+def test_no_underflow_confirmation_for_an_exact_zero_gradient() -> None:
+    """The emulated run does not 'confirm' an underflow that was never predicted: the
+    key biases' float64 noise is neither a hazard nor a confirmation."""
+    _, model = _seed("vit_tiny")
+    x, y = _images(6)
+    report = check_training(model, x, y, batch_size=6, max_batches=1, emulate_steps=1)
+    from fperr.training.assess import noise_tensors
+
+    noisy = noise_tensors(report.params)
+    assert noisy
+    assert not any(c.prediction.split(":")[0] in noisy for c in report.confirmations)

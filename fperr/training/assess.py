@@ -221,21 +221,25 @@ def _first_step(
         )
 
 
+def noise_tensors(params: tuple[ParamStats, ...]) -> set[str]:
+    """Names of the parameter tensors whose gradients are float64 noise (:data:`GRAD_NOISE`)."""
+    top = max((p.grad_absmax for p in params if math.isfinite(p.grad_absmax)), default=0.0)
+    return {p.name for p in params if 0 < p.grad_absmax <= GRAD_NOISE * top}
+
+
 def _gradients(
     out: _Findings, step: Step, params: tuple[ParamStats, ...], limits: Limits
 ) -> None:
     f = step.fmt
-    top = max((p.grad_absmax for p in params if math.isfinite(p.grad_absmax)), default=0.0)
-    noise = [p for p in params if 0 < p.grad_absmax <= GRAD_NOISE * top]
-    noisy = {id(p) for p in noise}
-    if noise:
+    noisy = noise_tensors(params)
+    if noisy:
         out.note(
             "gradients zero to float64 precision (|g| <= 2^-40 of the largest gradient: an "
             "exact zero computed with rounding, e.g. attention key biases, which softmax's "
-            "shift invariance cancels): " + ", ".join(p.name for p in noise)
+            "shift invariance cancels): " + ", ".join(p.name for p in params if p.name in noisy)
         )
     for p in params:
-        if id(p) in noisy:
+        if p.name in noisy:
             continue
         if p.grad_underflow_mass > limits.underflow:
             out.hazard(
