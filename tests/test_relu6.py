@@ -176,6 +176,19 @@ def test_slope_range_unbounded_and_nan_intervals() -> None:
     np.testing.assert_array_equal(dhi, [1, 0, 0, 1, 1])  # NaN: no enclosure, every slope
 
 
+def test_one_kink_slope_range_on_unbounded_nan_and_point_intervals() -> None:
+    """The one-kink path (ReLU, leaky ReLU) on the ends the grid above lacks."""
+    lo = np.array([-np.inf, -np.inf, 0.5, -np.inf, np.nan, 0.0, -1.0, 2.0])
+    hi = np.array([np.inf, -1.0, np.inf, 0.0, 1.0, 0.0, 0.0, np.nan])
+    for alpha in (0.0, 0.25, -0.5, 3.0):
+        dlo, dhi = relu_slopes(alpha, lo, hi)
+        a, b = min(alpha, 1.0), max(alpha, 1.0)
+        # both pieces / the left / the right / the left (0 is its closed end) / NaN: every
+        # slope / the point 0: both neighbours / the left / NaN: every slope
+        np.testing.assert_array_equal(dlo, [a, alpha, 1, alpha, a, a, alpha, a])
+        np.testing.assert_array_equal(dhi, [b, alpha, 1, alpha, b, b, alpha, b])
+
+
 def test_auto_engine_stays_backward() -> None:
     assert "relu6" not in CURVED
     model = Model("m", (4,), (Dense(np.eye(4), None), Activation("relu6")))

@@ -321,6 +321,17 @@ def parameter_rounding(
     return s, box
 
 
+def _product_count(mag: Array, wa: Array) -> Array:
+    """(N, out): how many products of each dot product may be nonzero, (mag > 0) @
+    (|W_hat| != 0)^T; without zero weights the row count of nonzero magnitudes (the
+    same integers, without a GEMM)."""
+    live = mag > 0
+    if wa.all():
+        return np.broadcast_to(live.sum(axis=1, keepdims=True).astype(np.float64),
+                               (mag.shape[0], wa.shape[0]))  # fmt: skip
+    return live @ (wa != 0).astype(np.float64).T
+
+
 def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
     """The stored output, the accumulation and storage errors, the rounding of
     parameters and operands (see :meth:`Context.add_local`), and the rounded
@@ -350,10 +361,10 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
         signed, extra = parameter_rounding(dense, x, r, w_hat, layer.weight, db,
                                            w_abs_mag, w_abs_r, layer.weight.shape[1],
                                            a.operand_format.smallest_normal)  # fmt: skip
-    nonzero = (wa != 0).astype(np.float64)
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))
     local = _affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx,
-                          layer.weight.shape[1], lambda: (mag > 0) @ nonzero.T, b_abs)  # fmt: skip
+                          layer.weight.shape[1], lambda: _product_count(mag, wa),
+                          b_abs)  # fmt: skip
     return Affine(z, local, extra, w_abs_r, signed)
 
 
@@ -476,6 +487,8 @@ def piecewise_slopes(
     interior: it carries no error (r = 0), and gets the two adjacent pieces'
     slopes; NaN ends (no enclosure) get every slope.
     """
+    if len(slopes) == 2:  # one kink (ReLU, leaky ReLU): the same hull, fewer passes
+        return _two_piece_slopes(kinks[0], slopes[0], slopes[1], lo, hi)
     inf = np.inf
     edges = [-inf, *kinks, inf]
     opened = [(lo < edges[i + 1]) & (hi > edges[i]) for i in range(len(slopes))]
@@ -486,6 +499,26 @@ def piecewise_slopes(
         touched = o | (none_open & c) | none_closed
         dlo = np.where(touched, np.minimum(dlo, s), dlo)
         dhi = np.where(touched, np.maximum(dhi, s), dhi)
+    return dlo, dhi
+
+
+def _two_piece_slopes(k: float, s0: float, s1: float, lo: Array,
+                      hi: Array) -> tuple[Array, Array]:  # fmt: skip
+    """:func:`piecewise_slopes` with one kink ``k``: piece 0 (-inf, k), piece 1 (k, inf).
+    Piece i is touched where [lo, hi] meets its interior, where it meets no interior
+    but touches the piece's closure (a point at the kink), or where it meets no
+    closure (NaN ends); the slope range is the hull of the touched pieces' slopes."""
+    with np.errstate(invalid="ignore"):
+        open0, open1 = (lo < k) & (hi > -np.inf), (lo < np.inf) & (hi > k)
+        shut0, shut1 = (lo <= k) & (hi >= -np.inf), (lo <= np.inf) & (hi >= k)
+    none_open = ~(open0 | open1)
+    none_shut = ~(shut0 | shut1)
+    t0 = open0 | (none_open & shut0) | none_shut
+    t1 = open1 | (none_open & shut1) | none_shut
+    both = t0 & t1
+    lo_s, hi_s = min(s0, s1), max(s0, s1)
+    dlo = np.where(both, lo_s, np.where(t0, s0, s1))
+    dhi = np.where(both, hi_s, np.where(t0, s0, s1))
     return dlo, dhi
 
 
@@ -734,11 +767,11 @@ def maxpool_local(
 ) -> tuple[Array, npt.NDArray[np.int64], npt.NDArray[np.bool_], Array]:
     """(y, src, sure, box) of max pooling: the flat input index of each window's
     winner (N, m), whether it wins for every run, and the box max_i r_i where not."""
-    y = layer.forward(x, Exact())  # exact in any format
     k = layer.kernel[0] * layer.kernel[1]
     wv, wr = layer.windows(x), layer.windows(r)
     wr = np.where(np.isfinite(wv), wr, 0.0)  # padding never carries error
     arg = np.argmax(wv, axis=-1)
+    y = np.take_along_axis(wv, arg[..., None], -1)[..., 0]  # the forward's max, exactly
     top = np.take_along_axis(wv - 2 * wr, arg[..., None], -1)[..., 0]
     rivals = np.where(np.arange(k) == arg[..., None], -np.inf, wv + 2 * wr).max(axis=-1)
     sure = top > rivals
