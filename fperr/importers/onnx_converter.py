@@ -20,6 +20,7 @@ one line naming the op kinds (:func:`unsupported_message`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter
@@ -46,6 +47,25 @@ LOG = logging.getLogger("fperr.importers.onnx")
 DYNAMIC_BATCH = 3
 """The batch size a graph with a dynamic batch is analysed at (any B > 1 tells
 the batch axis apart; 3 is no common feature size)."""
+
+
+@functools.cache
+def converters() -> dict[str, Callable[..., None]]:
+    """The converter of each ONNX op type: each registered operator's ``onnx_ops`` to its
+    ``from_onnx``, then the op types that are no one operator's
+    (:data:`.onnx_ops.CONVERTERS`); each op type declared once
+    (tests/test_onnx_patterns.py)."""
+    table: dict[str, Callable[..., None]] = {}
+    for op in dict.fromkeys(REGISTRY.values()):  # a class standing for several types once
+        for t in op.onnx_ops:
+            if t in table:  # pragma: no cover - a programming error
+                raise ValueError(f"ONNX op type {t!r} declared twice")
+            table[t] = op.from_onnx
+    for t, convert in CONVERTERS.items():
+        if t in table:  # pragma: no cover - a programming error
+            raise ValueError(f"ONNX op type {t!r} declared twice")
+        table[t] = convert
+    return table
 
 
 def unsupported_message(kinds: Counter[str], reasons: dict[str, str]) -> str:
@@ -351,7 +371,7 @@ class _OnnxConverter:
         elif n.op_type in MOVEMENT and self.moves(n, data):
             return
         else:
-            conv = CONVERTERS.get(n.op_type)
+            conv = converters().get(n.op_type)
             if conv is None:
                 raise _Unsupported()
             try:
@@ -566,4 +586,4 @@ def _widen(v: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return v.astype(np.float64) if v.dtype.kind == "f" else v
 
 
-__all__ = ["_OnnxConverter", "batch_axis", "unsupported_message"]
+__all__ = ["_OnnxConverter", "batch_axis", "converters", "unsupported_message"]

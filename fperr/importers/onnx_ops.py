@@ -1,7 +1,10 @@
-"""ONNX computing nodes as fperr layers: one function per op type (the table
-:data:`CONVERTERS`, as onnx.reference keeps one class per op).
+"""ONNX computing nodes as fperr layers: the converters of op types that are no
+one operator's (several operators: Add, Sub, Mul, Div; none: Cast, CastLike), in
+:data:`CONVERTERS`, and the helpers the operators' own converters
+(:meth:`fperr.operators.Operator.from_onnx`) share.  The importer's table joins
+both (:func:`.onnx_converter.converters`), as onnx.reference keeps one class per op.
 
-Each function reads its data inputs as :class:`~.onnx_layout.Lay` index maps
+Each converter reads its data inputs as :class:`~.onnx_layout.Lay` index maps
 from the converter and records the layout of its outputs.  Elementwise ops
 apply to the node under any layout; ops on the last axis (dense layers, layer
 norm, softmax) apply to the node when the value's rows are the node's rows
@@ -18,26 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import SpecError
-from ..layers import (
-    Activation,
-    BatchNorm,
-    Concat,
-    Conv2d,
-    Dense,
-    Dropout,
-    Layer,
-    LayerNorm,
-    Pool2d,
-    RMSNorm,
-    Shape,
-    Softmax,
-)
+from ..layers import Activation, Dense, Layer, Shape
 from ..operators import REGISTRY
-from .builders import _gelu, _pair
 from .graph import _Unsupported
 from .onnx_layout import canonical
-from .onnx_nodes import _is_pow2, _same_pads
+from .onnx_nodes import _is_pow2
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -70,32 +58,6 @@ def _per_axis(ax: int, a: int) -> int:
 
 
 # -- elementwise ---------------------------------------------------------------------------------
-def activation(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    t = n.op_type
-    a = s.attrs
-    layer: Layer
-    if t == "LeakyRelu":
-        layer = Activation("leaky_relu", float(a.get("alpha", 0.01)))
-    elif t == "Elu":
-        layer = Activation("elu", alpha=float(a.get("alpha", 1.0)))
-    elif t in ("HardSwish", "HardSigmoid"):
-        if t == "HardSigmoid":
-            alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
-            if np.float32(alpha) != np.float32(1 / 6) or beta != 0.5:
-                raise _Unsupported(f"HardSigmoid with alpha {alpha}, beta {beta}: only "
-                                   "alpha = 1/6, beta = 1/2 (torch's)")  # fmt: skip
-        layer = Activation(t.lower())
-    elif t == "Clip":
-        layer = _clip(cv, n, a)
-    elif t == "Gelu":
-        approx = a.get("approximate", b"none")
-        approx = approx.decode() if isinstance(approx, bytes) else str(approx)
-        layer = _gelu(approx)[0](())[0]
-    else:
-        layer = Activation(t.lower())
-    cv.lays[n.output[0]] = cv.unary(s.label, s.x, [layer])
-
-
 def _clip(cv: Cv, n: onnx.NodeProto, a: dict[str, Any]) -> Layer:
     """Clip to [0, 6] is ReLU6 (bounds are inputs from opset 11, attributes before)."""
     if cv.opset >= 11:
@@ -106,13 +68,6 @@ def _clip(cv: Cv, n: onnx.NodeProto, a: dict[str, Any]) -> Layer:
     if lo != 0.0 or hi != 6.0:
         raise _Unsupported(f"Clip to [{lo}, {hi}]: only [0, 6] (ReLU6)")
     return Activation("relu6")
-
-
-def dropout(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    cv.check_dropout(n)
-    ratio = cv.const(n, 1)
-    p = float(ratio.reshape(-1)[0]) if ratio is not None else float(s.attrs.get("ratio", 0.5))
-    cv.lays[n.output[0]] = cv.unary(s.label, s.x, [Dropout(p)])
 
 
 # -- binary: Add, Sub, Mul, Div ------------------------------------------------------------------
@@ -180,48 +135,6 @@ def _bias(c: Any, n_out: int) -> Any:
     return np.array(c.reshape(-1))
 
 
-def gemm(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    """alpha A B' + beta C: alpha folds into the weights only if it is a power of two."""
-    a = s.attrs
-    if a.get("transA", 0) or n.input[0] not in cv.lays:
-        raise _Unsupported("transA=1 or a constant A")
-    b = cv.need(n, 1)
-    w = b if a.get("transB", 0) else b.T
-    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-    if alpha != 1.0:
-        if not _is_pow2(alpha):
-            raise _Unsupported(f"alpha={alpha:g}: only 1 or a power of two, which folds "
-                               "exactly into the weights")  # fmt: skip
-        w = w * alpha
-    c = cv.const(n, 2)
-    bias = None if c is None else _bias(beta * c, w.shape[0])
-    k = int(w.shape[1])
-    cv.lays[n.output[0]] = cv.rowwise(s.label, s.x, k, _dense(w, bias))
-
-
-def matmul(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    """x W (an Add of a constant that only reads it fused in as the bias), or the
-    product of two activations."""
-    if n.input[1] in cv.lays:
-        return matmul_two(cv, n, s)
-    if n.input[0] not in cv.lays:
-        raise _Unsupported("a constant left operand")
-    b = cv.need(n, 1)
-    if b.ndim != 2:
-        raise _Unsupported(f"{b.ndim}-D weight")
-    w, bias, label, out = np.array(b.T), None, s.label, n.output[0]
-    add = cv.only_reader(out)
-    other = cv.data_other(add, out) if add is not None and add.op_type == "Add" else None
-    if add is not None and other is not None and other in cv.values:
-        c = np.asarray(cv.values[other], dtype=np.float64)
-        if c.size in (1, w.shape[0]) and c.shape[-1:] in ((1,), (w.shape[0],), ()):
-            bias = _bias(c, w.shape[0])
-            cv.skip[id(add)] = label
-            out = add.output[0]
-            label = f"{label} + Add {(add.name or add.output[0])!r}"
-    cv.lays[out] = cv.rowwise(label, s.x, int(w.shape[1]), _dense(w, bias))
-
-
 def matmul_two(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
     la, lb = cv.lays[n.input[0]], cv.lays[n.input[1]]
     if la.idx.ndim != lb.idx.ndim or la.idx.ndim < 3:
@@ -234,18 +147,6 @@ def matmul_two(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
 
 
 # -- along an axis ---------------------------------------------------------------------------------
-def softmax(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    nd = cv.lays[s.x].idx.ndim
-    ax = _axis(int(s.attrs.get("axis", -1 if cv.opset >= 13 else 1)), nd, "softmax")
-    if ax == nd - 1:
-        k = cv.lays[s.x].idx.shape[-1]
-        cv.lays[n.output[0]] = cv.rowwise(s.label, s.x, k, lambda shape: [Softmax(-1)])
-        return
-    if cv.opset < 13:
-        raise _Unsupported(f"softmax over all axes from {ax} (opset < 13): only the last")
-    along(cv, n, s, lambda shape, p: [Softmax(p - len(shape))], ax)
-
-
 def along(cv: Cv, n: onnx.NodeProto, s: Site, build: Any, ax: int) -> None:
     """Layers along the per-input axis of ONNX axis ``ax``, built from (shape, axis)."""
     src, shape, a = cv.per(cv.lays[s.x], s.label)
@@ -254,73 +155,27 @@ def along(cv: Cv, n: onnx.NodeProto, s: Site, build: Any, ax: int) -> None:
     cv.lays[n.output[0]] = canonical(node, per, cv.batch, a)
 
 
-def norm(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    """LayerNormalization and RMSNormalization over the axes from ``axis`` on."""
+def norm_shape(cv: Cv, n: onnx.NodeProto, s: Site) -> tuple[int, Shape, Any, float]:
+    """LayerNormalization and RMSNormalization: the axis from which they normalise,
+    the normalised shape, the scale broadcast to it, and epsilon."""
     full = cv.lays[s.x].idx.shape
     ax = _axis(int(s.attrs.get("axis", -1)), len(full), "norm")
     eps = float(s.attrs.get("epsilon", 1e-5))
     ns = tuple(int(d) for d in full[ax:])
-    scale = np.broadcast_to(cv.need(n, 1), ns).copy()
-    if n.op_type == "RMSNormalization":
-        layer: Layer = RMSNorm(ns, scale, eps)
-    else:
-        if any(o and cv.readers.get(o) for o in n.output[1:]):
-            raise _Unsupported("mean/inv_std_dev outputs used")
-        bias = cv.const(n, 2)
-        layer = LayerNorm(ns, scale, None if bias is None else np.broadcast_to(bias, ns).copy(),
-                          eps)  # fmt: skip
+    return ax, ns, np.broadcast_to(cv.need(n, 1), ns).copy(), eps
+
+
+def place_norm(cv: Cv, n: onnx.NodeProto, s: Site, layer: Layer, ax: int) -> None:
+    """A norm over the axes from ``ax`` on: row-wise over the last axis alone, else
+    per input (the batch axis before ``ax``)."""
+    full = cv.lays[s.x].idx.shape
     if ax == len(full) - 1:
-        cv.lays[n.output[0]] = cv.rowwise(s.label, s.x, ns[0], lambda shape: [layer])
+        cv.lays[n.output[0]] = cv.rowwise(s.label, s.x, int(full[ax]), lambda shape: [layer])
         return
     src, shape, a = cv.per(cv.lays[s.x], s.label)
     if a >= ax:
         raise _Unsupported("normalises over the batch axis")
     node, per = cv.chain(s.label, src, shape, [layer])
-    cv.lays[n.output[0]] = canonical(node, per, cv.batch, a)
-
-
-def reduce_mean(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    full = cv.lays[s.x].idx.shape
-    a_ = s.attrs
-    axes_c = cv.const(n, 1) if cv.opset >= 18 else None
-    raw = a_.get("axes") if axes_c is None else [int(v) for v in axes_c.reshape(-1)]
-    if not raw:
-        if a_.get("noop_with_empty_axes", 0):
-            cv.lays[n.output[0]] = cv.lays[s.x]
-            return
-        raise _Unsupported("a mean over every axis, the batch's included")
-    axes = sorted({_axis(int(v), len(full), "mean") for v in raw})
-    keep = bool(a_.get("keepdims", 1))
-    src, shape, a = cv.per(cv.lays[s.x], s.label)
-    per_axes = tuple(_per_axis(v, a) for v in axes)
-    node, per = cv.chain(s.label, src, shape, [REGISTRY["mean"](per_axes, keep)])  # type: ignore[call-arg]
-    cv.lays[n.output[0]] = canonical(node, per, cv.batch, a if keep else
-                                     a - sum(v < a for v in axes))  # fmt: skip
-
-
-def concat(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    """Activations (and constants: a class token) joined along a per-input axis."""
-    data = [i for i in n.input if i in cv.lays]
-    full = cv.lays[data[0]].idx.shape
-    ax = _axis(int(s.attrs["axis"]), len(full), "concat")
-    got = [cv.per(cv.lays[i], s.label) for i in data]
-    a = got[0][2]
-    if any(g[2] != a for g in got):
-        raise _Unsupported("inputs with different batch axes")
-    keys: list[Any] = []
-    shapes: list[Shape] = []
-    for i in n.input:
-        if i in cv.lays:
-            k, sh, _ = got[data.index(i)]
-        else:
-            c = np.asarray(cv.values[i], dtype=np.float64)
-            if c.ndim != len(full) or c.shape[a] not in (1, cv.batch):
-                raise _Unsupported(f"a constant of shape {list(c.shape)}")
-            want = tuple(cv.batch if d == a else c.shape[d] for d in range(c.ndim))
-            k, sh = cv.constant(s.label, cv.lift(c, want, a, "the constant"))
-        keys.append(k)
-        shapes.append(sh)
-    node, per = cv.merge(s.label, keys, shapes, Concat(_per_axis(ax, a)))
     cv.lays[n.output[0]] = canonical(node, per, cv.batch, a)
 
 
@@ -350,68 +205,6 @@ def _pads(a: dict[str, Any]) -> tuple[int, int] | None:
     return (p[0], p[1])
 
 
-def conv(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    a = s.attrs
-    w = cv.need(n, 1)
-    if w.ndim != 4:
-        raise _Unsupported(f"{w.ndim - 2}-D convolution")
-    bias, group = cv.const(n, 2), int(a.get("group", 1))
-    stride, dil = _pair(a.get("strides", 1)), _pair(a.get("dilations", 1))
-    k = (int(w.shape[2]), int(w.shape[3]))
-    pads = _pads(a)
-
-    def build(shape: Shape) -> list[Layer]:
-        p = _same_pads(shape, k, stride, dil) if pads is None else pads
-        return [Conv2d(w, bias, stride, p, dil, group)]
-
-    image(cv, n, s, build)
-
-
-def pool(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    """MaxPool, AveragePool, and GlobalAveragePool (a mean over H and W)."""
-    a = s.attrs
-    if n.op_type == "GlobalAveragePool":
-        image(cv, n, s, lambda shape: [REGISTRY["mean"]((1, 2), True)])  # type: ignore[call-arg]
-        return
-    if a.get("ceil_mode", 0) or _pair(a.get("dilations", 1)) != (1, 1):
-        raise _Unsupported("ceil_mode or dilations")
-    if len(n.output) > 1 and n.output[1] and cv.readers.get(n.output[1]):
-        raise _Unsupported("indices output")
-    if "kernel_shape" not in a:
-        raise _Unsupported("no kernel_shape")
-    kind = "max" if n.op_type == "MaxPool" else "avg"
-    k, stride = _pair(a["kernel_shape"]), _pair(a.get("strides", 1))
-    pads = _pads(a)
-    exclude = kind == "avg" and not a.get("count_include_pad", 0)
-    if exclude and pads is not None and any(pads):
-        raise _Unsupported("count_include_pad=0 with padding")
-
-    def build(shape: Shape) -> list[Layer]:
-        p = _same_pads(shape, k, stride, (1, 1)) if pads is None else pads
-        if exclude and any(p):
-            raise SpecError("count_include_pad=0 with padding is not supported")
-        return [Pool2d(kind, k, stride, p)]
-
-    image(cv, n, s, build)
-
-
-def batch_norm(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
-    a = s.attrs
-    # training mode normalises by batch statistics: training_mode=1 (opset 14+),
-    # the running-statistics outputs (opsets 7-13) or is_test=0 (opsets 1-6)
-    if a.get("training_mode", 0) or any(n.output[1:]) or (cv.opset < 7 and not a.get("is_test", 0)):
-        raise _Unsupported("training mode")
-    if not a.get("spatial", 1):
-        raise _Unsupported("spatial=0 (per-activation statistics)")
-    bn = BatchNorm(cv.need(n, 3), cv.need(n, 4), cv.need(n, 1), cv.need(n, 2),
-                   float(a.get("epsilon", 1e-5)))  # fmt: skip
-    src, shape, ax = cv.per(cv.lays[s.x], s.label)
-    if ax != 0:
-        raise _Unsupported("the batch axis is not the first")
-    node, per = cv.chain(s.label, src, shape, [bn])
-    cv.lays[n.output[0]] = canonical(node, per, cv.batch, 0)
-
-
 def cast(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
     """A cast of data to a float type is the identity here: the model's arithmetic
     (exact, or emulated in a chosen format) decides every rounding."""
@@ -435,25 +228,11 @@ def cast_like(cv: Cv, n: onnx.NodeProto, s: Site) -> None:
 CONVERTERS: dict[str, Any] = {
     "Cast": cast,
     "CastLike": cast_like,
-    **{t: activation for t in ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Elu", "HardSwish",
-                               "HardSigmoid", "Clip", "Gelu")},
-    "Dropout": dropout,
     "Add": binary,
     "Sub": binary,
     "Mul": binary,
     "Div": binary,
-    "Gemm": gemm,
-    "MatMul": matmul,
-    "Softmax": softmax,
-    "LayerNormalization": norm,
-    "RMSNormalization": norm,
-    "ReduceMean": reduce_mean,
-    "Concat": concat,
-    "Conv": conv,
-    "MaxPool": pool,
-    "AveragePool": pool,
-    "GlobalAveragePool": pool,
-    "BatchNormalization": batch_norm,
 }  # fmt: skip
+"""Op types that are no one operator's; the others: each operator's ``onnx_ops``."""
 
 __all__ = ["CONVERTERS", "MOVEMENT", "Site", "math"]

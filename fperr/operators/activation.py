@@ -25,10 +25,14 @@ from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
 from .checks import check_scalar
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -119,6 +123,8 @@ class Activation(Operator):
         ("LeakyReLU", False),
         ("GELU", False),
     )  # fmt: skip
+    onnx_ops = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Elu", "HardSwish", "HardSigmoid",
+                "Clip", "Gelu")  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.type not in ACTIVATION_TYPES:
@@ -178,6 +184,39 @@ class Activation(Operator):
         if type(mod) is nn.Hardtanh:  # not ReLU6, its subclass, named as its activation
             return _const([_relu6_layer(mod.min_val, mod.max_val)]), None, True
         return _const([cls(type(mod).__name__.lower())]), None, True
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """Relu, Tanh, Sigmoid, ...: the op type, lower case, is the activation's;
+        LeakyRelu, Elu and Gelu carry their parameter; HardSigmoid only torch's
+        (alpha 1/6, beta 1/2); Clip only to [0, 6] (ReLU6).  Any layout: elementwise."""
+        from ..importers.builders import _gelu
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_ops import _clip
+
+        t = n.op_type
+        a = s.attrs
+        layer: Any
+        if t == "LeakyRelu":
+            layer = cls("leaky_relu", float(a.get("alpha", 0.01)))
+        elif t == "Elu":
+            layer = cls("elu", alpha=float(a.get("alpha", 1.0)))
+        elif t in ("HardSwish", "HardSigmoid"):
+            if t == "HardSigmoid":
+                alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+                if np.float32(alpha) != np.float32(1 / 6) or beta != 0.5:
+                    raise _Unsupported(f"HardSigmoid with alpha {alpha}, beta {beta}: only "
+                                       "alpha = 1/6, beta = 1/2 (torch's)")  # fmt: skip
+            layer = cls(t.lower())
+        elif t == "Clip":
+            layer = _clip(cv, n, a)
+        elif t == "Gelu":
+            approx = a.get("approximate", b"none")
+            approx = approx.decode() if isinstance(approx, bytes) else str(approx)
+            layer = _gelu(approx)[0](())[0]
+        else:
+            layer = cls(t.lower())
+        cv.lays[n.output[0]] = cv.unary(s.label, s.x, [layer])
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         if self.type == "leaky_relu":

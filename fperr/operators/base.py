@@ -14,7 +14,8 @@ A registered operator (:func:`register`) carries, in one file:
   validation: the torch layer users' models use where there is one, else
   ``torch_forward``) and ``mpmath_forward`` (the high-precision oracle);
 - its import patterns: the ``torch.nn`` leaf modules it stands for
-  (``torch_module_classes``, ``from_torch_module``).
+  (``torch_module_classes``, ``from_torch_module``) and the ONNX op types it
+  imports (``onnx_ops``, ``from_onnx``).
 
 Every layer type is an operator, found through :data:`REGISTRY` by the model
 loader, the engines, the executors and the memory estimate, never dispatched by
@@ -44,10 +45,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import FperrInputError, SpecError
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 Array = npt.NDArray[np.float64]
@@ -233,6 +238,23 @@ class Operator:
         it acts on each value alone.  Settings the operator cannot express raise the
         importer's ``_Unsupported`` (the module is then listed as unsupported)."""
         raise OperatorUnsupported(f"{cls.__name__} imports no torch.nn module")
+
+    onnx_ops: ClassVar[tuple[str, ...]] = ()
+    """The ONNX op types (default domain) the ONNX importer turns into this operator;
+    each is declared by one operator at most.  The importer's table is these, each to
+    :meth:`from_onnx`, plus the converters of :mod:`fperr.importers.onnx_ops` for op
+    types that are no one operator's (several operators, or none: Add, Cast, ...)
+    (:func:`fperr.importers.onnx_converter.converters`)."""
+
+    @classmethod
+    def from_onnx(cls, cv: _OnnxConverter, n: onnx.NodeProto, s: Site) -> None:
+        """A node ``n`` of an op type of :attr:`onnx_ops` converted, as the ONNX
+        importer's converters do: its data inputs read as index maps from ``cv.lays``
+        (constants from ``cv``), the layers added to ``cv`` and the layout of the
+        output recorded in ``cv.lays``; ``s`` the node's attributes, label and first
+        input.  Nodes the operator cannot express raise the importer's ``_Unsupported``
+        (the node is then counted as unsupported)."""
+        raise OperatorUnsupported(f"{cls.__name__} imports no ONNX op")
 
 
 REGISTRY: dict[str, type[Operator]] = {}

@@ -21,10 +21,14 @@ from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
 from .checks import check_array, check_scalar, mismatch
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -50,6 +54,7 @@ class BatchNorm(Operator):
     type = "batchnorm"
     Spec = BatchNormSpec
     torch_module_classes = (("BatchNorm1d", True), ("BatchNorm2d", True))
+    onnx_ops = ("BatchNormalization",)
 
     def __post_init__(self) -> None:
         check_array("batchnorm", "running_mean", self.running_mean, 1)
@@ -103,6 +108,29 @@ class BatchNorm(Operator):
             return [bn]
 
         return batchnorm, None, False
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """BatchNormalization in inference (running statistics), spatial, the batch
+        axis first."""
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_layout import canonical
+
+        a = s.attrs
+        # training mode normalises by batch statistics: training_mode=1 (opset 14+),
+        # the running-statistics outputs (opsets 7-13) or is_test=0 (opsets 1-6)
+        training = a.get("training_mode", 0) or (cv.opset < 7 and not a.get("is_test", 0))
+        if training or any(n.output[1:]):
+            raise _Unsupported("training mode")
+        if not a.get("spatial", 1):
+            raise _Unsupported("spatial=0 (per-activation statistics)")
+        bn = cls(cv.need(n, 3), cv.need(n, 4), cv.need(n, 1), cv.need(n, 2),
+                 float(a.get("epsilon", 1e-5)))  # fmt: skip
+        src, shape, ax = cv.per(cv.lays[s.x], s.label)
+        if ax != 0:
+            raise _Unsupported("the batch axis is not the first")
+        node, per = cv.chain(s.label, src, shape, [bn])
+        cv.lays[n.output[0]] = canonical(node, per, cv.batch, 0)
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"running_mean": put("running_mean", self.running_mean),

@@ -14,9 +14,13 @@ from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
 from .checks import NonNegInt, check_ints
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -34,6 +38,7 @@ class Concat(Operator):
     type = "concat"
     Spec = ConcatSpec
     arity = 0  # any number >= 2
+    onnx_ops = ("Concat",)
 
     def __post_init__(self) -> None:
         check_ints("concat", "axis", (self.axis,), 0, 1)
@@ -56,6 +61,38 @@ class Concat(Operator):
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(spec.axis)
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """Activations (and constants: a class token, each a constant node feeding the
+        concat) joined along a per-input axis; a Concat of one node's values alone is
+        data movement on its index map (the importer's MOVEMENT)."""
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_layout import canonical
+        from ..importers.onnx_ops import _axis, _per_axis
+
+        data = [i for i in n.input if i in cv.lays]
+        full = cv.lays[data[0]].idx.shape
+        ax = _axis(int(s.attrs["axis"]), len(full), "concat")
+        got = [cv.per(cv.lays[i], s.label) for i in data]
+        a = got[0][2]
+        if any(g[2] != a for g in got):
+            raise _Unsupported("inputs with different batch axes")
+        keys: list[Any] = []
+        shapes: list[Shape] = []
+        for i in n.input:
+            if i in cv.lays:
+                k, sh, _ = got[data.index(i)]
+            else:
+                c = np.asarray(cv.values[i], dtype=np.float64)
+                if c.ndim != len(full) or c.shape[a] not in (1, cv.batch):
+                    raise _Unsupported(f"a constant of shape {list(c.shape)}")
+                want = tuple(cv.batch if d == a else c.shape[d] for d in range(c.ndim))
+                k, sh = cv.constant(s.label, cv.lift(c, want, a, "the constant"))
+            keys.append(k)
+            shapes.append(sh)
+        node, per = cv.merge(s.label, keys, shapes, cls(_per_axis(ax, a)))
+        cv.lays[n.output[0]] = canonical(node, per, cv.batch, a)
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"axis": self.axis}

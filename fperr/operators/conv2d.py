@@ -21,10 +21,14 @@ from .checks import NonNegPair, Pair, PosInt, PosPair, check_array, check_ints, 
 from .dense import mp_parameters, with_parameters
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -69,6 +73,7 @@ class Conv2d(Operator):
     type = "conv2d"
     Spec = Conv2dSpec
     torch_module_classes = (("Conv2d", True),)
+    onnx_ops = ("Conv",)
 
     def __post_init__(self) -> None:
         check_array("conv2d", "weight", self.weight, 4)
@@ -125,6 +130,30 @@ class Conv2d(Operator):
         layer = cls(_need(mod.weight, "weight"), _np(mod.bias), _pair(mod.stride), pad, d,
                     int(mod.groups))  # fmt: skip
         return _const([layer]), None, False
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """A 2-D Conv of [N, C, H, W] with symmetric pads (auto_pad SAME_* where the
+        input's shape makes them symmetric)."""
+        from ..importers.builders import _pair
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_nodes import _same_pads
+        from ..importers.onnx_ops import _pads, image
+
+        a = s.attrs
+        w = cv.need(n, 1)
+        if w.ndim != 4:
+            raise _Unsupported(f"{w.ndim - 2}-D convolution")
+        bias, group = cv.const(n, 2), int(a.get("group", 1))
+        stride, dil = _pair(a.get("strides", 1)), _pair(a.get("dilations", 1))
+        k = (int(w.shape[2]), int(w.shape[3]))
+        pads = _pads(a)
+
+        def build(shape: Shape) -> list[Any]:
+            p = _same_pads(shape, k, stride, dil) if pads is None else pads
+            return [cls(w, bias, stride, p, dil, group)]
+
+        image(cv, n, s, build)
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"weight": put("weight", self.weight), "bias": put("bias", self.bias),

@@ -22,10 +22,14 @@ from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
 from .checks import check_array, mismatch
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -43,6 +47,7 @@ class Dense(Operator):
     type = "dense"
     Spec = DenseSpec
     torch_module_classes = (("Linear", False),)
+    onnx_ops = ("Gemm", "MatMul")
 
     def __post_init__(self) -> None:
         check_array("dense", "weight", self.weight, 2)
@@ -73,6 +78,66 @@ class Dense(Operator):
 
         w = _need(mod.weight, "weight")
         return _linear_build(w, _np(mod.bias)), (int(w.shape[1]),), False
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """Gemm, and MatMul by a constant: a dense layer on vectors, the linear operator
+        on the last axis of anything else (the build chooses by the input's rank).  A
+        MatMul of two activations is the matmul operator's: MatMul is declared here, the
+        common case (every projection of a transformer), and hands that case on."""
+        if n.op_type == "Gemm":
+            cls._from_onnx_gemm(cv, n, s)
+        else:
+            cls._from_onnx_matmul(cv, n, s)
+
+    @classmethod
+    def _from_onnx_gemm(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """alpha A B' + beta C: alpha folds into the weights only if it is a power of two."""
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_nodes import _is_pow2
+        from ..importers.onnx_ops import _bias, _dense
+
+        a = s.attrs
+        if a.get("transA", 0) or n.input[0] not in cv.lays:
+            raise _Unsupported("transA=1 or a constant A")
+        b = cv.need(n, 1)
+        w = b if a.get("transB", 0) else b.T
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        if alpha != 1.0:
+            if not _is_pow2(alpha):
+                raise _Unsupported(f"alpha={alpha:g}: only 1 or a power of two, which folds "
+                                   "exactly into the weights")  # fmt: skip
+            w = w * alpha
+        c = cv.const(n, 2)
+        bias = None if c is None else _bias(beta * c, w.shape[0])
+        k = int(w.shape[1])
+        cv.lays[n.output[0]] = cv.rowwise(s.label, s.x, k, _dense(w, bias))
+
+    @classmethod
+    def _from_onnx_matmul(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """x W (an Add of a constant that only reads it fused in as the bias), or the
+        product of two activations (:func:`~fperr.importers.onnx_ops.matmul_two`)."""
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_ops import _bias, _dense, matmul_two
+
+        if n.input[1] in cv.lays:
+            return matmul_two(cv, n, s)
+        if n.input[0] not in cv.lays:
+            raise _Unsupported("a constant left operand")
+        b = cv.need(n, 1)
+        if b.ndim != 2:
+            raise _Unsupported(f"{b.ndim}-D weight")
+        w, bias, label, out = np.array(b.T), None, s.label, n.output[0]
+        add = cv.only_reader(out)
+        other = cv.data_other(add, out) if add is not None and add.op_type == "Add" else None
+        if add is not None and other is not None and other in cv.values:
+            c = np.asarray(cv.values[other], dtype=np.float64)
+            if c.size in (1, w.shape[0]) and c.shape[-1:] in ((1,), (w.shape[0],), ()):
+                bias = _bias(c, w.shape[0])
+                cv.skip[id(add)] = label
+                out = add.output[0]
+                label = f"{label} + Add {(add.name or add.output[0])!r}"
+        cv.lays[out] = cv.rowwise(label, s.x, int(w.shape[1]), _dense(w, bias))
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"weight": put("weight", self.weight), "bias": put("bias", self.bias)}

@@ -14,7 +14,11 @@ from .checks import check_scalar
 from .flatten import MovesValues
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -31,6 +35,7 @@ class Dropout(MovesValues):
     Spec = DropoutSpec
     torch_module_classes = (("Dropout", True), ("Dropout1d", True), ("Dropout2d", True),
                             ("AlphaDropout", True))  # fmt: skip
+    onnx_ops = ("Dropout",)
 
     def __post_init__(self) -> None:
         check_scalar("dropout", "p", self.p, 0.0, False)
@@ -56,6 +61,14 @@ class Dropout(MovesValues):
 
         p: Any = mod.p  # identities in eval mode, whatever mod.training says
         return _const([cls(float(p))]), None, True
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """Dropout: the identity in inference (refused where it drops at random)."""
+        cv.check_dropout(n)
+        ratio = cv.const(n, 1)
+        p = float(ratio.reshape(-1)[0]) if ratio is not None else float(s.attrs.get("ratio", 0.5))
+        cv.lays[n.output[0]] = cv.unary(s.label, s.x, [cls(p)])
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"p": self.p}

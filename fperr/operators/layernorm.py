@@ -21,10 +21,14 @@ from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
 from .checks import PosInt, check_array, check_ints, check_scalar, mismatch
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import FunctionalRadius, Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -108,6 +112,7 @@ class LayerNorm(Norm):
     type = "layernorm"
     Spec = LayerNormSpec
     torch_module_classes = (("LayerNorm", False),)
+    onnx_ops = ("LayerNormalization",)
 
     def __post_init__(self) -> None:
         self._check()
@@ -138,6 +143,20 @@ class LayerNorm(Norm):
         ns = tuple(int(d) for d in mod.normalized_shape)
         ln = cls(ns, _np(mod.weight), _np(getattr(mod, "bias", None)), float(mod.eps))
         return _const([ln]), ns, False
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """LayerNormalization over the axes from ``axis`` on (its mean and inverse
+        standard deviation outputs unused)."""
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_ops import norm_shape, place_norm
+
+        ax, ns, scale, eps = norm_shape(cv, n, s)
+        if any(o and cv.readers.get(o) for o in n.output[1:]):
+            raise _Unsupported("mean/inv_std_dev outputs used")
+        bias = cv.const(n, 2)
+        layer = cls(ns, scale, None if bias is None else np.broadcast_to(bias, ns).copy(), eps)
+        place_norm(cv, n, s, layer, ax)
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape),

@@ -27,7 +27,11 @@ from .base import Array, OperatorSpec, register
 from .sum import Sum
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..bounds.rules import Context
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
 
 
 class MeanSpec(OperatorSpec):
@@ -41,6 +45,35 @@ class Mean(Sum):
     type = "mean"
     Spec = MeanSpec
     divides = True
+    onnx_ops = ("ReduceMean", "GlobalAveragePool")
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """ReduceMean over axes other than the batch's (attributes, or an input from
+        opset 18), and GlobalAveragePool (a mean over H and W of [N, C, H, W])."""
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_layout import canonical
+        from ..importers.onnx_ops import _axis, _per_axis, image
+
+        if n.op_type == "GlobalAveragePool":
+            image(cv, n, s, lambda shape: [cls((1, 2), True)])
+            return
+        full = cv.lays[s.x].idx.shape
+        a_ = s.attrs
+        axes_c = cv.const(n, 1) if cv.opset >= 18 else None
+        raw = a_.get("axes") if axes_c is None else [int(v) for v in axes_c.reshape(-1)]
+        if not raw:
+            if a_.get("noop_with_empty_axes", 0):
+                cv.lays[n.output[0]] = cv.lays[s.x]
+                return
+            raise _Unsupported("a mean over every axis, the batch's included")
+        axes = sorted({_axis(int(v), len(full), "mean") for v in raw})
+        keep = bool(a_.get("keepdims", 1))
+        src, shape, a = cv.per(cv.lays[s.x], s.label)
+        per_axes = tuple(_per_axis(v, a) for v in axes)
+        node, per = cv.chain(s.label, src, shape, [cls(per_axes, keep)])
+        cv.lays[n.output[0]] = canonical(node, per, cv.batch, a if keep else
+                                         a - sum(v < a for v in axes))  # fmt: skip
 
     def _reduce(self, v: Array, ax: tuple[int, ...], keepdims: bool) -> Array:
         return v.mean(axis=ax, keepdims=keepdims)

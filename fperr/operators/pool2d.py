@@ -21,10 +21,14 @@ from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
 from .checks import NonNegPair, Pair, PosPair, check_ints, mismatch, pair
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -53,6 +57,7 @@ class Pool2d(Operator):
     Spec = MaxPool2dSpec
     torch_module_classes = (("MaxPool2d", False), ("AvgPool2d", False),
                             ("AdaptiveAvgPool2d", False))  # fmt: skip
+    onnx_ops = ("MaxPool", "AveragePool")
 
     def __post_init__(self) -> None:
         if self.kind not in ("max", "avg"):
@@ -120,6 +125,37 @@ class Pool2d(Operator):
         k = _pair(mod.kernel_size)
         st = _pair(mod.stride) if mod.stride else k
         return _const([cls("avg", k, st, pad)]), None, False
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """MaxPool and AveragePool of [N, C, H, W] (floor mode, no dilations, the
+        indices output unused; count_include_pad=0 only without padding)."""
+        from ..importers.builders import _pair
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_nodes import _same_pads
+        from ..importers.onnx_ops import _pads, image
+
+        a = s.attrs
+        if a.get("ceil_mode", 0) or _pair(a.get("dilations", 1)) != (1, 1):
+            raise _Unsupported("ceil_mode or dilations")
+        if len(n.output) > 1 and n.output[1] and cv.readers.get(n.output[1]):
+            raise _Unsupported("indices output")
+        if "kernel_shape" not in a:
+            raise _Unsupported("no kernel_shape")
+        kind = "max" if n.op_type == "MaxPool" else "avg"
+        k, stride = _pair(a["kernel_shape"]), _pair(a.get("strides", 1))
+        pads = _pads(a)
+        exclude = kind == "avg" and not a.get("count_include_pad", 0)
+        if exclude and pads is not None and any(pads):
+            raise _Unsupported("count_include_pad=0 with padding")
+
+        def build(shape: Shape) -> list[Any]:
+            p = _same_pads(shape, k, stride, (1, 1)) if pads is None else pads
+            if exclude and any(p):
+                raise SpecError("count_include_pad=0 with padding is not supported")
+            return [cls(kind, k, stride, p)]
+
+        image(cv, n, s, build)
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"kernel_size": list(self.kernel), "stride": list(self.stride),

@@ -16,7 +16,11 @@ from .checks import PosInt
 from .layernorm import Norm
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -48,6 +52,7 @@ class RMSNorm(Norm):
     type = "rmsnorm"
     Spec = RMSNormSpec
     torch_module_classes = (("RMSNorm", False),)
+    onnx_ops = ("RMSNormalization",)
 
     def __post_init__(self) -> None:
         self._check()
@@ -82,6 +87,14 @@ class RMSNorm(Norm):
 
         ns = tuple(int(d) for d in mod.normalized_shape)
         return _const([cls(ns, _np(mod.weight), _rms_eps(mod.eps))]), ns, False
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """RMSNormalization (opset 23) over the axes from ``axis`` on."""
+        from ..importers.onnx_ops import norm_shape, place_norm
+
+        ax, ns, scale, eps = norm_shape(cv, n, s)
+        place_norm(cv, n, s, cls(ns, scale, eps), ax)
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"normalized_shape": list(self.normalized_shape),

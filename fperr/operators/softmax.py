@@ -19,10 +19,14 @@ from ..errors import SpecError
 from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
 
 if TYPE_CHECKING:
+    import onnx
+
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
     from ..bounds.rules import Context
     from ..bounds.steps import Step
+    from ..importers.onnx_converter import _OnnxConverter as Cv
+    from ..importers.onnx_ops import Site
     from ..model import Model
 
 
@@ -46,6 +50,7 @@ class Softmax(Operator):
     type = "softmax"
     Spec = SoftmaxSpec
     torch_module_classes = (("Softmax", False),)
+    onnx_ops = ("Softmax",)
 
     def sharpen_threshold(self) -> float | None:
         from ..bounds.backward import SHARPEN
@@ -73,6 +78,23 @@ class Softmax(Operator):
         from ..importers.builders import _softmax_build
 
         return _softmax_build(mod.dim), None, False
+
+    @classmethod
+    def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
+        """Softmax over the last axis (row-wise), or over one other axis (opset 13+;
+        before, the axes from ``axis`` on, taken only where that is the last)."""
+        from ..importers.graph import _Unsupported
+        from ..importers.onnx_ops import _axis, along
+
+        nd = cv.lays[s.x].idx.ndim
+        ax = _axis(int(s.attrs.get("axis", -1 if cv.opset >= 13 else 1)), nd, "softmax")
+        if ax == nd - 1:
+            k = cv.lays[s.x].idx.shape[-1]
+            cv.lays[n.output[0]] = cv.rowwise(s.label, s.x, k, lambda shape: [cls(-1)])
+            return
+        if cv.opset < 13:
+            raise _Unsupported(f"softmax over all axes from {ax} (opset < 13): only the last")
+        along(cv, n, s, lambda shape, p: [cls(p - len(shape))], ax)
 
     def spec_fields(self, put: Put) -> dict[str, Any]:
         return {"axis": None if self.axis == -1 else self.axis}  # old files unchanged
