@@ -118,3 +118,212 @@ def test_operator_without_patterns_refuses() -> None:
     assert REGISTRY["add"].torch_module_classes == ()
     with pytest.raises(OperatorUnsupported, match="imports no torch.nn module"):
         REGISTRY["add"].from_torch_module(nn.Identity())
+
+
+# -- torch.fx calls and torch.export aten ops ---------------------------------------------------
+# The fx and aten tables before the patterns moved into the operators: (key, a registered type
+# of the operator whose from_fx / from_aten now converts it; or the name of the importer's
+# converter that stays, for keys that make several operators or none).  Function targets as
+# dotted names (F.relu_ is torch.relu_, one object).
+_F = "torch.nn.functional."
+OLD_FX_FUNCTIONS: list[tuple[str, str]] = [
+    *((name, "relu") for name in (
+        f"{_F}relu", "torch.relu", "torch.relu_", f"{_F}relu6", f"{_F}hardtanh", f"{_F}hardtanh_",
+        "torch.clamp", "torch.clip", "torch.clamp_", "torch.clip_", "torch.tanh", f"{_F}tanh",
+        "torch.tanh_", "torch.sigmoid", f"{_F}sigmoid", "torch.sigmoid_", f"{_F}gelu",
+        f"{_F}silu", f"{_F}hardswish", f"{_F}hardsigmoid", f"{_F}elu", f"{_F}elu_",
+        f"{_F}leaky_relu", f"{_F}leaky_relu_")),
+    (f"{_F}softmax", "softmax"),
+    ("torch.softmax", "softmax"),
+    ("torch.flatten", "flatten"),
+    ("torch.unflatten", "reshape"),
+    *((name, "dropout") for name in (
+        f"{_F}dropout", f"{_F}dropout1d", f"{_F}dropout2d", f"{_F}dropout3d",
+        f"{_F}alpha_dropout", f"{_F}feature_alpha_dropout", "torch.dropout")),
+    (f"{_F}batch_norm", "batchnorm"),
+    (f"{_F}rms_norm", "rmsnorm"),
+    ("torch.rms_norm", "rmsnorm"),
+    (f"{_F}max_pool2d", "maxpool2d"),
+    (f"{_F}avg_pool2d", "maxpool2d"),
+    (f"{_F}adaptive_avg_pool2d", "maxpool2d"),
+    (f"{_F}linear", "dense"),
+    (f"{_F}conv2d", "conv2d"),
+    ("operator.mul", "mul"),
+    ("operator.imul", "mul"),
+    ("torch.mul", "mul"),
+    ("torch.mean", "mean"),
+    ("torch.sum", "sum"),
+    ("torch.cat", "concat"),
+    ("torch.concat", "concat"),
+    ("torch.transpose", "permute"),
+    ("torch.swapaxes", "permute"),
+    ("torch.permute", "permute"),
+    ("operator.matmul", "matmul"),
+    ("torch.matmul", "matmul"),
+    ("torch.bmm", "matmul"),
+    ("operator.truediv", "scale"),
+    ("torch.div", "scale"),
+    ("operator.add", "_call_add"),
+    ("operator.iadd", "_call_add"),
+    ("torch.add", "_call_add"),
+    ("torch.reshape", "_call_reshape"),
+    ("torch.split", "_call_split"),
+    ("torch.chunk", "_call_split"),
+    ("operator.getitem", "_call_getitem"),
+    ("builtins.getattr", "_call_getattr"),
+    (f"{_F}scaled_dot_product_attention", "_call_sdpa"),
+]  # fmt: skip
+OLD_FX_METHODS: list[tuple[str, str]] = [
+    *((name, "relu") for name in ("relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_",
+                                  "clamp", "clamp_", "clip", "clip_")),
+    ("softmax", "softmax"),
+    ("flatten", "flatten"),
+    ("unflatten", "reshape"),
+    ("mul", "mul"),
+    ("mul_", "mul"),
+    ("mean", "mean"),
+    ("sum", "sum"),
+    ("transpose", "permute"),
+    ("swapaxes", "permute"),
+    ("permute", "permute"),
+    ("matmul", "matmul"),
+    ("div", "scale"),
+    ("contiguous", "_call_identity"),
+    ("clone", "_call_identity"),
+    ("detach", "_call_identity"),
+    ("view", "_method_reshape"),
+    ("reshape", "_method_reshape"),
+    ("add", "_method_add"),
+    ("add_", "_method_add"),
+    ("split", "_call_split"),
+    ("chunk", "_call_split"),
+]  # fmt: skip
+OLD_ATEN: list[tuple[str, str]] = [
+    ("aten.conv2d", "conv2d"),
+    ("aten.linear", "dense"),
+    ("aten.batch_norm", "batchnorm"),
+    ("aten._native_batch_norm_legit_no_training", "batchnorm"),
+    *((f"aten.{k}", "relu") for k in ("hardtanh", "relu6", "gelu", "elu", "leaky_relu", "relu",
+                                      "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid")),
+    ("aten.softmax", "softmax"),
+    ("aten._softmax", "softmax"),
+    ("aten.layer_norm", "layernorm"),
+    ("aten.rms_norm", "rmsnorm"),
+    ("aten.max_pool2d", "maxpool2d"),
+    ("aten.avg_pool2d", "maxpool2d"),
+    ("aten.adaptive_avg_pool2d", "maxpool2d"),
+    ("aten.flatten", "flatten"),
+    ("aten.transpose", "permute"),
+    ("aten.swapaxes", "permute"),
+    ("aten.permute", "permute"),
+    ("aten.mT", "permute"),
+    ("aten.cat", "concat"),
+    ("aten.mean", "mean"),
+    ("aten.matmul", "matmul"),
+    ("aten.bmm", "matmul"),
+    ("aten.div", "scale"),
+    ("getitem", "_getitem"),
+    ("aten.dropout", "_dropout"),  # eval mode: no layer (fx's dropouts build the operator)
+    ("aten.expand", "_expand"),
+    ("aten.add", "_add"),
+    ("aten.select", "_select"),
+    ("aten.slice", "_slice"),
+    ("aten.mul", "_mul"),
+    ("aten.scaled_dot_product_attention", "_sdpa"),
+    *((f"aten.{k}", "_reshape") for k in ("view", "reshape", "_unsafe_view", "unflatten",
+                                          "squeeze", "unsqueeze")),
+    *((f"aten.{k}", "_identity") for k in ("contiguous", "clone", "alias", "detach")),
+]  # fmt: skip
+
+
+def _resolve(dotted: str) -> Any:
+    import builtins
+    import importlib
+
+    module, _, attr = dotted.rpartition(".")
+    return getattr(builtins if module == "builtins" else importlib.import_module(module), attr)
+
+
+def _module(name: str) -> Any:
+    """An importer module (``fperr.importers.from_torch`` is also a function's name)."""
+    import importlib
+
+    return importlib.import_module(f"fperr.importers.{name}")
+
+
+def _check_table(table: dict[Any, Any], old: list[tuple[str, str]], key: Callable[[str], Any],
+                 declared: Callable[[type], tuple[str, ...]], method: str, home: Any) -> None:
+    """Each old key maps to the declaring operator's classmethod, or to its old function."""
+    assert len(old) == len({key(k) for k, _ in old})  # the old table's keys, each once
+    assert set(table) == {key(k) for k, _ in old}  # no key lost, none added
+    for k, who in old:
+        if who.startswith("_"):
+            assert table[key(k)] is getattr(home, who), k
+        else:
+            cls = REGISTRY[who]
+            assert key(k) in {key(d) for d in declared(cls)}, k
+            assert table[key(k)] == getattr(cls, method), k
+
+
+def test_fx_functions_convert_as_before() -> None:
+    from_torch = _module("from_torch")
+
+    _check_table(from_torch._function_converters(), OLD_FX_FUNCTIONS, _resolve,
+                 lambda c: c.fx_functions, "from_fx", from_torch)  # fmt: skip
+    assert len(OLD_FX_FUNCTIONS) == 67
+
+
+def test_fx_methods_convert_as_before() -> None:
+    from_torch = _module("from_torch")
+
+    _check_table(from_torch._METHODS, OLD_FX_METHODS, str, lambda c: c.fx_methods, "from_fx",
+                 from_torch)  # fmt: skip
+    assert from_torch._method_converters() == from_torch._METHODS
+    assert len(OLD_FX_METHODS) == 31
+
+
+def test_aten_ops_convert_as_before() -> None:
+    torch_export = _module("torch_export")
+
+    _check_table(torch_export._converters(), OLD_ATEN, str, lambda c: c.aten_ops, "from_aten",
+                 torch_export)  # fmt: skip
+    assert len(OLD_ATEN) == 50
+
+
+def test_fx_and_aten_keys_declared_once() -> None:
+    """No key is declared by two operators, nor by one and the importer's own entries."""
+    fns = [id(_resolve(n)) for op in _operators() for n in op.fx_functions]
+    methods = [n for op in _operators() for n in op.fx_methods]
+    aten = [n for op in _operators() for n in op.aten_ops]
+    for declared in (fns, methods, aten):
+        assert declared and len(declared) == len(set(declared))
+    stay_fn = {id(_resolve(k)) for k, who in OLD_FX_FUNCTIONS if who.startswith("_")}
+    assert not stay_fn & set(fns)
+    assert not {k for k, who in OLD_FX_METHODS if who.startswith("_")} & set(methods)
+    assert not {k for k, who in OLD_ATEN if who.startswith("_")} & set(aten)
+
+
+def test_key_declared_twice_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table builders raise on a key declared twice (a programming error)."""
+    from_torch = _module("from_torch")
+    torch_export = _module("torch_export")
+
+    softmax = REGISTRY["softmax"]
+    monkeypatch.setattr(softmax, "fx_functions", (*softmax.fx_functions, "torch.relu"))
+    with pytest.raises(ValueError, match="'torch.relu' declared twice"):
+        from_torch._function_converters.__wrapped__()
+    monkeypatch.setattr(softmax, "fx_methods", ("softmax", "view"))
+    with pytest.raises(ValueError, match="'view' declared twice"):
+        from_torch._method_converters()
+    monkeypatch.setattr(softmax, "aten_ops", ("aten.softmax", "aten.relu"))
+    with pytest.raises(ValueError, match="'aten.relu' declared twice"):
+        torch_export._converters()
+
+
+def test_operator_without_fx_or_aten_patterns_refuses() -> None:
+    add = REGISTRY["add"]
+    assert (add.fx_functions, add.fx_methods, add.aten_ops) == ((), (), ())
+    with pytest.raises(OperatorUnsupported, match="imports no torch.fx call"):
+        add.from_fx(None, "x", lambda a: None)
+    with pytest.raises(OperatorUnsupported, match="imports no aten op"):
+        add.from_aten(None, "x", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import inspect
 import operator
 from collections import Counter
@@ -17,29 +18,23 @@ from ..layers import (
     RMS_EPS_DEFAULT,
     Activation,
     BatchNorm,
-    Concat,
-    Conv2d,
     Dense,
     Dropout,
     Flatten,
     Layer,
     Pool2d,
     Reshape,
-    RMSNorm,
     Shape,
 )
 from ..model import Model
 from ..operators import REGISTRY
-from .builders import _const, _flatten_dims, _flatten_layers, _gelu, _pair, _resolve, _softmax_build
+from .builders import _const, _flatten_layers, _resolve
 from .graph import Array, Build, _entry, _Graph, _Op, _to_model, _Unsupported
 from .torch_alias import resolve_writes
 from .torch_attention import attention_leaves, attention_ops
 from .torch_fidelity import check_against_torch
 from .torch_layout import (
     annotate_static,
-    constant_dims,
-    permute_build,
-    power_of_two,
     sdpa_factor,
     sdpa_ops,
     sdpa_options,
@@ -139,24 +134,6 @@ def _rms_eps(eps: Any) -> float:
     computes in float32; checked bit for bit on torch 2.13), whatever the docs'
     finfo(input dtype).eps says; a float64 torch run would use 2^-52."""
     return RMS_EPS_DEFAULT if eps is None else float(eps)
-
-
-def _call_rms_norm(node: Any, label: str, params: _Params) -> _Op:
-    """F.rms_norm(x, normalized_shape, weight, eps) and torch.rms_norm, eps given."""
-    ns, wnode = _arg(node, 1, "normalized_shape"), _arg(node, 2, "weight")
-    eps = _arg(node, 3, "eps")
-    w = None if wnode is None else params(wnode)
-    if wnode is not None and w is None:
-        raise _Unsupported("weight is not a module tensor")
-    if eps is None:  # nn.RMSNorm's None is pinned; a call's None is left to the user
-        raise _Unsupported("eps=None (torch then picks it by dtype): pass eps, e.g. "
-                           "torch.finfo(torch.float32).eps, what float32 runs use")
-    if not isinstance(eps, int | float):
-        raise _Unsupported("eps is not a constant")
-    dims = (ns,) if isinstance(ns, int) else tuple(ns or ())
-    if not dims or not all(isinstance(d, int) for d in dims):
-        raise _Unsupported("normalized_shape is not constant")
-    return _unary(node, label, _const([RMSNorm(tuple(dims), w, _rms_eps(eps))]))
 
 
 def _mod_identity(mod: Any) -> _ModuleOp:
@@ -266,10 +243,6 @@ def _torch_reshape(node: Any, dims: Any) -> tuple[Build, tuple[tuple[Any, Any], 
     return build, tuple(aux)
 
 
-_ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
-                       "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}  # fmt: skip
-
-
 def _call_args(node: Any) -> dict[str, Any]:
     """The arguments of a call_function node by name, defaults included ({} if the
     target has no Python signature)."""
@@ -321,7 +294,7 @@ def _batch_norm(node: Any, params: Callable[[Any], Array | None]) -> Build:
     return _const([BatchNorm(mean, var, w, b, float(eps))])
 
 
-# -- call_function and call_method nodes: tables keyed by target --------------------------------
+# -- call_function and call_method nodes: tables keyed by target (operators' from_fx) ---------
 _Params = Callable[[Any], Array | None]  # the module tensor an fx node reads, or None
 _CallOp = Callable[[Any, str, _Params], "_Op | list[_Op]"]  # (node, label, params) -> op(s)
 
@@ -351,19 +324,8 @@ def _unary(node: Any, label: str, build: Build, **kw: Any) -> _Op:
     return _Op(label, (node.args[0] if node.args else None,), node, build, **kw)
 
 
-def _activation(kind: str) -> _CallOp:
-    return lambda node, label, params: _unary(
-        node, label, _const([Activation(kind)]), elementwise=True
-    )
-
-
 def _call_identity(node: Any, label: str, params: _Params) -> _Op:
     return _unary(node, label, _const([]), elementwise=True)
-
-
-def _call_gelu(node: Any, label: str, params: _Params) -> _Op:
-    build, _ = _gelu(_arg(node, 1, "approximate", "none"))
-    return _unary(node, label, build, elementwise=True)
 
 
 def _relu6_layer(lo: Any, hi: Any) -> Activation:
@@ -372,40 +334,6 @@ def _relu6_layer(lo: Any, hi: Any) -> Activation:
     if not ok or (lo, hi) != (0, 6):
         raise _Unsupported(f"clamp to [{lo}, {hi}]: only [0, 6] (ReLU6)")
     return Activation("relu6")
-
-
-def _clamp(lo_key: str, hi_key: str, lo: Any = None, hi: Any = None) -> _CallOp:
-    """F.hardtanh(x, min_val, max_val), torch.clamp / clip(x, min, max), as ReLU6."""
-    return lambda node, label, params: _unary(node, label, _const([_relu6_layer(
-        _arg(node, 1, lo_key, lo), _arg(node, 2, hi_key, hi))]), elementwise=True)  # fmt: skip
-
-
-def _call_elu(node: Any, label: str, params: _Params) -> _Op:
-    layer = _elu_layer(_arg(node, 1, "alpha", 1.0))
-    return _unary(node, label, _const([layer]), elementwise=True)
-
-
-def _call_leaky_relu(node: Any, label: str, params: _Params) -> _Op:
-    slope = float(_arg(node, 1, "negative_slope", 0.01))
-    return _unary(node, label, _const([Activation("leaky_relu", slope)]), elementwise=True)
-
-
-def _method_softmax(node: Any, label: str, params: _Params) -> _Op:
-    return _unary(node, label, _softmax_build(_arg(node, 1, "dim")))
-
-
-def _call_softmax(node: Any, label: str, params: _Params) -> _Op:
-    """F.softmax(x, dim, _stacklevel, dtype) and torch.softmax(x, dim, dtype)."""
-    import torch.nn.functional as F
-
-    if _arg(node, 3 if node.target is F.softmax else 2, "dtype") is not None:
-        raise _Unsupported("with dtype")
-    return _unary(node, label, _softmax_build(_arg(node, 1, "dim")))
-
-
-def _call_flatten(node: Any, label: str, params: _Params) -> _Op:
-    s, e = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
-    return _unary(node, label, lambda shape: _flatten_dims(shape, s, e))
 
 
 def _method_reshape(node: Any, label: str, params: _Params) -> _Op:
@@ -453,20 +381,6 @@ def _call_add(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
     return _Op(label, (x, other), node)
 
 
-def _call_mul(node: Any, label: str, params: _Params) -> _Op:
-    """x * y, x *= y, torch.mul(x, y), x.mul(y) of two computed values of one shape: the
-    mul operator (both carry error)."""
-    from torch.fx import Node
-
-    x = node.args[0] if node.args else node.kwargs.get("input")
-    other = _arg(node, 1, "other")
-    if not (isinstance(x, Node) and isinstance(other, Node)):
-        raise _Unsupported()  # x * constant: not a shape query either
-    if params(x) is not None or params(other) is not None:
-        raise _Unsupported("mul by a parameter")
-    return _Op(label, (x, other), node, merge=lambda shapes: REGISTRY["mul"]())
-
-
 def _constant(node: Any, label: str, value: Any, p: Array | None, i: int) -> _Op:
     """A parameter read as a graph value: a constant node (it reads ``value`` for the
     batch size only).  A leading axis of 1 is the batch axis broadcast."""
@@ -488,10 +402,6 @@ def _expanded_parameter(v: Any, params: _Params) -> Array | None:
     return None
 
 
-def _call_adaptive_avg_pool(node: Any, label: str, params: _Params) -> _Op:
-    return _unary(node, label, _adaptive_avg(_arg(node, 1, "output_size")))
-
-
 def _spatial_mean(dims: Any, keepdim: bool) -> Build:
     """x.mean over the two spatial axes of (N, C, H, W): a global average pool (and a
     flatten without keepdim); over other axes (tokens): the mean operator."""
@@ -507,56 +417,6 @@ def _spatial_mean(dims: Any, keepdim: bool) -> Build:
         return pool if keepdim else [*pool, Flatten()]
 
     return build
-
-
-def _call_mean(node: Any, label: str, params: _Params) -> _Op:
-    """x.mean(dims) and torch.mean(x, dims)."""
-    dims = _arg(node, 1, "dim")
-    if dims is None or _arg(node, 3, "dtype") is not None:
-        raise _Unsupported("mean over every axis or with a dtype")
-    return _unary(node, label, _spatial_mean(dims, bool(_arg(node, 2, "keepdim", False))))
-
-
-def _call_sum(node: Any, label: str, params: _Params) -> _Op:
-    """x.sum(dims) and torch.sum(x, dims): the sum operator over per-input axes."""
-    dims = _arg(node, 1, "dim")
-    if dims is None or _arg(node, 3, "dtype") is not None:
-        raise _Unsupported("sum over every axis or with a dtype")
-    keepdim = bool(_arg(node, 2, "keepdim", False))
-
-    def build(shape: Shape) -> list[Layer]:
-        nd = len(shape) + 1
-        given = [int(v) for v in ((dims,) if isinstance(dims, int) else dims)]
-        if not all(-nd <= v < nd for v in given):
-            raise SpecError(f"sum over dims {dims}: out of range for rank {nd}")
-        d = sorted(v % nd for v in given)
-        if 0 in d:
-            raise SpecError(f"sum over dims {dims}: the batch axis cannot be summed")
-        return [REGISTRY["sum"](tuple(a - 1 for a in d), keepdim)]  # type: ignore[call-arg]
-
-    return _unary(node, label, build)
-
-
-def _call_cat(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
-    """torch.cat along one axis of computed values and parameters (a class token
-    ``cls.expand(x.shape[0], -1, -1)``): a graph's concat, parameters as constants."""
-    from torch.fx import Node
-
-    values = _arg(node, 0, "tensors")
-    dim = int(_arg(node, 1, "dim", 0))
-    if not isinstance(values, list | tuple) or not all(isinstance(v, Node) for v in values):
-        raise _Unsupported("cat of constants")
-    if dim == 0:
-        raise _Unsupported("cat along the batch axis")
-    expanded = {i: _expanded_parameter(v, params) for i, v in enumerate(values)}
-    consts = {i: p for i, p in expanded.items() if p is not None}
-    if any(params(v) is not None for v in values):
-        raise _Unsupported("cat of a parameter without expand to the batch")
-
-    def merge(shapes: list[Shape]) -> Layer:
-        return Concat(dim - 1 if dim > 0 else len(shapes[0]) + dim)
-
-    return cat_ops(node, label, values, consts, merge)
 
 
 def cat_ops(node: Any, label: str, values: Sequence[Any], consts: dict[int, Array],
@@ -696,79 +556,7 @@ def _split_piece(node: Any, label: str) -> _Op | list[_Op]:
     return _Op(label, (value,), node, build)
 
 
-def _call_dropout(node: Any, label: str, params: _Params) -> _Op:
-    return _unary(node, label, _dropout(node), elementwise=True)
-
-
-def _call_batch_norm(node: Any, label: str, params: _Params) -> _Op:
-    return _unary(node, label, _batch_norm(node, params))
-
-
-def _call_pool(node: Any, label: str, params: _Params) -> _Op:
-    """F.max_pool2d and F.avg_pool2d without the options the IR lacks."""
-    import torch.nn.functional as F
-
-    kind = "max" if node.target is F.max_pool2d else "avg"
-    k = _pair(_arg(node, 1, "kernel_size"))
-    st = _arg(node, 2, "stride")
-    st = _pair(st) if st else k
-    pad = _pair(_arg(node, 3, "padding", 0))
-    if kind == "max":
-        dil = _pair(_arg(node, 4, "dilation", 1))
-        bad = (
-            dil != (1, 1)
-            or _arg(node, 5, "ceil_mode", False)
-            or _arg(node, 6, "return_indices", False)
-        )
-    else:
-        bad = (_arg(node, 4, "ceil_mode", False) or _arg(node, 6, "divisor_override")
-               or (not _arg(node, 5, "count_include_pad", True) and any(pad)))  # fmt: skip
-    if bad:
-        raise _Unsupported("options")
-    return _unary(node, label, _const([Pool2d(kind, k, st, pad)]))
-
-
-def _call_linear(node: Any, label: str, params: _Params) -> _Op:
-    w = params(_arg(node, 1, "weight"))
-    if w is None:
-        raise _Unsupported("weight is not a parameter")
-    b = params(_arg(node, 2, "bias"))
-    return _unary(node, label, _linear_build(w, b), hint=(int(w.shape[1]),))
-
-
-def _call_conv2d(node: Any, label: str, params: _Params) -> _Op:
-    w = params(_arg(node, 1, "weight"))
-    pad = _arg(node, 4, "padding", 0)
-    if w is None or isinstance(pad, str):
-        raise _Unsupported("weight is not a parameter, or string padding")
-    conv = Conv2d(w, params(_arg(node, 2, "bias")), _pair(_arg(node, 3, "stride", 1)),
-                  _pair(pad), _pair(_arg(node, 5, "dilation", 1)),
-                  int(_arg(node, 6, "groups", 1)))  # fmt: skip
-    return _unary(node, label, _const([conv]))
-
-
-# -- layout and attention (torch_layout): transpose, permute, .mT, @, / 2^k, SDPA --------------
-def _call_transpose(node: Any, label: str, params: _Params) -> _Op:
-    a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
-    if not (isinstance(a, int) and isinstance(b, int)):
-        raise _Unsupported("dims are not constants")
-    return _unary(node, label, transpose_build(a, b))
-
-
-def _call_permute(node: Any, label: str, params: _Params) -> _Op:
-    """x.permute(*dims), x.permute(dims), torch.permute(x, dims)."""
-    dims = node.args[1:] or (node.kwargs.get("dims"),)
-    return _unary(node, label, permute_build(constant_dims(dims)))
-
-
-def _call_unflatten(node: Any, label: str, params: _Params) -> _Op:
-    """x.unflatten(dim, sizes) and torch.unflatten, as nn.Unflatten."""
-    dim, sizes = _arg(node, 1, "dim"), _arg(node, 2, "sizes")
-    if not isinstance(dim, int) or not all(isinstance(d, int) for d in sizes or ()):
-        raise _Unsupported("dim or sizes are not constants")
-    return _unary(node, label, _unflatten(int(dim), tuple(int(x) for x in sizes)))
-
-
+# -- .mT and SDPA (torch_layout); transpose, permute, @, / 2^k are the operators' from_fx ------
 def _call_getattr(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
     """``x.mT`` (the last two axes swapped); ``x.shape`` is a shape query."""
     if _is_aux(node):
@@ -776,39 +564,6 @@ def _call_getattr(node: Any, label: str, params: _Params) -> _Op | list[_Op]:
     if node.args[1] == "mT" and params(node.args[0]) is None:
         return _unary(node, label, transpose_build(-2, -1))
     raise _Unsupported(f"attribute {node.args[1]!r}")
-
-
-def _call_matmul(node: Any, label: str, params: _Params) -> _Op:
-    """a @ b, torch.matmul, torch.bmm of two computed values (the bilinear matmul
-    operator); ``x @ W`` with a 2-D parameter W is the linear operator with W^T."""
-    from torch.fx import Node
-
-    a = _arg(node, 0, "input")
-    b = node.args[1] if len(node.args) > 1 else node.kwargs.get("other", node.kwargs.get("mat2"))
-    if not (isinstance(a, Node) and isinstance(b, Node)) or params(a) is not None:
-        raise _Unsupported("matmul of a constant or a parameter on the left")
-    w = params(b)
-    if w is not None:
-        if w.ndim != 2:
-            raise _Unsupported("matmul with a parameter of rank other than 2")
-        return _unary(node, label, _const([REGISTRY["linear"](w.T.copy(), None)]))  # type: ignore[call-arg]
-    return _Op(label, (a, b), node, merge=lambda shapes: REGISTRY["matmul"]())
-
-
-def _call_truediv(node: Any, label: str, params: _Params) -> _Op:
-    """x / c for a constant power of two c (attention's 1 / sqrt(d) for d a power
-    of 4): the scale operator with factor 1 / c, the same rounded value."""
-    from torch.fx import Node
-
-    x, c = node.args[0] if node.args else None, _arg(node, 1, "other")
-    if not isinstance(x, Node) or params(x) is not None or isinstance(c, Node):
-        raise _Unsupported("division of or by a tensor")
-    if node.kwargs.get("rounding_mode") is not None:
-        raise _Unsupported("rounding_mode")
-    if not power_of_two(c):
-        raise _Unsupported(f"division by {c!r}: only by a power of two (x / c and x * (1/c) "
-                           "round differently otherwise); multiply by the reciprocal")  # fmt: skip
-    return _unary(node, label, _const([REGISTRY["scale"](1.0 / float(c))]))  # type: ignore[call-arg]
 
 
 def _call_sdpa(node: Any, label: str, params: _Params) -> list[_Op]:
@@ -823,80 +578,72 @@ def _call_sdpa(node: Any, label: str, params: _Params) -> list[_Op]:
     return sdpa_ops(label, q, k, v, node, sdpa_factor(scale, int(qshape[-1]) if qshape else 1))
 
 
-# in-place forms too: torch_alias redirects later reads of the written value to the write
-# and refuses reads of other views of the overwritten storage
-_METHODS: dict[Any, _CallOp] = {
-    **{m: _activation(kind) for m, kind in _ACTIVATION_METHODS.items()},
-    **dict.fromkeys(("clamp", "clamp_", "clip", "clip_"), _clamp("min", "max")),
-    **dict.fromkeys(("contiguous", "clone", "detach"), _call_identity),
-    "softmax": _method_softmax,
-    "flatten": _call_flatten,
-    "view": _method_reshape,
-    "reshape": _method_reshape,
-    "add": _method_add,
-    "add_": _method_add,
-    "mul": _call_mul,
-    "mul_": _call_mul,
-    "mean": _call_mean,
-    "sum": _call_sum,
-    "split": _call_split,
-    "chunk": _call_split,
-    "transpose": _call_transpose,
-    "swapaxes": _call_transpose,
-    "permute": _call_permute,
-    "unflatten": _call_unflatten,
-    "matmul": _call_matmul,
-    "div": _call_truediv,
-}
+def _declare(table: dict[Any, _CallOp], key: Any, convert: _CallOp, what: str) -> None:
+    if key in table:  # pragma: no cover - a programming error
+        raise ValueError(f"{what} declared twice")
+    table[key] = convert
+
+
+def _fx_target(dotted: str) -> Any:
+    """The torch object a dotted name of an operator's ``fx_functions`` names
+    (``"torch.nn.functional.relu"``, ``"operator.matmul"``)."""
+    module, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _method_converters() -> dict[Any, _CallOp]:
+    """call_method names: each registered operator's ``fx_methods`` to its ``from_fx``,
+    then the methods that are no one operator's (identities, reshapes, add, split); each
+    name declared once (tests/test_import_patterns.py).  In-place forms too: torch_alias
+    redirects later reads of the written value to the write and refuses reads of other
+    views of the overwritten storage."""
+    table: dict[Any, _CallOp] = {}
+    for op in dict.fromkeys(REGISTRY.values()):  # a class standing for several types once
+        for name in op.fx_methods:
+            _declare(table, name, op.from_fx, f"tensor method {name!r}")
+    stay: dict[str, _CallOp] = {
+        **dict.fromkeys(("contiguous", "clone", "detach"), _call_identity),
+        "view": _method_reshape,
+        "reshape": _method_reshape,
+        "add": _method_add,  # two values; x.add(constant) is refused
+        "add_": _method_add,
+        "split": _call_split,
+        "chunk": _call_split,
+    }
+    for name, convert in stay.items():
+        _declare(table, name, convert, f"tensor method {name!r}")
+    return table
+
+
+_METHODS: dict[Any, _CallOp] = _method_converters()
 
 
 @functools.cache
 def _function_converters() -> dict[Any, _CallOp]:
-    """call_function targets (torch imported lazily); no target is in two groups."""
+    """call_function targets (torch imported lazily): each registered operator's
+    ``fx_functions`` to its ``from_fx``, then the targets that are no one operator's
+    (add: a residual add or a constant node and an add; reshape, split and indexing:
+    slices and reshapes; ``x.mT`` and shape queries; SDPA: its decomposition); each
+    target declared once (tests/test_import_patterns.py)."""
     import torch
     import torch.nn.functional as F
 
-    dropouts = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-                F.feature_alpha_dropout, torch.dropout)  # fmt: skip
-    groups: list[tuple[tuple[Any, ...], _CallOp]] = [
-        ((F.relu, torch.relu, torch.relu_, F.relu_), _activation("relu")),
-        ((F.relu6,), _activation("relu6")),
-        ((F.hardtanh, F.hardtanh_), _clamp("min_val", "max_val", -1.0, 1.0)),
-        ((torch.clamp, torch.clip, torch.clamp_, torch.clip_), _clamp("min", "max")),
-        ((torch.tanh, F.tanh, torch.tanh_), _activation("tanh")),
-        ((torch.sigmoid, F.sigmoid, torch.sigmoid_), _activation("sigmoid")),
-        ((F.gelu,), _call_gelu),
-        ((F.silu,), _activation("silu")),
-        ((F.hardswish,), _activation("hardswish")),
-        ((F.hardsigmoid,), _activation("hardsigmoid")),
-        ((F.elu, F.elu_), _call_elu),
-        ((F.leaky_relu, F.leaky_relu_), _call_leaky_relu),
-        ((F.softmax, torch.softmax), _call_softmax),
-        ((torch.flatten,), _call_flatten),
-        ((torch.reshape,), _call_reshape),
-        (dropouts, _call_dropout),
-        ((F.batch_norm,), _call_batch_norm),
-        ((F.rms_norm, torch.rms_norm), _call_rms_norm),
-        ((F.max_pool2d, F.avg_pool2d), _call_pool),
-        ((F.linear,), _call_linear),
-        ((F.conv2d,), _call_conv2d),
+    table: dict[Any, _CallOp] = {}
+    for op in dict.fromkeys(REGISTRY.values()):  # a class standing for several types once
+        for name in op.fx_functions:
+            _declare(table, _fx_target(name), op.from_fx, f"call_function target {name!r}")
+    stay: list[tuple[tuple[Any, ...], _CallOp]] = [
         ((operator.add, operator.iadd, torch.add), _call_add),
-        ((operator.mul, operator.imul, torch.mul), _call_mul),
-        ((F.adaptive_avg_pool2d,), _call_adaptive_avg_pool),
-        ((torch.mean,), _call_mean),
-        ((torch.sum,), _call_sum),
+        ((torch.reshape,), _call_reshape),
         ((torch.split, torch.chunk), _call_split),
-        ((torch.cat, torch.concat), _call_cat),
         ((operator.getitem,), _call_getitem),
-        ((torch.transpose, torch.swapaxes), _call_transpose),
-        ((torch.permute,), _call_permute),
-        ((torch.unflatten,), _call_unflatten),
         ((getattr,), _call_getattr),
-        ((operator.matmul, torch.matmul, torch.bmm), _call_matmul),
-        ((operator.truediv, torch.div), _call_truediv),
         ((F.scaled_dot_product_attention,), _call_sdpa),
     ]
-    return {target: convert for targets, convert in groups for target in targets}
+    for targets, convert in stay:
+        for target in targets:
+            _declare(table, target, convert, f"call_function target {target!r}")
+    return table
 
 
 def _arg_nodes(n: Any) -> list[Any]:

@@ -39,19 +39,17 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from ..errors import SpecError
-from ..layers import Activation, BatchNorm, Conv2d, Layer, LayerNorm, Pool2d, RMSNorm, Shape
+from ..layers import Shape
 from ..model import Model
 from ..operators import REGISTRY
-from .builders import _const, _flatten_dims, _flatten_layers, _gelu, _pair, _softmax_build
+from .builders import _const, _flatten_layers
 from .graph import Array, Build, _Graph, _Op, _to_model, _Unsupported
 from .torch_attention import _Builder, mha_ops
 from .torch_layout import (
-    permute_build,
     power_of_two,
     sdpa_factor,
     sdpa_ops,
     sdpa_options,
-    transpose_build,
 )
 
 BATCH = 3  # the example batch: odd, so that it rarely equals a per-input size
@@ -103,10 +101,6 @@ def _unary(n: Any, label: str, ctx: _Ctx, build: Build, ew: bool = False) -> lis
     return [_Op(label, (_computed(n, ctx),), n, build, elementwise=ew)]
 
 
-def _layers(*layers: Layer, ew: bool = False) -> _Conv:
-    return lambda n, label, ctx: _unary(n, label, ctx, _const(list(layers)), ew)
-
-
 def _need(ctx: _Ctx, a: Any, what: str) -> Array:
     p = ctx.param(a)
     if p is None:
@@ -118,117 +112,13 @@ def _opt(ctx: _Ctx, a: Any, what: str) -> Array | None:
     return None if a is None else _need(ctx, a, what)
 
 
-# -- converters: one function per aten op (or a small group) ---------------------------------
-def _conv2d(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    pad = _a(n, 4, "padding", 0)
-    if isinstance(pad, str):
-        raise _Unsupported(f"padding={pad!r}")
-    conv = Conv2d(_need(ctx, n.args[1], "weight"), _opt(ctx, _a(n, 2, "bias"), "bias"),
-                  _pair(_a(n, 3, "stride", 1)), _pair(pad), _pair(_a(n, 5, "dilation", 1)),
-                  int(_a(n, 6, "groups", 1)))  # fmt: skip
-    return _unary(n, label, ctx, _const([conv]))
-
-
-def _linear(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    from .from_torch import _linear_build
-
-    w = _need(ctx, n.args[1], "weight")
-    return _unary(n, label, ctx, _linear_build(w, _opt(ctx, _a(n, 2, "bias"), "bias")))
-
-
-def _batch_norm(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    """aten.batch_norm(x, w, b, mean, var, training, momentum, eps, cudnn) and
-    _native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps)."""
-    legit = "legit" in str(n.target)
-    if not legit and _a(n, 5, "training"):
-        raise _Unsupported("training=True normalises by batch statistics")
-    eps = _a(n, 6 if legit else 7, "eps", 1e-5)
-    mean, var = _need(ctx, n.args[3], "running_mean"), _need(ctx, n.args[4], "running_var")
-    w, b = _opt(ctx, n.args[1], "weight"), _opt(ctx, n.args[2], "bias")
-    bn = BatchNorm(mean, var, w, b, float(eps))
-    return _unary(n, label, ctx, _const([bn]))
-
-
+# -- converters of ops that are no one operator's (the rest: the operators' from_aten) -------
 def _getitem(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     """Item 0 of a tuple-valued op (the batch norm's output)."""
     src, i = n.args
     if i != 0 or "batch_norm" not in str(getattr(src, "target", "")):
         raise _Unsupported(f"item {i} of {getattr(src, 'name', src)}")
     return [_Op(label, (src,), n, _const([]), elementwise=True)]
-
-
-def _hardtanh(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    from .from_torch import _relu6_layer
-
-    layer = _relu6_layer(_a(n, 1, "min_val", -1.0), _a(n, 2, "max_val", 1.0))
-    return _unary(n, label, ctx, _const([layer]), True)
-
-
-def _gelu_op(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    build, _ = _gelu(_a(n, 1, "approximate", "none"))
-    return _unary(n, label, ctx, build, True)
-
-
-def _elu(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    from .from_torch import _elu_layer
-
-    if _a(n, 2, "scale", 1) != 1 or _a(n, 3, "input_scale", 1) != 1:
-        raise _Unsupported("scale or input_scale other than 1 (SELU/CELU)")
-    return _unary(n, label, ctx, _const([_elu_layer(_a(n, 1, "alpha", 1.0))]), True)
-
-
-def _leaky_relu(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    slope = float(_a(n, 1, "negative_slope", 0.01))
-    return _unary(n, label, ctx, _const([Activation("leaky_relu", slope)]), True)
-
-
-def _softmax(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    extra = _a(n, 2, "half_to_float" if "_softmax" in str(n.target) else "dtype")
-    if extra:
-        raise _Unsupported("with a dtype")
-    return _unary(n, label, ctx, _softmax_build(n.args[1]))
-
-
-def _layer_norm(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    ns = tuple(int(d) for d in n.args[1])
-    ln = LayerNorm(ns, _opt(ctx, _a(n, 2, "weight"), "weight"), _opt(ctx, _a(n, 3, "bias"), "bias"),
-                   float(_a(n, 4, "eps", 1e-5)))  # fmt: skip
-    return _unary(n, label, ctx, _const([ln]))
-
-
-def _rms_norm(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    from .from_torch import _rms_eps
-
-    ns = tuple(int(d) for d in n.args[1])
-    layer = RMSNorm(ns, _opt(ctx, _a(n, 2, "weight"), "weight"), _rms_eps(_a(n, 3, "eps")))
-    return _unary(n, label, ctx, _const([layer]))
-
-
-def _pool(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    kind = "max" if "max" in str(n.target) else "avg"
-    k = _pair(n.args[1])
-    st = _a(n, 2, "stride")
-    st = _pair(st) if st else k
-    pad = _pair(_a(n, 3, "padding", 0))
-    if kind == "max":
-        bad = _pair(_a(n, 4, "dilation", 1)) != (1, 1) or _a(n, 5, "ceil_mode", False)
-    else:
-        bad = (_a(n, 4, "ceil_mode", False) or _a(n, 6, "divisor_override") is not None
-               or (not _a(n, 5, "count_include_pad", True) and any(pad)))  # fmt: skip
-    if bad:
-        raise _Unsupported("ceil_mode, dilation, divisor_override or count_include_pad")
-    return _unary(n, label, ctx, _const([Pool2d(kind, k, st, pad)]))
-
-
-def _adaptive_pool(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    from .from_torch import _adaptive_avg
-
-    return _unary(n, label, ctx, _adaptive_avg(list(n.args[1])))
-
-
-def _flatten(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    s, e = int(_a(n, 1, "start_dim", 0)), int(_a(n, 2, "end_dim", -1))
-    return _unary(n, label, ctx, lambda shape: _flatten_dims(shape, s, e))
 
 
 def _reshape(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
@@ -245,14 +135,6 @@ def _dropout(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     if _a(n, 2, "train") and _a(n, 1, "p") != 0:
         raise _Unsupported("train=True (random also in eval mode)")
     return _identity(n, label, ctx)
-
-
-def _transpose(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    return _unary(n, label, ctx, transpose_build(int(n.args[1]), int(n.args[2])))
-
-
-def _permute(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    return _unary(n, label, ctx, permute_build([int(d) for d in n.args[1]]))
 
 
 def _expand(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
@@ -286,30 +168,6 @@ def _add(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     return [const, _Op(label, (value, const.output), n)]
 
 
-def _cat(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    from ..layers import Concat
-    from .from_torch import cat_ops
-
-    values, dim = list(n.args[0]), int(_a(n, 1, "dim", 0))
-    nd = len(ctx.shape(n)) + 1
-    d = dim % nd if -nd <= dim < nd else dim
-    if d == 0:
-        raise _Unsupported("cat along the batch axis")
-    if any(ctx.param(v) is not None for v in values):
-        raise _Unsupported("cat of a parameter without expand to the batch")
-    consts = {i: ctx.expanded[v] for i, v in enumerate(values) if v in ctx.expanded}
-    return cat_ops(n, label, values, consts, lambda shapes: Concat(d - 1))
-
-
-def _mean(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    from .from_torch import _spatial_mean
-
-    dims = _a(n, 1, "dim")
-    if not dims or _a(n, 3, "dtype") is not None:
-        raise _Unsupported("mean over every axis or with a dtype")
-    return _unary(n, label, ctx, _spatial_mean(list(dims), bool(_a(n, 2, "keepdim", False))))
-
-
 def _select(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     """x.select(dim, i) = x[:, ..., i] on a per-input axis."""
     from .from_torch import _index_layers
@@ -335,18 +193,6 @@ def _slice(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     return _unary(n, label, ctx, lambda shape: _index_layers(index, shape))
 
 
-def _matmul(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    a, b = n.args[0], n.args[1]
-    if ctx.const(a) is not None:
-        raise _Unsupported("matmul with a parameter on the left")
-    w = ctx.param(b)
-    if w is not None:
-        if w.ndim != 2:
-            raise _Unsupported("matmul with a parameter of rank other than 2")
-        return _unary(n, label, ctx, _const([REGISTRY["linear"](w.T.copy(), None)]))  # type: ignore[call-arg]
-    return [_Op(label, (a, b), n, merge=lambda shapes: REGISTRY["matmul"]())]
-
-
 def _scalar(n: Any, divide: bool) -> float:
     c = n.args[1]
     if hasattr(c, "op") or not isinstance(c, int | float) or isinstance(c, bool):
@@ -364,12 +210,6 @@ def _mul(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     return _unary(n, label, ctx, _const([REGISTRY["scale"](_scalar(n, False))]))  # type: ignore[call-arg]
 
 
-def _div(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
-    if n.kwargs.get("rounding_mode") is not None:
-        raise _Unsupported("rounding_mode")
-    return _unary(n, label, ctx, _const([REGISTRY["scale"](_scalar(n, True))]))  # type: ignore[call-arg]
-
-
 def _sdpa(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
     q, k, v = n.args[:3]
     sdpa_options(_a(n, 3, "attn_mask"), _a(n, 4, "dropout_p", 0.0), _a(n, 5, "is_causal", False),
@@ -382,49 +222,31 @@ def _sdpa(n: Any, label: str, ctx: _Ctx) -> list[_Op]:
 
 
 def _converters() -> dict[str, _Conv]:
-    """aten overload packets (``str(op.overloadpacket)``) -> converter."""
-    table: dict[str, _Conv] = {
-        "aten.conv2d": _conv2d,
-        "aten.linear": _linear,
-        "aten.batch_norm": _batch_norm,
-        "aten._native_batch_norm_legit_no_training": _batch_norm,
+    """aten overload packets (``str(op.overloadpacket)``) -> converter: each registered
+    operator's ``aten_ops`` to its ``from_aten``, then the ops that are no one operator's
+    (add, mul: by their operands; select, slice, getitem, expand, reshapes: index and
+    reshape machinery; identities and eval-mode dropout: no layer; SDPA: its
+    decomposition); each op declared once (tests/test_import_patterns.py)."""
+    table: dict[str, _Conv] = {}
+    stay: dict[str, _Conv] = {
         "getitem": _getitem,
-        "aten.hardtanh": _hardtanh,
-        "aten.relu6": _layers(Activation("relu6"), ew=True),
-        "aten.gelu": _gelu_op,
-        "aten.elu": _elu,
-        "aten.leaky_relu": _leaky_relu,
-        "aten.softmax": _softmax,
-        "aten._softmax": _softmax,
-        "aten.layer_norm": _layer_norm,
-        "aten.rms_norm": _rms_norm,
-        "aten.max_pool2d": _pool,
-        "aten.avg_pool2d": _pool,
-        "aten.adaptive_avg_pool2d": _adaptive_pool,
-        "aten.flatten": _flatten,
         "aten.dropout": _dropout,
-        "aten.transpose": _transpose,
-        "aten.swapaxes": _transpose,
-        "aten.permute": _permute,
-        "aten.mT": lambda n, label, ctx: _unary(n, label, ctx, transpose_build(-2, -1)),
         "aten.expand": _expand,
         "aten.add": _add,
-        "aten.cat": _cat,
-        "aten.mean": _mean,
         "aten.select": _select,
         "aten.slice": _slice,
-        "aten.matmul": _matmul,
-        "aten.bmm": _matmul,
         "aten.mul": _mul,
-        "aten.div": _div,
         "aten.scaled_dot_product_attention": _sdpa,
-    }
-    for kind in ("relu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid"):
-        table[f"aten.{kind}"] = _layers(Activation(kind), ew=True)
-    for name in ("view", "reshape", "_unsafe_view", "unflatten", "squeeze", "unsqueeze"):
-        table[f"aten.{name}"] = _reshape
-    for name in ("contiguous", "clone", "alias", "detach"):
-        table[f"aten.{name}"] = _identity
+        **{f"aten.{name}": _reshape for name in ("view", "reshape", "_unsafe_view", "unflatten",
+                                                 "squeeze", "unsqueeze")},
+        **{f"aten.{name}": _identity for name in ("contiguous", "clone", "alias", "detach")},
+    }  # fmt: skip
+    declared = [(name, op.from_aten) for op in dict.fromkeys(REGISTRY.values())
+                for name in op.aten_ops]  # fmt: skip
+    for name, convert in [*declared, *stay.items()]:
+        if name in table:  # pragma: no cover - a programming error
+            raise ValueError(f"aten op {name!r} declared twice")
+        table[name] = convert
     return table
 
 

@@ -157,6 +157,65 @@ class Activation(Operator):
         act = cls(type_name, negative_slope=0.2, alpha=0.7)
         return Model(type_name, (5,), (Dense(w1, b1), act, Dense(w2)))
 
+    # F.relu_ is torch.relu_ (one object, declared once)
+    fx_functions = tuple(f"torch.nn.functional.{k}" for k in (
+        "relu", "relu6", "hardtanh", "hardtanh_", "tanh", "sigmoid", "gelu", "silu",
+        "hardswish", "hardsigmoid", "elu", "elu_", "leaky_relu", "leaky_relu_")) + tuple(
+        f"torch.{k}" for k in ("relu", "relu_", "clamp", "clip", "clamp_", "clip_", "tanh",
+                               "tanh_", "sigmoid", "sigmoid_"))  # fmt: skip
+    fx_methods = ("relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "clamp", "clamp_",
+                  "clip", "clip_")  # fmt: skip
+    aten_ops = tuple(f"aten.{k}" for k in ("hardtanh", "relu6", "gelu", "elu", "leaky_relu",
+                                           "relu", "sigmoid", "tanh", "silu", "hardswish",
+                                           "hardsigmoid"))  # fmt: skip
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """F.relu, torch.relu, x.relu() and the other activations (in-place forms too);
+        hardtanh, clamp and clip to [0, 6] are ReLU6; by the function's or method's name."""
+        from ..importers.builders import _const, _gelu
+        from ..importers.from_torch import _arg, _elu_layer, _relu6_layer, _unary
+
+        t = node.target
+        kind = (t if isinstance(t, str) else t.__name__).rstrip("_")
+        if kind == "hardtanh":
+            layer = _relu6_layer(_arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0))
+        elif kind in ("clamp", "clip"):
+            layer = _relu6_layer(_arg(node, 1, "min"), _arg(node, 2, "max"))
+        elif kind == "gelu":
+            return _unary(node, label, _gelu(_arg(node, 1, "approximate", "none"))[0],
+                          elementwise=True)  # fmt: skip
+        elif kind == "elu":
+            layer = _elu_layer(_arg(node, 1, "alpha", 1.0))
+        elif kind == "leaky_relu":
+            layer = cls("leaky_relu", float(_arg(node, 1, "negative_slope", 0.01)))
+        else:  # relu, relu6, tanh, sigmoid, silu, hardswish, hardsigmoid
+            layer = cls(kind)
+        return _unary(node, label, _const([layer]), elementwise=True)
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        """aten.relu and the other activations; aten.hardtanh to [0, 6] is ReLU6."""
+        from ..importers.builders import _const, _gelu
+        from ..importers.from_torch import _elu_layer, _relu6_layer
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _a, _kind, _unary
+
+        kind = _kind(n).removeprefix("aten.")
+        if kind == "hardtanh":
+            layer = _relu6_layer(_a(n, 1, "min_val", -1.0), _a(n, 2, "max_val", 1.0))
+        elif kind == "gelu":
+            return _unary(n, label, ctx, _gelu(_a(n, 1, "approximate", "none"))[0], True)
+        elif kind == "elu":
+            if _a(n, 2, "scale", 1) != 1 or _a(n, 3, "input_scale", 1) != 1:
+                raise _Unsupported("scale or input_scale other than 1 (SELU/CELU)")
+            layer = _elu_layer(_a(n, 1, "alpha", 1.0))
+        elif kind == "leaky_relu":
+            layer = cls("leaky_relu", float(_a(n, 1, "negative_slope", 0.01)))
+        else:  # relu6, relu, sigmoid, tanh, silu, hardswish, hardsigmoid
+            layer = cls(kind)
+        return _unary(n, label, ctx, _const([layer]), True)
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         if spec.type == "elu":

@@ -15,7 +15,9 @@ A registered operator (:func:`register`) carries, in one file:
   ``torch_forward``) and ``mpmath_forward`` (the high-precision oracle);
 - its import patterns: the ``torch.nn`` leaf modules it stands for
   (``torch_module_classes``, ``from_torch_module``) and the ONNX op types it
-  imports (``onnx_ops``, ``from_onnx``).
+  imports (``onnx_ops``, ``from_onnx``), the ``torch.fx`` calls (``fx_functions``,
+  ``fx_methods``, ``from_fx``) and the ``torch.export`` aten ops (``aten_ops``,
+  ``from_aten``) it stands for.
 
 Every layer type is an operator, found through :data:`REGISTRY` by the model
 loader, the engines, the executors and the memory estimate, never dispatched by
@@ -255,6 +257,43 @@ class Operator:
         input.  Nodes the operator cannot express raise the importer's ``_Unsupported``
         (the node is then counted as unsupported)."""
         raise OperatorUnsupported(f"{cls.__name__} imports no ONNX op")
+
+    fx_functions: ClassVar[tuple[str, ...]] = ()
+    """The ``torch.fx`` call_function targets the torch importer turns into this
+    operator, as dotted names of torch objects (``"torch.nn.functional.softmax"``,
+    ``"torch.relu"``, ``"operator.matmul"``) that the importer resolves lazily; each
+    target is declared by one operator at most.  The importer's table is these, each to
+    :meth:`from_fx`, plus its own converters of targets that are no one operator's
+    (add, getitem, split, reshape, SDPA, ...)
+    (:func:`fperr.importers.from_torch._function_converters`)."""
+    fx_methods: ClassVar[tuple[str, ...]] = ()
+    """The tensor method names (``torch.fx`` call_method nodes: ``"softmax"``,
+    ``"relu_"``) the torch importer turns into this operator, each to :meth:`from_fx`,
+    declared by one operator at most (:data:`fperr.importers.from_torch._METHODS`)."""
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """A ``torch.fx`` node of :attr:`fx_functions` or :attr:`fx_methods` converted, as
+        the torch importer's converters do: the importer's op (or ops) reading the node's
+        value arguments; ``params(a)`` the module tensor an argument node reads, or None.
+        A class with several entries dispatches on ``node.target`` (the torch object or
+        the method name).  Calls the operator cannot express raise the importer's
+        ``_Unsupported`` (the node is then listed as unsupported)."""
+        raise OperatorUnsupported(f"{cls.__name__} imports no torch.fx call")
+
+    aten_ops: ClassVar[tuple[str, ...]] = ()
+    """The aten overload packets (``"aten.softmax"``, as ``str(op.overloadpacket)``) the
+    ``torch.export`` importer turns into this operator, each to :meth:`from_aten`,
+    declared by one operator at most; the importer adds its own converters of ops that
+    are no one operator's (:func:`fperr.importers.torch_export._converters`)."""
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        """An aten node ``n`` of an op of :attr:`aten_ops` converted, as the
+        ``torch.export`` importer's converters do: the list of the importer's ops;
+        ``ctx`` its parameters and per-input shapes.  Nodes the operator cannot express
+        raise the importer's ``_Unsupported``."""
+        raise OperatorUnsupported(f"{cls.__name__} imports no aten op")
 
 
 REGISTRY: dict[str, type[Operator]] = {}

@@ -82,6 +82,31 @@ class BatchNorm(Operator):
         head = rng.normal(size=(3, 3 * 4 * 4)) / 4
         return Model("batchnorm", (2, 6, 6), (Conv2d(w), bn, Flatten(), Dense(head)))
 
+    fx_functions = ("torch.nn.functional.batch_norm",)
+    aten_ops = ("aten.batch_norm", "aten._native_batch_norm_legit_no_training")
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        from ..importers.from_torch import _batch_norm, _unary
+
+        return _unary(node, label, _batch_norm(node, params))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        """aten.batch_norm(x, w, b, mean, var, training, momentum, eps, cudnn) and
+        _native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps)."""
+        from ..importers.builders import _const
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _a, _need, _opt, _unary
+
+        legit = "legit" in str(n.target)
+        if not legit and _a(n, 5, "training"):
+            raise _Unsupported("training=True normalises by batch statistics")
+        eps = _a(n, 6 if legit else 7, "eps", 1e-5)
+        mean, var = _need(ctx, n.args[3], "running_mean"), _need(ctx, n.args[4], "running_var")
+        w, b = _opt(ctx, n.args[1], "weight"), _opt(ctx, n.args[2], "bias")
+        return _unary(n, label, ctx, _const([cls(mean, var, w, b, float(eps))]))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(weights.need(spec.running_mean, where, 1),

@@ -58,6 +58,49 @@ class Concat(Operator):
         return Model("concat", (1, 4, 4), layers, wiring=wiring,
                      names=("a", "b", "ab", "flat", "out"))  # fmt: skip
 
+    # parameters broadcast to the batch (a class token) become constant nodes that the
+    # concat reads (from_torch.cat_ops)
+    fx_functions = ("torch.cat", "torch.concat")
+    aten_ops = ("aten.cat",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """torch.cat along one axis of computed values and parameters (a class token
+        ``cls.expand(x.shape[0], -1, -1)``): a graph's concat, parameters as constants."""
+        from torch.fx import Node
+
+        from ..importers.from_torch import _arg, _expanded_parameter, cat_ops
+        from ..importers.graph import _Unsupported
+
+        values = _arg(node, 0, "tensors")
+        dim = int(_arg(node, 1, "dim", 0))
+        if not isinstance(values, list | tuple) or not all(isinstance(v, Node) for v in values):
+            raise _Unsupported("cat of constants")
+        if dim == 0:
+            raise _Unsupported("cat along the batch axis")
+        expanded = {i: _expanded_parameter(v, params) for i, v in enumerate(values)}
+        consts = {i: p for i, p in expanded.items() if p is not None}
+        if any(params(v) is not None for v in values):
+            raise _Unsupported("cat of a parameter without expand to the batch")
+        return cat_ops(node, label, values, consts,
+                       lambda shapes: cls(dim - 1 if dim > 0 else len(shapes[0]) + dim))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.from_torch import cat_ops
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _a
+
+        values, dim = list(n.args[0]), int(_a(n, 1, "dim", 0))
+        nd = len(ctx.shape(n)) + 1
+        d = dim % nd if -nd <= dim < nd else dim
+        if d == 0:
+            raise _Unsupported("cat along the batch axis")
+        if any(ctx.param(v) is not None for v in values):
+            raise _Unsupported("cat of a parameter without expand to the batch")
+        consts = {i: ctx.expanded[v] for i, v in enumerate(values) if v in ctx.expanded}
+        return cat_ops(n, label, values, consts, lambda shapes: cls(d - 1))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(spec.axis)

@@ -100,6 +100,38 @@ class Conv2d(Operator):
             cls(w1, b1, padding=(1, 1)), cls(w2, None, (2, 2), (0, 1), (2, 1), 2),
             Flatten(), Dense(head)))  # fmt: skip
 
+    fx_functions = ("torch.nn.functional.conv2d",)
+    aten_ops = ("aten.conv2d",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        from ..importers.builders import _const, _pair
+        from ..importers.from_torch import _arg, _unary
+        from ..importers.graph import _Unsupported
+
+        w = params(_arg(node, 1, "weight"))
+        pad = _arg(node, 4, "padding", 0)
+        if w is None or isinstance(pad, str):
+            raise _Unsupported("weight is not a parameter, or string padding")
+        conv = cls(w, params(_arg(node, 2, "bias")), _pair(_arg(node, 3, "stride", 1)),
+                   _pair(pad), _pair(_arg(node, 5, "dilation", 1)),
+                   int(_arg(node, 6, "groups", 1)))  # fmt: skip
+        return _unary(node, label, _const([conv]))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _const, _pair
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _a, _need, _opt, _unary
+
+        pad = _a(n, 4, "padding", 0)
+        if isinstance(pad, str):
+            raise _Unsupported(f"padding={pad!r}")
+        conv = cls(_need(ctx, n.args[1], "weight"), _opt(ctx, _a(n, 2, "bias"), "bias"),
+                   _pair(_a(n, 3, "stride", 1)), _pair(pad), _pair(_a(n, 5, "dilation", 1)),
+                   int(_a(n, 6, "groups", 1)))  # fmt: skip
+        return _unary(n, label, ctx, _const([conv]))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         weight = weights.need(spec.weight, where, 4)

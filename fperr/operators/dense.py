@@ -62,6 +62,31 @@ class Dense(Operator):
         w2 = rng.normal(size=(3, 8)) / 3
         return Model("dense", (6,), (cls(w1, b1), cls(w2)))
 
+    # F.linear and aten.linear build this operator on vectors and the linear operator on
+    # the last axis of anything else (from_torch._linear_build chooses by rank): declared
+    # here, on the common case, as nn.Linear is
+    fx_functions = ("torch.nn.functional.linear",)
+    aten_ops = ("aten.linear",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        from ..importers.from_torch import _arg, _linear_build, _unary
+        from ..importers.graph import _Unsupported
+
+        w = params(_arg(node, 1, "weight"))
+        if w is None:
+            raise _Unsupported("weight is not a parameter")
+        b = params(_arg(node, 2, "bias"))
+        return _unary(node, label, _linear_build(w, b), hint=(int(w.shape[1]),))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.from_torch import _linear_build
+        from ..importers.torch_export import _a, _need, _opt, _unary
+
+        w = _need(ctx, n.args[1], "weight")
+        return _unary(n, label, ctx, _linear_build(w, _opt(ctx, _a(n, 2, "bias"), "bias")))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         weight = weights.need(spec.weight, where, 2)

@@ -50,6 +50,17 @@ class Dropout(MovesValues):
         w1, w2 = rng.normal(size=(5, 4)) / 2, rng.normal(size=(3, 5)) / 2
         return Model("dropout", (4,), (Dense(w1), cls(0.1), Dense(w2)))
 
+    fx_functions = (*(f"torch.nn.functional.{k}" for k in (
+        "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+        "feature_alpha_dropout")), "torch.dropout")  # fmt: skip
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """F.dropout and its variants, torch.dropout (eval mode: see from_torch._dropout)."""
+        from ..importers.from_torch import _dropout, _unary
+
+        return _unary(node, label, _dropout(node), elementwise=True)
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(spec.p)

@@ -65,6 +65,29 @@ class Flatten(MovesValues):
 
         return Model("flatten", (2, 3, 2), (cls(), Dense(rng.normal(size=(3, 12)) / 4)))
 
+    # a flatten to vectors is this operator; a partial one (start_dim > 1 or end_dim
+    # before the last axis) is a reshape (builders._flatten_layers chooses by shape)
+    fx_functions = ("torch.flatten",)
+    fx_methods = ("flatten",)
+    aten_ops = ("aten.flatten",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """torch.flatten(x, start_dim, end_dim) and x.flatten(...)."""
+        from ..importers.builders import _flatten_dims
+        from ..importers.from_torch import _arg, _unary
+
+        s, e = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
+        return _unary(node, label, lambda shape: _flatten_dims(shape, s, e))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _flatten_dims
+        from ..importers.torch_export import _a, _unary
+
+        s, e = int(_a(n, 1, "start_dim", 0)), int(_a(n, 2, "end_dim", -1))
+        return _unary(n, label, ctx, lambda shape: _flatten_dims(shape, s, e))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls()

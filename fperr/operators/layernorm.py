@@ -129,6 +129,18 @@ class LayerNorm(Norm):
         return Model("layernorm", (5,), (Dense(w1, b1), Reshape((2, 4)), ln, Flatten(),
                                          Dense(rng.normal(size=(3, 8)) / 3)))  # fmt: skip
 
+    aten_ops = ("aten.layer_norm",)
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _const
+        from ..importers.torch_export import _a, _opt, _unary
+
+        ns = tuple(int(d) for d in n.args[1])
+        ln = cls(ns, _opt(ctx, _a(n, 2, "weight"), "weight"), _opt(ctx, _a(n, 3, "bias"), "bias"),
+                 float(_a(n, 4, "eps", 1e-5)))  # fmt: skip
+        return _unary(n, label, ctx, _const([ln]))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         weight = weights.get(spec.weight, where)

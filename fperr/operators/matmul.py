@@ -79,6 +79,51 @@ class MatMul(Operator):
         names = ("q", "k", "kt", "scores", "flat", "out")
         return Model("matmul", (2, 4, 6), layers, wiring=wiring, names=names)
 
+    # x @ W with a 2-D parameter W is the linear operator with W^T (by the operands,
+    # as ONNX MatMul of a weight is dense): declared here, on a @ b of two values
+    fx_functions = ("operator.matmul", "torch.matmul", "torch.bmm")
+    fx_methods = ("matmul",)
+    aten_ops = ("aten.matmul", "aten.bmm")
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """a @ b, torch.matmul, torch.bmm, a.matmul(b) of two computed values."""
+        from torch.fx import Node
+
+        from ..importers.builders import _const
+        from ..importers.from_torch import _arg, _unary
+        from ..importers.graph import _Op, _Unsupported
+        from .base import REGISTRY
+
+        a = _arg(node, 0, "input")
+        b = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+            "other", node.kwargs.get("mat2"))  # fmt: skip
+        if not (isinstance(a, Node) and isinstance(b, Node)) or params(a) is not None:
+            raise _Unsupported("matmul of a constant or a parameter on the left")
+        w = params(b)
+        if w is not None:
+            if w.ndim != 2:
+                raise _Unsupported("matmul with a parameter of rank other than 2")
+            return _unary(node, label, _const([REGISTRY["linear"](w.T.copy(), None)]))  # type: ignore[call-arg]
+        return _Op(label, (a, b), node, merge=lambda shapes: cls())
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _const
+        from ..importers.graph import _Op, _Unsupported
+        from ..importers.torch_export import _unary
+        from .base import REGISTRY
+
+        a, b = n.args[0], n.args[1]
+        if ctx.const(a) is not None:
+            raise _Unsupported("matmul with a parameter on the left")
+        w = ctx.param(b)
+        if w is not None:
+            if w.ndim != 2:
+                raise _Unsupported("matmul with a parameter of rank other than 2")
+            return _unary(n, label, ctx, _const([REGISTRY["linear"](w.T.copy(), None)]))  # type: ignore[call-arg]
+        return [_Op(label, (a, b), n, merge=lambda shapes: cls())]
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls()

@@ -47,6 +47,35 @@ class Mean(Sum):
     divides = True
     onnx_ops = ("ReduceMean", "GlobalAveragePool")
 
+    # a mean over H and W of [C, H, W] is built as a global average pool (and a flatten
+    # without keepdim), as before (from_torch._spatial_mean chooses by shape); over other
+    # axes (tokens) this operator: declared here, on the common case
+    fx_functions = ("torch.mean",)
+    fx_methods = ("mean",)
+    aten_ops = ("aten.mean",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """x.mean(dims) and torch.mean(x, dims)."""
+        from ..importers.from_torch import _arg, _spatial_mean, _unary
+        from ..importers.graph import _Unsupported
+
+        dims = _arg(node, 1, "dim")
+        if dims is None or _arg(node, 3, "dtype") is not None:
+            raise _Unsupported("mean over every axis or with a dtype")
+        return _unary(node, label, _spatial_mean(dims, bool(_arg(node, 2, "keepdim", False))))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.from_torch import _spatial_mean
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _a, _unary
+
+        dims = _a(n, 1, "dim")
+        if not dims or _a(n, 3, "dtype") is not None:
+            raise _Unsupported("mean over every axis or with a dtype")
+        return _unary(n, label, ctx, _spatial_mean(list(dims), bool(_a(n, 2, "keepdim", False))))
+
     @classmethod
     def from_onnx(cls, cv: Cv, n: onnx.NodeProto, s: Site) -> None:
         """ReduceMean over axes other than the batch's (attributes, or an input from

@@ -84,6 +84,26 @@ class Mul(Operator):
         wiring = ((-1,), (-1,), (0, 1), (2,))
         return Model("mul", (6,), layers, wiring=wiring, names=("a", "b", "ab", "out"))
 
+    fx_functions = ("operator.mul", "operator.imul", "torch.mul")
+    fx_methods = ("mul", "mul_")
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """x * y, x *= y, torch.mul(x, y), x.mul(y) of two computed values of one shape
+        (both carry error); by a constant or a parameter: refused."""
+        from torch.fx import Node
+
+        from ..importers.from_torch import _arg
+        from ..importers.graph import _Op, _Unsupported
+
+        x = node.args[0] if node.args else node.kwargs.get("input")
+        other = _arg(node, 1, "other")
+        if not (isinstance(x, Node) and isinstance(other, Node)):
+            raise _Unsupported()  # x * constant: not a shape query either
+        if params(x) is not None or params(other) is not None:
+            raise _Unsupported("mul by a parameter")
+        return _Op(label, (x, other), node, merge=lambda shapes: cls())
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls()

@@ -50,6 +50,39 @@ class Permute(Operator):
         w = rng.normal(size=(3, 12)) / 4
         return Model("permute", (2, 3, 2), (cls((2, 0, 1)), Flatten(), Dense(w)))
 
+    fx_functions = ("torch.transpose", "torch.swapaxes", "torch.permute")
+    fx_methods = ("transpose", "swapaxes", "permute")
+    aten_ops = ("aten.transpose", "aten.swapaxes", "aten.permute", "aten.mT")
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """x.transpose(a, b), torch.transpose / swapaxes; x.permute(*dims),
+        x.permute(dims), torch.permute(x, dims) (nothing for the identity)."""
+        from ..importers.from_torch import _arg, _unary
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_layout import constant_dims, permute_build, transpose_build
+
+        t = node.target
+        if (t if isinstance(t, str) else t.__name__) == "permute":
+            dims = node.args[1:] or (node.kwargs.get("dims"),)
+            return _unary(node, label, permute_build(constant_dims(dims)))
+        a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+        if not (isinstance(a, int) and isinstance(b, int)):
+            raise _Unsupported("dims are not constants")
+        return _unary(node, label, transpose_build(a, b))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.torch_export import _kind, _unary
+        from ..importers.torch_layout import permute_build, transpose_build
+
+        kind = _kind(n)
+        if kind == "aten.permute":
+            return _unary(n, label, ctx, permute_build([int(d) for d in n.args[1]]))
+        if kind == "aten.mT":
+            return _unary(n, label, ctx, transpose_build(-2, -1))
+        return _unary(n, label, ctx, transpose_build(int(n.args[1]), int(n.args[2])))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(tuple(spec.axes))

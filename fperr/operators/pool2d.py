@@ -97,6 +97,64 @@ class Pool2d(Operator):
         return Model(type_name, (2, 6, 6), (Conv2d(w, None, padding=(1, 1)), pool, Flatten(),
                                             Dense(head)))  # fmt: skip
 
+    fx_functions = ("torch.nn.functional.max_pool2d", "torch.nn.functional.avg_pool2d",
+                    "torch.nn.functional.adaptive_avg_pool2d")  # fmt: skip
+    aten_ops = ("aten.max_pool2d", "aten.avg_pool2d", "aten.adaptive_avg_pool2d")
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """F.max_pool2d and F.avg_pool2d without the options the IR lacks;
+        F.adaptive_avg_pool2d as a plain average pool (sizes that divide)."""
+        import torch.nn.functional as F
+
+        from ..importers.builders import _const, _pair
+        from ..importers.from_torch import _adaptive_avg, _arg, _unary
+        from ..importers.graph import _Unsupported
+
+        if node.target is F.adaptive_avg_pool2d:
+            return _unary(node, label, _adaptive_avg(_arg(node, 1, "output_size")))
+        kind = "max" if node.target is F.max_pool2d else "avg"
+        k = _pair(_arg(node, 1, "kernel_size"))
+        st = _arg(node, 2, "stride")
+        st = _pair(st) if st else k
+        pad = _pair(_arg(node, 3, "padding", 0))
+        if kind == "max":
+            dil = _pair(_arg(node, 4, "dilation", 1))
+            bad = (
+                dil != (1, 1)
+                or _arg(node, 5, "ceil_mode", False)
+                or _arg(node, 6, "return_indices", False)
+            )
+        else:
+            bad = (_arg(node, 4, "ceil_mode", False) or _arg(node, 6, "divisor_override")
+                   or (not _arg(node, 5, "count_include_pad", True) and any(pad)))  # fmt: skip
+        if bad:
+            raise _Unsupported("options")
+        return _unary(node, label, _const([cls(kind, k, st, pad)]))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _const, _pair
+        from ..importers.from_torch import _adaptive_avg
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _a, _kind, _unary
+
+        if _kind(n) == "aten.adaptive_avg_pool2d":
+            return _unary(n, label, ctx, _adaptive_avg(list(n.args[1])))
+        kind = "max" if "max" in str(n.target) else "avg"
+        k = _pair(n.args[1])
+        st = _a(n, 2, "stride")
+        st = _pair(st) if st else k
+        pad = _pair(_a(n, 3, "padding", 0))
+        if kind == "max":
+            bad = _pair(_a(n, 4, "dilation", 1)) != (1, 1) or _a(n, 5, "ceil_mode", False)
+        else:
+            bad = (_a(n, 4, "ceil_mode", False) or _a(n, 6, "divisor_override") is not None
+                   or (not _a(n, 5, "count_include_pad", True) and any(pad)))  # fmt: skip
+        if bad:
+            raise _Unsupported("ceil_mode, dilation, divisor_override or count_include_pad")
+        return _unary(n, label, ctx, _const([cls(kind, k, st, pad)]))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         k = pair(spec.kernel_size)

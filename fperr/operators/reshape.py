@@ -45,6 +45,21 @@ class Reshape(MovesValues):
         w = rng.normal(size=(2, 1, 2, 2)) / 2
         return Model("reshape", (12,), (cls((1, 3, 4)), Conv2d(w), Flatten()))
 
+    fx_functions = ("torch.unflatten",)
+    fx_methods = ("unflatten",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """x.unflatten(dim, sizes) and torch.unflatten, as nn.Unflatten (a reshape; nothing
+        when the sizes keep the shape)."""
+        from ..importers.from_torch import _arg, _unary, _unflatten
+        from ..importers.graph import _Unsupported
+
+        dim, sizes = _arg(node, 1, "dim"), _arg(node, 2, "sizes")
+        if not isinstance(dim, int) or not all(isinstance(d, int) for d in sizes or ()):
+            raise _Unsupported("dim or sizes are not constants")
+        return _unary(node, label, _unflatten(int(dim), tuple(int(x) for x in sizes)))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(tuple(spec.shape))

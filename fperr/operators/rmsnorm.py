@@ -74,6 +74,41 @@ class RMSNorm(Norm):
         return Model("rmsnorm", (5,), (Dense(w1, b1), Reshape((2, 4)), norm, Flatten(),
                                        Dense(rng.normal(size=(3, 8)) / 3)))  # fmt: skip
 
+    fx_functions = ("torch.nn.functional.rms_norm", "torch.rms_norm")
+    aten_ops = ("aten.rms_norm",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """F.rms_norm(x, normalized_shape, weight, eps) and torch.rms_norm, eps given."""
+        from ..importers.builders import _const
+        from ..importers.from_torch import _arg, _rms_eps, _unary
+        from ..importers.graph import _Unsupported
+
+        ns, wnode = _arg(node, 1, "normalized_shape"), _arg(node, 2, "weight")
+        eps = _arg(node, 3, "eps")
+        w = None if wnode is None else params(wnode)
+        if wnode is not None and w is None:
+            raise _Unsupported("weight is not a module tensor")
+        if eps is None:  # nn.RMSNorm's None is pinned; a call's None is left to the user
+            raise _Unsupported("eps=None (torch then picks it by dtype): pass eps, e.g. "
+                               "torch.finfo(torch.float32).eps, what float32 runs use")
+        if not isinstance(eps, int | float):
+            raise _Unsupported("eps is not a constant")
+        dims = (ns,) if isinstance(ns, int) else tuple(ns or ())
+        if not dims or not all(isinstance(d, int) for d in dims):
+            raise _Unsupported("normalized_shape is not constant")
+        return _unary(node, label, _const([cls(tuple(dims), w, _rms_eps(eps))]))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _const
+        from ..importers.from_torch import _rms_eps
+        from ..importers.torch_export import _a, _opt, _unary
+
+        ns = tuple(int(d) for d in n.args[1])
+        layer = cls(ns, _opt(ctx, _a(n, 2, "weight"), "weight"), _rms_eps(_a(n, 3, "eps")))
+        return _unary(n, label, ctx, _const([layer]))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         weight = weights.get(spec.weight, where)

@@ -117,6 +117,42 @@ class Scale(Operator):
         return Model("scale", (5,), (Dense(w1, rng.normal(size=6) * 0.1),
                                      cls(1 / math.sqrt(6)), Dense(w2)))  # fmt: skip
 
+    fx_functions = ("operator.truediv", "torch.div")
+    fx_methods = ("div",)
+    aten_ops = ("aten.div",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """x / c for a constant power of two c (attention's 1 / sqrt(d) for d a power
+        of 4): this operator with factor 1 / c, the same rounded value."""
+        from torch.fx import Node
+
+        from ..importers.builders import _const
+        from ..importers.from_torch import _arg, _unary
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_layout import power_of_two
+
+        x, c = node.args[0] if node.args else None, _arg(node, 1, "other")
+        if not isinstance(x, Node) or params(x) is not None or isinstance(c, Node):
+            raise _Unsupported("division of or by a tensor")
+        if node.kwargs.get("rounding_mode") is not None:
+            raise _Unsupported("rounding_mode")
+        if not power_of_two(c):
+            raise _Unsupported(f"division by {c!r}: only by a power of two (x / c and "
+                               "x * (1/c) round differently otherwise); multiply by the "
+                               "reciprocal")  # fmt: skip
+        return _unary(node, label, _const([cls(1.0 / float(c))]))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _const
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _scalar, _unary
+
+        if n.kwargs.get("rounding_mode") is not None:
+            raise _Unsupported("rounding_mode")
+        return _unary(n, label, ctx, _const([cls(_scalar(n, True))]))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(spec.factor)

@@ -68,6 +68,35 @@ class Softmax(Operator):
         return Model("softmax", (4,), (Dense(w1), Reshape((2, 3)), cls(0), Flatten(), Dense(w2),
                                        cls()))  # fmt: skip
 
+    fx_functions = ("torch.nn.functional.softmax", "torch.softmax")
+    fx_methods = ("softmax",)
+    aten_ops = ("aten.softmax", "aten._softmax")
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """x.softmax(dim), F.softmax(x, dim, _stacklevel, dtype), torch.softmax(x, dim, dtype)."""
+        import torch.nn.functional as F
+
+        from ..importers.builders import _softmax_build
+        from ..importers.from_torch import _arg, _unary
+        from ..importers.graph import _Unsupported
+
+        if node.op != "call_method":
+            if _arg(node, 3 if node.target is F.softmax else 2, "dtype") is not None:
+                raise _Unsupported("with dtype")
+        return _unary(node, label, _softmax_build(_arg(node, 1, "dim")))
+
+    @classmethod
+    def from_aten(cls, n: Any, label: str, ctx: Any) -> Any:
+        from ..importers.builders import _softmax_build
+        from ..importers.graph import _Unsupported
+        from ..importers.torch_export import _a, _unary
+
+        extra = _a(n, 2, "half_to_float" if "_softmax" in str(n.target) else "dtype")
+        if extra:
+            raise _Unsupported("with a dtype")
+        return _unary(n, label, ctx, _softmax_build(n.args[1]))
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(spec.axis)

@@ -80,6 +80,32 @@ class Sum(Operator):
         w = rng.normal(size=(3, 8)) / 2
         return Model(cls.type, (2, 5, 4), (cls((1,), keepdims=True), Flatten(), Dense(w)))
 
+    fx_functions = ("torch.sum",)
+    fx_methods = ("sum",)
+
+    @classmethod
+    def from_fx(cls, node: Any, label: str, params: Any) -> Any:
+        """x.sum(dims) and torch.sum(x, dims): the sum operator over per-input axes."""
+        from ..importers.from_torch import _arg, _unary
+        from ..importers.graph import _Unsupported
+
+        dims = _arg(node, 1, "dim")
+        if dims is None or _arg(node, 3, "dtype") is not None:
+            raise _Unsupported("sum over every axis or with a dtype")
+        keepdim = bool(_arg(node, 2, "keepdim", False))
+
+        def build(shape: Shape) -> list[Any]:
+            nd = len(shape) + 1
+            given = [int(v) for v in ((dims,) if isinstance(dims, int) else dims)]
+            if not all(-nd <= v < nd for v in given):
+                raise SpecError(f"sum over dims {dims}: out of range for rank {nd}")
+            d = sorted(v % nd for v in given)
+            if 0 in d:
+                raise SpecError(f"sum over dims {dims}: the batch axis cannot be summed")
+            return [cls(tuple(a - 1 for a in d), keepdim)]
+
+        return _unary(node, label, build)
+
     @classmethod
     def from_spec(cls, spec: Any, weights: Weights, where: str) -> Operator:
         return cls(tuple(spec.axes), spec.keepdims)
