@@ -89,8 +89,8 @@ class Mul(Operator):
 
     @classmethod
     def from_fx(cls, node: Any, label: str, params: Any) -> Any:
-        """x * y, x *= y, torch.mul(x, y), x.mul(y) of two computed values of one shape
-        (both carry error); by a constant or a parameter: refused."""
+        """``x * y``, ``x *= y``, ``torch.mul(x, y)``, ``x.mul(y)`` of two computed values of
+        one shape (both carry error); by a constant or a parameter: refused."""
         from torch.fx import Node
 
         from ..importers.from_torch import _arg

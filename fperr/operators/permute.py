@@ -56,8 +56,8 @@ class Permute(Operator):
 
     @classmethod
     def from_fx(cls, node: Any, label: str, params: Any) -> Any:
-        """x.transpose(a, b), torch.transpose / swapaxes; x.permute(*dims),
-        x.permute(dims), torch.permute(x, dims) (nothing for the identity)."""
+        """``x.transpose(a, b)``, ``torch.transpose`` / ``swapaxes``; ``x.permute(*dims)``,
+        ``x.permute(dims)``, ``torch.permute(x, dims)`` (nothing for the identity)."""
         from ..importers.from_torch import _arg, _unary
         from ..importers.graph import _Unsupported
         from ..importers.torch_layout import constant_dims, permute_build, transpose_build
