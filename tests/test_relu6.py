@@ -177,7 +177,7 @@ def test_slope_range_unbounded_and_nan_intervals() -> None:
 
 
 def test_one_kink_slope_range_on_unbounded_nan_and_point_intervals() -> None:
-    """The one-kink path (ReLU, leaky ReLU) on the ends the grid above lacks."""
+    """One kink (ReLU, leaky ReLU, any slope) on the ends the grid above lacks."""
     lo = np.array([-np.inf, -np.inf, 0.5, -np.inf, np.nan, 0.0, -1.0, 2.0])
     hi = np.array([np.inf, -1.0, np.inf, 0.0, 1.0, 0.0, 0.0, np.nan])
     for alpha in (0.0, 0.25, -0.5, 3.0):

@@ -487,8 +487,6 @@ def piecewise_slopes(
     interior: it carries no error (r = 0), and gets the two adjacent pieces'
     slopes; NaN ends (no enclosure) get every slope.
     """
-    if len(slopes) == 2:  # one kink (ReLU, leaky ReLU): the same hull, fewer passes
-        return _two_piece_slopes(kinks[0], slopes[0], slopes[1], lo, hi)
     inf = np.inf
     edges = [-inf, *kinks, inf]
     opened = [(lo < edges[i + 1]) & (hi > edges[i]) for i in range(len(slopes))]
@@ -499,26 +497,6 @@ def piecewise_slopes(
         touched = o | (none_open & c) | none_closed
         dlo = np.where(touched, np.minimum(dlo, s), dlo)
         dhi = np.where(touched, np.maximum(dhi, s), dhi)
-    return dlo, dhi
-
-
-def _two_piece_slopes(k: float, s0: float, s1: float, lo: Array,
-                      hi: Array) -> tuple[Array, Array]:  # fmt: skip
-    """:func:`piecewise_slopes` with one kink ``k``: piece 0 (-inf, k), piece 1 (k, inf).
-    Piece i is touched where [lo, hi] meets its interior, where it meets no interior
-    but touches the piece's closure (a point at the kink), or where it meets no
-    closure (NaN ends); the slope range is the hull of the touched pieces' slopes."""
-    with np.errstate(invalid="ignore"):
-        open0, open1 = (lo < k) & (hi > -np.inf), (lo < np.inf) & (hi > k)
-        shut0, shut1 = (lo <= k) & (hi >= -np.inf), (lo <= np.inf) & (hi >= k)
-    none_open = ~(open0 | open1)
-    none_shut = ~(shut0 | shut1)
-    t0 = open0 | (none_open & shut0) | none_shut
-    t1 = open1 | (none_open & shut1) | none_shut
-    both = t0 & t1
-    lo_s, hi_s = min(s0, s1), max(s0, s1)
-    dlo = np.where(both, lo_s, np.where(t0, s0, s1))
-    dhi = np.where(both, hi_s, np.where(t0, s0, s1))
     return dlo, dhi
 
 
