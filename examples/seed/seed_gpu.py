@@ -39,6 +39,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fperr.certify import tolerance
+from fperr.hardware.suite import device_label
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from architectures import MODELS, load_weights  # noqa: E402
@@ -95,12 +98,6 @@ def float64_logits(net: torch.nn.Module, X: Array, device: str) -> Array:
                                .numpy() for s in range(0, len(X), FULL_BATCH)])  # fmt: skip
 
 
-def gap(y: Array) -> Array:
-    """Top-1 minus top-2 of each row (the lemma's tolerance Gamma)."""
-    top = np.sort(y, axis=1)
-    return np.asarray(top[:, -1] - top[:, -2])
-
-
 def model_row(name: str, X: Array, labels: npt.NDArray[np.int64], n_batch1: int,
               device: str) -> dict[str, Any]:  # fmt: skip
     net = load_weights(MODELS[name](), str(HERE / f"{name}.npz")).eval()
@@ -123,7 +120,7 @@ def model_row(name: str, X: Array, labels: npt.NDArray[np.int64], n_batch1: int,
             row[f"seconds_{run}_b{batch}"] = time.perf_counter() - t
     base = outs["fp32"].get(FULL_BATCH)
     assert base is not None, "the float32 run failed"
-    gamma = gap(base)
+    gamma = tolerance(base)  # the lemma's Gamma: top-1 minus top-2
     row["acc_float64"] = float(np.mean(ref.argmax(axis=1) == labels))
     delta: dict[str, Array] = {}
     for run, per_batch in outs.items():
@@ -156,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print("seed_gpu: no CUDA device", file=sys.stderr)
         return 2
     X, labels, source = load_test_images(args.n, quiet=True)
-    label = "cpu"
-    if args.device.startswith("cuda"):
-        label = "".join(c if c.isalnum() or c in ".-" else "_"
-                        for c in torch.cuda.get_device_name(torch.device(args.device)))  # fmt: skip
+    label = device_label(args.device)
     out = Path(args.out) / label
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -149,7 +149,6 @@ def _explain(
         # its row alone, not K rows (61,504 of them through a convolution took 80 s)
         only = np.zeros((pick.size, K), dtype=bool)
         only[np.arange(pick.size), np.argmax(result.bound[pick], axis=1)] = True
-        engine = "backward"
     sharp = bound(model, X[pick], result.low_arith, result.reference_arith, engine=engine,
                   rows=only, **opts)  # fmt: skip
     return replace(
