@@ -55,7 +55,8 @@ def _dot_test(step_adjoint, forward, in_shape, out_shape, rng, n=3, r=2):
 
 @pytest.mark.parametrize(
     ("cin", "cout", "k", "stride", "pad", "dil", "groups"),
-    [(3, 4, 3, 1, 1, 1, 1), (4, 6, 3, 2, 0, 1, 2), (2, 2, 2, 1, 2, 2, 2), (4, 8, 1, 3, 1, 1, 4)],
+    [(3, 4, 3, 1, 1, 1, 1), (4, 6, 3, 2, 0, 1, 2), (2, 2, 2, 1, 2, 2, 2), (4, 8, 1, 3, 1, 1, 4),
+     (5, 5, 3, 1, 1, 1, 5)],  # the last depthwise, as in MobileNetV2
 )
 def test_conv_adjoint_is_the_transpose(cin, cout, k, stride, pad, dil, groups):
     rng = np.random.default_rng(cin * 7 + k)

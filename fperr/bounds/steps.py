@@ -160,24 +160,29 @@ def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> St
 
 def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
     """Adjoint of ``layer``'s convolution (no bias, exact weights): (M, C_out, H', W')
-    -> (M, C, H, W), the transpose of im2col followed by the GEMM (col2im)."""
+    -> (M, C, H, W), the transpose of im2col followed by the GEMM (col2im).
+
+    The GEMM is W_g^T G (every group at once), whose (M, C, kh kw, H' W') result
+    reshapes to the patches without a copy; col2im is one strided add per kernel
+    offset."""
     M = g.shape[0]
     c, h, w_ = in_shape
     (kh, kw), (sh, sw) = layer.kernel, layer.stride
     (ph, pw), (dh, dw) = layer.padding, layer.dilation
     ho, wo = g.shape[2:]
-    og, cg = layer.weight.shape[0] // layer.groups, c // layer.groups
-    gf = g.reshape(M, g.shape[1], ho * wo)
+    groups = layer.groups
+    og, cg = layer.weight.shape[0] // groups, c // groups
+    if groups == 1:  # one plain GEMM per row block
+        d = np.matmul(layer.weight.reshape(og, -1).T, g.reshape(M, og, ho * wo))
+    else:  # (G, cg kh kw, og) @ (M, G, og, L): a batched GEMM over the groups
+        wt = layer.weight.reshape(groups, og, -1).transpose(0, 2, 1)
+        d = np.matmul(wt, g.reshape(M, groups, og, ho * wo))
+    d = d.reshape(M, c, kh, kw, ho, wo)
     xp = np.zeros((M, c, h + 2 * ph, w_ + 2 * pw))
-    for grp in range(layer.groups):
-        wg = layer.weight[grp * og : (grp + 1) * og].reshape(og, -1)  # (og, cg kh kw)
-        cols = gf[:, grp * og : (grp + 1) * og].transpose(0, 2, 1) @ wg  # (M, L, cg kh kw)
-        d = cols.transpose(0, 2, 1).reshape(M, cg, kh, kw, ho, wo)
-        part = xp[:, grp * cg : (grp + 1) * cg]
-        for i in range(kh):
-            for j in range(kw):
-                hi, wj = i * dh, j * dw
-                part[:, :, hi : hi + sh * ho : sh, wj : wj + sw * wo : sw] += d[:, :, i, j]
+    for i in range(kh):
+        for j in range(kw):
+            hi, wj = i * dh, j * dw
+            xp[:, :, hi : hi + sh * ho : sh, wj : wj + sw * wo : sw] += d[:, :, i, j]
     return xp[:, :, ph : ph + h, pw : pw + w_]
 
 
