@@ -213,7 +213,14 @@ def _observed(model: Model, X: np.ndarray) -> np.ndarray:
 def test_backward_ranges_sound_and_as_tight_on_examples(name):
     """Default (sharpened) ranges: the median bound equals the zonotope's to 1%;
     single outputs may be up to 20% looser, where units left unsharpened (their
-    interval range under SHARPEN of their value) feed second-order terms."""
+    interval range under SHARPEN of their value) feed second-order terms.
+
+    Without max pooling the backward bound is never below the zonotope's (its
+    ranges are wider, and every rule is monotone in the range).  A max-pool
+    window chooses, by its radii, between passing the winner's error on with a
+    box and a box alone (:func:`fperr.bounds.rules.maxpool_local`), so on the
+    CNN either engine may come out ahead on single outputs (the backward one by
+    up to 9% here)."""
     model, X, _ = load_example(name)
     X = X[:150]
     obs = _observed(model, X)
@@ -221,7 +228,8 @@ def test_backward_ranges_sound_and_as_tight_on_examples(name):
     zono = bound_run(model, X, LOW, engine="zonotope")
     assert np.all(back.radius >= obs)
     ratio = back.radius / zono.radius
-    assert ratio.min() >= 1 - 1e-9 and np.median(ratio) <= 1.01 and ratio.max() <= 1.2, (
+    lowest = 1 - 1e-9 if name == "mlp" else 0.85
+    assert ratio.min() >= lowest and np.median(ratio) <= 1.01 and ratio.max() <= 1.2, (
         ratio.min(), np.median(ratio), ratio.max())
 
 

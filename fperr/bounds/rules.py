@@ -743,26 +743,45 @@ def avgpool_local(layer: Pool2d, x: Array, r: Array, ctx: Context) -> tuple[Arra
 def maxpool_local(
     layer: Pool2d, x: Array, r: Array
 ) -> tuple[Array, npt.NDArray[np.int64], npt.NDArray[np.bool_], Array]:
-    """(y, src, sure, box) of max pooling: the flat input index of each window's
-    winner (N, m), whether it wins for every run, and the box max_i r_i where not."""
+    """(y, src, keep, box) of max pooling: the flat input index of each window's
+    winner w (N, m) in this run, whether its error passes through, and a box.
+
+    Any run's values a'_i lie within 2 r_i of ours, a_i, and the exact ones
+    within r_i, so with the gaps g_i = a_w - a_i, the error of any run's max is
+    the winner's error e'_w plus delta = max_i (a'_i - a'_w) - max_i (a*_i -
+    a*_w), where 0 <= max_i (a'_i - a'_w) <= max_{i != w} (2 (r_i + r_w) - g_i)_+
+    = D and 0 <= max_i (a*_i - a*_w) <= D: |delta| <= D.  A window keeps the
+    winner's path with the box D where D is below max_i r_i, else the error is
+    the box max_i r_i alone (|max a' - max a*| <= max_i |a'_i - a*_i|).  D is 0
+    where the winner wins for every run (g_i > 2 (r_i + r_w) for every rival).
+    """
     k = layer.kernel[0] * layer.kernel[1]
     wv, wr = layer.windows(x), layer.windows(r)
-    wr = np.where(np.isfinite(wv), wr, 0.0)  # padding never carries error
+    pad = ~np.isfinite(wv)  # padding slots (-inf) never win and never carry error
+    wr = np.where(pad, 0.0, wr)
     arg = np.argmax(wv, axis=-1)
     y = np.take_along_axis(wv, arg[..., None], -1)[..., 0]  # the forward's max, exactly
-    top = np.take_along_axis(wv - 2 * wr, arg[..., None], -1)[..., 0]
-    rivals = np.where(np.arange(k) == arg[..., None], -np.inf, wv + 2 * wr).max(axis=-1)
-    sure = top > rivals
+    r_w = np.take_along_axis(wr, arg[..., None], -1)[..., 0]
+    rival = (np.arange(k) != arg[..., None]) & ~pad
+    with np.errstate(invalid="ignore"):  # inf radii: inf - inf where a gap is inf
+        reach = 2 * (wr + r_w[..., None]) - (y[..., None] - wv)
+    reach = np.where(np.isnan(reach), np.inf, reach)
+    d = np.where(rival, np.maximum(reach, 0.0), 0.0).max(axis=-1)
+    widest = wr.max(axis=-1)
+    # the path where its box is the smaller one: the winner's error then goes on
+    # signed (random roundings in quadrature), where the box alone is worst case
+    keep = d < widest
+    keep |= d == 0  # a sure winner (or no rival): exact
     N = x.shape[0]
     win_idx = np.maximum(window_index(layer, x.shape[1:]), 0)  # padding slots never win
     flat_w = np.broadcast_to(win_idx, (N, *win_idx.shape))
     src = np.take_along_axis(flat_w, arg[..., None], -1)[..., 0].reshape(N, -1)
-    return y, src, sure, np.where(sure, 0.0, wr.max(axis=-1))
+    return y, src, keep, np.where(keep, d, widest)
 
 
 def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
-    """Max: exact; the error is the winner's when it wins for every run, else a
-    box max_i r_i (|max a - max b| <= max |a_i - b_i|).  Avg: linear map plus
+    """Max: the winner's error plus a box where a rival may win, or the box
+    max_i r_i alone where that is smaller (:func:`maxpool_local`).  Avg: linear map plus
     the sum's accumulation error (Higham 2002, eq. 4.4) and one storage rounding."""
     x = enc.value
     r = enc.radius()
@@ -772,9 +791,9 @@ def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclos
         lin = lambda cols: layer.windows(cols).sum(axis=-1) / k  # noqa: E731
         out = enc.linear(y, lin, ctx.matrix_of(layer, x.shape[1:], lin))
         return out.add_box(local, index, random=True)
-    y, src, sure, box = maxpool_local(layer, x, r)
+    y, src, keep, box = maxpool_local(layer, x, r)
     overlapping = any(s < k for s, k in zip(layer.stride, layer.kernel, strict=True))
-    out = enc.gather_rows(y, src, sure.astype(np.float64), overlapping)
+    out = enc.gather_rows(y, src, keep.astype(np.float64), overlapping)
     return out.add_box(box, index, random=False)
 
 

@@ -227,8 +227,8 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int) -> St
             return np.asarray((mat.T @ lam.reshape(N * R, m).T).T).reshape(N, R, n)
 
         return Step(y, adjoint_avg, image, group, [(_flat(local), True)])
-    y, src, sure, box = maxpool_local(layer, x, r)
-    keep = _flat(sure.astype(np.float64))
+    y, src, kept, box = maxpool_local(layer, x, r)
+    keep = _flat(kept.astype(np.float64))
     image = np.take_along_axis(_flat(r), src, axis=1) * keep
 
     def adjoint_max(lam: Array) -> Array:
