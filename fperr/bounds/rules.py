@@ -522,8 +522,13 @@ def activation_pieces(layer: Activation) -> tuple[tuple[float, ...], tuple[float
 def activation_local(
     layer: Activation, z: Array, r: Array, ctx: Context
 ) -> tuple[Array, Array, Array, Array]:
-    """(y, dc, dr, local): the stored output, the centre and half-width of f' over
-    [z - 2r, z + 2r] (mean value form), and the function's own error."""
+    """(y, d, rem, local): the stored output, the slope d that carries the
+    incoming error, the remainder box rem >= |f(a') - f(a*) - d (a' - a*)| for any
+    run's a' and the exact a* (both in [z - 2r, z + 2r], |a' - a*| <= r), and the
+    function's own error.  Mean value form: d the centre and rem / r the
+    half-width of f' over [z - 2r, z + 2r]; piecewise linear functions take the
+    slope of z's own piece instead where its remainder is smaller
+    (:func:`piece_remainder`)."""
     a = ctx.arith
     y = layer.forward(z, a)
     lo, hi = z - 2 * r, z + 2 * r
@@ -558,7 +563,37 @@ def activation_local(
         if layer.type != "sigmoid":
             fmin = np.where((lo <= 0) & (hi >= 0), 0.0, fmin)
         local = ctx.func_error(layer.type, fmag, fmin)
-    return y, (dlo + dhi) / 2, (dhi - dlo) / 2, local
+    dc, rem = (dlo + dhi) / 2, (dhi - dlo) / 2 * r
+    if pieces is not None:
+        d_own, rem_own = piece_remainder(*pieces, z, r)
+        own = rem_own < rem  # False where either is NaN: the mean value form stays
+        dc, rem = np.where(own, d_own, dc), np.where(own, rem_own, rem)
+    return y, dc, rem, local
+
+
+def piece_remainder(
+    kinks: Sequence[float], slopes: Sequence[float], z: Array, r: Array
+) -> tuple[Array, Array]:
+    """(d, rem) of a continuous piecewise linear function (as in
+    :func:`piecewise_slopes`) with d the slope of the piece holding z (the left
+    one at a kink): f(a') - f(a*) - d (a' - a*) is the integral of f' - d over
+    [a*, a'], of length <= r inside [z - 2r, z + 2r], so it is at most
+    sum over pieces p of |s_p - d| min(r, |[z - 2r, z + 2r] meet p|).  On ReLU
+    with 0 < z < 2r this is 2r - z, below the mean value form's r / 2 where
+    z > 1.5 r: the error goes on unscaled with a box that vanishes as the
+    kink leaves the range."""
+    edges = [-np.inf, *kinks, np.inf]
+    own = np.searchsorted(np.asarray(kinks, dtype=np.float64), z, side="left")
+    s = np.asarray(slopes, dtype=np.float64)
+    d = s[np.minimum(own, len(slopes) - 1)]  # NaN z sorts last
+    lo, hi = z - 2 * r, z + 2 * r
+    rem = np.zeros(np.shape(z))
+    with np.errstate(invalid="ignore"):  # inf radii: inf - inf at the outer pieces
+        for p, s_p in enumerate(slopes):
+            meet = np.minimum(hi, edges[p + 1]) - np.maximum(lo, edges[p])
+            part = np.abs(s_p - d) * np.minimum(r, np.maximum(meet, 0.0))
+            rem = rem + np.where(s_p == d, 0.0, part)
+    return d, rem
 
 
 def elu_error(alpha: float, fmag: Array, fmin: Array, ctx: Context) -> Array:
@@ -595,9 +630,9 @@ def activation_rule(layer: Activation, enc: Enclosure, ctx: Context, index: int)
     """Mean value form: f(z_hat) - f(z) = f'(xi)(z_hat - z), f'(xi) enclosed over
     [z_hat - 2r, z_hat + 2r]; the spread of f' becomes a deterministic box."""
     r = enc.radius()
-    y, dc, dr, local = activation_local(layer, enc.value, r, ctx)
+    y, dc, rem, local = activation_local(layer, enc.value, r, ctx)
     out = enc.scale_rows(y, dc)
-    out = out.add_box(dr * r, index, random=False)
+    out = out.add_box(rem, index, random=False)
     return out.add_box(local, index, random=True)
 
 

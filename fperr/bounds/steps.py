@@ -249,9 +249,9 @@ def shape_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step
 
 # -- elementwise and normalisation -----------------------------------------------------
 def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: int) -> Step:
-    y, dc, dr, local = activation_local(layer, x, r, ctx)
+    y, dc, rem, local = activation_local(layer, x, r, ctx)
     d = _flat(dc)
-    boxes = [(_flat(dr * r), False), (_flat(local), True)]
+    boxes = [(_flat(rem), False), (_flat(local), True)]
     return Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes)
 
 
