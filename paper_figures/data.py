@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from fperr import examples
 from fperr.arith import Emulated, Exact
-from fperr.bounds import BoundResult, RunBound, bound_run
+from fperr.bounds import RunBound, bound, bound_run
 from fperr.certify import CertifyResult
 from fperr.model import Model, load_model
 
@@ -150,21 +150,14 @@ def certificate(
 
 @cache
 def _certificate(name: str, n: int, storage: str, accumulate: str) -> CertifyResult:
-    """What ``fperr.certify.certify(model, X, labels, low, reference)`` returns,
-    assembled from cached runs (the binary32 reference run is shared by all
-    low-precision arithmetics)."""
+    """What ``fperr.certify.certify(model, X, labels, low, reference)`` returns
+    without its cascade: ``fperr.bound`` on both runs (the low one anchored on the
+    reference's values)."""
     m = model(name)
-    low = arith(storage, accumulate)
-    ref = arith(*REFERENCE)
-    lo = run(name, n, storage, accumulate)
-    rf = run(name, n, *REFERENCE)
-    names = ["input"] + [f"{i}:{layer.type}" for i, layer in enumerate(m.layers)]
-    b = BoundResult(
-        low=lo, reference=rf, low_arith=low, reference_arith=ref, method="deterministic",
-        layer_names=names,
-    )  # fmt: skip
+    X = dataset(name).inputs[:n]
+    b = bound(m, X, arith(storage, accumulate), arith(*REFERENCE))
     return CertifyResult(
-        model_name=m.name, bounds=b, y_ref=rf.output, y_low=lo.output,
+        model_name=m.name, bounds=b, y_ref=b.reference.output, y_low=b.low.output,
         labels=labels(name, n),
     )  # fmt: skip
 

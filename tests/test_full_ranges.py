@@ -169,3 +169,47 @@ def test_full_ranges_do_not_depend_on_the_batch():
         alone = bound_run(model, X[i : i + 1], LOW, engine="backward", ranges="full",
                           method="probabilistic")  # fmt: skip
         np.testing.assert_allclose(alone.radius[0], batched.radius[i], rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["deterministic", "probabilistic"])
+def test_ranges_carried_through_relu_and_max_pooling_are_the_sharpened_ones(method, monkeypatch):
+    """ReLU and max pooling map backward bounds to backward bounds (their images
+    with deterministic boxes only), so the units they carry are not sharpened
+    again: the bound equals the one with rows pulled back at every such input."""
+    import fperr.bounds.steps as S
+
+    model = load_example("cnn")
+    X = digits()[0][:40]
+    carried = bound_run(model, X, LOW, engine="backward", ranges="full", method=method)
+    pulled = {"rows": 0}
+    real_sharpen = B.sharpen_radius
+
+    def counting(tape, t, *args, **kw):
+        before = tape.steps[t].sharp
+        pulled["rows"] += 0 if before is None else int(before.sum())
+        return real_sharpen(tape, t, *args, **kw)
+
+    for name in ("pool_step", "activation_step"):
+        real = getattr(S, name)
+
+        def no_carry(*args, _real=real, **kw):
+            step = _real(*args, **kw)
+            step.carry = None
+            return step
+
+        monkeypatch.setattr(S, name, no_carry)
+    monkeypatch.setattr(B, "sharpen_radius", counting)
+    every = bound_run(model, X, LOW, engine="backward", ranges="full", method=method)
+    assert pulled["rows"] == 0  # nothing carried: every wide unit got its rows
+    np.testing.assert_allclose(carried.radius, every.radius, rtol=1e-12)
+    monkeypatch.undo()
+    marked = {"sharp": 0}
+
+    def marking(tape, t, *args, **kw):
+        if tape.steps[t].sharp is not None:
+            marked["sharp"] += int(tape.steps[t].sharp.sum())
+        return real_sharpen(tape, t, *args, **kw)
+
+    monkeypatch.setattr(B, "sharpen_radius", marking)
+    bound_run(model, X, LOW, engine="backward", ranges="full", method=method)
+    assert marked["sharp"] > 0  # the pools' inputs came carried from the ReLUs

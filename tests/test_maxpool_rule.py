@@ -29,39 +29,57 @@ def _windows(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return a, r
 
 
-def _claims(a: np.ndarray, r: np.ndarray):
+def _claims(a: np.ndarray, r: np.ndarray, s: np.ndarray | None = None):
     layer = Pool2d("max", (2, 2), (2, 2))
     x = a.reshape(-1, 1, 2, 2)
-    y, src, keep, box = maxpool_local(layer, x, r.reshape(x.shape))
+    spread = None if s is None else s.reshape(x.shape)
+    y, src, keep, box = maxpool_local(layer, x, r.reshape(x.shape), spread)
     return y.reshape(-1), src.reshape(-1), keep.reshape(-1), box.reshape(-1)
 
 
-def _worst(a: np.ndarray, r: np.ndarray, w: int, keep: bool, rng: np.random.Generator) -> float:
-    """max over vertex (and random) choices of |max a' - max a* - keep (a'_w - a*_w)|."""
+def _worst(a: np.ndarray, r: np.ndarray, w: int, keep: bool, rng: np.random.Generator,
+           s: np.ndarray | None = None) -> float:  # fmt: skip
+    """max over vertex (and random) choices of |max a' - max a* - keep (a'_w - a*_w)|,
+    a* within s (default r) of a, a' within r of a*."""
+    s = r if s is None else s
     worst = 0.0
     signs = list(itertools.product((-1, 0, 1), repeat=4))
     for s_star in signs:
-        star = a + np.array(s_star) * r
+        star = a + np.array(s_star) * s
         for s_run in signs:
             run = star + np.array(s_run) * r
             d = run.max() - star.max() - (run[w] - star[w] if keep else 0.0)
             worst = max(worst, abs(d))
     for _ in range(50):
-        star = a + rng.uniform(-1, 1, 4) * r
+        star = a + rng.uniform(-1, 1, 4) * s
         run = star + rng.uniform(-1, 1, 4) * r
         worst = max(worst, abs(run.max() - star.max() - (run[w] - star[w] if keep else 0.0)))
     return worst
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_maxpool_box_covers_every_run(seed):
+@pytest.mark.parametrize("spread", [False, True])
+def test_maxpool_box_covers_every_run(seed, spread):
+    """Without a spread this run is any run (within r of the exact values); with
+    one its own error is at most s <= r."""
     rng = np.random.default_rng(seed)
     a, r = _windows(rng, 60)
-    y, src, keep, box = _claims(a, r)
+    s = np.minimum(r, rng.choice([0, 1, 2, 4], r.shape) / 16) if spread else None
+    y, src, keep, box = _claims(a, r, s)
     assert np.array_equal(y, a.max(axis=1))
     assert np.array_equal(src, np.argmax(a, axis=1))
     for i in range(a.shape[0]):
-        assert _worst(a[i], r[i], int(src[i]), bool(keep[i]), rng) <= box[i], (a[i], r[i])
+        si = None if s is None else s[i]
+        assert _worst(a[i], r[i], int(src[i]), bool(keep[i]), rng, si) <= box[i], (a[i], r[i])
+
+
+def test_a_spread_narrows_the_box():
+    rng = np.random.default_rng(11)
+    a, r = _windows(rng, 400)
+    _, _, keep, box = _claims(a, r)
+    _, _, keep_s, box_s = _claims(a, r, r / 4)
+    assert np.all(box_s <= box) and np.all(keep_s >= keep)
+    assert np.sum(box_s) < np.sum(box)
 
 
 def test_maxpool_rule_is_exact_for_a_sure_winner_and_never_wider_than_the_old_box():

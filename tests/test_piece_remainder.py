@@ -27,10 +27,11 @@ FUNCS = {
 }
 
 
-def _grid(z: float, r: float) -> list[tuple[float, float]]:
-    """(a*, a') pairs: a* within r of z, a' within r of a*, on a 1/16 grid."""
+def _grid(z: float, r: float, s: float | None = None) -> list[tuple[float, float]]:
+    """(a*, a') pairs: a* within s (default r) of z, a' within r of a*, on a 1/16 grid."""
     step = 1 / 16
-    stars = np.arange(z - r, z + r + step / 2, step)
+    s = r if s is None else s
+    stars = np.arange(z - s, z + s + step / 2, step)
     return [(s, a) for s in stars for a in np.arange(s - r, s + r + step / 2, step)]
 
 
@@ -41,16 +42,22 @@ def _cases(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", sorted(FUNCS))
-def test_remainder_covers_every_pair(name):
+@pytest.mark.parametrize("spread", [False, True])
+def test_remainder_covers_every_pair(name, spread):
+    """Without a spread z is any run's value (within r of the exact one); with one
+    this run's own error is at most s <= r."""
     layer, f = FUNCS[name]
     rng = np.random.default_rng(len(name))
     z, r = _cases(rng, 120)
+    s = np.minimum(r, rng.choice([0, 1, 2, 4], r.shape) / 16) if spread else None
     ctx = Context(Emulated.from_names("binary32", "binary32"))
-    _, d, rem, _ = activation_local(layer, z[None, :], r[None, :], ctx)
+    _, d, rem, _ = activation_local(layer, z[None, :], r[None, :], ctx,
+                                    None if s is None else s[None, :])  # fmt: skip
     d, rem = d[0], rem[0]
     for i in range(z.size):
-        worst = max(abs(f(a) - f(s) - d[i] * (a - s)) for s, a in _grid(z[i], r[i]))
-        assert worst <= rem[i], (name, z[i], r[i], d[i], rem[i], worst)
+        si = None if s is None else s[i]
+        worst = max(abs(f(a) - f(st) - d[i] * (a - st)) for st, a in _grid(z[i], r[i], si))
+        assert worst <= rem[i], (name, z[i], r[i], si, d[i], rem[i], worst)
 
 
 @pytest.mark.parametrize("name", sorted(FUNCS))

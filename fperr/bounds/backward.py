@@ -45,6 +45,7 @@ from .steps import Step, convert_step, residual_local_step
 
 Array = npt.NDArray[np.float64]
 Sink = Callable[[int, bool, Array, Array | None], None]
+Anchor = tuple[Array, Array]  # (values, radii), each (N, units), of another run
 
 WIDE = 0.05
 """An interval range at a layer's input wider than this fraction of the input's
@@ -94,6 +95,7 @@ class Tape:
 
     steps: list[Step] = field(default_factory=list)
     sources: list[tuple[int, ...]] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # graph position -> step (0: entry)
     wide: npt.NDArray[np.bool_] | None = None  # inputs whose interval range grew wide
 
     def add(self, step: Step, sources: tuple[int, ...]) -> int:
@@ -246,12 +248,25 @@ class Ranges:
 
     def __init__(self, enc: Enclosure | None, sharpen: bool = False,
                  budget: Budget | None = None, full: bool = False,
-                 lam: float = 0.0) -> None:  # fmt: skip
+                 lam: float = 0.0, anchors: Sequence[Anchor] | None = None) -> None:  # fmt: skip
         self.enc = enc
         self.sharpen = sharpen or full
         self.budget = budget or Budget()
         self.full = full  # every unit wider than FULL sharpened, no budget
         self.lam = lam  # > 0: sharpened radii combine random sources in quadrature
+        # per graph position (0 the entry, j + 1 layer j's output): another run's values
+        # and radii, |c - x*| <= rho, which bound this run's own error (:func:`spread`)
+        self.anchors = anchors
+
+    def spread(self, position: int, x: Array, r: Array) -> Array | None:
+        """A bound s <= r on this run's own error at a graph position: |x - c| + rho
+        (the exact value lies within rho of the anchor's c), None without anchors."""
+        if self.anchors is None:
+            return None
+        c, rho = self.anchors[position]
+        with np.errstate(invalid="ignore", over="ignore"):
+            own = np.abs(x.reshape(c.shape) - c) + rho
+        return np.fmin(r, own.reshape(r.shape))  # fmin: a NaN anchor leaves r
 
     def threshold(self, layer: Any) -> float | None:
         """The sharpening threshold at ``layer``'s inputs (None: not sharpened)."""
@@ -342,8 +357,15 @@ def forward_steps(
             scale = np.abs(x.reshape(N, -1)).max(axis=1, initial=0.0)
             with np.errstate(invalid="ignore"):
                 tape.wide |= ~(r.reshape(N, -1).max(axis=1, initial=0.0) <= WIDE * scale)
-        step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad)
+        spreads = None
+        if getattr(layer, "uses_spread", False) and ranges.anchors is not None:
+            spreads = [ranges.spread(j + 1, x, r) for j, x, r in zip(ins, xs, rs, strict=True)]
+        step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad, spreads)
         t_out = tape.add(step, tuple(srcs))
+        source = tape.steps[srcs[0]] if len(srcs) == 1 else None
+        if step.carry is not None and source is not None and source.sharp is not None:
+            # its image of backward bounds is theirs: no row pulled back can tighten it
+            step.sharp = step.carry(source.sharp)
         if not isinstance(layer, Residual):  # a branch counts its own layers
             ranges.budget.forward += layer_work(layer, step.value, [x.shape[1:] for x in xs])
         where.append(t_out)
@@ -353,6 +375,7 @@ def forward_steps(
         with np.errstate(invalid="ignore"):
             bad |= ~np.isfinite(step.value.reshape(N, -1)).all(axis=1)
             bad |= ~np.isfinite(r_out).all(axis=1)
+    tape.positions = where
     out = tape.steps[where[-1]]
     return out.value, out.radius().reshape(out.value.shape), bad
 
@@ -386,8 +409,11 @@ def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
     N = r.shape[0]
     with np.errstate(invalid="ignore"):
         need = (r > theta * np.abs(step.value.reshape(N, -1))) & np.isfinite(r) & (r > 0)
+    if step.sharp is not None:  # already their backward bound: rows would give the same
+        need &= ~step.sharp
     if budget is not None:
         need = budget.allow(need)
+    step.sharp = need if step.sharp is None else step.sharp | need
     if not need.any():
         return
     radius = functional_radius(tape, t, outer, lam)
@@ -410,10 +436,13 @@ def _rows_per_chunk(tape: Tape, t: int, N: int) -> int:
 def _step(
     layer: Any, xs: list[Array], rs: list[Array], ctx: Context, group: int, tape: Tape,
     srcs: list[int], ranges: Ranges, outer: Callable[[Array], Array] | None,
-    bad: npt.NDArray[np.bool_],
+    bad: npt.NDArray[np.bool_], spreads: list[Array | None] | None = None,
 ) -> Step:  # fmt: skip
-    """The step of one layer, given its inputs' values and radii."""
+    """The step of one layer, given its inputs' values and radii (and, for layers
+    that take them, bounds on this run's own error: :meth:`Ranges.spread`)."""
     if isinstance(layer, Operator):
+        if spreads is not None and all(s is not None for s in spreads):
+            return layer.step(xs, rs, ctx, group, spread=spreads)  # type: ignore[call-arg]
         if layer.needs_functional:
             functional = ranges.functional(tape, srcs[0], outer)
             return layer.step(xs, rs, ctx, group, functional=functional)  # type: ignore[call-arg]
@@ -440,7 +469,9 @@ def input_step(x: Array, ctx: Context) -> Step:
     """The input's rounding to storage: a deterministic box (a function of the data)."""
     xs = ctx.arith.store(x)
     box = np.abs(xs - x).reshape(x.shape[0], -1)
-    return Step(xs, lambda lam: lam, np.zeros_like(box), 0, [(box, False)])
+    step = Step(xs, lambda lam: lam, np.zeros_like(box), 0, [(box, False)])
+    step.sharp = np.ones(box.shape, dtype=bool)  # a box is its own backward bound
+    return step
 
 
 def row_selector(mask: npt.NDArray[np.bool_]) -> Array:

@@ -27,6 +27,7 @@ from ..model import Model, check_inputs
 from ..operators import REGISTRY, Operator
 from . import exponent_range as xr
 from .backward import (
+    Anchor,
     Collector,
     Graph,
     Ranges,
@@ -205,6 +206,8 @@ def bound_run(
     engine: str = "auto",
     ranges: str = "sharpened",
     rows: npt.NDArray[np.bool_] | None = None,
+    anchors: Sequence[Anchor] | None = None,
+    record: list[Anchor] | None = None,
 ) -> RunBound:
     """Enclose one run of ``model`` in ``arith`` against exact arithmetic.
 
@@ -228,6 +231,13 @@ def bound_run(
     which is then split in three: products, ranges, outputs).  ``rows`` (N, K) selects the
     outputs the backward pass sharpens; the others keep the forward interval
     range (a cheaper, looser bound) and no per-layer breakdown.
+
+    ``anchors`` (backward engine): another run's values and radii at every graph
+    position (0 the input, j + 1 layer j's output), each (N, units), as
+    ``record`` collects them: the exact values lie within a radius of that run's,
+    which bounds this run's own error (:meth:`.backward.Ranges.spread`) and
+    narrows the ranges of ReLUs and max pooling (:func:`bound` passes the
+    reference run's to the low one).
 
     ``layer_ariths`` is the deprecated name of ``keep`` (removed in 0.3).
 
@@ -290,13 +300,19 @@ def bound_run(
             bs = max(1, bs // 2)
         check_memory(model, min(bs, x.shape[0]))  # a clear error rather than a MemoryError
     outs, radii, layers, wides = [], [], [], []
+    recorded: list[list[Anchor]] = []
     for i in range(0, x.shape[0], bs):
         if engine == "backward":
             sel = None if rows is None else rows[i : i + bs]
+            part = None if anchors is None else [(c[i : i + bs], rho[i : i + bs])
+                                                 for c, rho in anchors]  # fmt: skip
+            got: list[Anchor] | None = None if record is None else []
             o, r, pl, wide = _bound_batch_backward(model, x[i : i + bs], input_ctx, ctxs,
                                                    method, lam_out, sel, ranges,
-                                                   lam_range)  # fmt: skip
+                                                   lam_range, part, got)  # fmt: skip
             wides.append(wide)
+            if record is not None and got is not None:
+                recorded.append(got)
         else:
             o, r, pl = _bound_batch(model, x[i : i + bs], input_ctx, ctxs, method, lam_out)
         outs.append(o)
@@ -313,6 +329,10 @@ def bound_run(
             z = bound_run(model, x[redo], arith, method=method, confidence=confidence,
                           batch_size=batch_size, keep=keep, engine="zonotope")  # fmt: skip
             radius[redo], per[redo] = z.radius, z.per_layer
+    if record is not None and recorded:
+        record.extend((np.concatenate([b[p][0] for b in recorded]),
+                       np.concatenate([b[p][1] for b in recorded]))
+                      for p in range(len(recorded[0])))  # fmt: skip
     fail = 0.0
     if method == "probabilistic":
         events = [(inner, lam), (outputs, lam_out)] + ([(range_events, lam_range)]
@@ -370,9 +390,11 @@ def _bound_batch(
 def _bound_batch_backward(
     model: Model, x: Array, input_ctx: Context, ctxs: list[Context], method: str, lam: float,
     rows: npt.NDArray[np.bool_] | None, ranges: str, lam_range: float = 0.0,
+    anchors: Sequence[Anchor] | None = None, record: list[Anchor] | None = None,
 ) -> tuple[Array, Array, Array, npt.NDArray[np.bool_]]:  # fmt: skip
     """One batch through :mod:`.backward`: (outputs, radius, per-layer breakdown,
-    inputs whose ranges grew wide or whose run may overflow)."""
+    inputs whose ranges grew wide or whose run may overflow); ``record`` receives
+    the values and final radii at every graph position (see :func:`bound_run`)."""
     N = x.shape[0]
     first = input_step(x, input_ctx)
     ref = None
@@ -384,8 +406,13 @@ def _bound_batch_backward(
     tape.add(first, ())
     graph = Graph(model.layers, [model.inputs_of(i) for i in range(L)], ctxs, range(1, L + 1))
     with np.errstate(invalid="ignore", over="ignore"):
-        sharp = Ranges(ref, sharpen=ranges == "sharpened", full=ranges == "full", lam=lam_range)
+        sharp = Ranges(ref, sharpen=ranges == "sharpened", full=ranges == "full", lam=lam_range,
+                       anchors=anchors)  # fmt: skip
         y, r, bad = forward_steps(graph, tape, sharp, input_ctx.arith.storage)
+        if record is not None:  # every radius final: the sharpening is done
+            for t in tape.positions:
+                st = tape.steps[t]
+                record.append((st.value.reshape(N, -1).copy(), st.radius().copy()))
         wide = tape.wide if tape.wide is not None else np.zeros(N, dtype=bool)
         bad |= ~np.isfinite(first.value.reshape(N, -1)).all(axis=1)
         K = int(np.prod(y.shape[1:]))
@@ -509,6 +536,17 @@ class BoundResult:
         }
 
 
+def _anchored(model: Model, X: npt.ArrayLike, engine: str, ranges: str) -> bool:
+    """Whether :func:`bound` anchors the low run on the reference's values: the
+    backward engine, and the values and radii at every position within a quarter
+    of the memory budget (they are kept for every input)."""
+    if ranges == "zonotope" or resolve_engine(model, engine) != "backward":
+        return False
+    n = int(np.asarray(X).shape[0]) if np.ndim(X) else 1
+    units = sum(int(np.prod(s)) for s in model.shapes())
+    return 16 * n * units <= max_bytes() // 4
+
+
 def bound(
     model: Model,
     X: npt.ArrayLike,
@@ -533,6 +571,13 @@ def bound(
     probability per input: B = R_low + R_ref fails if either radius does, so
     each run gets half the budget (a union bound).  ``progress`` is called
     with the inputs of each bounded batch of either run (2 N calls' worth).
+
+    The reference run is bounded first; with the backward engine its values and
+    radii anchor the low run (``anchors`` of :func:`bound_run`): the exact values
+    lie within the reference's small radius of its values, so the low run knows
+    its own error to about that, and any of its runs lies within r + s of it
+    instead of 2r (s the own error), which halves the ranges at ReLUs and max
+    pooling and what grows from them in deep networks.
     """
     low = low or Emulated.from_names("binary16", "binary32")
     reference = reference or Emulated.from_names("binary32", "binary32")
@@ -541,8 +586,11 @@ def bound(
     each = 1 - (1 - confidence) / 2  # per run: the two failures add up to 1 - confidence
     opts: dict[str, Any] = {"method": method, "confidence": each, "progress": progress,
                             "engine": engine, "rows": rows, "ranges": ranges}  # fmt: skip
-    lo = bound_run(model, X, low, keep=keep, **opts)
-    ref = bound_run(model, X, reference, **opts)
+    record: list[Anchor] | None = None
+    if _anchored(model, X, engine, ranges):
+        record = []
+    ref = bound_run(model, X, reference, record=record, **opts)
+    lo = bound_run(model, X, low, keep=keep, anchors=record or None, **opts)
     names = ["input"] + [f"{model.node_name(i)}:{layer.type}"
                          for i, layer in enumerate(model.layers)]  # fmt: skip
     return BoundResult(lo, ref, low, reference, method, names)

@@ -520,7 +520,7 @@ def activation_pieces(layer: Activation) -> tuple[tuple[float, ...], tuple[float
 
 
 def activation_local(
-    layer: Activation, z: Array, r: Array, ctx: Context
+    layer: Activation, z: Array, r: Array, ctx: Context, spread: Array | None = None
 ) -> tuple[Array, Array, Array, Array]:
     """(y, d, rem, local): the stored output, the slope d that carries the
     incoming error, the remainder box rem >= |f(a') - f(a*) - d (a' - a*)| for any
@@ -528,10 +528,12 @@ def activation_local(
     function's own error.  Mean value form: d the centre and rem / r the
     half-width of f' over [z - 2r, z + 2r]; piecewise linear functions take the
     slope of z's own piece instead where its remainder is smaller
-    (:func:`piece_remainder`)."""
+    (:func:`piece_remainder`).  With ``spread`` s <= r bounding this run's own
+    error, the range is [z - r - s, z + r + s]."""
     a = ctx.arith
     y = layer.forward(z, a)
-    lo, hi = z - 2 * r, z + 2 * r
+    far = 2 * r if spread is None else r + spread
+    lo, hi = z - far, z + far
     s = a.storage
     pieces = activation_pieces(layer)
     if pieces is not None:  # relu, relu6 exact; leaky relu rounds alpha x
@@ -565,20 +567,22 @@ def activation_local(
         local = ctx.func_error(layer.type, fmag, fmin)
     dc, rem = (dlo + dhi) / 2, (dhi - dlo) / 2 * r
     if pieces is not None:
-        d_own, rem_own = piece_remainder(*pieces, z, r)
+        d_own, rem_own = piece_remainder(*pieces, z, r, far)
         own = rem_own < rem  # False where either is NaN: the mean value form stays
         dc, rem = np.where(own, d_own, dc), np.where(own, rem_own, rem)
     return y, dc, rem, local
 
 
 def piece_remainder(
-    kinks: Sequence[float], slopes: Sequence[float], z: Array, r: Array
+    kinks: Sequence[float], slopes: Sequence[float], z: Array, r: Array,
+    far: Array | None = None,
 ) -> tuple[Array, Array]:
     """(d, rem) of a continuous piecewise linear function (as in
     :func:`piecewise_slopes`) with d the slope of the piece holding z (the left
     one at a kink): f(a') - f(a*) - d (a' - a*) is the integral of f' - d over
-    [a*, a'], of length <= r inside [z - 2r, z + 2r], so it is at most
-    sum over pieces p of |s_p - d| min(r, |[z - 2r, z + 2r] meet p|).  On ReLU
+    [a*, a'], of length <= r inside [z - far, z + far] (far = 2r by default,
+    r + s with a spread, see :func:`activation_local`), so it is at most
+    sum over pieces p of |s_p - d| min(r, |[z - far, z + far] meet p|).  On ReLU
     with 0 < z < 2r this is 2r - z, below the mean value form's r / 2 where
     z > 1.5 r: the error goes on unscaled with a box that vanishes as the
     kink leaves the range."""
@@ -586,7 +590,8 @@ def piece_remainder(
     own = np.searchsorted(np.asarray(kinks, dtype=np.float64), z, side="left")
     s = np.asarray(slopes, dtype=np.float64)
     d = s[np.minimum(own, len(slopes) - 1)]  # NaN z sorts last
-    lo, hi = z - 2 * r, z + 2 * r
+    reach = 2 * r if far is None else far
+    lo, hi = z - reach, z + reach
     rem = np.zeros(np.shape(z))
     with np.errstate(invalid="ignore"):  # inf radii: inf - inf at the outer pieces
         for p, s_p in enumerate(slopes):
@@ -776,7 +781,7 @@ def avgpool_local(layer: Pool2d, x: Array, r: Array, ctx: Context) -> tuple[Arra
 
 
 def maxpool_local(
-    layer: Pool2d, x: Array, r: Array
+    layer: Pool2d, x: Array, r: Array, spread: Array | None = None
 ) -> tuple[Array, npt.NDArray[np.int64], npt.NDArray[np.bool_], Array]:
     """(y, src, keep, box) of max pooling: the flat input index of each window's
     winner w (N, m) in this run, whether its error passes through, and a box.
@@ -789,17 +794,23 @@ def maxpool_local(
     winner's path with the box D where D is below max_i r_i, else the error is
     the box max_i r_i alone (|max a' - max a*| <= max_i |a'_i - a*_i|).  D is 0
     where the winner wins for every run (g_i > 2 (r_i + r_w) for every rival).
+
+    With ``spread`` s <= r, a bound on this run's own error (|a_i - a*_i| <= s_i),
+    any run's values lie within r_i + s_i of ours, and 2 (r_i + r_w) becomes
+    r_i + s_i + r_w + s_w.
     """
     k = layer.kernel[0] * layer.kernel[1]
     wv, wr = layer.windows(x), layer.windows(r)
     pad = ~np.isfinite(wv)  # padding slots (-inf) never win and never carry error
     wr = np.where(pad, 0.0, wr)
+    # how far any run's values lie from ours: r + s, s = r without a spread
+    far = 2 * wr if spread is None else wr + np.where(pad, 0.0, layer.windows(spread))
     arg = np.argmax(wv, axis=-1)
     y = np.take_along_axis(wv, arg[..., None], -1)[..., 0]  # the forward's max, exactly
-    r_w = np.take_along_axis(wr, arg[..., None], -1)[..., 0]
+    far_w = np.take_along_axis(far, arg[..., None], -1)[..., 0]
     rival = (np.arange(k) != arg[..., None]) & ~pad
     with np.errstate(invalid="ignore"):  # inf radii: inf - inf where a gap is inf
-        reach = 2 * (wr + r_w[..., None]) - (y[..., None] - wv)
+        reach = far + far_w[..., None] - (y[..., None] - wv)
     reach = np.where(np.isnan(reach), np.inf, reach)
     d = np.where(rival, np.maximum(reach, 0.0), 0.0).max(axis=-1)
     widest = wr.max(axis=-1)

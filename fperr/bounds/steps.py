@@ -63,6 +63,7 @@ from .rules import (
 )
 
 Array = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
 Adjoint = Callable[[Array], Any]  # rows -> rows (one input) or a list of rows (merges)
 
 
@@ -78,7 +79,12 @@ class Step:
     signed: Array | None = None  # (N, k, n_out / k): one deterministic generator per block
     branch: Any = None  # residual: the branch's Tape, pulled back separately
     arity: int = 1  # inputs read; the adjoint of a merge returns one array of rows per input
+    # maps whose image is exact and whose boxes are deterministic (ReLU, max pooling,
+    # reshapes): the input's mask of units no backward row can tighten -> the output's
+    carry: Callable[[Mask], Mask] | None = None
     sharpened: bool = field(default=False, init=False)  # radius sharpened by backward rows
+    # (N, n_out): units whose radius is already their backward bound (None: unknown)
+    sharp: Mask | None = field(default=None, init=False)
     _radius: Array | None = field(default=None, init=False, repr=False)
 
     def radius(self) -> Array:
@@ -214,7 +220,8 @@ def _pool_matrix(layer: Pool2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
     return sp.csr_matrix((data, (rows[keep], cols[keep])), shape=(m, n))
 
 
-def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int) -> Step:
+def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int,
+              spread: Array | None = None) -> Step:  # fmt: skip
     in_shape = tuple(x.shape[1:])
     n = int(np.prod(in_shape))
     if layer.kind == "avg":
@@ -227,7 +234,7 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int) -> St
             return np.asarray((mat.T @ lam.reshape(N * R, m).T).T).reshape(N, R, n)
 
         return Step(y, adjoint_avg, image, group, [(_flat(local), True)])
-    y, src, kept, box = maxpool_local(layer, x, r)
+    y, src, kept, box = maxpool_local(layer, x, r, spread)
     keep = _flat(kept.astype(np.float64))
     image = np.take_along_axis(_flat(r), src, axis=1) * keep
 
@@ -239,20 +246,27 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int) -> St
                           minlength=N * R * n)  # fmt: skip
         return out.astype(np.float64).reshape(N, R, n)
 
-    return Step(y, adjoint_max, image, group, [(_flat(box), False)])
+    def carry(sharp: Mask) -> Mask:  # a window's box alone is its own backward bound
+        return np.take_along_axis(sharp, src, axis=1) | (keep == 0)
+
+    return Step(y, adjoint_max, image, group, [(_flat(box), False)], carry=carry)
 
 
 def shape_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
     """Flatten, reshape, dropout (inference): values move, errors keep their units."""
-    return Step(layer.forward(x, ctx.arith), lambda lam: lam, _flat(r), group)
+    return Step(layer.forward(x, ctx.arith), lambda lam: lam, _flat(r), group,
+                carry=lambda sharp: sharp)
 
 
 # -- elementwise and normalisation -----------------------------------------------------
-def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: int) -> Step:
-    y, dc, rem, local = activation_local(layer, x, r, ctx)
+def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: int,
+                    spread: Array | None = None) -> Step:  # fmt: skip
+    y, dc, rem, local = activation_local(layer, x, r, ctx, spread)
     d = _flat(dc)
     boxes = [(_flat(rem), False), (_flat(local), True)]
-    return Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes)
+    exact = not np.any(local)  # ReLU, ReLU6: no rounding of their own, only the remainder
+    return Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes,
+                carry=(lambda sharp: sharp) if exact else None)
 
 
 def batchnorm_step(layer: BatchNorm, x: Array, r: Array, ctx: Context, group: int) -> Step:

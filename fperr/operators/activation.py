@@ -117,6 +117,7 @@ class Activation(Operator):
     alpha: float = 1.0  # elu
     types = ACTIVATION_TYPES
     Spec = ActivationSpec
+    uses_spread = True
     torch_module_classes = (
         *((name, True) for name in ("ReLU", "ReLU6", "Tanh", "Sigmoid", "SiLU", "Hardswish",
                                     "Hardsigmoid", "ELU", "Hardtanh")),
@@ -304,10 +305,12 @@ class Activation(Operator):
         return arith.func(self.function, x)
 
     # -- bounds ------------------------------------------------------------------------------
-    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int,
+             spread: list[Array] | None = None) -> Step:  # fmt: skip
         from ..bounds.steps import activation_step
 
-        return activation_step(self, xs[0], rs[0], ctx, group)
+        return activation_step(self, xs[0], rs[0], ctx, group, None if spread is None
+                               else spread[0])  # fmt: skip
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import activation_rule

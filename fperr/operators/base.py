@@ -108,6 +108,12 @@ class Operator:
     needs_functional: ClassVar[bool] = False
     """Backward engine: ``step`` takes ``functional=``, the radius of any functional of
     its input pulled back through every earlier layer (a norm's signed projections)."""
+    uses_spread: ClassVar[bool] = False
+    """Backward engine: ``step`` takes ``spread=``, per input a bound s <= r on this
+    run's own error |x - x*| (from a reference run's values, see
+    :func:`fperr.bounds.engine.bound`): any run's and the exact inputs then lie in
+    [x - r - s, x + r + s] rather than [x - 2r, x + 2r] (nonlinearities' slopes,
+    max pooling's winners)."""
     moves_units: ClassVar[bool] = False
     """Values only move (flatten, reshape, dropout): the zonotope engine keeps the
     generators without a copy (its memory estimate)."""

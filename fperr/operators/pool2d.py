@@ -55,6 +55,7 @@ class Pool2d(Operator):
     padding: Pair = (0, 0)
     types = ("maxpool2d", "avgpool2d")
     Spec = MaxPool2dSpec
+    uses_spread = True
     torch_module_classes = (("MaxPool2d", False), ("AvgPool2d", False),
                             ("AdaptiveAvgPool2d", False))  # fmt: skip
     onnx_ops = ("MaxPool", "AveragePool")
@@ -257,10 +258,11 @@ class Pool2d(Operator):
         return arith.func(lambda v: v.sum(axis=-1) / k, win)
 
     # -- bounds ------------------------------------------------------------------------------
-    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+    def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int,
+             spread: list[Array] | None = None) -> Step:  # fmt: skip
         from ..bounds.steps import pool_step
 
-        return pool_step(self, xs[0], rs[0], ctx, group)
+        return pool_step(self, xs[0], rs[0], ctx, group, None if spread is None else spread[0])
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import pool_rule
