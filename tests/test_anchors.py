@@ -33,8 +33,8 @@ def deep_cnn(seed: int, act: str = "relu") -> Model:
     layers: list = []
     c = 1
     for i, w in enumerate((6, 6, 8, 8)):
-        layers += [Conv2d(rng.standard_normal((w, c, 3, 3)) / np.sqrt(9 * c), rng.standard_normal(w) * 0.1,
-                          padding=(1, 1)),
+        kernel = rng.standard_normal((w, c, 3, 3)) / np.sqrt(9 * c)
+        layers += [Conv2d(kernel, rng.standard_normal(w) * 0.1, padding=(1, 1)),
                    BatchNorm(rng.standard_normal(w) * 0.1, rng.uniform(0.2, 1, w),
                              rng.uniform(0.5, 2, w), rng.standard_normal(w) * 0.1),
                    Activation(act)]  # fmt: skip

@@ -177,7 +177,7 @@ def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
     (ph, pw), (dh, dw) = layer.padding, layer.dilation
     ho, wo = g.shape[2:]
     groups = layer.groups
-    og, cg = layer.weight.shape[0] // groups, c // groups
+    og = layer.weight.shape[0] // groups
     if groups == 1:  # one plain GEMM per row block
         d = np.matmul(layer.weight.reshape(og, -1).T, g.reshape(M, og, ho * wo))
     else:  # (G, cg kh kw, og) @ (M, G, og, L): a batched GEMM over the groups
