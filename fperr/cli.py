@@ -302,7 +302,7 @@ def bound_cmd(
     ref = Emulated.from_names(reference, reference_accumulate, reference_operand,
                               acc_rounding=acc_rounding)  # fmt: skip
     status(f"bounding {X.shape[0]} inputs through {model.name} ...")
-    bar = _progress_bar(2 * X.shape[0], "bounding (low, then reference run)", quiet)
+    bar = _progress_bar(2 * X.shape[0], "bounding (reference, then low run)", quiet)
     try:
         result = certify(model, X, y, lo, ref, method=method, confidence=confidence, on=on,
                          progress=None if bar is None else bar.update, engine=engine,

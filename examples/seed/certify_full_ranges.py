@@ -12,8 +12,9 @@ binary16 run (binary32 accumulation), anchored on the reference's values, with
 half the failure budget each (0.999 overall), and the image is certified iff
 y_k - y_j > B_k + B_j for every j != k.
 
-Run: python examples/seed/certify_full_ranges.py vgg11_bn 0 1 2 3
-Appends one JSON line per image to full_ranges.jsonl.
+Run: python examples/seed/certify_full_ranges.py vgg11_bn 0 1 2 3 [--method deterministic]
+Appends one JSON line per image to full_ranges.jsonl (``--out``).  With
+``--method deterministic`` the bound is a proof: every run, worst case.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from architectures import MODELS, load_weights  # noqa: E402
 CONFIDENCE = 0.999
 
 
-def certify_image(model: fperr.Model, net: torch.nn.Module, x: np.ndarray) -> dict:
+def certify_image(model: fperr.Model, net: torch.nn.Module, x: np.ndarray,
+                  method: str = "probabilistic") -> dict:  # fmt: skip
     t0 = time.perf_counter()
-    # both runs, half the failure budget each; the binary32 run first, whose values
-    # anchor the binary16 run's ranges (fperr.bound)
+    # both runs (probabilistic: half the failure budget each); the binary32 run
+    # first, whose values anchor the binary16 run's ranges (fperr.bound)
     b = fperr.bound(model, x, Emulated.from_names("binary16", "binary32"),
-                    Emulated.from_names("binary32", "binary32"), method="probabilistic",
+                    Emulated.from_names("binary32", "binary32"), method=method,
                     confidence=CONFIDENCE, ranges="full")  # fmt: skip
     seconds = time.perf_counter() - t0
     y, B = b.reference.output[0], b.bound[0]
@@ -54,6 +56,7 @@ def certify_image(model: fperr.Model, net: torch.nn.Module, x: np.ndarray) -> di
         y32 = copy.deepcopy(net).float()(torch.from_numpy(x).float()).double().numpy()[0]
     top = np.sort(y)
     return {
+        "method": method,
         "certified": bool(certified),
         "gap": float(top[-1] - top[-2]),
         "max_bound": float(B.max()),
@@ -67,14 +70,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("images", type=int, nargs="+", help="indices into mnist_test_1000.npz")
+    ap.add_argument("--method", choices=("probabilistic", "deterministic"),
+                    default="probabilistic")  # fmt: skip
+    ap.add_argument("--out", default=str(HERE / "full_ranges.jsonl"),
+                    help="JSON lines file to append to")  # fmt: skip
     args = ap.parse_args(argv)
     data = np.load(HERE / "mnist_test_1000.npz")
     net = load_weights(MODELS[args.model](), str(HERE / f"{args.model}.npz")).eval()
     model = fperr.from_torch(net, input_shape=(1, 32, 32))
-    with open(HERE / "full_ranges.jsonl", "a", encoding="utf-8") as out:
+    with open(args.out, "a", encoding="utf-8") as out:
         for i in args.images:
             x = np.asarray(data["inputs"][i : i + 1], dtype=np.float64)
-            row = {"model": args.model, "image": i, **certify_image(model, net, x)}
+            row = {"model": args.model, "image": i, **certify_image(model, net, x, args.method)}
             out.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
 
