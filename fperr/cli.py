@@ -310,6 +310,9 @@ def bound_cmd(
     finally:
         if bar is not None:
             bar.close()
+    hint = _infinite_hint(result.bounds.bound, ranges)
+    if hint:
+        status(hint)
     report = result.to_dict(per_layer=per_layer)
     report["summary"]["fperr_version"] = __version__
     code, gate = _gate(report["summary"]["certified_fraction"], min_certified,
@@ -337,6 +340,21 @@ def bound_cmd(
         if advice is not None:
             click.echo(advice.text())
     sys.exit(code)
+
+
+def _infinite_hint(bound: Any, ranges: str) -> str | None:
+    """A line for stderr when some inputs' bounds are infinite under cheaper ranges
+    than full: in deep networks interval ranges outgrow the format (the seed
+    CNNs' binary16 bounds), which full ranges avoid at a higher cost."""
+    import numpy as np
+
+    inf = int((~np.isfinite(bound)).any(axis=1).sum())
+    if not inf or ranges == "full":
+        return None
+    return (f"note: {inf} of {len(bound)} inputs have an infinite bound. Unless their "
+            "values may overflow, the cause is ranges that grow past the format's "
+            "largest number in a deep network: --ranges full (one backward row per unit, "
+            "seconds per input) keeps them finite, see docs/theory.md")  # fmt: skip
 
 
 @cli.command("convert")

@@ -7,6 +7,7 @@ import io
 import json
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,21 @@ def test_progress_bar_only_on_a_terminal_and_not_with_quiet(tmp_path, monkeypatc
     monkeypatch.setattr(cli_mod, "_progress_bar", lambda total, desc, quiet: Bar())
     assert run("bound", "--model", spec, "--inputs", x).exit_code == 1
     assert sum(seen[:-1]) == 6 and seen[-1] == "closed"
+
+
+def test_infinite_bounds_get_a_hint_on_stderr(tmp_path):
+    """An input whose bound is infinite (here: it overflows binary16) gets one line
+    naming the ranges as a likely cause and --ranges full as the remedy; not with
+    --ranges full itself, nor with --quiet, nor when every bound is finite."""
+    x = np.zeros((2, 64))
+    x[1, 0] = 1e6  # beyond binary16's largest number: the low run may overflow
+    np.save(tmp_path / "x.npy", x)
+    mlp = str(Path(__file__).resolve().parents[1] / "examples" / "mlp.yaml")
+    args = ["bound", "--model", mlp, "--inputs", str(tmp_path / "x.npy")]
+    res = run(*args)
+    assert "note: 1 of 2 inputs have an infinite bound" in res.stderr, res.stderr
+    assert "--ranges full" in res.stderr and "note:" not in res.stdout
+    assert "note:" not in run(*args, "--ranges", "full").stderr
+    assert run(*args, "--quiet").stderr == ""
+    np.save(tmp_path / "x.npy", x[:1])
+    assert "note:" not in run(*args).stderr
