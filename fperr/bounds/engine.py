@@ -409,10 +409,11 @@ def _bound_batch_backward(
         sharp = Ranges(ref, sharpen=ranges == "sharpened", full=ranges == "full", lam=lam_range,
                        anchors=anchors)  # fmt: skip
         y, r, bad = forward_steps(graph, tape, sharp, input_ctx.arith.storage)
-        if record is not None:  # every radius final: the sharpening is done
+        if record is not None:  # every radius final: the sharpening is done (the tape
+            # is dropped after this batch and never writes to its arrays: no copies)
             for t in tape.positions:
                 st = tape.steps[t]
-                record.append((st.value.reshape(N, -1).copy(), st.radius().copy()))
+                record.append((st.value.reshape(N, -1), st.radius()))
         wide = tape.wide if tape.wide is not None else np.zeros(N, dtype=bool)
         bad |= ~np.isfinite(first.value.reshape(N, -1)).all(axis=1)
         K = int(np.prod(y.shape[1:]))

@@ -519,6 +519,13 @@ def activation_pieces(layer: Activation) -> tuple[tuple[float, ...], tuple[float
     return None
 
 
+def run_reach(r: Array, spread: Array | None = None) -> Array:
+    """How far any run's values (and the exact ones) lie from this run's: r + s,
+    with s <= r this run's own error bound (``spread``, from a reference run's
+    values), or s = r without one (this run is just some run within r of exact)."""
+    return r + (r if spread is None else spread)
+
+
 def activation_local(
     layer: Activation, z: Array, r: Array, ctx: Context, spread: Array | None = None
 ) -> tuple[Array, Array, Array, Array]:
@@ -532,7 +539,7 @@ def activation_local(
     error, the range is [z - r - s, z + r + s]."""
     a = ctx.arith
     y = layer.forward(z, a)
-    far = 2 * r if spread is None else r + spread
+    far = run_reach(r, spread)
     lo, hi = z - far, z + far
     s = a.storage
     pieces = activation_pieces(layer)
@@ -590,7 +597,7 @@ def piece_remainder(
     own = np.searchsorted(np.asarray(kinks, dtype=np.float64), z, side="left")
     s = np.asarray(slopes, dtype=np.float64)
     d = s[np.minimum(own, len(slopes) - 1)]  # NaN z sorts last
-    reach = 2 * r if far is None else far
+    reach = run_reach(r) if far is None else far
     lo, hi = z - reach, z + reach
     rem = np.zeros(np.shape(z))
     with np.errstate(invalid="ignore"):  # inf radii: inf - inf at the outer pieces
@@ -803,8 +810,7 @@ def maxpool_local(
     wv, wr = layer.windows(x), layer.windows(r)
     pad = ~np.isfinite(wv)  # padding slots (-inf) never win and never carry error
     wr = np.where(pad, 0.0, wr)
-    # how far any run's values lie from ours: r + s, s = r without a spread
-    far = 2 * wr if spread is None else wr + np.where(pad, 0.0, layer.windows(spread))
+    far = np.where(pad, 0.0, layer.windows(run_reach(r, spread)))
     arg = np.argmax(wv, axis=-1)
     y = np.take_along_axis(wv, arg[..., None], -1)[..., 0]  # the forward's max, exactly
     far_w = np.take_along_axis(far, arg[..., None], -1)[..., 0]
