@@ -349,7 +349,8 @@ def certify(
     are then the smaller of the two, and inputs decided by the cheap bound
     have no per-layer breakdown (``cascade=False`` gives every input one).
     ``ranges``: the backward engine's ranges (see :func:`fperr.bounds.bound_run`;
-    ``"interval"`` is cheapest, ``"sharpened"`` the default).
+    ``"interval"`` is cheapest, ``"sharpened"`` the default, ``"unstable"`` and
+    ``"full"`` the sharp ones deep CNNs need).
 
     ``on="softmax"`` certifies on softmax probabilities (the softmax error is
     bounded too); the default certifies on logits.  ``keep`` runs some layers

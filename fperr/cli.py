@@ -228,13 +228,15 @@ def schema_cmd() -> None:
               show_default=True,
               help="Bound engine: backward (cost ~ K forward passes), zonotope (the reference), "
               "auto (backward for piecewise-linear models, zonotope with curved layers).")
-@click.option("--ranges", type=click.Choice(["sharpened", "interval", "full"]),
+@click.option("--ranges", type=click.Choice(["sharpened", "interval", "full", "unstable"]),
               default="sharpened", show_default=True,
               help="The backward engine's ranges at nonlinear layers: interval ranges sharpened "
               "by backward rows where wide (a budget of forward passes per input), interval "
-              "ranges only (cheapest; infinite bounds on deep models), or every unit sharpened "
+              "ranges only (cheapest; infinite bounds on deep models), every unit sharpened "
               "(full: about one forward pass per unit; with --method probabilistic the ranges "
-              "are probabilistic too, which deep CNNs need).")
+              "are probabilistic too, which deep CNNs need), or as full but at ReLUs and max "
+              "pooling only the units whose range may change the rule (unstable: about half "
+              "the cost of full, looser).")
 @click.option("--memory", default=None, metavar="BYTES",
               help="Memory budget of the bound engine, e.g. 2G or 8e9 (suffix K, M, G, T: "
               "powers of 1024): inputs are bounded in batches sized to it, and a model one "
@@ -349,12 +351,13 @@ def _infinite_hint(bound: Any, ranges: str) -> str | None:
     import numpy as np
 
     inf = int((~np.isfinite(bound)).any(axis=1).sum())
-    if not inf or ranges == "full":
+    if not inf or ranges in ("full", "unstable"):
         return None
     return (f"note: {inf} of {len(bound)} inputs have an infinite bound. Unless their "
             "values may overflow, the cause is ranges that grow past the format's "
             "largest number in a deep network: --ranges full (one backward row per unit, "
-            "seconds per input) keeps them finite, see docs/theory.md")  # fmt: skip
+            "seconds per input) or --ranges unstable (rows for the unstable units only) "
+            "keep them finite, see docs/theory.md")  # fmt: skip
 
 
 @cli.command("convert")

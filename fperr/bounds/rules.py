@@ -526,6 +526,17 @@ def run_reach(r: Array, spread: Array | None = None) -> Array:
     return r + (r if spread is None else spread)
 
 
+def kink_reached(kinks: Sequence[float], z: Array, far: Array) -> npt.NDArray[np.bool_]:
+    """Units whose range [z - far, z + far] holds a kink in its interior (or whose
+    value is NaN): the only ones whose slopes and remainder depend on ``far``
+    (:func:`piecewise_slopes`, :func:`piece_remainder`); elsewhere one piece holds
+    the whole range, the slope is its own and the remainder 0 for any smaller
+    range too."""
+    with np.errstate(invalid="ignore"):
+        dist = np.min([np.abs(z - k) for k in kinks], axis=0)
+        return np.asarray(~(dist >= far))
+
+
 def activation_local(
     layer: Activation, z: Array, r: Array, ctx: Context, spread: Array | None = None
 ) -> tuple[Array, Array, Array, Array]:
@@ -806,19 +817,10 @@ def maxpool_local(
     any run's values lie within r_i + s_i of ours, and 2 (r_i + r_w) becomes
     r_i + s_i + r_w + s_w.
     """
-    k = layer.kernel[0] * layer.kernel[1]
     wv, wr = layer.windows(x), layer.windows(r)
     pad = ~np.isfinite(wv)  # padding slots (-inf) never win and never carry error
     wr = np.where(pad, 0.0, wr)
-    far = np.where(pad, 0.0, layer.windows(run_reach(r, spread)))
-    arg = np.argmax(wv, axis=-1)
-    y = np.take_along_axis(wv, arg[..., None], -1)[..., 0]  # the forward's max, exactly
-    far_w = np.take_along_axis(far, arg[..., None], -1)[..., 0]
-    rival = (np.arange(k) != arg[..., None]) & ~pad
-    with np.errstate(invalid="ignore"):  # inf radii: inf - inf where a gap is inf
-        reach = far + far_w[..., None] - (y[..., None] - wv)
-    reach = np.where(np.isnan(reach), np.inf, reach)
-    d = np.where(rival, np.maximum(reach, 0.0), 0.0).max(axis=-1)
+    y, arg, d = _window_doubt(layer, wv, pad, run_reach(r, spread))
     widest = wr.max(axis=-1)
     # the path where its box is the smaller one: the winner's error then goes on
     # signed (random roundings in quadrature), where the box alone is worst case
@@ -829,6 +831,41 @@ def maxpool_local(
     flat_w = np.broadcast_to(win_idx, (N, *win_idx.shape))
     src = np.take_along_axis(flat_w, arg[..., None], -1)[..., 0].reshape(N, -1)
     return y, src, keep, np.where(keep, d, widest)
+
+
+def _window_doubt(
+    layer: Pool2d, wv: Array, pad: npt.NDArray[np.bool_], reach: Array
+) -> tuple[Array, npt.NDArray[np.intp], Array]:
+    """(max, argmax, D) per window (see :func:`maxpool_local`): D = max over rivals
+    of (far_i + far_w - g_i)_+, ``reach`` the units' far = r + s."""
+    k = layer.kernel[0] * layer.kernel[1]
+    far = np.where(pad, 0.0, layer.windows(reach))
+    arg = np.argmax(wv, axis=-1)
+    y = np.take_along_axis(wv, arg[..., None], -1)[..., 0]  # the forward's max, exactly
+    far_w = np.take_along_axis(far, arg[..., None], -1)[..., 0]
+    rival = (np.arange(k) != arg[..., None]) & ~pad
+    with np.errstate(invalid="ignore"):  # inf radii: inf - inf where a gap is inf
+        gain = far + far_w[..., None] - (y[..., None] - wv)
+    gain = np.where(np.isnan(gain), np.inf, gain)
+    return y, arg, np.where(rival, np.maximum(gain, 0.0), 0.0).max(axis=-1)
+
+
+def winner_in_doubt(layer: Pool2d, x: Array, reach: Array) -> npt.NDArray[np.bool_]:
+    """(N, *in_shape): the inputs of the max-pooling windows whose winner some run
+    may not share (D > 0 in :func:`maxpool_local`, or a NaN value): the only ones
+    whose ranges change the window's rule.  Where D = 0 the winner's error passes
+    on exactly, whatever any smaller range."""
+    wv = layer.windows(x)
+    pad = ~np.isfinite(wv) & ~np.isnan(wv)  # -inf padding; NaN values stay in doubt
+    _, _, d = _window_doubt(layer, wv, pad, reach)
+    doubt = ~(d <= 0) | np.isnan(layer.windows(x)).any(axis=-1)  # (N, C, H', W')
+    N, n = x.shape[0], int(np.prod(x.shape[1:]))
+    idx = window_index(layer, x.shape[1:]).reshape(-1, layer.kernel[0] * layer.kernel[1])
+    out = np.zeros((N, n + 1), dtype=bool)  # the last column takes the padding slots
+    flat = doubt.reshape(N, -1)
+    for slot in idx.T:
+        out[:, np.where(slot >= 0, slot, n)] |= flat
+    return out[:, :n].reshape(x.shape)
 
 
 def pool_rule(layer: Pool2d, enc: Enclosure, ctx: Context, index: int) -> Enclosure:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 from scipy.special import erfc
 
@@ -139,6 +140,14 @@ class Activation(Operator):
         from ..bounds.backward import SHARPEN, SHARPEN_KINK
 
         return SHARPEN_KINK if self.type in PIECEWISE_LINEAR else SHARPEN
+
+    def unstable(self, x: Array, reach: Array) -> npt.NDArray[np.bool_] | None:
+        # a piecewise linear unit whose range stays on one piece has that piece's
+        # slope and no remainder however wide the range: only kinks in reach matter
+        from ..bounds.rules import activation_pieces, kink_reached
+
+        pieces = activation_pieces(self)
+        return None if pieces is None else kink_reached(pieces[0], x, reach)
 
     @classmethod
     def specs(cls) -> tuple[builtins.type[OperatorSpec], ...]:

@@ -105,6 +105,14 @@ class Operator:
         """:attr:`sharpen`, or the instance's own where it depends on the instance."""
         return self.sharpen
 
+    def unstable(self, x: Array, reach: Array) -> npt.NDArray[np.bool_] | None:
+        """Backward engine, ``ranges="unstable"``: the input units whose range
+        [x - reach, x + reach] may change this operator's rule (a ReLU unit whose
+        range reaches the kink, a max-pooling window whose winner is in doubt), the
+        only ones sharpened there; None where every unit's range matters (curved
+        functions: the threshold alone decides)."""
+        return None
+
     needs_functional: ClassVar[bool] = False
     """Backward engine: ``step`` takes ``functional=``, the radius of any functional of
     its input pulled back through every earlier layer (a norm's signed projections)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import SpecError
 from .base import Array, Operator, OperatorSpec, Put, Shape, Weights, register
@@ -76,6 +77,12 @@ class Pool2d(Operator):
         from ..bounds.backward import SHARPEN_KINK
 
         return SHARPEN_KINK if self.kind == "max" else None
+
+    def unstable(self, x: Array, reach: Array) -> npt.NDArray[np.bool_] | None:
+        # a window whose winner is sure passes its error on exactly, whatever the ranges
+        from ..bounds.rules import winner_in_doubt
+
+        return winner_in_doubt(self, x, reach) if self.kind == "max" else None
 
     @classmethod
     def specs(cls) -> tuple[builtins.type[OperatorSpec], ...]:
