@@ -174,6 +174,10 @@ def test_bound_ranges_option(tmp_path):
     assert np.median(sharp_b) <= np.median(got)
     bad = run(*args, "--ranges", "zonotope")
     assert bad.exit_code == 2
+    lean = json.loads(run(*args, "--ranges", "unstable").stdout)
+    want = certify(model, X, ranges="unstable", cascade=False)
+    got = np.array([smp["bound"] for smp in lean["samples"]])
+    np.testing.assert_allclose(got, want.margin, rtol=1e-12)
 
 
 def test_bound_memory_budget(tmp_path, monkeypatch):

@@ -253,6 +253,7 @@ def test_infinite_bounds_get_a_hint_on_stderr(tmp_path):
     assert "note: 1 of 2 inputs have an infinite bound" in res.stderr, res.stderr
     assert "--ranges full" in res.stderr and "note:" not in res.stdout
     assert "note:" not in run(*args, "--ranges", "full").stderr
+    assert "note:" not in run(*args, "--ranges", "unstable").stderr
     assert run(*args, "--quiet").stderr == ""
     np.save(tmp_path / "x.npy", x[:1])
     assert "note:" not in run(*args).stderr
