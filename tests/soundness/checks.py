@@ -214,7 +214,7 @@ def _certify(model: Model, X: Array, opts: Options, rep: Report) -> Certified:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = certify(model, X, low=opts.low_arith(), reference=opts.reference_arith(), on=opts.on,
-                      engine=opts.engine, cascade=opts.cascade)  # fmt: skip
+                      engine=opts.engine, cascade=opts.cascade, ranges=opts.ranges)  # fmt: skip
         out = Certified(res.bounds, res.certified, res.reference_class, res.tolerance)
     for w in caught:
         rep.fperr_warnings[f"{w.category.__name__}: {w.message}"] += 1
@@ -459,7 +459,8 @@ def check_torch(case: Case, rep: Report) -> None:
     from .torch_reference import torch_run
 
     opts = Options(low=case.options.low, on=case.options.on, func_ulps=None,
-                   engine=case.options.engine, cascade=case.options.cascade)  # fmt: skip
+                   engine=case.options.engine, cascade=case.options.cascade,
+                   ranges=case.options.ranges)  # fmt: skip
     model = evaluated_model(case.model, opts.on)
     X = case.X
     runs = {}

@@ -97,6 +97,7 @@ class Options:
     # the bound engine (fperr.bounds.ENGINES); "auto" picks by layer types
     engine: str = "auto"
     cascade: bool = False  # certify's cascade: most inputs then get the cheap stage's bound
+    ranges: str = "sharpened"  # the backward engine's ranges (fperr.bounds.engine.RANGES)
 
     @property
     def acc_mode(self) -> str:
@@ -119,7 +120,8 @@ class Options:
         op = f", reference operand {self.reference_operand}" if self.reference_operand else ""
         tr = ", truncating accumulator" if self.truncate else ""
         return (f"low {self.low}, accumulate {self.accumulate}{op}{tr}, on {self.on}, "
-                f"engine {self.engine}{', cascade' if self.cascade else ''}")
+                f"engine {self.engine}{', cascade' if self.cascade else ''}, "
+                f"ranges {self.ranges}")
 
 
 @dataclass
@@ -377,6 +379,7 @@ def options() -> st.SearchStrategy[Options]:
         on=st.sampled_from(("logits", "softmax")),
         engine=st.sampled_from(("auto", "backward", "zonotope")),
         cascade=st.sampled_from((False, False, True)),
+        ranges=st.sampled_from(("sharpened", "sharpened", "unstable", "full")),
     )
 
 
