@@ -24,7 +24,8 @@ from fperr.bounds import bound, bound_run
 from fperr.bounds.rules import kink_reached, winner_in_doubt
 from fperr.examples import digits
 from fperr.examples import load as load_example
-from fperr.layers import Pool2d
+from fperr.layers import Activation, BatchNorm, Conv2d, Dense, Flatten, Pool2d, Residual
+from fperr.model import Model
 
 KINKS = {"relu": (0.0,), "leaky_relu": (0.0,), "relu6": (0.0, 6.0)}
 FUNCTIONS = {"relu": lambda v: np.maximum(v, 0.0), "relu6": lambda v: np.clip(v, 0.0, 6.0),
@@ -60,12 +61,14 @@ def _sure_windows(x: np.ndarray, reach: np.ndarray, layer: Pool2d) -> np.ndarray
     ho, wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
     doubt = np.zeros(x.shape, dtype=bool)
     for n, c, i, j in itertools.product(range(N), range(C), range(ho), range(wo)):
-        cells = [(a, b) for a in range(i * sh - ph, i * sh - ph + kh)
-                 for b in range(j * sw - pw, j * sw - pw + kw) if 0 <= a < H and 0 <= b < W]  # fmt: skip
+        rows = range(i * sh - ph, i * sh - ph + kh)
+        cols = range(j * sw - pw, j * sw - pw + kw)
+        cells = [(a, b) for a in rows for b in cols if 0 <= a < H and 0 <= b < W]
         vals = np.array([x[n, c, a, b] for a, b in cells])
         far = np.array([reach[n, c, a, b] for a, b in cells])
         w = int(np.argmax(vals))
-        lost = any(max(v) > v[w] for v in itertools.product(*zip(vals - far, vals + far)))
+        vertices = itertools.product(*zip(vals - far, vals + far, strict=True))
+        lost = any(max(v) > v[w] for v in vertices)
         if lost:
             for a, b in cells:
                 doubt[n, c, a, b] = True
@@ -95,10 +98,47 @@ def test_a_window_is_in_doubt_exactly_where_a_vertex_of_its_box_beats_the_winner
 def test_unstable_ranges_enclose_every_emulated_order(seed, act, method):
     model = deep_cnn(seed, act)
     rng = np.random.default_rng(200 + seed)
-    X = np.vstack([rng.uniform(0, 1, (6, 1, 12, 12)), np.zeros((1, 1, 12, 12)),
-                   np.round(rng.uniform(0, 4, (2, 1, 12, 12))) / 4])  # ties: constant regions
+    X = np.vstack(
+        [
+            rng.uniform(0, 1, (6, 1, 12, 12)),
+            np.zeros((1, 1, 12, 12)),
+            np.round(rng.uniform(0, 4, (2, 1, 12, 12))) / 4,
+        ]
+    )  # ties: constant regions
     b = bound(model, X, LOW, REF, method=method, ranges="unstable", engine="backward")
     assert np.all(np.isfinite(b.bound)) and np.all(b.bound >= _observed(model, X))
+
+
+def residual_cnn(seed: int) -> Model:
+    """conv-BN-ReLU, then two residual blocks (conv-BN-ReLU-conv-BN, + x, ReLU) and a
+    max pool: the shape of ResNet-20, whose branches sharpen through their own tapes."""
+    rng = np.random.default_rng(seed)
+    c = 4
+
+    def conv_bn(cin: int) -> list:
+        kernel = rng.standard_normal((c, cin, 3, 3)) / np.sqrt(9 * cin)
+        return [Conv2d(kernel, None, padding=(1, 1)),
+                BatchNorm(rng.standard_normal(c) * 0.1, rng.uniform(0.2, 1, c),
+                          rng.uniform(0.5, 2, c), rng.standard_normal(c) * 0.1)]  # fmt: skip
+
+    layers: list = [*conv_bn(1), Activation("relu")]
+    for _ in range(2):
+        branch = (*conv_bn(c), Activation("relu"), *conv_bn(c))
+        layers += [Residual(branch), Activation("relu")]
+    layers += [Pool2d("max", (2, 2), (2, 2)), Flatten(),
+               Dense(rng.standard_normal((3, c * 25)) / np.sqrt(c * 25), None)]  # fmt: skip
+    return Model("residual-cnn", (1, 10, 10), tuple(layers))
+
+
+@pytest.mark.parametrize("method", ["deterministic", "probabilistic"])
+def test_unstable_ranges_through_residual_branches(method):
+    model = residual_cnn(5)
+    rng = np.random.default_rng(6)
+    X = np.vstack([rng.uniform(0, 1, (5, 1, 10, 10)), np.zeros((1, 1, 10, 10))])
+    lean = bound(model, X, LOW, REF, method=method, ranges="unstable", engine="backward")
+    full = bound(model, X, LOW, REF, method=method, ranges="full", engine="backward")
+    assert np.all(np.isfinite(lean.bound)) and np.all(lean.bound >= _observed(model, X))
+    assert np.all(lean.bound >= full.bound * (1 - 1e-9))
 
 
 def test_unstable_ranges_hold_against_torch_cpu():
