@@ -350,7 +350,8 @@ def certify(
     have no per-layer breakdown (``cascade=False`` gives every input one).
     ``ranges``: the backward engine's ranges (see :func:`fperr.bounds.bound_run`;
     ``"interval"`` is cheapest, ``"sharpened"`` the default, ``"unstable"`` and
-    ``"full"`` the sharp ones deep CNNs need).
+    ``"full"`` the sharp ones deep CNNs need; with ``"unstable"``, the cascade and
+    the deterministic method, inputs left undecided get full ranges too).
 
     ``on="softmax"`` certifies on softmax probabilities (the softmax error is
     bounded too); the default certifies on logits.  ``keep`` runs some layers

@@ -236,7 +236,8 @@ def schema_cmd() -> None:
               "(full: about one forward pass per unit; with --method probabilistic the ranges "
               "are probabilistic too, which deep CNNs need), or as full but at ReLUs and max "
               "pooling only the units whose range may change the rule (unstable: about half "
-              "the cost of full, looser).")
+              "the cost of full, looser; with the deterministic method the inputs it leaves "
+              "undecided get full ranges too).")
 @click.option("--memory", default=None, metavar="BYTES",
               help="Memory budget of the bound engine, e.g. 2G or 8e9 (suffix K, M, G, T: "
               "powers of 1024): inputs are bounded in batches sized to it, and a model one "

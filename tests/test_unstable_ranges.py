@@ -191,3 +191,39 @@ def test_with_an_infinite_margin_unstable_ranges_are_full_ranges(method, monkeyp
     assert lean_rows < full_rows / 2, (lean_rows, full_rows)
     q = lean.radius / full.radius
     assert np.all(q >= 1 - 1e-9) and np.median(q) <= 1.5, (q.min(), np.median(q))
+
+
+@pytest.mark.parametrize("method", ["deterministic", "probabilistic"])
+def test_the_cascade_tries_full_ranges_where_unstable_ones_leave_an_input_open(method, monkeypatch):
+    """certify(ranges="unstable") under the deterministic method bounds the inputs
+    its unstable stage leaves undecided once more with full ranges, and keeps the
+    smaller bound; not under the probabilistic method (a second event)."""
+    import fperr.bounds.cascade as C
+
+    calls = []
+    real = C.bound
+
+    def spying(model, X, *args, **kw):
+        calls.append((kw.get("ranges"), len(X)))
+        return real(model, X, *args, **kw)
+
+    monkeypatch.setattr(C, "bound", spying)
+    model = deep_cnn(9)
+    X = np.random.default_rng(9).uniform(0, 1, (6, 1, 12, 12))
+    never = lambda y, m: np.zeros(len(y), dtype=bool)  # noqa: E731  every input stays open
+    kw = {"method": method, "engine": "backward"}
+    esc = C.cascade_bound(model, X, LOW, REF, never, ranges="unstable", explained=0, **kw)
+    stages = [r for r, _ in calls]
+    if method == "probabilistic":
+        assert stages == ["interval", "unstable"], stages
+        return
+    assert stages == ["interval", "unstable", "full"] and calls[-1][1] == len(X), calls
+    # the reference class has a row in every stage: its bound is the smallest of them
+    monkeypatch.setattr(C, "bound", real)
+    lean = bound(model, X, LOW, REF, ranges="unstable", engine="backward").bound
+    full = bound(model, X, LOW, REF, ranges="full", engine="backward").bound
+    k = np.argmax(esc.reference.output, axis=1)[:, None]
+    got = np.take_along_axis(esc.bound, k, 1)
+    want = np.minimum(np.take_along_axis(lean, k, 1), np.take_along_axis(full, k, 1))
+    np.testing.assert_allclose(got, np.minimum(got, want), rtol=1e-12)
+    assert np.all(esc.bound >= _observed(model, X))

@@ -4,8 +4,10 @@ Most inputs have a margin far above any rounding error, so a cheap sound
 bound already certifies them.  Stage 1 is the backward engine's forward
 interval range (no backward pass at all); an input it leaves undecided goes
 to stage 2: the backward engine's rows for the reference class and only
-those competitors that stage 1 cannot rule out; and an input still
-undecided in a chain model goes to stage 3, the zonotope engine, whose
+those competitors that stage 1 cannot rule out (with ``ranges="unstable"``
+and the deterministic method, an input still undecided gets them again with
+full ranges); and an input still undecided in a chain model goes to stage 3,
+the zonotope engine, whose
 ranges are sharper (much so in models with curved layers,
 :data:`.engine.CURVED`, and in deep or wide ones, :data:`.backward.WIDE`).  The bound kept
 for an output is the smallest of the stages', all being sound; a
@@ -100,10 +102,14 @@ def cascade_bound(
     # the backward rows (interval ranges, cheap) before the zonotope; not under the
     # probabilistic method, where the two would rest on two output combination events
     # (see the module docstring)
-    stages = ["backward"] if last == "backward" or method != "probabilistic" else []
-    stages += [] if last == "backward" else [last]
+    stages = [("backward", ranges)] if last == "backward" or method != "probabilistic" else []
+    stages += [] if last == "backward" else [(last, ranges)]
+    if ranges == "unstable" and last == "backward" and method != "probabilistic":
+        # what the unstable units' rows leave open, every unit's rows may settle (under
+        # the probabilistic method a second backward stage would bring its own event)
+        stages.append(("backward", "full"))
     todo = np.arange(N)
-    for stage in stages:
+    for stage, stage_ranges in stages:
         m = margin(result)
         left = todo[~certified(result.reference.output[todo], m[todo])]
         if progress is not None:
@@ -113,7 +119,7 @@ def cascade_bound(
             break
         rows = rival_rows(result.reference.output[todo], m[todo]) if stage == "backward" else None
         sharp = bound(model, X[todo], result.low_arith, result.reference_arith, engine=stage,
-                      rows=rows, **opts)  # fmt: skip
+                      rows=rows, **{**opts, "ranges": stage_ranges})  # fmt: skip
         result = replace(
             result,
             low=_merge(result.low, sharp.low, todo),
