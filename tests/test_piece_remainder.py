@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from fperr.arith import Emulated
-from fperr.bounds.rules import Context, activation_local, piece_remainder
+from fperr.bounds.rules import (
+    Context,
+    activation_local,
+    piece_remainder,
+    piecewise_carry,
+    piecewise_slopes,
+)
 from fperr.layers import Activation
 
 FUNCS = {
@@ -90,3 +96,28 @@ def test_infinite_and_nan_ranges_fall_back():
     _, _, rem, _ = activation_local(layer, z, r, ctx)
     assert np.isinf(rem[0, 0]) and np.isinf(rem[0, 2])
     assert rem[0, 1] == 0.25  # NaN: every slope (the mean value form), not a piece's
+
+
+@pytest.mark.parametrize("kind", ["relu", "relu6", "leaky_relu"])
+def test_units_inside_one_piece_skip_both_forms_with_the_same_result(kind):
+    """piecewise_carry computes the two forms only where a kink is in reach; every
+    unit gets what the two forms give when computed on all units (edge cases: at a
+    kink, at the reach's end, r = 0, infinite and NaN values)."""
+    kinks, slopes = {"relu": ((0.0,), (0.0, 1.0)), "relu6": ((0.0, 6.0), (0.0, 1.0, 0.0)),
+                     "leaky_relu": ((0.0,), (0.125, 1.0))}[kind]  # fmt: skip
+    rng = np.random.default_rng(3)
+    z = np.round(rng.uniform(-4, 10, 3000) * 8) / 8
+    r = np.round(rng.uniform(0, 2, 3000) * 8) / 8
+    r[:300] = 0.0
+    z[300:400] = 0.0
+    far = 2 * r
+    far[400:500] = np.abs(z[400:500])  # the range ends at the kink
+    z[500], r[501], far[501], z[502] = np.nan, np.inf, np.inf, np.inf
+    d, rem = piecewise_carry(kinks, slopes, z, r, far)
+    with np.errstate(invalid="ignore"):
+        dlo, dhi = piecewise_slopes(kinks, slopes, z - far, z + far)
+        dc, rc = (dlo + dhi) / 2, (dhi - dlo) / 2 * r
+        d_own, rem_own = piece_remainder(kinks, slopes, z, r, far)
+    own = rem_own < rc
+    np.testing.assert_array_equal(d, np.where(own, d_own, dc))
+    np.testing.assert_array_equal(rem, np.where(own, rem_own, rc))

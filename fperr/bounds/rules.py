@@ -533,8 +533,12 @@ def kink_reached(kinks: Sequence[float], z: Array, far: Array) -> npt.NDArray[np
     the whole range, the slope is its own and the remainder 0 for any smaller
     range too."""
     with np.errstate(invalid="ignore"):
-        dist = np.min([np.abs(z - k) for k in kinks], axis=0)
-        return np.asarray(~(dist >= far))
+        return np.asarray(~(kink_distance(kinks, z) >= far))
+
+
+def kink_distance(kinks: Sequence[float], z: Array) -> Array:
+    """|z - k| for the nearest kink k (NaN for a NaN z)."""
+    return np.asarray(np.min([np.abs(z - k) for k in kinks], axis=0))
 
 
 def activation_local(
@@ -556,14 +560,14 @@ def activation_local(
     pieces = activation_pieces(layer)
     if pieces is not None:  # relu, relu6 exact; leaky relu rounds alpha x
         alpha = float(layer.negative_slope) if layer.type == "leaky_relu" else 0.0
-        dlo, dhi = piecewise_slopes(*pieces, lo, hi)
         local = np.zeros_like(z)
         if alpha:  # alpha x, evaluated like any function, then one storage rounding
             amag = abs(alpha) * np.maximum(np.abs(lo), np.abs(hi))
             amag = amag * (1 + ctx.func_rel()) + ctx.func_abs()
             local = half_ulp(amag, s) + ctx.func_rel() * amag + ctx.func_abs()
             local = np.where(lo < 0, local, 0.0)  # only the negative part rounds
-    elif layer.type in more.NEW_CURVED:
+        return (y, *piecewise_carry(*pieces, z, r, far), local)
+    if layer.type in more.NEW_CURVED:
         dlo, dhi = derivative_range(layer.type, lo, hi, float(layer.alpha))
         fmag, fmin = more.magnitudes(layer.type, lo, hi, float(layer.alpha))
         if layer.type == "elu" and layer.alpha != 1.0:
@@ -583,12 +587,32 @@ def activation_local(
         if layer.type != "sigmoid":
             fmin = np.where((lo <= 0) & (hi >= 0), 0.0, fmin)
         local = ctx.func_error(layer.type, fmag, fmin)
-    dc, rem = (dlo + dhi) / 2, (dhi - dlo) / 2 * r
-    if pieces is not None:
-        d_own, rem_own = piece_remainder(*pieces, z, r, far)
-        own = rem_own < rem  # False where either is NaN: the mean value form stays
-        dc, rem = np.where(own, d_own, dc), np.where(own, rem_own, rem)
-    return y, dc, rem, local
+    return y, (dlo + dhi) / 2, (dhi - dlo) / 2 * r, local
+
+
+def piecewise_carry(
+    kinks: Sequence[float], slopes: Sequence[float], z: Array, r: Array, far: Array
+) -> tuple[Array, Array]:
+    """(d, rem) of a piecewise linear function over [z - far, z + far]: the mean
+    value form (:func:`piecewise_slopes`), or the own piece's slope
+    (:func:`piece_remainder`) where its remainder is smaller.  A range strictly
+    inside one piece gets that piece's slope and no remainder from both forms, so
+    only the other units (those :func:`kink_reached` marks: few, in most layers)
+    go through them."""
+    with np.errstate(invalid="ignore"):
+        inside = kink_distance(kinks, z) > far  # NaN: not inside
+    s = np.asarray(slopes, dtype=np.float64)
+    d = s[np.searchsorted(np.asarray(kinks, dtype=np.float64), np.where(inside, z, 0.0))]
+    rem = np.zeros(np.shape(z))
+    near = ~inside
+    if near.any():
+        zn, rn, fn = z[near], r[near], far[near]
+        dlo, dhi = piecewise_slopes(kinks, slopes, zn - fn, zn + fn)
+        dc, rc = (dlo + dhi) / 2, (dhi - dlo) / 2 * rn
+        d_own, rem_own = piece_remainder(kinks, slopes, zn, rn, fn)
+        own = rem_own < rc  # False where either is NaN: the mean value form stays
+        d[near], rem[near] = np.where(own, d_own, dc), np.where(own, rem_own, rc)
+    return d, rem
 
 
 def piece_remainder(
@@ -851,7 +875,7 @@ def _window_doubt(
 
 
 def winner_in_doubt(layer: Pool2d, x: Array, reach: Array) -> npt.NDArray[np.bool_]:
-    """(N, *in_shape): the inputs of the max-pooling windows whose winner some run
+    """(N, C, H, W): the inputs of the max-pooling windows whose winner some run
     may not share (D > 0 in :func:`maxpool_local`, or a NaN value): the only ones
     whose ranges change the window's rule.  Where D = 0 the winner's error passes
     on exactly, whatever any smaller range."""
