@@ -882,7 +882,7 @@ def winner_in_doubt(layer: Pool2d, x: Array, reach: Array) -> npt.NDArray[np.boo
     wv = layer.windows(x)
     pad = ~np.isfinite(wv) & ~np.isnan(wv)  # -inf padding; NaN values stay in doubt
     _, _, d = _window_doubt(layer, wv, pad, reach)
-    doubt = ~(d <= 0) | np.isnan(layer.windows(x)).any(axis=-1)  # (N, C, H', W')
+    doubt = ~(d <= 0) | np.isnan(wv).any(axis=-1)  # (N, C, H', W')
     N, n = x.shape[0], int(np.prod(x.shape[1:]))
     idx = window_index(layer, x.shape[1:]).reshape(-1, layer.kernel[0] * layer.kernel[1])
     out = np.zeros((N, n + 1), dtype=bool)  # the last column takes the padding slots
