@@ -351,8 +351,10 @@ def _infinite_hint(bound: Any, ranges: str) -> str | None:
     CNNs' binary16 bounds), which full ranges avoid at a higher cost."""
     import numpy as np
 
+    from .bounds.engine import PER_UNIT
+
     inf = int((~np.isfinite(bound)).any(axis=1).sum())
-    if not inf or ranges in ("full", "unstable"):
+    if not inf or ranges in PER_UNIT:
         return None
     return (f"note: {inf} of {len(bound)} inputs have an infinite bound. Unless their "
             "values may overflow, the cause is ranges that grow past the format's "

@@ -371,8 +371,8 @@ def forward_steps(
             srcs.append(t)
         theta = ranges.threshold(layer)
         if theta is not None:
-            for t in srcs:
-                select = ranges.select(layer, tape.steps[t])
+            for t in srcs:  # a step read twice is sharpened for its first reader
+                select = None if tape.steps[t].sharpened else ranges.select(layer, tape.steps[t])
                 sharpen_radius(tape, t, outer, theta, None if ranges.full else ranges.budget,
                                ranges.lam, select)  # fmt: skip
         xs = [tape.steps[t].value for t in srcs]
