@@ -16,6 +16,7 @@ import itertools
 import numpy as np
 import pytest
 
+from fperr.arith import Exact
 from fperr.bounds.rules import maxpool_local
 from fperr.layers import Pool2d
 
@@ -113,3 +114,24 @@ def test_maxpool_with_padding_and_infinite_radius():
     whole = Pool2d("max", (2, 2), (2, 2))
     y, _, keep, box = maxpool_local(whole, x, r_inf)
     assert y.reshape(-1)[0] == 3.0 and not keep.reshape(-1)[0] and np.isinf(box.reshape(-1)[0])
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [
+    ((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((2, 3), (1, 2), (1, 0)),
+    ((3, 3), (1, 1), (1, 1)), ((1, 1), (2, 2), (0, 0)),
+])  # fmt: skip
+def test_max_pooling_forward_is_each_windows_maximum(kernel, stride, padding):
+    """Oracle: a python loop over every window's cells (padding never wins; a NaN in
+    a window makes its maximum NaN; inf stays inf)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 7, 6))
+    x[0, 0, 2, 2], x[1, 1, :3, :3] = np.nan, np.inf
+    pool = Pool2d("max", kernel, stride, padding)
+    got = pool.forward(x, Exact())
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    want = np.empty(got.shape)
+    for n, c, i, j in np.ndindex(*got.shape):
+        cells = [x[n, c, a, b] for a in range(i * sh - ph, i * sh - ph + kh)
+                 for b in range(j * sw - pw, j * sw - pw + kw) if 0 <= a < 7 and 0 <= b < 6]
+        want[n, c, i, j] = np.nan if np.isnan(cells).any() else max(cells)
+    np.testing.assert_array_equal(got, want)

@@ -62,6 +62,13 @@ def half_ulp(mag: Array, fmt: Format) -> Array:
     return out
 
 
+def zero_error(fmt: Format) -> float:
+    """The largest rounding error to nearest in ``fmt`` at magnitudes up to the
+    smallest normal: half the subnormal spacing, or the smallest normal itself
+    where the format flushes subnormals to zero; half_ulp(m) <= u m + this."""
+    return float(half_ulp(np.zeros(()), fmt)) if fmt.subnormals else fmt.smallest_normal
+
+
 _SHIFT = np.uint64(52)
 
 

@@ -39,7 +39,13 @@ from .backward import (
     scatter_rows,
 )
 from .enclosure import Enclosure
-from .memory import backward_batch_size, check_memory, estimate_bytes, max_bytes
+from .memory import (
+    backward_batch_size,
+    check_memory,
+    estimate_bytes,
+    keep_freed_heap,
+    max_bytes,
+)
 from .rules import Context, apply_rule, convert_rule
 
 __all__ = ["RunBound", "BoundResult", "bound", "bound_run", "lambda_for",
@@ -259,6 +265,7 @@ def bound_run(
     where consecutive layers differ (exactly when the new format contains the
     old one, else with one more rounding).
     """
+    keep_freed_heap()
     if layer_ariths is not None:
         warnings.warn("bound_run(layer_ariths=...) is deprecated; use keep=...",
                       DeprecationWarning, stacklevel=2)  # fmt: skip
@@ -588,6 +595,7 @@ def bound(
     instead of 2r (s the own error), which halves the ranges at ReLUs and max
     pooling and what grows from them in deep networks.
     """
+    keep_freed_heap()
     low = low or Emulated.from_names("binary16", "binary32")
     reference = reference or Emulated.from_names("binary32", "binary32")
     if method == "probabilistic" and not 0 < confidence < 1:

@@ -43,7 +43,7 @@ from ..rounding import round as fround
 from . import activation_ranges as more
 from . import exponent_range as xr
 from .allowance import default_allowance
-from .enclosure import Array, Enclosure, half_ulp
+from .enclosure import Array, Enclosure, half_ulp, zero_error
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def apply_rule(layer: Any, enc: Enclosure, ctx: Context, index: int) -> Enclosur
     raise FperrInputError(f"no bound rule for layer type {layer.type!r}")
 
 
-def _affine_local(
+def affine_local(
     s_st: Array,
     z: Array,
     w_abs_mag: Array,
@@ -242,9 +242,12 @@ def _affine_local(
         under = under + ctx.term_underflow(bias, ctx.arith.storage, n + 1)
     acc = ctx.gamma(terms) * total + under
     acc = np.where(ctx.sum_may_overflow(total, terms, under), np.inf, acc)
-    drift = 2 * w_abs_r + 2 * acc
-    e1 = half_ulp(np.abs(s_st) + half_ulp(np.abs(s_st), s) + drift, s)
-    e2 = 0.0 if z is s_st else half_ulp(np.abs(z) + half_ulp(np.abs(z), s) + drift + 2 * e1, s)
+    # the rounding of a stored value y within |y_hat| + half_ulp(y_hat) + drift of ours;
+    # half_ulp(m) <= u m + e0 (e0: the error at zero) saves evaluating it twice
+    u, e0 = s.u, zero_error(s)
+    drift = 2 * w_abs_r + 2 * acc + e0
+    e1 = half_ulp((1 + u) * np.abs(s_st) + drift, s)
+    e2 = 0.0 if z is s_st else half_ulp((1 + u) * np.abs(z) + drift + 2 * e1, s)
     return acc + e1 + e2 + extra
 
 
@@ -313,11 +316,10 @@ def parameter_rounding(
         ratio = np.where(normal, adw / np.where(normal, np.abs(w_hat), 1.0), 0.0)
     rho = float(ratio.max(initial=0.0)) * (1 + 2.0**-50)  # the division may round down
     s = apply(dw, x) + db
-    box = 2 * rho * w_abs_r
-    if not normal.all():
-        box = box + 2 * apply(np.where(normal, 0.0, adw), r)
-    dw_x = rho * w_abs_x + (0.0 if normal.all() else apply(np.where(normal, 0.0, adw), np.abs(x)))
-    box = box + gamma(n + 2, 2.0**-53) * (dw_x + np.abs(db))
+    g64 = gamma(n + 2, 2.0**-53)
+    box = 2 * rho * w_abs_r + g64 * (rho * w_abs_x + np.abs(db))
+    if not normal.all():  # 2 |dW| r + g64 |dW| |x| over these entries: one map
+        box = box + apply(np.where(normal, 0.0, adw), 2 * r + g64 * np.abs(x))
     return s, box
 
 
@@ -332,6 +334,25 @@ def _product_count(mag: Array, wa: Array) -> Array:
     return live @ (wa != 0).astype(np.float64).T
 
 
+def dense_sums(layer: Dense, a: Emulated, x: Array) -> tuple[Array, Array, Array]:
+    """(W_hat, stored sum, stored output) of a dense layer's run in ``a`` at stored
+    input ``x``: the rounded weights, fl(x W_hat^T) and fl(fl(sum) + fl(b))."""
+    w_hat = a.to_operand(layer.weight)
+    s_st = a.matmul(a.activation_operand(x), w_hat.T)
+    z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
+    return w_hat, s_st, z
+
+
+def dense_apply(m: Array, v: Array) -> Array:
+    """v @ m^T (a dense layer's map with weights m, exact), over only the input units
+    some weight reads where those are few (the weights whose rounding lies below the
+    normal range, :func:`parameter_rounding`): a GEMM of that width, not the layer's."""
+    cols = np.flatnonzero(m.any(axis=0))
+    if 8 * cols.size < m.shape[1]:
+        return np.asarray(v[:, cols] @ m[:, cols].T)
+    return np.asarray(v @ m.T)
+
+
 def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
     """The stored output, the accumulation and storage errors, the rounding of
     parameters and operands (see :meth:`Context.add_local`), and the rounded
@@ -340,9 +361,7 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
     signed vector (:func:`parameter_rounding`); parameters that may be chopped
     (TF32 operands) as a worst-case box."""
     a = ctx.arith
-    w_hat = a.to_operand(layer.weight)
-    s_st = a.matmul(a.activation_operand(x), w_hat.T)
-    z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
+    w_hat, s_st, z = dense_sums(layer, a, x)
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
     dx = _operand_error(mag, a)
@@ -357,12 +376,11 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
         if dx is not None:  # activations rounded to the narrower format too
             extra = extra + dx @ wa.T
     else:
-        dense = lambda m, v: v @ m.T  # noqa: E731
-        signed, extra = parameter_rounding(dense, x, r, w_hat, layer.weight, db,
+        signed, extra = parameter_rounding(dense_apply, x, r, w_hat, layer.weight, db,
                                            w_abs_mag, w_abs_r, layer.weight.shape[1],
                                            a.operand_format.smallest_normal)  # fmt: skip
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))
-    local = _affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx,
+    local = affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx,
                           layer.weight.shape[1], lambda: _product_count(mag, wa),
                           b_abs)  # fmt: skip
     return Affine(z, local, extra, w_abs_r, signed)
@@ -382,15 +400,21 @@ def conv_with(layer: Conv2d, w: Array, v: Array) -> Array:
     return conv.forward(v, Exact())
 
 
-def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
-    """A convolution's :class:`Affine` terms, as :func:`dense_local` (n = C/g kh kw)."""
-    a = ctx.arith
+def conv_sums(layer: Conv2d, a: Emulated, x: Array) -> tuple[Array, Array, Array]:
+    """:func:`dense_sums` of a convolution (its operands rounded by the convolution)."""
     w_hat = a.to_operand(layer.weight)
     nobias = Conv2d(w_hat, None, layer.stride, layer.padding, layer.dilation, layer.groups)
     s_st = nobias.forward(x, a)  # rounds x to the operand format itself
     z = s_st
     if layer.bias is not None:
         z = a.store(s_st + a.store(layer.bias)[None, :, None, None])
+    return w_hat, s_st, z
+
+
+def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
+    """A convolution's :class:`Affine` terms, as :func:`dense_local` (n = C/g kh kw)."""
+    a = ctx.arith
+    w_hat, s_st, z = conv_sums(layer, a, x)
     mag = np.abs(x) + 2 * r
     wa = np.abs(w_hat)
     dx = _operand_error(mag, a)
@@ -415,7 +439,7 @@ def conv_local(layer: Conv2d, x: Array, r: Array, ctx: Context) -> Affine:
     nonzero = (wa != 0).astype(np.float64)
     count = lambda: conv_with(layer, nonzero, (mag > 0).astype(np.float64))  # noqa: E731
     b_abs = None if layer.bias is None else np.abs(a.store(layer.bias))[None, :, None, None]
-    local = _affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx, n, count, b_abs)
+    local = affine_local(s_st, z, w_abs_mag, w_abs_r, np.zeros_like(z), ctx, n, count, b_abs)
     return Affine(z, local, extra, w_abs_r, signed)
 
 

@@ -43,7 +43,7 @@ from ..layers import (
     Softmax,
 )
 from ..rounding import round as fround
-from .enclosure import half_ulp
+from .enclosure import half_ulp, zero_error
 from .rules import (
     Context,
     _ln_remainders,
@@ -145,11 +145,10 @@ def _signed(s: Array | None, z: Array) -> Array | None:
 def exact_weight_image(w_abs_r: Array, r_sum: Array, a: Any) -> Array:
     """An upper bound on |W| r from |W_hat| r, W_hat = W rounded to the operand
     format (nearest, or chopped: within 2 half-ulps): |W| <= (|W_hat| + 2 h0) /
-    (1 - 2u), h0 the rounding error at 0 (half the subnormal spacing); it saves a
+    (1 - 2u), h0 the rounding error at 0 (:func:`.enclosure.zero_error`); it saves a
     GEMM, and it only feeds the interval range."""
     f = a.operand_format
-    h0 = float(half_ulp(np.zeros(()), f))
-    return (w_abs_r + 2 * h0 * r_sum) / (1 - 2 * f.u)
+    return (w_abs_r + 2 * zero_error(f) * r_sum) / (1 - 2 * f.u)
 
 
 def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> Step:

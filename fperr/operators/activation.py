@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
+    from ..bounds.quick import Quick
     from ..bounds.rules import Context
     from ..bounds.steps import Step
     from ..importers.onnx_converter import _OnnxConverter as Cv
@@ -320,6 +321,18 @@ class Activation(Operator):
 
         return activation_step(self, xs[0], rs[0], ctx, group, None if spread is None
                                else spread[0])  # fmt: skip
+
+    def has_quick(self) -> bool:
+        return self.type in ("relu", "relu6")  # slopes 0 and 1, exact in every format
+
+    def quick(self, q: Quick, lo: Context, ref: Context) -> Quick:
+        from ..bounds.quick import clamp_quick
+        from ..bounds.rules import activation_pieces
+
+        pieces = activation_pieces(self) if self.has_quick() else None
+        if pieces is None:
+            return super().quick(q, lo, ref)
+        return clamp_quick(q, *pieces, lambda x: self.forward(x, lo.arith))
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import activation_rule

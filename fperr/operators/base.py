@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
+    from ..bounds.quick import Quick
     from ..bounds.rules import Context
     from ..bounds.steps import Step
     from ..importers.onnx_converter import _OnnxConverter
@@ -112,6 +113,18 @@ class Operator:
         only ones sharpened there; None where every unit's range matters (curved
         functions: the threshold alone decides)."""
         return None
+
+    def has_quick(self) -> bool:
+        """Whether :meth:`quick` bounds this operator: the cascade's first stage
+        (:mod:`fperr.bounds.quick`, both runs in one forward pass) for models whose
+        every layer has it."""
+        return False
+
+    def quick(self, q: Quick, lo: Context, ref: Context) -> Quick:
+        """Both runs' values and error bounds at this operator's output, from its
+        input's (:class:`fperr.bounds.quick.Quick`); ``lo`` and ``ref`` the runs'
+        worst-case contexts."""
+        raise OperatorUnsupported(f"{self.type}: no quick bound (the cascade's first stage)")
 
     needs_functional: ClassVar[bool] = False
     """Backward engine: ``step`` takes ``functional=``, the radius of any functional of

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
+    from ..bounds.quick import Quick
     from ..bounds.rules import Context
     from ..bounds.steps import Step
     from ..importers.onnx_converter import _OnnxConverter as Cv
@@ -238,6 +239,18 @@ class Conv2d(Operator):
         from ..bounds.steps import conv2d_step
 
         return conv2d_step(self, xs[0], rs[0], ctx, group)
+
+    def has_quick(self) -> bool:
+        return True
+
+    def quick(self, q: Quick, lo: Context, ref: Context) -> Quick:
+        from ..bounds.quick import affine_quick
+        from ..bounds.rules import conv_sums, conv_with
+
+        bias = None if self.bias is None else self.bias.reshape(1, -1, 1, 1)
+        return affine_quick(self, q, lo, ref, lambda a, x: conv_sums(self, a, x),
+                            lambda m, v: conv_with(self, m, v), self.weight, bias,
+                            int(np.prod(self.weight.shape[1:])))  # fmt: skip
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import conv_rule

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
+    from ..bounds.quick import Quick
     from ..bounds.rules import Context
     from ..bounds.steps import Step
     from ..importers.onnx_converter import _OnnxConverter as Cv
@@ -187,6 +188,16 @@ class Dense(Operator):
         from ..bounds.steps import dense_step
 
         return dense_step(self, xs[0], rs[0], ctx, group)
+
+    def has_quick(self) -> bool:
+        return True
+
+    def quick(self, q: Quick, lo: Context, ref: Context) -> Quick:
+        from ..bounds.quick import affine_quick
+        from ..bounds.rules import dense_apply, dense_sums
+
+        return affine_quick(self, q, lo, ref, lambda a, x: dense_sums(self, a, x), dense_apply,
+                            self.weight, self.bias, int(self.weight.shape[1]))  # fmt: skip
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import dense_rule

@@ -17,6 +17,7 @@ from .base import Array, Operator, OperatorSpec, Shape, Weights, register
 if TYPE_CHECKING:
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
+    from ..bounds.quick import Quick
     from ..bounds.rules import Context
     from ..bounds.steps import Step
     from ..model import Model
@@ -36,6 +37,12 @@ class MovesValues(Operator):
         from ..bounds.steps import shape_step
 
         return shape_step(self, xs[0], rs[0], ctx, group)
+
+    def has_quick(self) -> bool:
+        return True
+
+    def quick(self, q: Quick, lo: Context, ref: Context) -> Quick:
+        return q.moved(lambda x: self.forward(x, lo.arith))
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import shape_rule

@@ -14,7 +14,7 @@ values and every run lie within r of each other: |e_A| <= rA for e_A = A_exact
 (e_A -> e_A B^, e_B -> A^ e_B) and the bilinear remainder is at most
 |a1||e_B| + |e_A||b1| + |e_A||e_B| <= 3 rA rB, a deterministic box (it is
 rA rB only for the computed run itself, a2 = b2 = 0).  The rounding of the
-product is :func:`fperr.bounds.rules._affine_local` with |W||x| replaced by
+product is :func:`fperr.bounds.rules.affine_local` with |W||x| replaced by
 (|A^| + 2 rA)(|B^| + 2 rB): gamma_k(u_acc) for the accumulation in any order
 (Higham 2002, Lemma 3.1 and eq. 3.11), the underflow terms, and the storage
 rounding of any run's sum.
@@ -142,7 +142,7 @@ class MatMul(Operator):
         return batched_matmul(arith.activation_operand(a), arith.activation_operand(b), arith)
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
-        from ..bounds.rules import _affine_local, _operand_error
+        from ..bounds.rules import _operand_error, affine_local
         from ..bounds.steps import Step, _local_boxes
 
         a_hat, b_hat = xs
@@ -163,7 +163,7 @@ class MatMul(Operator):
         db = rb if dxb is None else rb + dxb
         half_drift = da @ op_b + (aa if dxa is None else aa + dxa) @ db
         count = lambda: (mag_a > 0).astype(np.float64) @ (mag_b > 0)  # noqa: E731
-        local = _affine_local(y, y, op_a @ op_b, half_drift, np.zeros_like(y), ctx,
+        local = affine_local(y, y, op_a @ op_b, half_drift, np.zeros_like(y), ctx,
                               a_hat.shape[-1], count)  # fmt: skip
         image = (ra @ ab + aa @ rb).reshape(N, -1)
         remainder = (3 * (ra @ rb)).reshape(N, -1)

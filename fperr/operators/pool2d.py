@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
+    from ..bounds.quick import Quick
     from ..bounds.rules import Context
     from ..bounds.steps import Step
     from ..importers.onnx_converter import _OnnxConverter as Cv
@@ -257,10 +258,25 @@ class Pool2d(Operator):
                 out[..., i * kw + j] = xp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw]
         return out
 
+    def _max(self, x: Array) -> Array:
+        """The windows' maxima (NaN where a window holds one), one strided
+        np.maximum per kernel offset: some 20 times faster than reducing the copied
+        windows (:meth:`windows`) on the digits CNN's pooling layers."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        _, ho, wo = self.out_shape(x.shape[1:])
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+        out: Array | None = None
+        for i in range(kh):
+            for j in range(kw):
+                v = xp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw]
+                out = v.copy() if out is None else np.maximum(out, v, out=out)
+        assert out is not None  # a kernel has at least one offset
+        return out
+
     def forward(self, x: Array, arith: Arithmetic) -> Array:
+        if self.kind == "max":  # exact in any format
+            return self._max(x)
         win = self.windows(x)
-        if self.kind == "max":
-            return win.max(axis=-1)  # exact in any format
         k = self.kernel[0] * self.kernel[1]
         return arith.func(lambda v: v.sum(axis=-1) / k, win)
 
@@ -270,6 +286,16 @@ class Pool2d(Operator):
         from ..bounds.steps import pool_step
 
         return pool_step(self, xs[0], rs[0], ctx, group, None if spread is None else spread[0])
+
+    def has_quick(self) -> bool:
+        return self.kind == "max"  # exact in every format
+
+    def quick(self, q: Quick, lo: Context, ref: Context) -> Quick:
+        from ..bounds.quick import max_quick
+
+        if not self.has_quick():
+            return super().quick(q, lo, ref)
+        return max_quick(q, lambda x: self.forward(x, lo.arith))
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import pool_rule

@@ -1,0 +1,260 @@
+"""The cascade's first stage: one forward pass that bounds both runs at once.
+
+The backward engine bounds the low-precision run and the reference run one
+after the other, each around its own computed values, with two GEMMs of
+|W_hat| per layer and run (the magnitudes and the image of the radius) and a
+few dozen elementwise passes.  Most inputs of a data set have a margin far
+above either radius; for them a cheaper bound decides, and this module
+carries both runs through one pass.
+
+At every position it keeps the reference run's computed values ``c`` (the
+centre), the low run's computed values ``v`` (its outputs are reported, and
+its own stored sums give the exponents of its storage roundings), and two
+bounds:
+
+- ``total`` (per unit) T >= rho_low + rho_ref, where rho_low bounds the
+  distance of every low-precision run from exact arithmetic and rho_ref that
+  of every reference run (every summation order, as in :mod:`.rules`);
+- ``sigma`` (one number per input) >= every unit's rho_ref: the reference
+  run's error is about 2^-13 of the low run's (binary32 against binary16), so
+  its spread over the units hardly matters.
+
+Every low run then lies within rho_low + rho_ref <= T of ``c``, every
+reference run within 2 rho_ref <= T + sigma, and so does the exact value: the
+magnitudes |c| + T + sigma hold for the inputs of both runs, and one GEMM
+with the low run's |W_hat| gives the accumulation terms of both (the
+reference's weights differ from the low run's by their rounding, a factor
+(1 + u_ref) / (1 - u_low) and the subnormal spacings), a second one the image
+|W| T.  The local terms are those of :mod:`.rules` (accumulation, storage
+roundings, parameter rounding: :func:`.rules.affine_local`,
+:func:`.rules.parameter_rounding`), worst case: the bound is deterministic
+and holds under either method.
+
+A layer whose function is exact in every arithmetic passes T on by its
+Lipschitz bound over the range c +- (T + sigma): ReLU and ReLU6 keep T, or
+give 0 where every run's input lies on a flat piece; max pooling gives the
+window's largest T plus sigma (the two runs' largest errors may sit at
+different units: max(a + b) <= max a + max b); shape-only layers move T with
+the values.  Operators without such a rule (:meth:`.Operator.has_quick`)
+leave the cascade to start from the backward engine's interval ranges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..arith import Emulated
+from ..formats import Format, gamma
+from ..model import Model, check_inputs
+from ..operators import Operator
+from . import exponent_range as xr
+from .enclosure import zero_error
+from .engine import BoundResult, RunBound
+from .memory import keep_freed_heap, max_bytes
+from .rules import Context, affine_local, parameter_rounding
+from .steps import exact_weight_image
+
+Array = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+Sums = Callable[[Emulated, Array], tuple[Array, Array, Array]]
+"""``sums(arith, x)`` -> (rounded weights, stored sum, stored output) of one run."""
+Apply = Callable[[Array, Array], Array]
+"""``apply(M, v)``: the layer's linear map with weights M and no bias, exact."""
+
+BATCH_ELEMENTS = 1 << 17
+"""Inputs go through in batches of about this many values per position: the
+elementwise passes then run in the processor's cache (about 30% faster on
+the digits MLP than the whole set at once); the bounds do not depend on it."""
+
+
+@dataclass(frozen=True)
+class Quick:
+    """Both runs at one position (arrays (N, *shape), ``sigma`` and ``bad`` (N,))."""
+
+    ref: Array  # the reference run's computed values: the centre
+    low: Array  # the low run's computed values
+    total: Array  # T >= rho_low + rho_ref
+    sigma: Array  # >= rho_ref at every unit
+    bad: Mask  # inputs some run of which may overflow or leave the finite numbers
+
+    def moved(self, f: Callable[[Array], Array]) -> Quick:
+        """Values and T moved by an exact map that only moves units (reshapes)."""
+        return Quick(f(self.ref), f(self.low), f(self.total), self.sigma, self.bad)
+
+    def reach(self) -> Array:
+        """T + sigma: every run of either arithmetic, and the exact values, lie within
+        it of ``ref``."""
+        return self.total + columns(self.sigma, self.total)
+
+
+def columns(s: Array, like: Array) -> Array:
+    """(N,) per-input numbers as (N, 1, ..., 1), broadcasting against ``like``."""
+    return s.reshape(s.shape[0], *([1] * (like.ndim - 1)))
+
+
+def per_input_max(a: Array) -> Array:
+    return np.asarray(a.reshape(a.shape[0], -1).max(axis=1, initial=0.0))
+
+
+def per_input_sum(a: Array) -> Array:
+    return np.asarray(a.reshape(a.shape[0], -1).sum(axis=1))
+
+
+def not_finite(*arrays: Array) -> Mask:
+    """(N,): inputs with an inf or NaN in any of ``arrays`` (a row's sum is finite
+    only if all its entries are; one that overflows float64 counts too)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(np.logical_or.reduce([~np.isfinite(per_input_sum(a)) for a in arrays]))
+
+
+def other_weights_image(img: Array, v_sum: Array, low: Format, ref: Format) -> Array:
+    """A bound on |W_ref| v from ``img`` = |W_low| v (v >= 0), the weights W
+    rounded to nearest in ``low`` and ``ref``: |W| <= (|W_low| + e_low) / (1 -
+    u_low) and |W_ref| <= (1 + u_ref) |W| + e_ref, e the error at zero
+    (:func:`zero_error`); ``v_sum`` >= every unit's sum of the v it reads."""
+    scale = (1 + ref.u) / (1 - low.u)
+    return scale * (img + zero_error(low) * v_sum) + zero_error(ref) * v_sum
+
+
+def affine_quick(
+    layer: Operator, q: Quick, lo: Context, rf: Context, sums: Sums, apply: Apply,
+    weight: Array, bias: Array | None, n: int,
+) -> Quick:  # fmt: skip
+    """A dense or convolution layer (``bias`` broadcastable to the output, n the
+    dot products' length): see the module docstring."""
+    w_lo, s_lo, z_lo = sums(lo.arith, q.low)
+    w_rf, s_rf, z_rf = sums(rf.arith, q.ref)
+    ones = np.ones((1, *q.ref.shape[1:]))
+    sigma = columns(q.sigma, q.ref)
+    mag = np.abs(q.ref) + q.reach()  # every run's input, and the exact one
+    bad = q.bad | xr.beyond_accumulator(layer, mag, lo.arith.storage, lo.arith.operand_format,
+                                        lo.arith.accumulate)  # fmt: skip
+    bad |= xr.beyond_accumulator(layer, mag, rf.arith.storage, rf.arith.operand_format,
+                                 rf.arith.accumulate)  # fmt: skip
+    wa = np.abs(w_lo)
+    mag_lo = apply(wa, mag)  # >= |W_lo| |x| for every run of either arithmetic
+    t_lo = apply(wa, q.total)  # |W_lo| T >= |W_lo| rho_low
+    fl, fr = lo.arith.operand_format, rf.arith.operand_format
+    top_mag_rf = other_weights_image(per_input_max(mag_lo), per_input_sum(mag), fl, fr)
+    t_rf1 = apply(np.abs(w_rf), ones)  # sigma t_rf1 >= |W_ref| rho_ref
+    N = q.ref.shape[0]
+    count = lambda: np.full(z_lo.shape, float(n))  # noqa: E731 - nonzero products <= n
+    # the low run: its inputs within T of c (parameter_rounding's 2r), of v within 2T
+    s, box = parameter_rounding(apply, q.ref, q.total / 2, w_lo, weight,
+                                _bias_error(lo.arith, bias), mag_lo, t_lo / 2, n,
+                                fl.smallest_normal)  # fmt: skip
+    own = affine_local(s_lo, z_lo, mag_lo, t_lo, _ZERO, lo, n, count, _stored_abs(lo.arith, bias))
+    own += np.abs(s) + box
+    # the reference runs (within 2 sigma of c): every term of affine_local grows with
+    # each argument, so its value at the per-input largest ones bounds every unit's
+    top_s = per_input_max(np.abs(s_rf))
+    top_z = top_s if z_rf is s_rf else per_input_max(np.abs(z_rf))  # no bias: one rounding
+    b_rf = None if bias is None else np.max(np.abs(rf.arith.store(bias)))
+    ref_own = affine_local(top_s, top_z, top_mag_rf, q.sigma * np.max(t_rf1), _ZERO,
+                           rf, n, lambda: np.full(N, float(n)), b_rf)  # fmt: skip
+    db_rf = _bias_error(rf.arith, bias)
+    if not (np.array_equal(w_rf, weight) and not np.any(db_rf)):  # weights not in the format
+        mag_rf = other_weights_image(mag_lo, columns(per_input_sum(mag), mag_lo), fl, fr)
+        s, box = parameter_rounding(apply, q.ref, np.broadcast_to(sigma, q.ref.shape), w_rf,
+                                    weight, db_rf, mag_rf, sigma * t_rf1, n,
+                                    fr.smallest_normal)  # fmt: skip
+        ref_own = ref_own + per_input_max(np.abs(s) + box)
+    # |W| T from |W_lo| T, and |W| rho_ref <= sigma |W| 1
+    image = exact_weight_image(t_lo, columns(per_input_sum(q.total), t_lo), lo.arith)
+    w_row = float(np.max(apply(np.abs(weight), ones), initial=0.0)) * (1 + gamma(n, 2.0**-53))
+    total = image + own + columns(ref_own, own)
+    new_sigma = q.sigma * w_row + ref_own
+    return Quick(z_rf, z_lo, total, new_sigma, bad | not_finite(z_lo, z_rf, total))
+
+
+_ZERO = np.zeros(())
+
+
+def _stored_abs(a: Emulated, bias: Array | None) -> Array | None:
+    return None if bias is None else np.abs(a.store(bias))
+
+
+def _bias_error(a: Emulated, bias: Array | None) -> Array | float:
+    return 0.0 if bias is None else a.store(bias) - bias
+
+
+def clamp_quick(q: Quick, kinks: Sequence[float], slopes: Sequence[float],
+                f: Callable[[Array], Array]) -> Quick:  # fmt: skip
+    """An activation with slopes 0 and 1 only, exact in every format (ReLU, ReLU6;
+    ``kinks`` and ``slopes`` as :func:`.rules.piecewise_slopes` takes them): its
+    Lipschitz constant 1 keeps T; where every run's and the exact input lie on one
+    flat piece the outputs agree exactly, and T is 0 there."""
+    far = q.reach()
+    lo, hi = q.ref - far, q.ref + far
+    edges = [-np.inf, *kinks, np.inf]
+    flat = np.zeros(q.ref.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):  # NaN: not flat, T kept (and the input is bad)
+        for i, s in enumerate(slopes):
+            if s == 0:
+                flat |= (lo >= edges[i]) & (hi <= edges[i + 1])
+    return Quick(f(q.ref), f(q.low), np.where(flat, 0.0, q.total), q.sigma, q.bad)
+
+
+def max_quick(q: Quick, pool: Callable[[Array], Array]) -> Quick:
+    """Max pooling (exact): |max a - max b| <= max |a - b| in each window, so
+    rho_low' <= the window's max of T and rho_ref' <= sigma."""
+    pooled = pool(q.total)
+    return Quick(pool(q.ref), pool(q.low), pooled + columns(q.sigma, pooled), q.sigma, q.bad)
+
+
+def quick_contexts(
+    model: Model, low: Emulated, reference: Emulated
+) -> tuple[Context, Context] | None:
+    """Worst-case contexts of both runs where every layer has a quick rule and
+    the model is a chain; None otherwise (the cascade then starts from the
+    backward engine).  Operands narrower than storage (TF32) are left to the
+    engines, whose rules for chopped operands this pass does not repeat."""
+    if model.is_graph or low.operand_narrower or reference.operand_narrower:
+        return None
+    if not all(isinstance(layer, Operator) and layer.has_quick() for layer in model.layers):
+        return None
+    return Context(low), Context(reference)
+
+
+def quick_bound(model: Model, X: npt.ArrayLike, low: Emulated, reference: Emulated,
+                method: str = "deterministic") -> BoundResult | None:  # fmt: skip
+    """Both runs' bounds in one forward pass (see the module docstring); None
+    where the model has a layer without a quick rule (:func:`quick_contexts`).
+    The reference radius is sigma at every output; the low one T (>= rho_low);
+    their sum bounds |y_low - y_ref| as :func:`.engine.bound`'s does."""
+    ctxs = quick_contexts(model, low, reference)
+    if ctxs is None:
+        return None
+    keep_freed_heap()
+    x = check_inputs(X, model.input_shape)
+    N = x.shape[0]
+    widest = max(int(np.prod(s)) for s in model.shapes())
+    bs = int(np.clip(BATCH_ELEMENTS // widest, 1, max(1, max_bytes() // (64 * widest))))
+    ops = [layer for layer in model.layers if isinstance(layer, Operator)]  # every one is
+    parts = [_quick_batch(ops, x[i : i + bs], *ctxs) for i in range(0, N, bs)]
+    q = Quick(*(np.concatenate([getattr(p, f) for p in parts])
+                for f in ("ref", "low", "total", "sigma", "bad")))  # fmt: skip
+    K = int(np.prod(model.output_shape))
+    inf = np.inf
+    total = np.where(q.bad[:, None], inf, q.total.reshape(N, K))
+    sigma = np.where(q.bad, inf, q.sigma)[:, None] * np.ones((1, K))
+    per = np.zeros((N, len(model.layers) + 1, K))
+    names = ["input"] + [f"{model.node_name(i)}:{layer.type}"
+                         for i, layer in enumerate(model.layers)]  # fmt: skip
+    return BoundResult(RunBound(q.low.reshape(N, K), total, per),
+                       RunBound(q.ref.reshape(N, K), sigma, per.copy()),
+                       low, reference, method, names)  # fmt: skip
+
+
+def _quick_batch(ops: list[Operator], x: Array, lo: Context, rf: Context) -> Quick:
+    c, v = rf.arith.store(x), lo.arith.store(x)
+    e_ref = np.abs(c - x)
+    q = Quick(c, v, np.abs(v - x) + e_ref, per_input_max(e_ref), not_finite(c, v))
+    with np.errstate(invalid="ignore", over="ignore"):  # such inputs are bad: radius inf
+        for op in ops:
+            q = op.quick(q, lo, rf)
+    return q
