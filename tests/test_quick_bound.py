@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_anchors import LOW, ORDERS, REF, _observed
+from test_anchors import LOW, ORDERS, REF, _observed, deep_cnn
 
 import fperr.bounds.cascade as cascade
 import fperr.bounds.quick as quick
@@ -76,7 +76,8 @@ def inputs(model: Model, seed: int, n: int = 12) -> np.ndarray:
     return X
 
 
-CASES = [(conv_net, 0, "relu"), (conv_net, 1, "relu6"), (mlp, 2, "relu"), (mlp, 3, "relu6")]
+CASES = [(conv_net, 0, "relu"), (conv_net, 1, "relu6"), (mlp, 2, "relu"), (mlp, 3, "relu6"),
+         (deep_cnn, 8, "relu"), (deep_cnn, 9, "relu6")]  # the last with batch norm
 
 
 @pytest.mark.parametrize(("make", "seed", "act"), CASES)
@@ -148,11 +149,12 @@ def test_layers_without_a_quick_rule_leave_the_first_stage_to_the_engine():
     base = [Dense(w, None), Activation("relu"), Dense(w, None)]
     others = [
         Activation("tanh"), Activation("leaky_relu"),  # curved; rounded (alpha x)
-        BatchNorm(np.zeros(6), np.ones(6), np.ones(6), np.zeros(6)),
         Residual([Dense(w, None)]),
     ]  # fmt: skip
     X = rng.uniform(0, 1, (4, 6))
     assert quick_bound(Model("plain", (6,), tuple(base)), X, LOW, REF) is not None
+    norm = BatchNorm(np.zeros(6), np.ones(6), np.ones(6), np.zeros(6))
+    assert quick_bound(Model("bn", (6,), (*base, norm)), X, LOW, REF) is not None
     for layer in others:
         model = Model("other", (6,), (*base[:2], layer, base[2]))
         assert quick_bound(model, X, LOW, REF) is None, layer.type

@@ -40,12 +40,6 @@ from .quick import quick_bound
 Array = npt.NDArray[np.float64]
 Certifier = Callable[[Array, Array], npt.NDArray[np.bool_]]
 
-EXPLAIN_ALL_OUTPUTS = 16
-"""Models with at most this many outputs get the breakdown of every output for the
-inputs :func:`_explain` picks; larger ones (ImageNet's 1,000 classes) only that of the
-output with the largest bound, the one the reports' layer shares describe."""
-
-
 def margin(b: BoundResult) -> Array:
     """Per output: M = max(B, 2 R_ref), what the certificate compares with the gaps."""
     return np.maximum(b.bound, 2 * b.reference.radius)
@@ -160,7 +154,7 @@ def _explain(
     pick = np.sort(bare[np.argsort(slack.min(axis=1), kind="stable")[:count]])
     only: npt.NDArray[np.bool_] | None = None
     K = result.bound.shape[1]
-    if K > EXPLAIN_ALL_OUTPUTS and resolve_engine(model, engine) == "backward":
+    if resolve_engine(model, engine) == "backward":
         # the shares describe each input's output with the largest bound (layer_share):
         # its row alone, not K rows (61,504 of them through a convolution took 80 s)
         only = np.zeros((pick.size, K), dtype=bool)

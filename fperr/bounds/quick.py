@@ -30,7 +30,9 @@ roundings, parameter rounding: :func:`.rules.affine_local`,
 :func:`.rules.parameter_rounding`), worst case: the bound is deterministic
 and holds under either method.
 
-A layer whose function is exact in every arithmetic passes T on by its
+Eval batch norm scales T by |s| and adds both runs' local terms
+(:func:`.rules.batchnorm_local`).  A layer whose function is exact in every
+arithmetic passes T on by its
 Lipschitz bound over the range c +- (T + sigma): ReLU and ReLU6 keep T, or
 give 0 where every run's input lies on a flat piece; max pooling gives the
 window's largest T plus sigma (the two runs' largest errors may sit at
@@ -49,13 +51,14 @@ import numpy.typing as npt
 
 from ..arith import Emulated
 from ..formats import Format, gamma
+from ..layers import BatchNorm
 from ..model import Model, check_inputs
 from ..operators import Operator
 from . import exponent_range as xr
 from .enclosure import zero_error
 from .engine import BoundResult, RunBound
 from .memory import keep_freed_heap, max_bytes
-from .rules import Context, affine_local, parameter_rounding
+from .rules import Context, affine_local, batchnorm_local, parameter_rounding
 from .steps import exact_weight_image
 
 Array = npt.NDArray[np.float64]
@@ -73,7 +76,8 @@ the digits MLP than the whole set at once); the bounds do not depend on it."""
 
 @dataclass(frozen=True)
 class Quick:
-    """Both runs at one position (arrays (N, *shape), ``sigma`` and ``bad`` (N,))."""
+    """Both runs at one position: arrays (N, ...) of the position's shape, ``sigma`` and
+    ``bad`` (N,)."""
 
     ref: Array  # the reference run's computed values: the centre
     low: Array  # the low run's computed values
@@ -180,6 +184,19 @@ def _stored_abs(a: Emulated, bias: Array | None) -> Array | None:
 
 def _bias_error(a: Emulated, bias: Array | None) -> Array | float:
     return 0.0 if bias is None else a.store(bias) - bias
+
+
+def scale_quick(layer: BatchNorm, q: Quick, lo: Context, rf: Context) -> Quick:
+    """Eval batch norm, y = s x + t per channel: T passes as |s| T, plus each run's
+    local terms (:func:`.rules.batchnorm_local`: any low run within 2T of its values,
+    any reference run within 2 sigma of ``c``), the reference's per input at most."""
+    z_lo, s, local_lo, params_lo = batchnorm_local(layer, q.low, q.total, lo)
+    sigma = np.broadcast_to(columns(q.sigma, q.ref), q.ref.shape)
+    z_rf, _, local_rf, params_rf = batchnorm_local(layer, q.ref, sigma, rf)
+    ref_own = per_input_max(local_rf + params_rf)
+    total = np.abs(s) * q.total + local_lo + params_lo + columns(ref_own, q.total)
+    new_sigma = q.sigma * float(np.max(np.abs(s), initial=0.0)) + ref_own
+    return Quick(z_rf, z_lo, total, new_sigma, q.bad | not_finite(z_lo, z_rf, total))
 
 
 def clamp_quick(q: Quick, kinks: Sequence[float], slopes: Sequence[float],

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ..arith import Arithmetic
     from ..bounds.enclosure import Enclosure
+    from ..bounds.quick import Quick
     from ..bounds.rules import Context
     from ..bounds.steps import Step
     from ..importers.onnx_converter import _OnnxConverter as Cv
@@ -207,6 +208,14 @@ class BatchNorm(Operator):
         from ..bounds.steps import batchnorm_step
 
         return batchnorm_step(self, xs[0], rs[0], ctx, group)
+
+    def has_quick(self) -> bool:
+        return True
+
+    def quick(self, q: Quick, lo: Context, ref: Context) -> Quick:
+        from ..bounds.quick import scale_quick
+
+        return scale_quick(self, q, lo, ref)
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         from ..bounds.rules import batchnorm_rule
