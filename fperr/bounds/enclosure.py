@@ -56,6 +56,8 @@ def half_ulp(mag: Array, fmt: Format) -> Array:
     if not fmt.subnormals:  # flush to zero: a value below smallest_normal may be lost
         out = np.maximum(out, np.minimum(m, fmt.smallest_normal))
     out = np.asarray(out)  # 0-d in, 0-d array out
+    if np.max(m, initial=0.0) <= fmt.max:  # all finite and in range (NaN: max is NaN)
+        return out
     beyond = np.asarray(m <= fmt.max)
     np.logical_not(beyond, out=beyond)  # NaN compares false: inf
     np.copyto(out, np.inf, where=beyond)
@@ -70,20 +72,20 @@ def zero_error(fmt: Format) -> float:
 
 
 _SHIFT = np.uint64(52)
+_EXPONENT = np.uint64(0x7FF) << _SHIFT
 
 
 def _spacing_from_bits(m: Array, fmt: Format) -> Array:
     """2^(max(floor(log2 m), emin) - p) for m >= 0 as float64 bit arithmetic (three times
     faster than frexp/ldexp, the bound engines' most frequent call): the biased exponent
-    field of a normal float64 m is floor(log2 m) + 1023, and m is first raised to
-    ``smallest_normal`` (>= 2^-1022, so normal), so the result's biased exponent is
-    max(E, emin + 1023) - p, at least 1 where ``fmt.emin - fmt.p >= -1022``.  inf and NaN
-    give a finite value here, replaced by the caller."""
+    field E of a normal float64 m is floor(log2 m) + 1023, and m is first raised to
+    ``smallest_normal`` = 2^emin (>= 2^-1022, so normal), so E >= emin + 1023; the
+    result keeps E's field (the mantissa masked off: 2^floor(log2 m)) less p in it,
+    E - p >= 1 where ``fmt.emin - fmt.p >= -1022``.  inf and NaN give a finite value
+    here, replaced by the caller."""
     e = np.maximum(m, fmt.smallest_normal, out=np.empty_like(m)).view(np.uint64)
-    np.right_shift(e, _SHIFT, out=e)
-    np.maximum(e, np.uint64(fmt.emin + 1023), out=e)
-    np.subtract(e, np.uint64(fmt.p), out=e)
-    np.left_shift(e, _SHIFT, out=e)
+    np.bitwise_and(e, _EXPONENT, out=e)  # m >= 0: no sign bit
+    np.subtract(e, np.uint64(fmt.p) << _SHIFT, out=e)
     return e.view(np.float64)
 
 

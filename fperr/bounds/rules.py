@@ -241,7 +241,9 @@ def affine_local(
         terms, total = n + 1, w_abs_mag + bias
         under = under + ctx.term_underflow(bias, ctx.arith.storage, n + 1)
     acc = ctx.gamma(terms) * total + under
-    acc = np.where(ctx.sum_may_overflow(total, terms, under), np.inf, acc)
+    # no unit may overflow unless the largest may: one pass instead of the mask's six
+    if ctx.sum_may_overflow(np.max(total, initial=0.0), terms, np.max(under, initial=0.0)):
+        acc = np.where(ctx.sum_may_overflow(total, terms, under), np.inf, acc)
     # the rounding of a stored value y within |y_hat| + half_ulp(y_hat) + drift of ours;
     # half_ulp(m) <= u m + e0 (e0: the error at zero) saves evaluating it twice
     u, e0 = s.u, zero_error(s)
