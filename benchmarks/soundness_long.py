@@ -36,7 +36,7 @@ from soundness.checks import (  # noqa: E402
     check_torch,
     reproduction,
 )
-from soundness.generators import Case, Options, cases  # noqa: E402
+from soundness.generators import Case, Options, cases, quick_options  # noqa: E402
 
 # profile -> keyword arguments of check_case (the CI test of the same name)
 PROFILES: dict[str, dict[str, Any]] = {
@@ -46,8 +46,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "huge": {},
     "batch": {"batch": True},
     "batchnorm": {},
+    "quick": {},
 }
-TORCH_PROFILES = ("piecewise_linear", "smooth", "batchnorm")
+TORCH_PROFILES = ("piecewise_linear", "smooth", "batchnorm", "quick")
 
 
 def run_profile(
@@ -56,12 +57,13 @@ def run_profile(
     total, repros = Report(), []
     failing: list[Case] = []
     seen: set[tuple[str, str]] = set()
-    opts = None
+    opts = quick_options() if profile == "quick" else None
     if torch:
         opts = st.builds(
             Options,
             low=st.sampled_from(("binary16", "bfloat16")),
-            on=st.sampled_from(("logits", "softmax")),
+            on=st.sampled_from(("logits",) if profile == "quick" else ("logits", "softmax")),
+            cascade=st.just(True) if profile == "quick" else st.just(False),
         )
 
     @seed(rnd)

@@ -56,6 +56,9 @@ class Profile:
     activations: tuple[str, ...] = ACTIVATIONS
     overflow_row: bool = False  # one input row that overflows binary16 (batch dependence)
     first_batchnorm: bool = False  # every model starts with a batch norm
+    # only layers the cascade's quick stage bounds (fperr.bounds.quick): dense, conv,
+    # batch norm, the activations above, max pooling, reshapes and dropout; a chain
+    quick_layers: bool = False
 
 
 PROFILES: dict[str, Profile] = {
@@ -76,6 +79,7 @@ PROFILES: dict[str, Profile] = {
     "piecewise_linear": Profile("piecewise_linear", activations=("relu", "relu6", "leaky_relu")),
     # tails of tanh / sigmoid / GELU (torch's vectorised kernels err most there)
     "batchnorm": Profile("batchnorm", first_batchnorm=True),
+    "quick": Profile("quick", activations=("relu", "relu6"), quick_layers=True),
     "smooth": Profile(
         "smooth", data_scales=(1.0, 10.0, 100.0), activations=("tanh", "sigmoid", "gelu")
     ),
@@ -236,7 +240,7 @@ def conv(d: Draw, shape: Shape, same: bool = False) -> Conv2d:
 
 
 def pool(d: Draw, shape: Shape, same: bool = False) -> Pool2d:
-    kind = d.pick(("max", "avg"))
+    kind = "max" if d.profile.quick_layers else d.pick(("max", "avg"))
     if same:
         return Pool2d(kind, (3, 3), (1, 1), (1, 1))
     k = (d.int(1, min(3, shape[1])), d.int(1, min(3, shape[2])))
@@ -280,10 +284,18 @@ def common(d: Draw, kind: str, shape: Shape) -> Any:
     return Dropout(float(d.draw(st.floats(0.0, 1.0))))
 
 
+def _quick(d: Draw, kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """``kinds`` without those the quick stage has no rule for, in its profile."""
+    if not d.profile.quick_layers:
+        return kinds
+    return tuple(k for k in kinds if k not in ("ln", "residual", "softmax"))
+
+
 def image_stage(d: Draw, shape: Shape) -> tuple[list[Any], Shape]:
     layers: list[Any] = []
     for _ in range(d.int(1, 3)):
-        kind = d.pick(("conv", "conv", "pool", "act", "bn", "ln", "dropout", "reshape", "residual"))
+        kinds = ("conv", "conv", "pool", "act", "bn", "ln", "dropout", "reshape", "residual")
+        kind = d.pick(_quick(d, kinds))
         if kind == "conv":
             layer: Any = conv(d, shape)
         elif kind == "pool":
@@ -302,9 +314,8 @@ def image_stage(d: Draw, shape: Shape) -> tuple[list[Any], Shape]:
 def vector_stage(d: Draw, n: int) -> tuple[list[Any], int]:
     layers: list[Any] = []
     for _ in range(d.int(0, 3)):
-        kind = d.pick(
-            ("dense", "dense", "act", "act", "bn", "ln", "dropout", "residual", "softmax")
-        )
+        kind = d.pick(_quick(d, ("dense", "dense", "act", "act", "bn", "ln", "dropout",
+                                 "residual", "softmax")))  # fmt: skip
         if kind == "dense":
             m = d.int(1, 8)
             layers.append(dense(d, n, m))
@@ -342,7 +353,7 @@ def models(draw: Any, profile: Profile) -> Model:
     more, n = vector_stage(d, n)
     # two or more outputs; the single-output edge has its own test
     layers += more + [dense(d, n, d.int(2, 5))]
-    head = d.pick(("logits", "softmax", "activation"))
+    head = d.pick(_quick(d, ("logits", "softmax", "activation")))
     if head == "softmax":
         layers.append(Softmax())
     elif head == "activation":  # an elementwise kernel's error reaches the output unmixed
@@ -367,6 +378,20 @@ def inputs(draw: Any, shape: Shape, profile: Profile) -> Array:
     if profile.overflow_row:  # overflows binary16 in the first layer, NaN (inf * 0) later
         rows.insert(draw(st.integers(0, len(rows))), np.full(shape, 1e6))
     return np.stack(rows)
+
+
+def quick_options() -> st.SearchStrategy[Options]:
+    """Options under which certify's cascade starts with the quick stage: operands
+    not narrower than storage, logits (no softmax appended), the cascade on."""
+    return st.builds(
+        Options,
+        low=st.sampled_from(("binary16", "bfloat16")),
+        accumulate=st.sampled_from(("binary32", "binary16")),
+        truncate=st.booleans(),
+        engine=st.sampled_from(("auto", "backward", "zonotope")),
+        cascade=st.just(True),
+        ranges=st.sampled_from(("sharpened", "unstable", "full")),
+    )
 
 
 def options() -> st.SearchStrategy[Options]:

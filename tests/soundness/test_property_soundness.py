@@ -35,7 +35,7 @@ from fperr import Model
 from fperr.layers import Dense
 
 from .checks import KNOWN_OPEN, Report, check_case, check_torch, reproduction, summary
-from .generators import Case, Options, cases
+from .generators import Case, Options, cases, quick_options
 from .independent_emulator import (
     FORMATS,
     ORDERS,
@@ -260,6 +260,12 @@ def test_batchnorm_kernels() -> None:
     sweep("batchnorm", cases("batchnorm"), 100, check_case, "batchnorm_torch")
 
 
+def test_quick_stage() -> None:
+    """Models and options under which certify's first stage is the quick pass
+    (fperr.bounds.quick); most inputs keep its bound."""
+    sweep("quick", cases("quick", quick_options()), 150, check_case, None)
+
+
 # -- torch CPU runs -------------------------------------------------------------------------
 torch_opts = st.builds(
     Options,
@@ -285,6 +291,12 @@ def test_torch_cpu_runs() -> None:
 @needs_torch
 def test_torch_cpu_tanh_sigmoid_gelu() -> None:
     sweep("torch-smooth", cases("smooth", torch_opts), 300, torch_report, "kernel_allowance")
+
+
+@needs_torch
+def test_torch_cpu_quick_stage() -> None:
+    opts = st.builds(Options, low=st.sampled_from(("binary16", "bfloat16")), cascade=st.just(True))
+    sweep("torch-quick", cases("quick", opts), 150, torch_report, None)
 
 
 @needs_torch
