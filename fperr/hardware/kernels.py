@@ -26,6 +26,7 @@ import math
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -313,6 +314,23 @@ def _domain(name: str, x: Array) -> Array:
     return np.unique(a[a > 0])
 
 
+HALF_FLAGS = ("avx512_fp16", "avx512_bf16", "amx_bf16", "amx_fp16", "f16c", "avx512f", "avx2")
+"""CPU features that change torch's half-precision kernels: torch's cpu_capability
+says AVX512 on processors with and without native binary16 vector arithmetic,
+whose GELU differs by up to 5.8 ulps (validation/results/cpu-avx512fp16)."""
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`HALF_FLAGS` the processor has (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return [f for f in HALF_FLAGS if f in have]
+
+
 def environment(torch: Any, dev: Any) -> dict[str, Any]:
     env = {
         "torch": str(torch.__version__),
@@ -322,6 +340,7 @@ def environment(torch: Any, dev: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpu_flags": cpu_flags(),
     }
     if dev.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(dev)
