@@ -40,6 +40,7 @@ from ..operators import Operator
 from . import exponent_range as xr
 from .enclosure import Enclosure
 from .memory import max_bytes
+from .norm_ranges import euclid, narrow
 from .rules import Context, apply_rule, convert_rule, run_reach
 from .steps import Mask, Step, convert_step, residual_local_step
 
@@ -388,6 +389,11 @@ def forward_steps(
         if getattr(layer, "uses_spread", False) and ranges.anchors is not None:
             spreads = [ranges.spread(j + 1, x, r) for j, x, r in zip(ins, xs, rs, strict=True)]
         step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad, spreads)
+        if step.gains and len(srcs) == 1 and ranges.enc is None:
+            src = tape.steps[srcs[0]]
+            e_in = euclid(rs[0].reshape(N, -1), src.enorm)
+            capped, step.enorm = narrow(step.radius(), step.gains, e_in)
+            step.set_radius(capped)
         t_out = tape.add(step, tuple(srcs))
         source = tape.steps[srcs[0]] if len(srcs) == 1 else None
         if step.carry is not None and source is not None and source.sharp is not None:

@@ -24,6 +24,7 @@ bound propagation of CROWN (Zhang et al. 2018) and auto_LiRPA (Xu et al.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ from ..layers import (
 )
 from ..rounding import round as fround
 from .enclosure import half_ulp, zero_error
+from .norm_ranges import Gains, conv_gains, dense_gains
 from .rules import (
     Context,
     _ln_remainders,
@@ -82,6 +84,10 @@ class Step:
     # maps whose image is exact and whose boxes are deterministic (ReLU, max pooling,
     # reshapes): the input's mask of units no backward row can tighten -> the output's
     carry: Callable[[Mask], Mask] | None = None
+    # bounds of the propagated error by the incoming error's Euclidean norm
+    # (:mod:`.norm_ranges`); empty: the output's E restarts from its radius
+    gains: tuple[Gains, ...] = ()
+    enorm: Array | None = field(default=None, init=False)  # (N,) E >= ||e_out||_2
     sharpened: bool = field(default=False, init=False)  # radius sharpened by backward rows
     # (N, n_out): units whose radius is already their backward bound (None: unknown)
     sharp: Mask | None = field(default=None, init=False)
@@ -160,7 +166,29 @@ def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> St
         N, R, m = lam.shape
         return (lam.reshape(N * R, m) @ w).reshape(N, R, w.shape[1])
 
-    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
+    step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
+    return _with_gains(step, *dense_gains(layer))
+
+
+def _with_gains(step: Step, row: Array, op: float) -> Step:
+    """A linear step's gains: its weights' row and operator norms, with its local
+    errors (boxes and signed generators) as its own terms."""
+    step.gains = (Gains(row, op, _own(step)),)
+    return step
+
+
+def _own(step: Step, boxes: list[tuple[Array, bool]] | None = None) -> Array | None:
+    """The sum of a step's local terms (its boxes, or those given, and its signed
+    generators): what it adds to the propagated error."""
+    terms = [b for b, _ in (step.boxes if boxes is None else boxes)]
+    if step.signed is not None:
+        terms.append(np.abs(step.signed).reshape(step.image.shape))
+    if not terms:
+        return None
+    total = terms[0].copy()
+    for t in terms[1:]:
+        total += t
+    return total
 
 
 def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
@@ -203,7 +231,10 @@ def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> 
         return _rows(lambda v: conv2d_adjoint(layer, v.reshape(-1, *out_shape), in_shape),
                      lam, in_shape)  # fmt: skip
 
-    return Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
+    step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
+    rows, op = conv_gains(layer)
+    per_channel = np.repeat(rows, int(np.prod(out_shape[1:])))  # (C, H', W') flattened
+    return _with_gains(step, per_channel, op)
 
 
 def _pool_matrix(layer: Pool2d, in_shape: tuple[int, ...]) -> sp.csr_matrix:
@@ -248,13 +279,18 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int,
     def carry(sharp: Mask) -> Mask:  # a window's box alone is its own backward bound
         return np.take_along_axis(sharp, src, axis=1) | (keep == 0)
 
-    return Step(y, adjoint_max, image, group, [(_flat(box), False)], carry=carry)
+    # |max a' - max a*| <= max |a' - a*| over the window (exact in every format), and an
+    # input value belongs to at most ceil(k / s) windows along each axis
+    (kh, kw), (sh, sw) = layer.kernel, layer.stride
+    windows = math.ceil(kh / sh) * math.ceil(kw / sw)
+    return Step(y, adjoint_max, image, group, [(_flat(box), False)], carry=carry,
+                gains=(Gains(1.0, math.sqrt(windows), None),))
 
 
 def shape_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
     """Flatten, reshape, dropout (inference): values move, errors keep their units."""
     return Step(layer.forward(x, ctx.arith), lambda lam: lam, _flat(r), group,
-                carry=lambda sharp: sharp)
+                carry=lambda sharp: sharp, gains=(Gains(1.0, 1.0, None),))
 
 
 # -- elementwise and normalisation -----------------------------------------------------
@@ -264,15 +300,44 @@ def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: 
     d = _flat(dc)
     boxes = [(_flat(rem), False), (_flat(local), True)]
     exact = not np.any(local)  # ReLU, ReLU6: no rounding of their own, only the remainder
-    return Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes,
+    step = Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes,
                 carry=(lambda sharp: sharp) if exact else None)
+    return _elementwise_gains(step, d, _activation_lipschitz(layer))
+
+
+def _elementwise_gains(step: Step, d: Array, lipschitz: float | None = None) -> Step:
+    """Gains of a step e_out = d e_in + (its boxes): |d| per unit and max |d| with the
+    boxes as its own terms; with a Lipschitz constant L of the exact function
+    (|f(a') - f(a*)| <= L |a' - a*|), also L per unit (0 where the slope and the
+    remainder are 0: a flat piece) with the last box, the function's own rounding."""
+    ad = np.abs(d)
+    with np.errstate(invalid="ignore"):
+        op = ad.max(axis=1, initial=0.0)
+    gains = [Gains(ad, op, _own(step))]
+    if lipschitz is not None and len(step.boxes) == 2:
+        rem, local = step.boxes[0][0], step.boxes[1][0]
+        flat = (ad == 0) & (rem == 0)
+        gains.append(Gains(np.where(flat, 0.0, lipschitz), lipschitz, local))
+    step.gains = tuple(gains)
+    return step
+
+
+LIPSCHITZ = {"relu": 1.0, "relu6": 1.0, "tanh": 1.0, "sigmoid": 0.25}
+"""Lipschitz constants of exact activation functions (the others: their slope ranges)."""
+
+
+def _activation_lipschitz(layer: Activation) -> float | None:
+    if layer.type == "leaky_relu":
+        return max(1.0, abs(float(layer.negative_slope)))
+    return LIPSCHITZ.get(layer.type)
 
 
 def batchnorm_step(layer: BatchNorm, x: Array, r: Array, ctx: Context, group: int) -> Step:
     y, s, computed, params = batchnorm_local(layer, x, r, ctx)
     d = _flat(np.broadcast_to(s, x.shape))
     boxes = _local_boxes(ctx, computed, params)
-    return Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes)
+    step = Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes)
+    return _elementwise_gains(step, d)
 
 
 def softmax_step(layer: Softmax, x: Array, r: Array, ctx: Context, group: int) -> Step:
