@@ -380,3 +380,29 @@ def test_sharpening_budget_keeps_bounds_sound_and_batch_independent(budget, monk
         np.testing.assert_allclose(alone.radius[0], rb.radius[i], rtol=1e-12)  # BLAS last bits
     plain = bound_run(model, X, LOW, engine="backward", ranges="interval")
     assert np.median(rb.radius) <= np.median(plain.radius)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_rows_stop_at_the_first_layer_when_inputs_are_exact(name, monkeypatch):
+    """Digits inputs (integers 0-16) are exact in binary16 and binary32: the input
+    rounding box is zero, so the output rows need not pass the first layer; the
+    bounds are the same to the last bit as with the pull-back to the input."""
+    model, X, _ = load_example(name)
+    X = X[:40]
+    calls = []
+    real = B.pull_back
+
+    def spy(tape, lam, sink, upto=None, entry=True):
+        calls.append(B._silent(tape.steps[0]) and not entry)
+        return real(tape, lam, sink, upto, entry)
+
+    monkeypatch.setattr(B, "pull_back", spy)
+    import fperr.bounds.engine as E
+
+    monkeypatch.setattr(E, "pull_back", spy)
+    fast = bound_run(model, X, LOW, engine="backward")
+    assert any(calls)
+    monkeypatch.setattr(B, "_silent", lambda step: False)
+    full = bound_run(model, X, LOW, engine="backward")
+    np.testing.assert_array_equal(fast.radius, full.radius)
+    np.testing.assert_array_equal(fast.per_layer, full.per_layer)

@@ -132,14 +132,19 @@ def each(alam: Array, box: Array | None) -> Array:
     return alam if box is None else alam * box[:, None, :]
 
 
-def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None) -> Array:
+def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None,
+              entry: bool = True) -> Array:  # fmt: skip
     """Pull rows ``lam`` (N, R, n) at the output of step ``upto`` (default: the
     last) back through the tape, passing each source's contribution to ``sink(group,
     random, |Lambda|, box)`` (the contributions are |Lambda| box, see :func:`each`;
     ``box`` None: |Lambda S| (N, R, k) of signed generators); returns the rows at
-    the output of step 0 (summed over every path)."""
+    the output of step 0 (summed over every path).  ``entry`` False: the caller
+    needs no rows at step 0, so where step 0 contributes nothing (inputs exact in
+    the storage format: data held in binary32 or in a few bits) the adjoints that
+    lead only to it are skipped (the first layer's GEMM) and zeros returned."""
     last = len(tape.steps) - 1 if upto is None else upto
     lams: dict[int, Array] = {last: lam}
+    skip_entry = not entry and _silent(tape.steps[0])
     for i in range(last, -1, -1):
         lam_i = lams.pop(i, None)
         if lam_i is None:  # no path from ``upto`` passes through step i
@@ -148,6 +153,8 @@ def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None) -> Ar
         _contribute(step, lam_i, sink)
         if i == 0:
             return lam_i
+        if skip_entry and all(src == 0 for src in tape.sources[i]):
+            continue
         if step.branch is not None:  # x + F(x): the identity plus the branch
             pulled = [lam_i + pull_back(step.branch, lam_i, sink)]
         else:
@@ -156,6 +163,11 @@ def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None) -> Ar
         for src, part in zip(tape.sources[i], pulled, strict=True):
             lams[src] = lams[src] + part if src in lams else part
     return np.zeros((*lam.shape[:2], int(np.prod(tape.steps[0].value.shape[1:]))))
+
+
+def _silent(step: Step) -> bool:
+    """Whether a step adds no error of its own (every box zero, no signed part)."""
+    return step.signed is None and not any(np.any(b) for b, _ in step.boxes)
 
 
 class Collector:
@@ -201,7 +213,7 @@ def functional_radius(
             else:
                 total = total + summed(alam, box)
 
-        at_input = pull_back(tape, rows, add, upto)
+        at_input = pull_back(tape, rows, add, upto, entry=outer is not None)
         if lam > 0:
             total = total + lam * np.sqrt(squares)
         return total if outer is None else total + outer(at_input)

@@ -465,7 +465,7 @@ def _pull_rows(
     lam_rows = row_selector(mask)
     coll = Collector(mask.shape[0], lam_rows.shape[1], n_groups,
                      keep_random=method == "probabilistic")  # fmt: skip
-    pull_back(tape, lam_rows, coll)
+    pull_back(tape, lam_rows, coll, entry=False)
     if method != "probabilistic":
         return coll.det.sum(axis=1), coll.det
     g = np.concatenate([coll.det.transpose(0, 2, 1), *coll.random_cols], axis=2)
