@@ -498,7 +498,9 @@ def _step(
     x, r = xs[0], rs[0]
     if isinstance(layer, Residual):
         sub = Tape()
-        sub.add(Step(x, lambda lam: lam, r.reshape(r.shape[0], -1).copy(), group), ())
+        entry_step = Step(x, lambda lam: lam, r.reshape(r.shape[0], -1).copy(), group)
+        entry_step.enorm = tape.steps[srcs[0]].enorm  # the branch reads the stream's E
+        sub.add(entry_step, ())
         n = len(layer.layers)
         chain = Graph(layer.layers, [(i - 1,) for i in range(n)], [ctx] * n, [group] * n)
         sub_ranges = Ranges(None if ranges.enc is None else ranges.enc.materialize(),
