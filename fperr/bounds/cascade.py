@@ -36,6 +36,7 @@ from ..arith import Emulated
 from ..model import Model, check_inputs
 from .engine import BoundResult, RunBound, bound, resolve_engine, zonotope_fits
 from .quick import quick_bound
+from .weight_memo import remembering
 
 Array = npt.NDArray[np.float64]
 Certifier = Callable[[Array, Array], npt.NDArray[np.bool_]]
@@ -67,6 +68,7 @@ def _merge(cheap: RunBound, sharp: RunBound, idx: npt.NDArray[np.intp]) -> RunBo
     return RunBound(cheap.output, radius, per, prob)
 
 
+@remembering()
 def cascade_bound(
     model: Model,
     X: npt.ArrayLike,

@@ -47,6 +47,7 @@ from .memory import (
     max_bytes,
 )
 from .rules import Context, apply_rule, convert_rule
+from .weight_memo import remembering
 
 __all__ = ["RunBound", "BoundResult", "bound", "bound_run", "lambda_for",
            "PROBABILISTIC_NOTE"]  # fmt: skip
@@ -200,6 +201,7 @@ def range_functionals(model: Model) -> int:
     return max(1, 2 * total)
 
 
+@remembering()
 def bound_run(
     model: Model,
     X: npt.ArrayLike,
@@ -563,6 +565,7 @@ def _anchored(model: Model, X: npt.ArrayLike, engine: str, ranges: str) -> bool:
     return 16 * n * units <= max_bytes() // 4
 
 
+@remembering()
 def bound(
     model: Model,
     X: npt.ArrayLike,

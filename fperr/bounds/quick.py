@@ -60,6 +60,7 @@ from .engine import BoundResult, RunBound
 from .memory import keep_freed_heap, max_bytes
 from .rules import Context, affine_local, batchnorm_local, parameter_rounding
 from .steps import exact_weight_image
+from .weight_memo import remembering
 
 Array = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
@@ -237,6 +238,7 @@ def quick_contexts(
     return Context(low), Context(reference)
 
 
+@remembering()
 def quick_bound(model: Model, X: npt.ArrayLike, low: Emulated, reference: Emulated,
                 method: str = "deterministic") -> BoundResult | None:  # fmt: skip
     """Both runs' bounds in one forward pass (see the module docstring); None

@@ -44,6 +44,7 @@ from . import activation_ranges as more
 from . import exponent_range as xr
 from .allowance import default_allowance
 from .enclosure import Array, Enclosure, half_ulp, zero_error
+from .weight_memo import memo
 
 
 @dataclass(frozen=True)
@@ -309,20 +310,35 @@ def parameter_rounding(
     if some exist.  s is evaluated in float64:
     its error is at most gamma_{n+2}(2^-53) |dW| |x| (Higham 2002, eq. 3.5).
     """
-    dw = w_hat - w
-    if not dw.any():  # weights already in the format (a binary32 run of float32 weights)
+    dw, rho, sub = memo("rounding", (w_hat, w), tiny, lambda: _weight_rounding(w_hat, w, tiny))
+    if dw is None:  # weights already in the format (a binary32 run of float32 weights)
         return np.zeros_like(w_abs_r) + db, np.zeros_like(w_abs_r)
+    s = apply(dw, x) + db
+    g64 = gamma(n + 2, 2.0**-53)
+    box = 2 * rho * w_abs_r + g64 * (rho * w_abs_x + np.abs(db))
+    if sub is not None:  # 2 |dW| r + g64 |dW| |x| over these entries: one map
+        box = box + apply(sub, 2 * r + g64 * np.abs(x))
+    return s, box
+
+
+def _weight_rounding(w_hat: Array, w: Array, tiny: float) -> tuple[Array | None, float,
+                                                                   Array | None]:  # fmt: skip
+    """(dW or None where zero, rho, |dW| on the entries below ``tiny`` or None):
+    what :func:`parameter_rounding` needs of the weights alone."""
+    dw = w_hat - w
+    if not dw.any():
+        return None, 0.0, None
     adw = np.abs(dw)
     normal = np.abs(w_hat) >= tiny
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(normal, adw / np.where(normal, np.abs(w_hat), 1.0), 0.0)
     rho = float(ratio.max(initial=0.0)) * (1 + 2.0**-50)  # the division may round down
-    s = apply(dw, x) + db
-    g64 = gamma(n + 2, 2.0**-53)
-    box = 2 * rho * w_abs_r + g64 * (rho * w_abs_x + np.abs(db))
-    if not normal.all():  # 2 |dW| r + g64 |dW| |x| over these entries: one map
-        box = box + apply(np.where(normal, 0.0, adw), 2 * r + g64 * np.abs(x))
-    return s, box
+    return dw, rho, None if normal.all() else np.where(normal, 0.0, adw)
+
+
+def operand_weights(a: Emulated, w: Array) -> Array:
+    """``w`` rounded to ``a``'s operand format (once per call, :mod:`.weight_memo`)."""
+    return memo("operand", (w,), a, lambda: a.to_operand(w))
 
 
 def _product_count(mag: Array, wa: Array) -> Array:
@@ -339,7 +355,7 @@ def _product_count(mag: Array, wa: Array) -> Array:
 def dense_sums(layer: Dense, a: Emulated, x: Array) -> tuple[Array, Array, Array]:
     """(W_hat, stored sum, stored output) of a dense layer's run in ``a`` at stored
     input ``x``: the rounded weights, fl(x W_hat^T) and fl(fl(sum) + fl(b))."""
-    w_hat = a.to_operand(layer.weight)
+    w_hat = operand_weights(a, layer.weight)
     s_st = a.matmul(a.activation_operand(x), w_hat.T)
     z = s_st if layer.bias is None else a.store(s_st + a.store(layer.bias))
     return w_hat, s_st, z
@@ -404,7 +420,7 @@ def conv_with(layer: Conv2d, w: Array, v: Array) -> Array:
 
 def conv_sums(layer: Conv2d, a: Emulated, x: Array) -> tuple[Array, Array, Array]:
     """:func:`dense_sums` of a convolution (its operands rounded by the convolution)."""
-    w_hat = a.to_operand(layer.weight)
+    w_hat = operand_weights(a, layer.weight)
     nobias = Conv2d(w_hat, None, layer.stride, layer.padding, layer.dilation, layer.groups)
     s_st = nobias.forward(x, a)  # rounds x to the operand format itself
     z = s_st
