@@ -47,8 +47,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "batch": {"batch": True},
     "batchnorm": {},
     "quick": {},
+    "wide": {},
 }
-TORCH_PROFILES = ("piecewise_linear", "smooth", "batchnorm", "quick")
+TORCH_PROFILES = ("piecewise_linear", "smooth", "batchnorm", "quick", "wide")
 
 
 def run_profile(

@@ -59,6 +59,10 @@ class Profile:
     # only layers the cascade's quick stage bounds (fperr.bounds.quick): dense, conv,
     # batch norm, the activations above, max pooling, reshapes and dropout; a chain
     quick_layers: bool = False
+    # vector models of 3-4 dense layers of this many units (inputs too), each with an
+    # activation: where the Euclidean ranges (fperr.bounds.norm_ranges) cap the
+    # interval ones (on the default 1-8 units they rarely do)
+    wide: tuple[int, int] | None = None
 
 
 PROFILES: dict[str, Profile] = {
@@ -80,6 +84,9 @@ PROFILES: dict[str, Profile] = {
     # tails of tanh / sigmoid / GELU (torch's vectorised kernels err most there)
     "batchnorm": Profile("batchnorm", first_batchnorm=True),
     "quick": Profile("quick", activations=("relu", "relu6"), quick_layers=True),
+    # He-like weights (0.15 ~ sqrt(2 / 96)) so activations stay O(1) through the stack
+    "wide": Profile("wide", weight_scales=(0.1, 0.15, 0.2), data_scales=(0.1, 1.0),
+                    activations=("relu", "leaky_relu", "tanh"), wide=(64, 128)),
     "smooth": Profile(
         "smooth", data_scales=(1.0, 10.0, 100.0), activations=("tanh", "sigmoid", "gelu")
     ),
@@ -333,6 +340,8 @@ def vector_stage(d: Draw, n: int) -> tuple[list[Any], int]:
 def models(draw: Any, profile: Profile) -> Model:
     seed = draw(st.integers(0, 2**32 - 1))
     d = Draw(draw, profile, np.random.default_rng(seed))
+    if profile.wide is not None:
+        return wide_model(d, profile.wide, seed)
     kind = d.pick(("vector", "image", "vector_to_image"))
     layers: list[Any] = []
     if kind == "vector":
@@ -359,6 +368,20 @@ def models(draw: Any, profile: Profile) -> Model:
     elif head == "activation":  # an elementwise kernel's error reaches the output unmixed
         layers.append(activation(d))
     return Model(f"generated-{seed}", input_shape, tuple(layers))
+
+
+def wide_model(d: Draw, widths: tuple[int, int], seed: int) -> Model:
+    """3-4 dense layers of ``widths`` units, each followed by an activation, then the
+    output layer: the errors of many roundings meet in every unit."""
+    n = d.int(*widths)
+    input_shape = (n,)
+    layers: list[Any] = []
+    for _ in range(d.int(3, 4)):
+        m = d.int(*widths)
+        layers += [dense(d, n, m), activation(d)]
+        n = m
+    layers.append(dense(d, n, d.int(2, 5)))
+    return Model(f"generated-wide-{seed}", input_shape, tuple(layers))
 
 
 @st.composite

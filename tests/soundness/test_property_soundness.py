@@ -266,6 +266,12 @@ def test_quick_stage() -> None:
     sweep("quick", cases("quick", quick_options()), 150, check_case, None)
 
 
+def test_wide_layers() -> None:
+    """Dense stacks of 64-128 units with He-like weights: there the Euclidean ranges
+    cap the interval ones (fperr.bounds.norm_ranges) and sharpening reads the caps."""
+    sweep("wide", cases("wide"), 30, check_case, None)
+
+
 # -- torch CPU runs -------------------------------------------------------------------------
 torch_opts = st.builds(
     Options,
