@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import fperr.bounds.backward as B
+import fperr.bounds.norm_ranges as nr
 from fperr.arith import Emulated, Exact
 from fperr.bounds import bound_run
-from fperr.bounds.norm_ranges import Gains, conv_gains, dense_gains, narrow
+from fperr.bounds.norm_ranges import Gains, conv_gains, conv_spectral, dense_gains, narrow
 from fperr.layers import Activation, Conv2d, Dense, Flatten, Pool2d
 from fperr.model import Model
 
@@ -68,6 +69,27 @@ def test_conv_gains_bound_the_convolution_matrix(cin, cout, k, stride, pad, dil,
     per_unit = np.repeat(rows, C.shape[0] // cout)
     assert np.all(np.linalg.norm(C, axis=1) <= per_unit * (1 + 1e-12))
     assert _power_lower(C, rng) <= op
+    # the circular convolution's norm (per-frequency SVDs): above the exact norm of
+    # the matrix, never above Holder's bound, and close to the norm for stride 1
+    true = np.linalg.norm(C, 2)
+    spectral = conv_spectral(layer, in_shape)
+    assert true <= spectral <= op * (1 + 1e-9)
+    if stride == 1:
+        assert spectral <= 1.25 * true, (spectral, true)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_conv_spectral_frobenius_fallback_bounds_the_norm(groups, monkeypatch):
+    """Past SPECTRAL_WORK the per-frequency Frobenius norms: still above the norm."""
+    rng = np.random.default_rng(groups)
+    layer = Conv2d(rng.standard_normal((8, 8 // groups, 3, 3)), None, padding=(1, 1),
+                   groups=groups)  # fmt: skip
+    C = _conv_matrix(layer, (8, 6, 6))
+    exact = conv_spectral(layer, (8, 6, 6))
+    monkeypatch.setattr(nr, "SPECTRAL_WORK", 0.0)
+    nr._SPECTRAL.clear()
+    frob = conv_spectral(layer, (8, 6, 6))
+    assert np.linalg.norm(C, 2) <= exact <= frob
 
 
 def test_narrow_takes_the_smallest_sound_cap():

@@ -28,9 +28,12 @@ radius, E = ||r||_2, which is always sound.
 Gains of a layer are what bounds |(A e)_i| and ||A e||_2 by ||e||_2 for the
 error terms its step carries: for a dense layer the rows' norms and the
 spectral norm of W (the adjoint's W, the exact weights); for a convolution
-the norms of the kernels and sqrt(||C||_1 ||C||_inf) (Holder's inequality on
-the operator's column and row sums, taken for stride 1: an upper bound for
-any stride and padding); for an elementwise function its slope bounds
+the norms of the kernels and the smaller of sqrt(||C||_1 ||C||_inf) (Holder's
+inequality on the operator's column and row sums, taken for stride 1: an upper
+bound for any stride and padding) and the norm of the circular convolution on
+the padded image (:func:`conv_spectral`: per-frequency singular values, within
+2% of the true norm for stride 1 in the tests, 5x below Holder's at 16
+channels); for an elementwise function its slope bounds
 (L_i = |d_i| + rem_i / r_i: the mean value form's slope range), with its own
 rounding as ``own``; for max pooling 1 per unit and the square root of the
 largest number of windows an input belongs to.
@@ -99,6 +102,53 @@ def conv_gains(layer: Any) -> tuple[Array, float]:
         got = (rows * (1 + SPECTRAL_MARGIN), math.sqrt(c_inf * c_one) * (1 + SPECTRAL_MARGIN))
         _CACHE[layer] = got
     return got
+
+
+SPECTRAL_WORK = 2e9
+"""Largest work (frequencies x C_out x C_in x min(C_out, C_in)) for the exact
+per-frequency singular values of a convolution; beyond it their Frobenius norms
+(cheaper, looser by up to sqrt(min(C_out, C_in)))."""
+
+
+def conv_spectral(layer: Any, in_shape: tuple[int, ...]) -> float:
+    """An upper bound on ||C||_2 of a zero-padded convolution on inputs of
+    ``in_shape``, cached per layer and shape.
+
+    The convolution is a restriction of the circular one on the padded image
+    (size M = H + 2 p per axis: no output window wraps around), composed with the
+    embedding of the input (an isometry); striding restricts further.  A circular
+    convolution is diagonalised by the 2-D DFT, so its norm is the largest singular
+    value of the (C_out, C_in) kernel transforms over the M_h M_w frequencies
+    (Sedghi, Gupta & Long 2019).  Groups enter as zero blocks, dilation as zeros
+    between the taps.  The FFT's rounding (at most a few eps log2(M_h M_w) ||k||_1
+    per entry) is added as a Frobenius bound, the SVD's by SPECTRAL_MARGIN."""
+    cache = _SPECTRAL.setdefault(layer, {})
+    key = tuple(in_shape)
+    if key not in cache:
+        w = np.asarray(layer.weight, dtype=np.float64)  # (out, in/g, kh, kw)
+        out, per, kh, kw = w.shape
+        g, (dh, dw), (ph, pw) = int(layer.groups), layer.dilation, layer.padding
+        c_in = per * g
+        full = np.zeros((out, c_in, dh * (kh - 1) + 1, dw * (kw - 1) + 1))
+        step = out // g
+        for j in range(g):  # output channels of group j read its input channels only
+            full[j * step:(j + 1) * step, j * per:(j + 1) * per, ::dh, ::dw] = \
+                w[j * step:(j + 1) * step]  # fmt: skip
+        mh, mw = in_shape[1] + 2 * ph, in_shape[2] + 2 * pw
+        f = np.fft.fft2(full, s=(mh, mw)).transpose(2, 3, 0, 1).reshape(-1, out, c_in)
+        if f.shape[0] * out * c_in * min(out, c_in) <= SPECTRAL_WORK:
+            top = float(np.linalg.svd(f, compute_uv=False)[:, 0].max(initial=0.0))
+        else:
+            top = float(np.sqrt(np.sum(np.abs(f) ** 2, axis=(1, 2))).max(initial=0.0))
+        l1 = float(np.abs(full).sum(axis=(2, 3)).max(initial=0.0))
+        fft_error = 8 * 2.0**-53 * math.log2(mh * mw + 1) * l1 * math.sqrt(out * c_in)
+        cache[key] = (top + fft_error) * (1 + SPECTRAL_MARGIN)
+    return cache[key]
+
+
+_SPECTRAL: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def norm(r: Array) -> Array:

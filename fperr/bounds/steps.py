@@ -45,7 +45,7 @@ from ..layers import (
 )
 from ..rounding import round as fround
 from .enclosure import half_ulp, zero_error
-from .norm_ranges import Gains, conv_gains, dense_gains
+from .norm_ranges import Gains, conv_gains, conv_spectral, dense_gains
 from .rules import (
     Context,
     _ln_remainders,
@@ -233,6 +233,7 @@ def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> 
 
     step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
     rows, op = conv_gains(layer)
+    op = min(op, conv_spectral(layer, in_shape))
     per_channel = np.repeat(rows, int(np.prod(out_shape[1:])))  # (C, H', W') flattened
     return _with_gains(step, per_channel, op)
 
