@@ -42,13 +42,14 @@ largest number of windows an input belongs to.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.linalg
+
+from .weight_memo import memo
 
 Array = npt.NDArray[np.float64]
 
@@ -69,19 +70,17 @@ class Gains:
     own: Array | None  # (N, n_out), None for an exact map
 
 
-_CACHE: weakref.WeakKeyDictionary[Any, tuple[Array, float]] = weakref.WeakKeyDictionary()
-
-
 def dense_gains(layer: Any) -> tuple[Array, float]:
-    """(row norms, spectral norm bound) of a dense layer's exact weights, cached."""
-    got = _CACHE.get(layer)
-    if got is None:
-        w = np.asarray(layer.weight, dtype=np.float64)
-        rows = np.sqrt(np.einsum("ij,ij->i", w, w))
-        spec = float(scipy.linalg.svdvals(w, check_finite=False)[0]) if w.size else 0.0
-        got = (rows * (1 + SPECTRAL_MARGIN), spec * (1 + SPECTRAL_MARGIN))
-        _CACHE[layer] = got
-    return got
+    """(row norms, spectral norm bound) of a dense layer's exact weights (once per
+    call, :mod:`.weight_memo`)."""
+    return memo("dense_gains", (layer.weight,), None, lambda: _dense_gains(layer.weight))
+
+
+def _dense_gains(weight: Array) -> tuple[Array, float]:
+    w = np.asarray(weight, dtype=np.float64)
+    rows = np.sqrt(np.einsum("ij,ij->i", w, w))
+    spec = float(scipy.linalg.svdvals(w, check_finite=False)[0]) if w.size else 0.0
+    return rows * (1 + SPECTRAL_MARGIN), spec * (1 + SPECTRAL_MARGIN)
 
 
 def conv_gains(layer: Any) -> tuple[Array, float]:
@@ -90,18 +89,18 @@ def conv_gains(layer: Any) -> tuple[Array, float]:
     border), so |(C e)_i| <= ||k_o||_2 ||e||_2; ||C||_2 <= sqrt(||C||_1 ||C||_inf)
     with ||C||_inf the largest kernel sum of |k| and ||C||_1 the largest total of
     |k| an input channel feeds (each input value meets every tap at most once for
-    stride 1, at most once per tap for any stride)."""
-    got = _CACHE.get(layer)
-    if got is None:
-        k = np.abs(np.asarray(layer.weight, dtype=np.float64))  # (out, in/g, kh, kw)
-        rows = np.sqrt(np.square(k).sum(axis=(1, 2, 3)))
-        c_inf = float(k.sum(axis=(1, 2, 3)).max(initial=0.0))
-        g = int(layer.groups)
-        per_group = k.reshape(g, k.shape[0] // g, *k.shape[1:])  # input channels per group
-        c_one = float(per_group.sum(axis=(1, 3, 4)).max(initial=0.0))
-        got = (rows * (1 + SPECTRAL_MARGIN), math.sqrt(c_inf * c_one) * (1 + SPECTRAL_MARGIN))
-        _CACHE[layer] = got
-    return got
+    stride 1, at most once per tap for any stride).  Once per call."""
+    return memo("conv_gains", (layer.weight,), int(layer.groups),
+                lambda: _conv_gains(layer.weight, int(layer.groups)))  # fmt: skip
+
+
+def _conv_gains(weight: Array, g: int) -> tuple[Array, float]:
+    k = np.abs(np.asarray(weight, dtype=np.float64))  # (out, in/g, kh, kw)
+    rows = np.sqrt(np.square(k).sum(axis=(1, 2, 3)))
+    c_inf = float(k.sum(axis=(1, 2, 3)).max(initial=0.0))
+    per_group = k.reshape(g, k.shape[0] // g, *k.shape[1:])  # input channels per group
+    c_one = float(per_group.sum(axis=(1, 3, 4)).max(initial=0.0))
+    return rows * (1 + SPECTRAL_MARGIN), math.sqrt(c_inf * c_one) * (1 + SPECTRAL_MARGIN)
 
 
 SPECTRAL_WORK = 2e9
@@ -112,7 +111,7 @@ per-frequency singular values of a convolution; beyond it their Frobenius norms
 
 def conv_spectral(layer: Any, in_shape: tuple[int, ...]) -> float:
     """An upper bound on ||C||_2 of a zero-padded convolution on inputs of
-    ``in_shape``, cached per layer and shape.
+    ``in_shape`` (once per call and shape, :mod:`.weight_memo`).
 
     The convolution is a restriction of the circular one on the padded image
     (size M = H + 2 p per axis: no output window wraps around), composed with the
@@ -122,33 +121,31 @@ def conv_spectral(layer: Any, in_shape: tuple[int, ...]) -> float:
     (Sedghi, Gupta & Long 2019).  Groups enter as zero blocks, dilation as zeros
     between the taps.  The FFT's rounding (at most a few eps log2(M_h M_w) ||k||_1
     per entry) is added as a Frobenius bound, the SVD's by SPECTRAL_MARGIN."""
-    cache = _SPECTRAL.setdefault(layer, {})
-    key = tuple(in_shape)
-    if key not in cache:
-        w = np.asarray(layer.weight, dtype=np.float64)  # (out, in/g, kh, kw)
-        out, per, kh, kw = w.shape
-        g, (dh, dw), (ph, pw) = int(layer.groups), layer.dilation, layer.padding
-        c_in = per * g
-        full = np.zeros((out, c_in, dh * (kh - 1) + 1, dw * (kw - 1) + 1))
-        step = out // g
-        for j in range(g):  # output channels of group j read its input channels only
-            full[j * step:(j + 1) * step, j * per:(j + 1) * per, ::dh, ::dw] = \
-                w[j * step:(j + 1) * step]  # fmt: skip
-        mh, mw = in_shape[1] + 2 * ph, in_shape[2] + 2 * pw
-        f = np.fft.fft2(full, s=(mh, mw)).transpose(2, 3, 0, 1).reshape(-1, out, c_in)
-        if f.shape[0] * out * c_in * min(out, c_in) <= SPECTRAL_WORK:
-            top = float(np.linalg.svd(f, compute_uv=False)[:, 0].max(initial=0.0))
-        else:
-            top = float(np.sqrt(np.sum(np.abs(f) ** 2, axis=(1, 2))).max(initial=0.0))
-        l1 = float(np.abs(full).sum(axis=(2, 3)).max(initial=0.0))
-        fft_error = 8 * 2.0**-53 * math.log2(mh * mw + 1) * l1 * math.sqrt(out * c_in)
-        cache[key] = (top + fft_error) * (1 + SPECTRAL_MARGIN)
-    return cache[key]
+    extra = (int(layer.groups), tuple(layer.dilation), tuple(layer.padding), tuple(in_shape))
+    return memo("conv_spectral", (layer.weight,), extra,
+                lambda: _conv_spectral(layer.weight, *extra))  # fmt: skip
 
 
-_SPECTRAL: weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], float]] = (
-    weakref.WeakKeyDictionary()
-)
+def _conv_spectral(weight: Array, g: int, dilation: tuple[int, int],
+                   padding: tuple[int, int], in_shape: tuple[int, ...]) -> float:  # fmt: skip
+    w = np.asarray(weight, dtype=np.float64)  # (out, in/g, kh, kw)
+    out, per, kh, kw = w.shape
+    (dh, dw), (ph, pw) = dilation, padding
+    c_in = per * g
+    full = np.zeros((out, c_in, dh * (kh - 1) + 1, dw * (kw - 1) + 1))
+    step = out // g
+    for j in range(g):  # output channels of group j read its input channels only
+        full[j * step:(j + 1) * step, j * per:(j + 1) * per, ::dh, ::dw] = \
+            w[j * step:(j + 1) * step]  # fmt: skip
+    mh, mw = in_shape[1] + 2 * ph, in_shape[2] + 2 * pw
+    f = np.fft.fft2(full, s=(mh, mw)).transpose(2, 3, 0, 1).reshape(-1, out, c_in)
+    if f.shape[0] * out * c_in * min(out, c_in) <= SPECTRAL_WORK:
+        top = float(np.linalg.svd(f, compute_uv=False)[:, 0].max(initial=0.0))
+    else:
+        top = float(np.sqrt(np.sum(np.abs(f) ** 2, axis=(1, 2))).max(initial=0.0))
+    l1 = float(np.abs(full).sum(axis=(2, 3)).max(initial=0.0))
+    fft_error = 8 * 2.0**-53 * math.log2(mh * mw + 1) * l1 * math.sqrt(out * c_in)
+    return (top + fft_error) * (1 + SPECTRAL_MARGIN)
 
 
 def norm(r: Array) -> Array:

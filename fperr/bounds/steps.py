@@ -177,10 +177,10 @@ def _with_gains(step: Step, row: Array, op: float) -> Step:
     return step
 
 
-def _own(step: Step, boxes: list[tuple[Array, bool]] | None = None) -> Array | None:
-    """The sum of a step's local terms (its boxes, or those given, and its signed
-    generators): what it adds to the propagated error."""
-    terms = [b for b, _ in (step.boxes if boxes is None else boxes)]
+def _own(step: Step) -> Array | None:
+    """The sum of a step's local terms (its boxes and signed generators): what it
+    adds to the propagated error."""
+    terms = [b for b, _ in step.boxes]
     if step.signed is not None:
         terms.append(np.abs(step.signed).reshape(step.image.shape))
     if not terms:
@@ -303,23 +303,21 @@ def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: 
     exact = not np.any(local)  # ReLU, ReLU6: no rounding of their own, only the remainder
     step = Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes,
                 carry=(lambda sharp: sharp) if exact else None)
-    return _elementwise_gains(step, d, _activation_lipschitz(layer))
+    _elementwise_gains(step, d)
+    lipschitz = _activation_lipschitz(layer)
+    if lipschitz is not None:  # |f(a') - f(a*)| <= L |a' - a*|, plus f's own rounding
+        flat = (d == 0) & (boxes[0][0] == 0)  # a flat piece: no slope, no remainder
+        step.gains += (Gains(np.where(flat, 0.0, lipschitz), lipschitz, boxes[1][0]),)
+    return step
 
 
-def _elementwise_gains(step: Step, d: Array, lipschitz: float | None = None) -> Step:
-    """Gains of a step e_out = d e_in + (its boxes): |d| per unit and max |d| with the
-    boxes as its own terms; with a Lipschitz constant L of the exact function
-    (|f(a') - f(a*)| <= L |a' - a*|), also L per unit (0 where the slope and the
-    remainder are 0: a flat piece) with the last box, the function's own rounding."""
+def _elementwise_gains(step: Step, d: Array) -> Step:
+    """Gains of a step e_out = d e_in + (its boxes): |d| per unit and max |d|, with
+    the boxes as its own terms."""
     ad = np.abs(d)
     with np.errstate(invalid="ignore"):
         op = ad.max(axis=1, initial=0.0)
-    gains = [Gains(ad, op, _own(step))]
-    if lipschitz is not None and len(step.boxes) == 2:
-        rem, local = step.boxes[0][0], step.boxes[1][0]
-        flat = (ad == 0) & (rem == 0)
-        gains.append(Gains(np.where(flat, 0.0, lipschitz), lipschitz, local))
-    step.gains = tuple(gains)
+    step.gains = (Gains(ad, op, _own(step)),)
     return step
 
 
