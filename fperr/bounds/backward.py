@@ -153,8 +153,8 @@ def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None,
         _contribute(step, lam_i, sink)
         if i == 0:
             return lam_i
-        if skip_entry and all(src == 0 for src in tape.sources[i]):
-            continue
+        if skip_entry and step.branch is None and all(src == 0 for src in tape.sources[i]):
+            continue  # a residual step's pull-back collects its branch's errors: never skipped
         if step.branch is not None:  # x + F(x): the identity plus the branch
             pulled = [lam_i + pull_back(step.branch, lam_i, sink)]
         else:
