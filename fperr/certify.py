@@ -340,6 +340,8 @@ def certify(
     engine: str = "auto",
     cascade: bool = True,
     ranges: str = "sharpened",
+    backend: str = "numpy",
+    device: str = "cpu",
 ) -> CertifyResult:
     """Certify per input that the low-precision run predicts the reference class.
 
@@ -359,9 +361,13 @@ def certify(
     With ``method="probabilistic"``, ``1 - confidence`` is the failure
     probability per input in total (each run gets half).  ``progress`` is
     called with the number of inputs of each bounded batch (2 N in all).
+    ``backend`` and ``device``: where the backward rows live (``"numpy"``, or
+    ``"torch"`` on ``"cpu"`` or ``"cuda"``; see :func:`fperr.bounds.bound_run`).
     A dask array ``X`` is certified block by block (:mod:`fperr.distributed`).
     """
     if type(X).__module__.startswith("dask.array"):  # dask: one certify per block of rows
+        if (backend, device) != ("numpy", "cpu"):
+            raise FperrInputError("dask arrays are certified on the numpy backend")
         from .distributed.arrays import certify_dask
 
         return certify_dask(model, X, labels, low, reference, method=method,
@@ -374,10 +380,11 @@ def certify(
     if cascade:
         b = cascade_bound(model, X, low, reference, certified_sharp, method=method,
                           confidence=confidence, keep=keep, progress=progress, engine=engine,
-                          ranges=ranges)  # fmt: skip
+                          ranges=ranges, backend=backend, device=device)  # fmt: skip
     else:
         b = bound(model, X, low, reference, method=method, confidence=confidence, keep=keep,
-                  progress=progress, engine=engine, ranges=ranges)  # fmt: skip
+                  progress=progress, engine=engine, ranges=ranges, backend=backend,
+                  device=device)  # fmt: skip
     lab = None if labels is None else np.asarray(labels, dtype=np.int64)
     if lab is not None and lab.shape[0] != b.low.output.shape[0]:
         raise FperrInputError(f"{lab.shape[0]} labels for {b.low.output.shape[0]} inputs")

@@ -242,6 +242,13 @@ def schema_cmd() -> None:
               help="Memory budget of the bound engine, e.g. 2G or 8e9 (suffix K, M, G, T: "
               "powers of 1024): inputs are bounded in batches sized to it, and a model one "
               "input of which exceeds it is refused at once.  Default: FPERR_MAX_BYTES, else 4G.")
+@click.option("--backend", type=click.Choice(["numpy", "torch"]), default="numpy",
+              show_default=True,
+              help="Where the bound engine's backward passes (most of its cost) run: numpy, "
+              "or torch (needs torch; float64, bounds equal to numpy's within 1e-12 relative).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Device of the backward passes: cuda runs them with torch on the GPU "
+              "(implies --backend torch; refused when torch sees no CUDA device).")
 @click.option("--cascade/--no-cascade", default=True, show_default=True,
               help="Bound every input cheaply first and sharply only where undecided "
               "(--per-layer turns it off: every input then gets a breakdown).")
@@ -267,6 +274,8 @@ def bound_cmd(
     engine: str,
     ranges: str,
     memory: str | None,
+    backend: str,
+    device: str,
     cascade: bool,
     quiet: bool,
     scheduler: str | None,
@@ -297,6 +306,9 @@ def bound_cmd(
         os.environ["FPERR_MAX_BYTES"] = memory
         max_bytes()  # a malformed budget fails here, as bad input
     if dask_command.wants_cluster(click.get_current_context().params):
+        if (backend, device) != ("numpy", "cpu"):
+            raise FperrInputError("--scheduler/--workers run the numpy backend on the CPU; "
+                                  "drop --backend/--device")
         dask_command.main(click.get_current_context().params, status)
     model, X, y = _model_and_data(model_path, inputs, labels)
     acc_rounding = "truncate" if truncating_accumulator else "nearest"
@@ -309,7 +321,8 @@ def bound_cmd(
     try:
         result = certify(model, X, y, lo, ref, method=method, confidence=confidence, on=on,
                          progress=None if bar is None else bar.update, engine=engine,
-                         cascade=cascade and not per_layer, ranges=ranges)  # fmt: skip
+                         cascade=cascade and not per_layer, ranges=ranges, backend=backend,
+                         device=device)  # fmt: skip
     finally:
         if bar is not None:
             bar.close()

@@ -38,11 +38,12 @@ from ..formats import Format
 from ..layers import Residual
 from ..operators import Operator
 from . import exponent_range as xr
+from .backend import apply_adjoint, current, on
 from .enclosure import Enclosure
 from .memory import max_bytes
 from .norm_ranges import euclid, narrow
 from .rules import Context, apply_rule, convert_rule, run_reach
-from .steps import Mask, Step, convert_step, residual_local_step
+from .steps import Mask, Step, convert_step, identity, residual_local_step
 
 Array = npt.NDArray[np.float64]
 Sink = Callable[[int, bool, Array, Array | None], None]
@@ -107,16 +108,16 @@ class Tape:
 
 def _contribute(step: Step, lam: Array, sink: Sink) -> None:
     if step.boxes:  # layers that move values (flatten, concat) have none
-        alam = np.abs(lam)
+        alam = abs(lam)
         for box, random in step.boxes:
-            sink(step.group, random, alam, box)
+            sink(step.group, random, alam, on(box))
     if step.signed is not None:
         N, R = lam.shape[:2]
         k = step.signed.shape[1]
         # (N, k, R, m) @ (N, k, m, 1): one batched GEMV per block, not a product array
-        blocks = lam.reshape(N, R, k, -1).transpose(0, 2, 1, 3)
-        proj = np.matmul(blocks, step.signed[:, :, :, None])[..., 0].transpose(0, 2, 1)
-        sink(step.group, False, np.abs(proj), None)
+        blocks = lam.reshape(N, R, k, -1).swapaxes(1, 2)
+        proj = (blocks @ on(step.signed)[:, :, :, None])[..., 0].swapaxes(1, 2)
+        sink(step.group, False, abs(proj), None)
 
 
 def summed(alam: Array, box: Array | None) -> Array:
@@ -124,7 +125,7 @@ def summed(alam: Array, box: Array | None) -> Array:
     itself when it already holds the contributions (``box`` None)."""
     if box is None:
         return alam.sum(axis=-1)
-    return np.matmul(alam, box[:, :, None])[..., 0]
+    return (alam @ box[:, :, None])[..., 0]
 
 
 def each(alam: Array, box: Array | None) -> Array:
@@ -158,11 +159,11 @@ def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None,
         if step.branch is not None:  # x + F(x): the identity plus the branch
             pulled = [lam_i + pull_back(step.branch, lam_i, sink)]
         else:
-            out = step.adjoint(lam_i)
+            out = apply_adjoint(step.adjoint, lam_i)
             pulled = out if step.arity > 1 else [out]
         for src, part in zip(tape.sources[i], pulled, strict=True):
             lams[src] = lams[src] + part if src in lams else part
-    return np.zeros((*lam.shape[:2], int(np.prod(tape.steps[0].value.shape[1:]))))
+    return current().zeros((*lam.shape[:2], int(np.prod(tape.steps[0].value.shape[1:]))))
 
 
 def _silent(step: Step) -> bool:
@@ -175,7 +176,7 @@ class Collector:
     probabilistic combination, each random source kept on its own."""
 
     def __init__(self, N: int, R: int, n_groups: int, keep_random: bool) -> None:
-        self.det = np.zeros((N, n_groups, R))
+        self.det = current().zeros((N, n_groups, R))  # on the rows' backend
         self.keep_random = keep_random
         self.random_cols: list[Array] = []
         self.random_groups: list[Array] = []
@@ -203,20 +204,26 @@ def functional_radius(
     per enclosing tape, whose part ``outer`` bounds on its own)."""
 
     def radius(rows: Array) -> Array:
-        total = np.zeros(rows.shape[:2])
-        squares = np.zeros(rows.shape[:2])
+        b = current()
+        lam_rows = b.fresh(rows)
+        total = b.zeros(rows.shape[:2])
+        squares = b.zeros(rows.shape[:2])
 
         def add(group: int, random: bool, alam: Array, box: Array | None) -> None:
             nonlocal total, squares
             if random and lam > 0:
-                squares = squares + summed(np.square(alam), None if box is None else box**2)
+                squares = squares + summed(alam * alam, None if box is None else box * box)
             else:
                 total = total + summed(alam, box)
 
-        at_input = pull_back(tape, rows, add, upto, entry=outer is not None)
+        at_input = pull_back(tape, lam_rows, add, upto, entry=outer is not None)
         if lam > 0:
-            total = total + lam * np.sqrt(squares)
-        return total if outer is None else total + outer(at_input)
+            total = total + lam * b.sqrt(squares)
+        if outer is not None:
+            total = total + outer(at_input)
+        # numpy rows in (a layer's range), numpy radii out; backend rows (an
+        # enclosing tape's pull-back continuing here) stay on the backend
+        return b.host(total) if isinstance(rows, np.ndarray) else total
 
     return radius
 
@@ -498,7 +505,7 @@ def _step(
     x, r = xs[0], rs[0]
     if isinstance(layer, Residual):
         sub = Tape()
-        entry_step = Step(x, lambda lam: lam, r.reshape(r.shape[0], -1).copy(), group)
+        entry_step = Step(x, identity, r.reshape(r.shape[0], -1).copy(), group)
         entry_step.enorm = tape.steps[srcs[0]].enorm  # the branch reads the stream's E
         sub.add(entry_step, ())
         n = len(layer.layers)
@@ -520,7 +527,7 @@ def input_step(x: Array, ctx: Context) -> Step:
     """The input's rounding to storage: a deterministic box (a function of the data)."""
     xs = ctx.arith.store(x)
     box = np.abs(xs - x).reshape(x.shape[0], -1)
-    step = Step(xs, lambda lam: lam, np.zeros_like(box), 0, [(box, False)])
+    step = Step(xs, identity, np.zeros_like(box), 0, [(box, False)])
     step.sharp = np.ones(box.shape, dtype=bool)  # a box is its own backward bound
     return step
 

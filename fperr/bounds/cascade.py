@@ -83,16 +83,19 @@ def cascade_bound(
     engine: str = "auto",
     explained: int = 32,
     ranges: str = "sharpened",
+    backend: str = "numpy",
+    device: str = "cpu",
 ) -> BoundResult:
     """Bounds for :func:`fperr.certify`: stage 1 for every input, the later stages
     for those ``certified(y_ref, margin)`` rejects (see the module docstring);
     ``explained`` inputs decided early get a per-layer breakdown anyway
-    (:func:`_explain`)."""
+    (:func:`_explain`).  ``backend`` and ``device``: where the backward rows of
+    every stage live (:func:`fperr.bounds.bound_run`)."""
     X = check_inputs(X, model.input_shape)
     N = X.shape[0]
     K = int(np.prod(model.output_shape))
     opts: dict[str, Any] = {"method": method, "confidence": confidence, "keep": keep,
-                            "ranges": ranges}  # fmt: skip
+                            "ranges": ranges, "backend": backend, "device": device}  # fmt: skip
     low = low or Emulated.from_names("binary16", "binary32")
     reference = reference or Emulated.from_names("binary32", "binary32")
     # the cheapest bound: both runs in one forward pass where every layer has a quick

@@ -44,6 +44,7 @@ from ..layers import (
     Softmax,
 )
 from ..rounding import round as fround
+from .backend import current, on, portable
 from .enclosure import half_ulp, zero_error
 from .norm_ranges import Gains, conv_gains, conv_spectral, dense_gains
 from .rules import (
@@ -67,6 +68,23 @@ from .rules import (
 Array = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
 Adjoint = Callable[[Array], Any]  # rows -> rows (one input) or a list of rows (merges)
+
+
+@portable
+def identity(lam: Array) -> Array:
+    """The adjoint of a step that keeps every unit's error where it is."""
+    return lam
+
+
+@portable
+def twice(lam: Array) -> list[Array]:
+    """The adjoint of a sum of two inputs: the same rows for each."""
+    return [lam, lam]
+
+
+def scaled_by(d: Array) -> Adjoint:
+    """The adjoint of e_out = d e_in, d (N, n) per unit: rows times d."""
+    return portable(lambda lam: lam * on(d)[:, None, :])
 
 
 @dataclass
@@ -123,12 +141,14 @@ def _rows(apply: Callable[[Array], Array], lam: Array, in_shape: tuple[int, ...]
     N, R = lam.shape[:2]
     n_in = int(np.prod(in_shape))
     flat = lam.reshape(N * R, -1)
-    live = np.flatnonzero(flat.any(axis=1))
-    if 2 * live.size > N * R:
+    b = current()
+    live = b.live(flat)
+    n_live = int(live.shape[0])
+    if 2 * n_live > N * R:
         return apply(flat).reshape(N, R, n_in)
-    out = np.zeros((N * R, n_in))
-    if live.size:
-        out[live] = apply(flat[live]).reshape(live.size, n_in)
+    out = b.zeros((N * R, n_in))
+    if n_live:
+        out[live] = apply(flat[live]).reshape(n_live, n_in)
     return out.reshape(N, R, n_in)
 
 
@@ -162,9 +182,10 @@ def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> St
     w = layer.weight
     image = exact_weight_image(w_abs_r, _flat(r).sum(axis=1, keepdims=True), ctx.arith)
 
+    @portable
     def adjoint(lam: Array) -> Array:
         N, R, m = lam.shape
-        return (lam.reshape(N * R, m) @ w).reshape(N, R, w.shape[1])
+        return (lam.reshape(N * R, m) @ on(w)).reshape(N, R, w.shape[1])
 
     step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
     return _with_gains(step, *dense_gains(layer))
@@ -205,13 +226,14 @@ def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
     ho, wo = g.shape[2:]
     groups = layer.groups
     og = layer.weight.shape[0] // groups
+    weight = on(layer.weight)  # converted once: its identity is the layer's array
     if groups == 1:  # one plain GEMM per row block
-        d = np.matmul(layer.weight.reshape(og, -1).T, g.reshape(M, og, ho * wo))
+        d = weight.reshape(og, -1).T @ g.reshape(M, og, ho * wo)
     else:  # (G, cg kh kw, og) @ (M, G, og, L): a batched GEMM over the groups
-        wt = layer.weight.reshape(groups, og, -1).transpose(0, 2, 1)
-        d = np.matmul(wt, g.reshape(M, groups, og, ho * wo))
+        wt = weight.reshape(groups, og, -1).swapaxes(1, 2)
+        d = wt @ g.reshape(M, groups, og, ho * wo)
     d = d.reshape(M, c, kh, kw, ho, wo)
-    xp = np.zeros((M, c, h + 2 * ph, w_ + 2 * pw))
+    xp = current().zeros((M, c, h + 2 * ph, w_ + 2 * pw))
     for i in range(kh):
         for j in range(kw):
             hi, wj = i * dh, j * dw
@@ -227,6 +249,7 @@ def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> 
     in_shape = tuple(x.shape[1:])
     out_shape = tuple(z.shape[1:])
 
+    @portable
     def adjoint(lam: Array) -> Array:
         return _rows(lambda v: conv2d_adjoint(layer, v.reshape(-1, *out_shape), in_shape),
                      lam, in_shape)  # fmt: skip
@@ -269,13 +292,14 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int,
     keep = _flat(kept.astype(np.float64))
     image = np.take_along_axis(_flat(r), src, axis=1) * keep
 
+    @portable
     def adjoint_max(lam: Array) -> Array:
         N, R, m = lam.shape
-        base = (np.arange(N * R) * n).reshape(N, R, 1)
-        idx = base + src[:, None, :]
-        out = np.bincount(idx.reshape(-1), (lam * keep[:, None, :]).reshape(-1),
-                          minlength=N * R * n)  # fmt: skip
-        return out.astype(np.float64).reshape(N, R, n)
+        b = current()
+        base = (b.arange(N * R) * n).reshape(N, R, 1)
+        idx = base + on(src)[:, None, :]
+        out = b.scatter_add(idx.reshape(-1), (lam * on(keep)[:, None, :]).reshape(-1), N * R * n)
+        return out.reshape(N, R, n)
 
     def carry(sharp: Mask) -> Mask:  # a window's box alone is its own backward bound
         return np.take_along_axis(sharp, src, axis=1) | (keep == 0)
@@ -290,7 +314,7 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int,
 
 def shape_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
     """Flatten, reshape, dropout (inference): values move, errors keep their units."""
-    return Step(layer.forward(x, ctx.arith), lambda lam: lam, _flat(r), group,
+    return Step(layer.forward(x, ctx.arith), identity, _flat(r), group,
                 carry=lambda sharp: sharp, gains=(Gains(1.0, 1.0, None),))
 
 
@@ -301,7 +325,7 @@ def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: 
     d = _flat(dc)
     boxes = [(_flat(rem), False), (_flat(local), True)]
     exact = not np.any(local)  # ReLU, ReLU6: no rounding of their own, only the remainder
-    step = Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes,
+    step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes,
                 carry=(lambda sharp: sharp) if exact else None)
     _elementwise_gains(step, d)
     lipschitz = _activation_lipschitz(layer)
@@ -335,7 +359,7 @@ def batchnorm_step(layer: BatchNorm, x: Array, r: Array, ctx: Context, group: in
     y, s, computed, params = batchnorm_local(layer, x, r, ctx)
     d = _flat(np.broadcast_to(s, x.shape))
     boxes = _local_boxes(ctx, computed, params)
-    step = Step(y, lambda lam: lam * d[:, None, :], np.abs(d) * _flat(r), group, boxes)
+    step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes)
     return _elementwise_gains(step, d)
 
 
@@ -350,9 +374,11 @@ def softmax_step(layer: Softmax, x: Array, r: Array, ctx: Context, group: int) -
                                                     ).transpose(0, 2, 1),
                     _flat(image), group, [(_flat(remainder), False), (_flat(local), True)])
 
+    @portable
     def adjoint(lam: Array) -> Array:  # Lambda J, J = diag(s) - s s^T
-        ls = lam * s[:, None, :]
-        return ls - ls.sum(axis=-1, keepdims=True) * s[:, None, :]
+        sb = on(s)[:, None, :]
+        ls = lam * sb
+        return ls - ls.sum(axis=-1, keepdims=True) * sb
 
     # |J| r: s_i (1 - s_i) r_i + s_i sum_{j != i} s_j r_j
     image = s * (r * (1 - 2 * s) + (s * r).sum(axis=-1, keepdims=True))
@@ -400,11 +426,12 @@ def layernorm_step(
     prop = image + np.abs(signed) + remainder
     local, params = layernorm_kernel(layer, ctx, y, xg, rg, z, rho, v_lo, prop)
 
+    @portable
     def adjoint(lam: Array) -> Array:  # P J (w Lambda) per group (J, P symmetric)
         R = lam.shape[1]
-        t = lam.reshape(N, R, k, n) * w
-        sb = s[:, None]  # (N, 1, k, 1)
-        zb = z[:, None]
+        t = lam.reshape(N, R, k, n) * on(w)
+        sb = on(s)[:, None]  # (N, 1, k, 1)
+        zb = on(z)[:, None]
         t1 = t / sb - zb * (zb * t).sum(axis=-1, keepdims=True) / (n * sb**3)
         t1 = t1 - t1.mean(axis=-1, keepdims=True) if centre else t1
         return t1.reshape(N, R, k * n)
@@ -416,7 +443,7 @@ def layernorm_step(
 def residual_local_step(y: Array, r_out: Array, ctx: Context, group: int) -> Step:
     """The storage rounding of x + F(x) (its branch is pulled back separately)."""
     local = residual_local(y, r_out.reshape(y.shape), ctx.arith)
-    return Step(y, lambda lam: lam, _flat(r_out), group, [(_flat(local), True)])
+    return Step(y, identity, _flat(r_out), group, [(_flat(local), True)])
 
 
 def add_step(xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
@@ -425,7 +452,7 @@ def add_step(xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step
     y = ctx.arith.store(xs[0] + xs[1])
     r = rs[0] + rs[1]
     local = residual_local(y, r, ctx.arith)
-    step = Step(y, lambda lam: [lam, lam], _flat(r), group, [(_flat(local), True)])
+    step = Step(y, twice, _flat(r), group, [(_flat(local), True)])
     step.arity = 2
     return step
 
@@ -449,7 +476,7 @@ def concat_step(xs: list[Array], rs: list[Array], axis: int, group: int) -> Step
 def convert_step(x: Array, r: Array, old: Any, new: Any, group: int) -> Step:
     """Values move to another storage format between layers (kept in binary32)."""
     if new.contains(old):
-        return Step(x, lambda lam: lam, _flat(r), group)
+        return Step(x, identity, _flat(r), group)
     y = fround(x, new)
     box = half_ulp(np.abs(x) + 2 * r, new)
-    return Step(y, lambda lam: lam, _flat(r), group, [(_flat(box), True)])
+    return Step(y, identity, _flat(r), group, [(_flat(box), True)])

@@ -107,6 +107,7 @@ class Linear(Operator):
         return Affine(back(f.z), back(f.local), back(f.extra), back(f.w_abs_r), signed)
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import on, portable
         from ..bounds.steps import Step, _local_boxes, _signed, exact_weight_image
 
         x, r = xs[0], rs[0]
@@ -118,9 +119,10 @@ class Linear(Operator):
         image = exact_weight_image(f.w_abs_r.reshape(N, T, self.n_out), r_sum, ctx.arith)
         w = self.weight
 
+        @portable
         def adjoint(lam: Array) -> Array:
             R = lam.shape[1]
-            return (lam.reshape(N, R, T, self.n_out) @ w).reshape(N, R, T * self.n_in)
+            return (lam.reshape(N, R, T, self.n_out) @ on(w)).reshape(N, R, T * self.n_in)
 
         flat = f.z.reshape(N, -1)
         signed = None if f.signed is None else _signed(f.signed.reshape(N, -1), flat)

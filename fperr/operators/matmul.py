@@ -142,6 +142,7 @@ class MatMul(Operator):
         return batched_matmul(arith.activation_operand(a), arith.activation_operand(b), arith)
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import on, portable
         from ..bounds.rules import _operand_error, affine_local
         from ..bounds.steps import Step, _local_boxes
 
@@ -168,11 +169,12 @@ class MatMul(Operator):
         image = (ra @ ab + aa @ rb).reshape(N, -1)
         remainder = (3 * (ra @ rb)).reshape(N, -1)
 
+        @portable
         def adjoint(lam: Array) -> list[Array]:
             R = lam.shape[1]
             rows = lam.reshape(N, R, *y.shape[1:])
-            ga = rows @ np.swapaxes(b_hat, -1, -2)[:, None]  # Lambda B^T
-            gb = np.swapaxes(a_hat, -1, -2)[:, None] @ rows  # A^T Lambda
+            ga = rows @ on(b_hat).swapaxes(-1, -2)[:, None]  # Lambda B^T
+            gb = on(a_hat).swapaxes(-1, -2)[:, None] @ rows  # A^T Lambda
             return [ga.reshape(N, R, -1), gb.reshape(N, R, -1)]
 
         boxes = [(remainder, False), *_local_boxes(ctx, local, extra)]

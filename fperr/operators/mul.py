@@ -130,6 +130,7 @@ class Mul(Operator):
             return arith.store(fround(x * y, arith.accumulate))
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import on, portable
         from ..bounds.steps import Step
 
         x, y = xs
@@ -144,8 +145,9 @@ class Mul(Operator):
         remainder = (3 * rx * ry).reshape(N, -1)
         fy, fx = y.reshape(N, 1, -1), x.reshape(N, 1, -1)
 
+        @portable
         def adjoint(lam: Array) -> list[Array]:
-            return [lam * fy, lam * fx]  # Lambda diag(y^), Lambda diag(x^)
+            return [lam * on(fy), lam * on(fx)]  # Lambda diag(y^), Lambda diag(x^)
 
         step = Step(z, adjoint, image, group, [(remainder, False), (local.reshape(N, -1), True)])
         step.arity = 2

@@ -102,6 +102,7 @@ class Permute(Operator):
         return np.ascontiguousarray(np.transpose(x, self._batched()))
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import current, portable
         from ..bounds.steps import Step
 
         x, r = xs[0], rs[0]
@@ -109,10 +110,12 @@ class Permute(Operator):
         inverse = tuple(int(i) for i in np.argsort(self.axes))
         out_shape = y.shape[1:]
 
+        @portable
         def adjoint(lam: Array) -> Array:
             N, R = lam.shape[:2]
-            rows = lam.reshape(N, R, *out_shape).transpose(0, 1, *(a + 2 for a in inverse))
-            return np.ascontiguousarray(rows).reshape(N, R, -1)
+            axes = (0, 1, *(a + 2 for a in inverse))
+            rows = current().permute(lam.reshape(N, R, *out_shape), axes)
+            return rows.reshape(N, R, -1)  # a copy where the axes moved
 
         image = self.forward(r.reshape(x.shape), ctx.arith).reshape(x.shape[0], -1)
         return Step(y, adjoint, image, group)

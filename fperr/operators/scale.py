@@ -174,6 +174,7 @@ class Scale(Operator):
         return arith.store(fround(x * c_acc, arith.accumulate))
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import portable
         from ..bounds.steps import Step, _local_boxes, _signed
 
         x = xs[0]
@@ -181,7 +182,7 @@ class Scale(Operator):
         t = ScaleTerms(self.factor, x, r, ctx)
         c = self.factor
         image = (abs(c) * r).reshape(x.shape[0], -1)
-        return Step(t.value, lambda lam: c * lam, image, group,
+        return Step(t.value, portable(lambda lam: c * lam), image, group,
                     _local_boxes(ctx, t.local, t.data), _signed(t.signed, t.value))  # fmt: skip
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:

@@ -1,0 +1,192 @@
+"""The array library the backward engine's rows live in: numpy, or torch on a CPU or GPU.
+
+A bound's cost is dominated by its backward passes: rows (N, R, n) pulled
+back through every layer (GEMMs with the weights, products with slopes) and
+their absolute values summed against the local error boxes
+(:func:`.backward.pull_back`).  The forward pass (the emulated runs, the
+local error boxes, the interval ranges) is elementwise work of the order of
+a forward pass and stays in numpy; the rows may live elsewhere.  Under
+:func:`using`, the functions of :mod:`.backward` move the rows and what they
+meet (weights, slopes, boxes) to the backend, and bring the radii back to
+numpy (:meth:`Backend.host`).
+
+A step's adjoint written only with operators common to numpy arrays and torch
+tensors (``@``, ``*``, ``reshape``, ``swapaxes``, slicing, ``abs``) and with
+this module's helpers is marked :func:`portable`; any other adjoint runs in
+numpy on a copy of the rows (correct, slower), so every layer works on every
+backend.
+
+Both backends compute in float64; they differ only in the order of the GEMMs'
+sums (a relative change of about 1e-16 per product), so their bounds agree to
+about 1e-13 relative.  A context variable, as :mod:`.weight_memo`: concurrent
+calls in threads keep their own backend.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..errors import FperrInputError
+
+BACKENDS = ("numpy", "torch")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Backend:
+    """numpy: arrays pass through unchanged."""
+
+    name = "numpy"
+    device = "cpu"
+    native = True  # every adjoint runs here as written
+
+    def on(self, a: Any) -> Any:
+        """A long-lived array (a weight, a step's box or slopes) on the backend,
+        converted once per :func:`using` block."""
+        return a
+
+    def fresh(self, a: Any) -> Any:
+        """A transient array (rows) on the backend, not remembered."""
+        return a
+
+    def host(self, a: Any) -> Any:
+        """A backend array as a numpy array."""
+        return np.asarray(a)
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return np.zeros(shape)
+
+    def arange(self, n: int) -> Any:
+        return np.arange(n)
+
+    def sqrt(self, a: Any) -> Any:
+        return np.sqrt(a)
+
+    def permute(self, a: Any, axes: tuple[int, ...]) -> Any:
+        return a.transpose(axes)
+
+    def scatter_add(self, index: Any, values: Any, size: int) -> Any:
+        """(size,) with ``values`` summed into their ``index`` slots."""
+        return np.bincount(index, values, minlength=size).astype(np.float64)
+
+    def live(self, flat: Any) -> Any:
+        """Indices of the rows of ``flat`` (M, n) that are not all zero."""
+        return np.flatnonzero(flat.any(axis=1))
+
+
+class TorchBackend(Backend):
+    """torch float64 tensors on ``device``; numpy arrays met are converted once
+    (keyed by identity, held by strong references so an identity stays theirs)."""
+
+    name = "torch"
+    native = False
+
+    def __init__(self, torch: Any, device: Any) -> None:
+        self.torch = torch
+        self.device = device
+        self._kept: dict[int, tuple[Any, Any]] = {}
+
+    def on(self, a: Any) -> Any:
+        if isinstance(a, self.torch.Tensor):
+            return a
+        hit = self._kept.get(id(a))
+        if hit is None:
+            hit = (a, self.fresh(a))
+            self._kept[id(a)] = hit
+        return hit[1]
+
+    def fresh(self, a: Any) -> Any:
+        if isinstance(a, self.torch.Tensor):
+            return a
+        # a copy: numpy views may be read-only or strided in ways torch refuses
+        return self.torch.tensor(np.asarray(a), device=self.device)
+
+    def host(self, a: Any) -> Any:
+        if isinstance(a, self.torch.Tensor):
+            return a.detach().cpu().numpy()
+        return np.asarray(a)
+
+    def zeros(self, shape: tuple[int, ...]) -> Any:
+        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
+
+    def arange(self, n: int) -> Any:
+        return self.torch.arange(n, device=self.device)
+
+    def sqrt(self, a: Any) -> Any:
+        return self.torch.sqrt(a)
+
+    def permute(self, a: Any, axes: tuple[int, ...]) -> Any:
+        return a.permute(axes)
+
+    def scatter_add(self, index: Any, values: Any, size: int) -> Any:
+        out = self.zeros((size,))
+        return out.index_add_(0, index, values)
+
+    def live(self, flat: Any) -> Any:
+        return self.torch.nonzero(flat.any(dim=1)).reshape(-1)
+
+
+_NUMPY = Backend()
+_CURRENT: contextvars.ContextVar[Backend] = contextvars.ContextVar(
+    "fperr_backend", default=_NUMPY
+)
+
+
+def current() -> Backend:
+    """The backend of the enclosing :func:`using` block (numpy outside any)."""
+    return _CURRENT.get()
+
+
+def make(backend: str = "numpy", device: str = "cpu") -> Backend:
+    """A backend by name: ``"numpy"`` (CPU only) or ``"torch"`` on ``device``
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``); a CUDA device implies torch.  Unknown
+    names, a missing torch or an unavailable device are input errors."""
+    if backend not in BACKENDS:
+        raise FperrInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "numpy" and device == "cpu":
+        return _NUMPY
+    from ..hardware.torch_env import require_torch, resolve_device
+
+    torch = require_torch(f"the bound engine on device {device!r} ({backend})")
+    return TorchBackend(torch, resolve_device(torch, device))
+
+
+@contextmanager
+def using(backend: str = "numpy", device: str = "cpu") -> Iterator[Backend]:
+    """Run the backward passes within on this backend.  Nested blocks keep the
+    outer block's backend (one call's stages share one; see :func:`make`)."""
+    outer = _CURRENT.get()
+    if outer is not _NUMPY:
+        yield outer
+        return
+    b = make(backend, device)
+    token = _CURRENT.set(b)
+    try:
+        yield b
+    finally:
+        _CURRENT.reset(token)
+
+
+def on(a: Any) -> Any:
+    """:meth:`Backend.on` of the current backend."""
+    return _CURRENT.get().on(a)
+
+
+def portable(fn: F) -> F:
+    """Mark an adjoint as written for every backend (see the module docstring)."""
+    fn.portable = True  # type: ignore[attr-defined]
+    return fn
+
+
+def apply_adjoint(adjoint: Callable[[Any], Any], rows: Any) -> Any:
+    """``adjoint(rows)`` on the current backend: as written where it is portable,
+    else in numpy on a copy of the rows and the result moved back."""
+    b = _CURRENT.get()
+    if b.native or getattr(adjoint, "portable", False):
+        return adjoint(rows)
+    out = adjoint(b.host(rows))
+    return [b.fresh(o) for o in out] if isinstance(out, list) else b.fresh(out)

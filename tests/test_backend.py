@@ -1,0 +1,172 @@
+"""The backward engine on torch (issue 13): the same bounds as on numpy.
+
+The rows of the backward passes may live in torch (CPU here, CUDA where a GPU
+is present); the forward pass stays in numpy.  Both compute in float64 and
+differ only in the order of the GEMMs' sums, so every bound must agree to
+1e-12 relative with numpy's (the issue's criterion), over the layer types of
+the generated soundness models (dense, conv, pooling, BatchNorm, layer norm,
+activations, residual branches), imported attention (matmul, softmax,
+permute, linear, scale) and every range mode and method.  Adjoints written
+for numpy only run on a host copy of the rows: the same bounds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from soundness.generators import cases
+
+from fperr.bounds import bound
+from fperr.bounds.backend import Backend, current, make, using
+from fperr.certify import certify
+from fperr.errors import FperrInputError
+from fperr.model import load_model
+
+torch = pytest.importorskip("torch")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REL = 1e-12
+
+
+def agree(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal where infinite, within REL relative elsewhere."""
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    assert np.array_equal(fa, fb)
+    assert np.all(np.abs(a[fa] - b[fa]) <= REL * np.abs(a[fa]))
+
+
+def both(model, X, **kw) -> tuple[np.ndarray, np.ndarray]:
+    a = bound(model, X, **kw).bound
+    b = bound(model, X, backend="torch", **kw).bound
+    return a, b
+
+
+@pytest.mark.parametrize("name, n", [("mlp", 30), ("cnn", 12), ("deep_tanh", 6)])
+@pytest.mark.parametrize("ranges", ["sharpened", "unstable", "full"])
+@pytest.mark.parametrize("method", ["deterministic", "probabilistic"])
+def test_examples_agree(name, n, ranges, method):
+    model = load_model(EXAMPLES / f"{name}.yaml")
+    X = np.load(EXAMPLES / "digits.npz")["inputs"][:n]
+    a, b = both(model, X, engine="backward", ranges=ranges, method=method)
+    assert np.all(np.isfinite(a)) and np.all(a > 0)  # a case that bounds something
+    agree(a, b)
+
+
+def test_prenorm_residual_layer_norm_agrees():
+    model = load_model(EXAMPLES / "prenorm.yaml")
+    X = np.random.default_rng(3).normal(size=(8, *model.input_shape))
+    for method in ("deterministic", "probabilistic"):
+        a, b = both(model, X, method=method)
+        assert np.all(np.isfinite(a))
+        agree(a, b)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_imported_attention_agrees(norm_first):
+    nn = torch.nn
+    from fperr.importers import from_torch
+
+    torch.manual_seed(0)
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(6, 16)
+            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=norm_first)  # fmt: skip
+            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.body(self.embed(x)).mean(dim=1))
+
+    model = from_torch(Encoder().eval(), input_shape=(5, 6))
+    X = np.random.default_rng(1).normal(size=(6, 5, 6))
+    types = {type(op).__name__ for op in model.layers}
+    assert {"MatMul", "Softmax", "Permute"} <= types, types
+    for ranges in ("sharpened", "full"):
+        a, b = both(model, X, ranges=ranges)
+        assert np.all(np.isfinite(a))
+        agree(a, b)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])  # fmt: skip
+@given(cases(), st.sampled_from(["deterministic", "probabilistic"]))
+def test_generated_models_agree(case, method):
+    """Random models of every layer type (avg pooling's adjoint is numpy-only: it
+    runs on a host copy), in the case's arithmetic and ranges."""
+    o = case.options
+    kw = {"method": method, "ranges": o.ranges, "engine": "backward"}
+    low, ref = o.low_arith(), o.reference_arith()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fperr's warnings on odd models: not the point here
+        a = bound(case.model, case.X, low, ref, **kw).bound
+        b = bound(case.model, case.X, low, ref, backend="torch", **kw).bound
+    agree(a, b)
+
+
+def test_certify_on_torch_gives_the_same_certificates():
+    model = load_model(EXAMPLES / "cnn.yaml")
+    d = np.load(EXAMPLES / "digits.npz")
+    X, y = d["inputs"][:60], d["labels"][:60]
+    a = certify(model, X, y)
+    b = certify(model, X, y, backend="torch")
+    assert a.certified.sum() > 40 and np.array_equal(a.certified, b.certified)
+    agree(a.bounds.bound, b.bounds.bound)
+
+
+def test_numpy_is_the_default_and_blocks_nest():
+    assert current().name == "numpy"
+    with using("torch") as outer:
+        assert current() is outer and outer.name == "torch"
+        with using("numpy") as inner:  # one call's stages share the outer backend
+            assert inner is outer
+    assert current().name == "numpy"
+    assert isinstance(make(), Backend) and make().native
+
+
+def test_bad_backend_or_device_is_an_input_error():
+    X = np.zeros((1, 64))
+    model = load_model(EXAMPLES / "mlp.yaml")
+    with pytest.raises(FperrInputError, match="unknown backend"):
+        bound(model, X, backend="jax")
+    with pytest.raises(FperrInputError, match="device"):
+        bound(model, X, backend="torch", device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FperrInputError, match="cuda"):
+            bound(model, X, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_agrees_with_numpy():  # pragma: no cover - runs where a GPU is present
+    model = load_model(EXAMPLES / "cnn.yaml")
+    X = np.load(EXAMPLES / "digits.npz")["inputs"][:50]
+    for ranges in ("sharpened", "full"):
+        a = bound(model, X, ranges=ranges).bound
+        b = bound(model, X, ranges=ranges, device="cuda").bound
+        agree(a, b)
+
+
+def test_rows_live_on_torch(monkeypatch):
+    """The torch backend really carries the rows: every portable adjoint of the CNN
+    (conv, ReLU, max pooling, flatten, dense) receives torch tensors."""
+    from fperr.bounds import backend
+
+    seen: list[str] = []
+    real = backend.apply_adjoint
+
+    def spy(adjoint, rows):
+        seen.append(type(rows).__module__.split(".")[0])
+        assert getattr(adjoint, "portable", False)  # no host copies on this model
+        return real(adjoint, rows)
+
+    monkeypatch.setattr("fperr.bounds.backward.apply_adjoint", spy)
+    model = load_model(EXAMPLES / "cnn.yaml")
+    bound(model, np.load(EXAMPLES / "digits.npz")["inputs"][:5], backend="torch", ranges="full")
+    assert seen and set(seen) == {"torch"}
