@@ -53,6 +53,7 @@ IN_DIM, OUT_DIM, SEED = 256, 10, 0
 
 torch: Any = None  # imported by load_torch(): the memory subprocess stays without it
 F: Any = None
+ON: dict[str, str] = {}  # --backend / --device: where bound()'s backward passes run
 
 
 def load_torch() -> None:
@@ -164,7 +165,7 @@ def part_grid(widths: list[int], depths: list[int], n: int) -> None:
             X = inputs(model, n)
             t0 = best(baseline_fn(model, X))
             res: list[Any] = []
-            tb = best(lambda: res.append(bound(model, X, engine="backward")))  # noqa: B023
+            tb = best(lambda: res.append(bound(model, X, engine="backward", **ON)))  # noqa: B023
             target = 30 if w <= 256 else 20
             r = tb / t0
             ratios[w, d] = r
@@ -204,8 +205,9 @@ def part_certify() -> None:
         model = load_model(EXAMPLES / f"{name}.yaml")
         t0 = best(baseline_fn(model, X))
         out: dict[bool, Any] = {}
-        tc = best(lambda: out.__setitem__(True, certify(model, X, labels)))  # noqa: B023
-        tn = best(lambda: out.__setitem__(False, certify(model, X, labels, cascade=False)))  # noqa: B023
+        tc = best(lambda: out.__setitem__(True, certify(model, X, labels, **ON)))  # noqa: B023
+        tn = best(lambda: out.__setitem__(False, certify(model, X, labels, cascade=False,  # noqa: B023
+                                                         **ON)))
         c, nc = int(out[True].certified.sum()), int(out[False].certified.sum())
         print(f"{name:>6} {t0 * 1e3:>11.2f} {tc:>10.2f} {tc / t0:>7.1f}x "
               f"{'yes' if tc / t0 <= 8 else 'NO':>4} {tn:>13.2f} {tn / t0:>7.1f}x "
@@ -314,13 +316,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-all", action="store_true",
                     help="memory at every grid point (slow); default a subset")  # fmt: skip
     ap.add_argument("--conv-n", type=int, default=1000, help="inputs of the 3x64x64 conv model")
+    ap.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                    help="where bound() runs its backward passes (grid, certify)")  # fmt: skip
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (implies torch)")
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    ON.update(backend=a.backend, device=a.device)
     if a.child_memory:
         child_memory(json.loads(a.child_memory))
         return
     load_torch()
     header()
+    print(f"bound engine's backward passes: backend {a.backend}, device {a.device} (the "
+          "baseline stays numpy float64 on the CPU)")
     widths, depths, n = ([256, 1024], [2, 4], 300) if a.quick else ([256, 1024, 2048], [2, 4, 8],
                                                                     1000)  # fmt: skip
     parts = [a.part] if a.part else ["grid", "certify", "tightness"] + ([] if a.quick else

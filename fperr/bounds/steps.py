@@ -219,6 +219,9 @@ def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
     The GEMM is W_g^T G (every group at once), whose (M, C, kh kw, H' W') result
     reshapes to the patches without a copy; col2im is one strided add per kernel
     offset."""
+    direct = current().conv2d_input(g, layer, in_shape)
+    if direct is not None:
+        return direct
     M = g.shape[0]
     c, h, w_ = in_shape
     (kh, kw), (sh, sw) = layer.kernel, layer.stride
