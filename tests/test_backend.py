@@ -170,3 +170,24 @@ def test_rows_live_on_torch(monkeypatch):
     model = load_model(EXAMPLES / "cnn.yaml")
     bound(model, np.load(EXAMPLES / "digits.npz")["inputs"][:5], backend="torch", ranges="full")
     assert seen and set(seen) == {"torch"}
+
+
+def test_backend_benchmark_runs_and_agrees(tmp_path):
+    """benchmarks/backend_speed.py, which validation/run_gpu.sh runs on a GPU: on the
+    CPU it times numpy and torch and finds their bounds within 1e-12."""
+    import sys
+
+    bench = EXAMPLES.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import backend_speed
+    finally:
+        sys.path.remove(str(bench))
+    out = tmp_path / "speed.json"
+    assert backend_speed.main(["--n", "20", "--seed-images", "0", "--json", str(out)]) == 0
+    import json
+
+    doc = json.loads(out.read_text())
+    assert {r["backend"] for r in doc["rows"]} == {"numpy", "torch"}
+    assert len(doc["rows"]) == 6 and all(r["seconds"] > 0 for r in doc["rows"])
+    assert 0.0 <= doc["worst_rel_diff"] <= 1e-12

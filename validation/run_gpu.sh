@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared script for a session with a GPU: probe how cuBLAS accumulates,
 # then validate the example models on CUDA into $OUT/results/<gpu-name>/
-# (kernels.json, probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt), and run
-# the seed paper's models in every torch format (seed.json, examples/seed/seed_gpu.py).  Estimated
+# (kernels.json, probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt), run
+# the seed paper's models in every torch format (seed.json, examples/seed/seed_gpu.py),
+# and time the bound engine's torch backend there (backend_speed.json).  Estimated
 # 2-3 minutes on one H100 with 16 cores (not yet run on a GPU): the bounds run
 # on the CPU cores (~0.15 s per deep_tanh input and arithmetic on one core)
 # while torch runs on the GPU.  Exit 0: no violation; 1: a bound or a certificate
@@ -57,5 +58,10 @@ $PY -m fperr.cli validate "${args[@]}" || status=$?
 # (results/<gpu-name>/seed.json; about a minute on one GPU, the 1,000 stored images)
 $PY examples/seed/seed_gpu.py --device "$DEVICE" --out "$OUT/results" ${INPUTS:+--n "$INPUTS"} \
   || status=$?
+# the bound engine's backward passes on this device against numpy (issue 13): times and
+# the largest relative difference of the bounds (<= 1e-12, else exit 1); about 2 minutes
+label=$($PY -c "from fperr.hardware.suite import device_label; print(device_label('$DEVICE'))")
+timeout 600 $PY benchmarks/backend_speed.py --n 1000 --seed-images 3 \
+  --json "$OUT/results/$label/backend_speed.json" || status=$?
 echo "validation/run_gpu.sh: exit $status after $(( $(date +%s) - start )) s; results in $OUT/results"
 exit $status
