@@ -77,6 +77,13 @@ class Backend:
         """Indices of the rows of ``flat`` (M, n) that are not all zero."""
         return np.flatnonzero(flat.any(axis=1))
 
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return np.broadcast_to(a, shape)
+
+    def sparse_rows(self, mat: Any, rows: Any) -> Any:
+        """``rows @ mat`` for a scipy sparse ``mat`` (m, n) and rows (M, m)."""
+        return np.asarray((mat.T @ rows.T).T)
+
     def conv2d_input(self, g: Any, layer: Any, in_shape: tuple[int, ...]) -> Any:
         """The adjoint of ``layer``'s convolution applied to ``g`` (M, C_out, H', W'),
         by the backend's own kernel; None: the backend has none (numpy)."""
@@ -133,6 +140,20 @@ class TorchBackend(Backend):
 
     def live(self, flat: Any) -> Any:
         return self.torch.nonzero(flat.any(dim=1)).reshape(-1)
+
+    def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return a.broadcast_to(shape)
+
+    def sparse_rows(self, mat: Any, rows: Any) -> Any:
+        hit = self._kept.get(id(mat))
+        if hit is None:  # the transpose as a torch sparse matrix, once per call
+            t = mat.T.tocoo()
+            index = self.torch.tensor(np.stack([t.row, t.col]), dtype=self.torch.int64)
+            sparse = self.torch.sparse_coo_tensor(index, self.torch.tensor(t.data), t.shape,
+                                                  check_invariants=True)
+            hit = (mat, sparse.coalesce().to(self.device))
+            self._kept[id(mat)] = hit
+        return (hit[1] @ rows.T).T
 
     def conv2d_input(self, g: Any, layer: Any, in_shape: tuple[int, ...]) -> Any:
         # torch's gradient of a convolution with respect to its input: the same

@@ -60,7 +60,6 @@ from .rules import (
     layernorm_kernel,
     maxpool_local,
     residual_local,
-    softmax_jacobian,
     softmax_local,
     window_index,
 )
@@ -286,9 +285,10 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int,
         mat = _pool_matrix(layer, in_shape)
         image = np.asarray((mat @ _flat(r).T).T)
 
+        @portable
         def adjoint_avg(lam: Array) -> Array:
             N, R, m = lam.shape
-            return np.asarray((mat.T @ lam.reshape(N * R, m).T).T).reshape(N, R, n)
+            return current().sparse_rows(mat, lam.reshape(N * R, m)).reshape(N, R, n)
 
         return Step(y, adjoint_avg, image, group, [(_flat(local), True)])
     y, src, kept, box = maxpool_local(layer, x, r, spread)
@@ -373,9 +373,16 @@ def softmax_step(layer: Softmax, x: Array, r: Array, ctx: Context, group: int) -
         sm, rm = np.moveaxis(s, ax, -1), np.moveaxis(r.reshape(x.shape), ax, -1)
         image = np.moveaxis(sm * (rm * (1 - 2 * sm) + (sm * rm).sum(axis=-1, keepdims=True)),
                             -1, ax)  # fmt: skip
-        return Step(y, lambda lam: softmax_jacobian(layer, s, lam.transpose(0, 2, 1)
-                                                    ).transpose(0, 2, 1),
-                    _flat(image), group, [(_flat(remainder), False), (_flat(local), True)])
+        axis = ax + 1  # of rows (N, R, *shape)
+
+        @portable
+        def adjoint_nd(lam: Array) -> Array:  # Lambda J, J = diag(s) - s s^T per group
+            sb = on(s)[:, None]
+            ls = lam.reshape(sb.shape[0], lam.shape[1], *s.shape[1:]) * sb
+            return (ls - ls.sum(axis=axis, keepdims=True) * sb).reshape(lam.shape)
+
+        return Step(y, adjoint_nd, _flat(image), group,
+                    [(_flat(remainder), False), (_flat(local), True)])  # fmt: skip
 
     @portable
     def adjoint(lam: Array) -> Array:  # Lambda J, J = diag(s) - s s^T
@@ -466,10 +473,14 @@ def concat_step(xs: list[Array], rs: list[Array], axis: int, group: int) -> Step
     out_shape = tuple(y.shape[1:])
     cuts = np.cumsum([x.shape[axis + 1] for x in xs])[:-1]
 
+    @portable
     def adjoint(lam: Array) -> list[Array]:
         N, R = lam.shape[:2]
-        parts = np.split(lam.reshape(N, R, *out_shape), cuts, axis=axis + 2)
-        return [np.ascontiguousarray(p).reshape(N, R, -1) for p in parts]
+        rows = lam.reshape(N, R, *out_shape)
+        lead = (slice(None),) * (axis + 2)
+        edges = [0, *cuts.tolist(), out_shape[axis]]
+        return [rows[(*lead, slice(a, b))].reshape(N, R, -1)  # a copy where not contiguous
+                for a, b in zip(edges[:-1], edges[1:], strict=True)]  # fmt: skip
 
     step = Step(y, adjoint, _flat(np.concatenate(rs, axis=axis + 1)), group)
     step.arity = len(xs)

@@ -78,14 +78,16 @@ class Constant(Operator):
         return arith.store(self.weight) - self.weight
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import current, portable
         from ..bounds.steps import Step, _signed
 
         x = xs[0]
         y = self.forward(x, ctx.arith)
         N, n_in = x.shape[0], int(np.prod(x.shape[1:]))
 
+        @portable
         def adjoint(lam: Array) -> Array:  # the output does not depend on the input
-            return np.zeros((lam.shape[0], lam.shape[1], n_in))
+            return current().zeros((lam.shape[0], lam.shape[1], n_in))
 
         image = np.zeros((N, self.weight.size))
         return Step(y, adjoint, image, group, signed=_signed(self._rounding(ctx.arith), y))

@@ -142,14 +142,16 @@ class Embedding(Operator):
         return fe[t], signed, np.zeros_like(signed) if box is None else box
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import current, portable
         from ..bounds.steps import Step, _flat, _signed
 
         x = xs[0]
         y, signed, box = self._terms(x, rs[0].reshape(x.shape), ctx.arith)
         N, n_in = x.shape[0], int(np.prod(x.shape[1:]))
 
+        @portable
         def adjoint(lam: Array) -> Array:  # piecewise constant: no linear part
-            return np.zeros((lam.shape[0], lam.shape[1], n_in))
+            return current().zeros((lam.shape[0], lam.shape[1], n_in))
 
         boxes = [(_flat(box), False)] if box.any() else []
         return Step(y, adjoint, np.zeros((N, y[0].size)), group, boxes, _signed(signed, y))

@@ -78,15 +78,17 @@ class Slice(Operator):
         return np.ascontiguousarray(x[self._index(x.shape[1:])])
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import current, portable
         from ..bounds.steps import Step
 
         x, r = xs[0], rs[0]
         y = self.forward(x, ctx.arith)
         index = self._index(x.shape[1:])
 
+        @portable
         def adjoint(lam: Array) -> Array:  # scatter: the transpose of a selection
             N, R = lam.shape[:2]
-            rows = np.zeros((N, R, *x.shape[1:]))
+            rows = current().zeros((N, R, *x.shape[1:]))
             rows[(slice(None), *index)] = lam.reshape(N, R, *y.shape[1:])
             return rows.reshape(N, R, -1)
 

@@ -185,6 +185,7 @@ class Sum(Operator):
         return rows
 
     def step(self, xs: list[Array], rs: list[Array], ctx: Context, group: int) -> Step:
+        from ..bounds.backend import current, portable
         from ..bounds.steps import Step
         from ..formats import gamma
 
@@ -197,10 +198,11 @@ class Sum(Operator):
         # |A| r = f(r) (weights > 0), rounded up over the float64 reduction's error
         image = self._reduce(r, ax, False).reshape(N, -1) * (1 + gamma(n + 1, 2.0**-53))
 
+        @portable
         def adjoint(lam: Array) -> Array:
             R = lam.shape[1]
             rows = self._pull(lam.reshape(N, R, *kept[1:]), n)
-            return np.broadcast_to(rows, (N, R, *x.shape[1:])).reshape(N, R, n_in)
+            return current().broadcast_to(rows, (N, R, *x.shape[1:])).reshape(N, R, n_in)
 
         return Step(y, adjoint, image, group, [(local.reshape(N, -1), True)])
 
