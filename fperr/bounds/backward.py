@@ -477,7 +477,7 @@ def sharpen_radius(tape: Tape, t: int, outer: Callable[[Array], Array] | None,
     out = r.copy()
     for c0 in range(0, int(need.sum(axis=1).max()), chunk):
         sub = need & (rank >= c0) & (rank < c0 + chunk)
-        out = scatter_rows(radius(row_selector(sub)), sub, out)
+        out = scatter_rows(current().host(radius(row_selector(sub))), sub, out)
     step.set_radius(np.minimum(r, out))
 
 
@@ -534,13 +534,15 @@ def input_step(x: Array, ctx: Context) -> Step:
 
 def row_selector(mask: npt.NDArray[np.bool_]) -> Array:
     """(N, R, K) unit rows for the outputs selected in ``mask`` (N, K), R = the
-    most any input selects (rows beyond an input's count are zero)."""
+    most any input selects (rows beyond an input's count are zero); built on the
+    current backend (no host array of rows to copy over)."""
     N, K = mask.shape
     R = max(1, int(mask.sum(axis=1).max(initial=0)))
-    lam = np.zeros((N, R, K))
+    b = current()
+    lam = b.zeros((N, R, K))
     n_idx, k_idx = np.nonzero(mask)
     slot = np.cumsum(mask, axis=1)[n_idx, k_idx] - 1
-    lam[n_idx, slot, k_idx] = 1.0
+    lam[b.fresh(n_idx), b.fresh(slot), b.fresh(k_idx)] = 1.0
     return lam
 
 

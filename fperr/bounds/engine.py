@@ -474,7 +474,7 @@ def _pull_rows(
 ) -> tuple[Array, Array]:
     """Radius (N, R) and per-layer breakdown (N, G, R) of the rows selected by ``mask``."""
     b = current()
-    lam_rows = b.fresh(row_selector(mask))
+    lam_rows = row_selector(mask)
     coll = Collector(mask.shape[0], lam_rows.shape[1], n_groups,
                      keep_random=method == "probabilistic")  # fmt: skip
     pull_back(tape, lam_rows, coll, entry=False)
