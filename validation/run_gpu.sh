@@ -3,8 +3,10 @@
 # then validate the example models on CUDA into $OUT/results/<gpu-name>/
 # (kernels.json, probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt), run
 # the seed paper's models in every torch format (seed.json, examples/seed/seed_gpu.py),
-# and time the bound engine's torch backend there (backend_speed.json).  Estimated
-# 2-3 minutes on one H100 with 16 cores (not yet run on a GPU): the bounds run
+# time the bound engine's torch backend there (backend_speed.json) and certify the
+# seed VGG-11-BN's first test images with it (seed_full_ranges.jsonl).  Estimated
+# 6-10 minutes on one H100 with 16 cores (not yet run on a GPU; the last two steps
+# are capped at 10 and 4 minutes): the validation bounds run
 # on the CPU cores (~0.15 s per deep_tanh input and arithmetic on one core)
 # while torch runs on the GPU.  Exit 0: no violation; 1: a bound or a certificate
 # was violated (read summary.txt); other: an error.
@@ -63,5 +65,13 @@ $PY examples/seed/seed_gpu.py --device "$DEVICE" --out "$OUT/results" ${INPUTS:+
 label=$($PY -c "from fperr.hardware.suite import device_label; print(device_label('$DEVICE'))")
 timeout 600 $PY benchmarks/backend_speed.py --n 1000 --seed-images 3 \
   --json "$OUT/results/$label/backend_speed.json" || status=$?
+# seed VGG-11-BN certificates with the backward passes on the device (issue 14): the first
+# 100 test images, deterministic, unstable ranges then full where undecided, 10 images per
+# call; one JSON line per image (on one CPU core: about 13-25 s per image); at most 4 minutes
+if [ "$DEVICE" != "cpu" ]; then
+  timeout 240 $PY examples/seed/certify_full_ranges.py vgg11_bn $(seq 0 99) \
+    --method deterministic --ranges unstable,full --device "$DEVICE" --batch 10 \
+    --out "$OUT/results/$label/seed_full_ranges.jsonl" || echo "seed certificates: stopped ($?)"
+fi
 echo "validation/run_gpu.sh: exit $status after $(( $(date +%s) - start )) s; results in $OUT/results"
 exit $status
