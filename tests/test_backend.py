@@ -222,3 +222,20 @@ def test_every_operator_runs_on_torch_without_host_copies(name, monkeypatch):
         a, b = both(model, X, engine="backward", ranges=ranges)
         agree(a, b)
     assert not hosted, hosted
+
+
+def test_float32_weights_are_promoted_as_numpy_would():
+    """A dense layer holding float32 weights: numpy promotes them against float64
+    rows, and so must torch (whose GEMMs refuse mixed precisions)."""
+    from fperr.layers import Activation, Dense
+    from fperr.model import Model
+
+    rng = np.random.default_rng(5)
+    w1 = rng.standard_normal((16, 8)).astype(np.float32)
+    w2 = rng.standard_normal((3, 16)).astype(np.float32)
+    model = Model("f32", (8,), (Dense(w1, np.zeros(16, np.float32)), Activation("tanh"),
+                                Dense(w2, np.zeros(3, np.float32))))  # fmt: skip
+    X = rng.standard_normal((5, 8))
+    a, b = both(model, X, engine="backward", ranges="full")
+    assert np.all(np.isfinite(a))
+    agree(a, b)

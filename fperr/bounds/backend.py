@@ -114,8 +114,13 @@ class TorchBackend(Backend):
     def fresh(self, a: Any) -> Any:
         if isinstance(a, self.torch.Tensor):
             return a
-        # a copy: numpy views may be read-only or strided in ways torch refuses
-        return self.torch.tensor(np.asarray(a), device=self.device)
+        # a copy: numpy views may be read-only or strided in ways torch refuses;
+        # floats in float64, as numpy would promote them against float64 rows
+        # (torch's GEMMs refuse mixed precisions)
+        arr = np.asarray(a)
+        if arr.dtype.kind == "f" and arr.dtype != np.float64:
+            arr = arr.astype(np.float64)
+        return self.torch.tensor(arr, device=self.device)
 
     def host(self, a: Any) -> Any:
         if isinstance(a, self.torch.Tensor):
