@@ -239,3 +239,24 @@ def test_float32_weights_are_promoted_as_numpy_would():
     a, b = both(model, X, engine="backward", ranges="full")
     assert np.all(np.isfinite(a))
     agree(a, b)
+
+
+def test_converted_arrays_leave_with_their_arrays_and_the_call():
+    """Device copies are kept while their host arrays live (one batch's boxes), and
+    none outlive the call (a model's weights outlive every bound)."""
+    import gc
+
+    b = make("torch")
+    w = np.ones((3, 3))
+    box = np.ones((2, 3))
+    assert b.on(w) is b.on(w)  # converted once
+    b.on(box)
+    assert len(b._kept) == 2
+    del box
+    gc.collect()
+    assert len(b._kept) == 1  # the box's entry left with it
+    b.close()
+    assert not b._kept and not b._finalizers
+    del w
+    gc.collect()  # no finalizer left to run on a closed backend
+    assert b.on(3.0).item() == 3.0 and not b._kept  # scalars are not remembered

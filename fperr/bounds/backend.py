@@ -25,6 +25,7 @@ calls in threads keep their own backend.
 from __future__ import annotations
 
 import contextvars
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -77,6 +78,9 @@ class Backend:
         """Indices of the rows of ``flat`` (M, n) that are not all zero."""
         return np.flatnonzero(flat.any(axis=1))
 
+    def close(self) -> None:
+        """Forget what :meth:`on` converted (the end of a :func:`using` block)."""
+
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
         return np.broadcast_to(a, shape)
 
@@ -92,7 +96,8 @@ class Backend:
 
 class TorchBackend(Backend):
     """torch float64 tensors on ``device``; numpy arrays met are converted once
-    (keyed by identity, held by strong references so an identity stays theirs)."""
+    while they live (keyed by identity; an entry leaves with its array, so a
+    call over many batches holds only the live batch's arrays on the device)."""
 
     name = "torch"
     native = False
@@ -100,16 +105,35 @@ class TorchBackend(Backend):
     def __init__(self, torch: Any, device: Any) -> None:
         self.torch = torch
         self.device = device
-        self._kept: dict[int, tuple[Any, Any]] = {}
+        self._kept: dict[int, tuple[Any, Any]] = {}  # id -> (weak reference, tensor)
+        self._finalizers: list[weakref.finalize] = []
 
     def on(self, a: Any) -> Any:
         if isinstance(a, self.torch.Tensor):
             return a
-        hit = self._kept.get(id(a))
-        if hit is None:
-            hit = (a, self.fresh(a))
-            self._kept[id(a)] = hit
-        return hit[1]
+        return self._remember(a, self.fresh)
+
+    def _remember(self, a: Any, convert: Callable[[Any], Any]) -> Any:
+        """``convert(a)``, once while ``a`` lives (Python scalars: every time)."""
+        key = id(a)
+        hit = self._kept.get(key)
+        if hit is not None and hit[0]() is a:
+            return hit[1]
+        t = convert(a)
+        try:
+            ref = weakref.ref(a)
+        except TypeError:  # Python scalars: nothing to remember
+            return t
+        self._kept[key] = (ref, t)
+        # runs while ``a`` is freed, before its identity can be reused
+        self._finalizers.append(weakref.finalize(a, self._kept.pop, key, None))
+        return t
+
+    def close(self) -> None:
+        for f in self._finalizers:  # arrays that outlive the call (weights) hold no tensors
+            f.detach()
+        self._finalizers.clear()
+        self._kept.clear()
 
     def fresh(self, a: Any) -> Any:
         if isinstance(a, self.torch.Tensor):
@@ -150,15 +174,14 @@ class TorchBackend(Backend):
         return a.broadcast_to(shape)
 
     def sparse_rows(self, mat: Any, rows: Any) -> Any:
-        hit = self._kept.get(id(mat))
-        if hit is None:  # the transpose as a torch sparse matrix, once per call
-            t = mat.T.tocoo()
-            index = self.torch.tensor(np.stack([t.row, t.col]), dtype=self.torch.int64)
-            sparse = self.torch.sparse_coo_tensor(index, self.torch.tensor(t.data), t.shape,
-                                                  check_invariants=True)
-            hit = (mat, sparse.coalesce().to(self.device))
-            self._kept[id(mat)] = hit
-        return (hit[1] @ rows.T).T
+        return (self._remember(mat, self._sparse_transpose) @ rows.T).T
+
+    def _sparse_transpose(self, mat: Any) -> Any:
+        t = mat.T.tocoo()
+        index = self.torch.tensor(np.stack([t.row, t.col]), dtype=self.torch.int64)
+        sparse = self.torch.sparse_coo_tensor(index, self.torch.tensor(t.data), t.shape,
+                                              check_invariants=True)  # fmt: skip
+        return sparse.coalesce().to(self.device)
 
     def conv2d_input(self, g: Any, layer: Any, in_shape: tuple[int, ...]) -> Any:
         # torch's gradient of a convolution with respect to its input: the same
@@ -208,6 +231,7 @@ def using(backend: str = "numpy", device: str = "cpu") -> Iterator[Backend]:
         yield b
     finally:
         _CURRENT.reset(token)
+        b.close()
 
 
 def on(a: Any) -> Any:
