@@ -260,3 +260,13 @@ def test_converted_arrays_leave_with_their_arrays_and_the_call():
     del w
     gc.collect()  # no finalizer left to run on a closed backend
     assert b.on(3.0).item() == 3.0 and not b._kept  # scalars are not remembered
+
+
+def test_a_device_out_of_memory_is_one_clear_error():
+    with pytest.raises(FperrInputError, match="ran out of memory on cpu.*--memory"):
+        with using("torch"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(ValueError, match="other"):  # any other error passes unchanged
+        with using("torch"):
+            raise ValueError("other")
+    assert current().name == "numpy"

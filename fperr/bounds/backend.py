@@ -81,6 +81,11 @@ class Backend:
     def close(self) -> None:
         """Forget what :meth:`on` converted (the end of a :func:`using` block)."""
 
+    def out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is this backend's device running out of memory (numpy's
+        MemoryError is the engine's own business: :mod:`.memory`)."""
+        return False
+
     def broadcast_to(self, a: Any, shape: tuple[int, ...]) -> Any:
         return np.broadcast_to(a, shape)
 
@@ -128,6 +133,9 @@ class TorchBackend(Backend):
         # runs while ``a`` is freed, before its identity can be reused
         self._finalizers.append(weakref.finalize(a, self._kept.pop, key, None))
         return t
+
+    def out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.torch.OutOfMemoryError)
 
     def close(self) -> None:
         for f in self._finalizers:  # arrays that outlive the call (weights) hold no tensors
@@ -229,6 +237,13 @@ def using(backend: str = "numpy", device: str = "cpu") -> Iterator[Backend]:
     token = _CURRENT.set(b)
     try:
         yield b
+    except Exception as exc:
+        if not b.out_of_memory(exc):
+            raise
+        raise FperrInputError(
+            f"the bound engine ran out of memory on {b.device}: give it a smaller budget "
+            "(--memory / FPERR_MAX_BYTES; its rows are pulled back in chunks sized to it)"
+        ) from None
     finally:
         _CURRENT.reset(token)
         b.close()
