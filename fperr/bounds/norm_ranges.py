@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.linalg
 
-from .weight_memo import memo
+from .weight_memo import by_content, memo
 
 Array = npt.NDArray[np.float64]
 
@@ -72,8 +72,10 @@ class Gains:
 
 def dense_gains(layer: Any) -> tuple[Array, float]:
     """(row norms, spectral norm bound) of a dense layer's exact weights (once per
-    call, :mod:`.weight_memo`)."""
-    return memo("dense_gains", (layer.weight,), None, lambda: _dense_gains(layer.weight))
+    call and across calls for equal weights, :mod:`.weight_memo`)."""
+    w = layer.weight
+    return memo("dense_gains", (w,), None,
+                lambda: by_content("dense_gains", w, None, lambda: _dense_gains(w)))  # fmt: skip
 
 
 def _dense_gains(weight: Array) -> tuple[Array, float]:
@@ -111,7 +113,8 @@ per-frequency singular values of a convolution; beyond it their Frobenius norms
 
 def conv_spectral(layer: Any, in_shape: tuple[int, ...]) -> float:
     """An upper bound on ||C||_2 of a zero-padded convolution on inputs of
-    ``in_shape`` (once per call and shape, :mod:`.weight_memo`).
+    ``in_shape`` (once per call and shape, and across calls for equal weights,
+    :mod:`.weight_memo`).
 
     The convolution is a restriction of the circular one on the padded image
     (size M = H + 2 p per axis: no output window wraps around), composed with the
@@ -122,8 +125,9 @@ def conv_spectral(layer: Any, in_shape: tuple[int, ...]) -> float:
     between the taps.  The FFT's rounding (at most a few eps log2(M_h M_w) ||k||_1
     per entry) is added as a Frobenius bound, the SVD's by SPECTRAL_MARGIN."""
     extra = (int(layer.groups), tuple(layer.dilation), tuple(layer.padding), tuple(in_shape))
-    return memo("conv_spectral", (layer.weight,), extra,
-                lambda: _conv_spectral(layer.weight, *extra))  # fmt: skip
+    w = layer.weight
+    return memo("conv_spectral", (w,), extra,
+                lambda: by_content("conv_spectral", w, extra, lambda: _conv_spectral(w, *extra)))
 
 
 def _conv_spectral(weight: Array, g: int, dilation: tuple[int, int],
