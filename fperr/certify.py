@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from .arith import Emulated
 from .bounds import PROBABILISTIC_NOTE, BoundResult, bound
+from .bounds.backend import make as make_backend
 from .bounds.cascade import cascade_bound, margin
 from .errors import FperrInputError
 from .layer_shares import LayerShares
@@ -340,8 +341,8 @@ def certify(
     engine: str = "auto",
     cascade: bool = True,
     ranges: str = "sharpened",
-    backend: str = "numpy",
-    device: str = "cpu",
+    backend: str | None = None,
+    device: str | None = None,
 ) -> CertifyResult:
     """Certify per input that the low-precision run predicts the reference class.
 
@@ -366,7 +367,7 @@ def certify(
     A dask array ``X`` is certified block by block (:mod:`fperr.distributed`).
     """
     if type(X).__module__.startswith("dask.array"):  # dask: one certify per block of rows
-        if (backend, device) != ("numpy", "cpu"):
+        if make_backend(backend, device).name != "numpy":
             raise FperrInputError("dask arrays are certified on the numpy backend")
         from .distributed.arrays import certify_dask
 

@@ -242,13 +242,14 @@ def schema_cmd() -> None:
               help="Memory budget of the bound engine, e.g. 2G or 8e9 (suffix K, M, G, T: "
               "powers of 1024): inputs are bounded in batches sized to it, and a model one "
               "input of which exceeds it is refused at once.  Default: FPERR_MAX_BYTES, else 4G.")
-@click.option("--backend", type=click.Choice(["numpy", "torch"]), default="numpy",
-              show_default=True,
+@click.option("--backend", type=click.Choice(["numpy", "torch"]), default=None,
               help="Where the bound engine's backward passes (most of its cost) run: numpy, "
-              "or torch (needs torch; float64, bounds equal to numpy's within 1e-12 relative).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              "or torch (needs torch; float64, bounds equal to numpy's within 1e-12 relative). "
+              "Default: FPERR_BACKEND, else numpy.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
               help="Device of the backward passes: cuda runs them with torch on the GPU "
-              "(implies --backend torch; refused when torch sees no CUDA device).")
+              "(implies --backend torch; refused when torch sees no CUDA device). "
+              "Default: FPERR_DEVICE, else cpu.")
 @click.option("--cascade/--no-cascade", default=True, show_default=True,
               help="Bound every input cheaply first and sharply only where undecided "
               "(--per-layer turns it off: every input then gets a breakdown).")
@@ -274,8 +275,8 @@ def bound_cmd(
     engine: str,
     ranges: str,
     memory: str | None,
-    backend: str,
-    device: str,
+    backend: str | None,
+    device: str | None,
     cascade: bool,
     quiet: bool,
     scheduler: str | None,
@@ -306,7 +307,9 @@ def bound_cmd(
         os.environ["FPERR_MAX_BYTES"] = memory
         max_bytes()  # a malformed budget fails here, as bad input
     if dask_command.wants_cluster(click.get_current_context().params):
-        if (backend, device) != ("numpy", "cpu"):
+        from .bounds.backend import make as make_backend
+
+        if make_backend(backend, device).name != "numpy":
             raise FperrInputError("--scheduler/--workers run the numpy backend on the CPU; "
                                   "drop --backend/--device")
         dask_command.main(click.get_current_context().params, status)

@@ -121,7 +121,9 @@ def test_certify_on_torch_gives_the_same_certificates():
     agree(a.bounds.bound, b.bounds.bound)
 
 
-def test_numpy_is_the_default_and_blocks_nest():
+def test_numpy_is_the_default_and_blocks_nest(monkeypatch):
+    monkeypatch.delenv("FPERR_BACKEND", raising=False)
+    monkeypatch.delenv("FPERR_DEVICE", raising=False)
     assert current().name == "numpy"
     with using("torch") as outer:
         assert current() is outer and outer.name == "torch"
@@ -270,3 +272,14 @@ def test_a_device_out_of_memory_is_one_clear_error():
         with using("torch"):
             raise ValueError("other")
     assert current().name == "numpy"
+
+
+def test_the_environment_chooses_the_default_backend(monkeypatch):
+    """FPERR_BACKEND / FPERR_DEVICE set the default (as FPERR_MAX_BYTES the budget),
+    so a whole test suite or script can run on torch; arguments override them."""
+    monkeypatch.setenv("FPERR_BACKEND", "torch")
+    assert make().name == "torch" and make("numpy").name == "numpy"
+    monkeypatch.setenv("FPERR_BACKEND", "numpy")
+    monkeypatch.setenv("FPERR_DEVICE", "tpu")
+    with pytest.raises(FperrInputError, match="device"):
+        make()

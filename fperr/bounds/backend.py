@@ -25,6 +25,7 @@ calls in threads keep their own backend.
 from __future__ import annotations
 
 import contextvars
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -211,10 +212,13 @@ def current() -> Backend:
     return _CURRENT.get()
 
 
-def make(backend: str = "numpy", device: str = "cpu") -> Backend:
+def make(backend: str | None = None, device: str | None = None) -> Backend:
     """A backend by name: ``"numpy"`` (CPU only) or ``"torch"`` on ``device``
-    (``"cpu"``, ``"cuda"``, ``"cuda:1"``); a CUDA device implies torch.  Unknown
-    names, a missing torch or an unavailable device are input errors."""
+    (``"cpu"``, ``"cuda"``, ``"cuda:1"``); a CUDA device implies torch.  None: the
+    environment's ``FPERR_BACKEND`` and ``FPERR_DEVICE``, else numpy on the CPU.
+    Unknown names, a missing torch or an unavailable device are input errors."""
+    backend = backend or os.environ.get("FPERR_BACKEND") or "numpy"
+    device = device or os.environ.get("FPERR_DEVICE") or "cpu"
     if backend not in BACKENDS:
         raise FperrInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "numpy" and device == "cpu":
@@ -226,7 +230,7 @@ def make(backend: str = "numpy", device: str = "cpu") -> Backend:
 
 
 @contextmanager
-def using(backend: str = "numpy", device: str = "cpu") -> Iterator[Backend]:
+def using(backend: str | None = None, device: str | None = None) -> Iterator[Backend]:
     """Run the backward passes within on this backend.  Nested blocks keep the
     outer block's backend (one call's stages share one; see :func:`make`)."""
     outer = _CURRENT.get()

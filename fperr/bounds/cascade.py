@@ -83,8 +83,8 @@ def cascade_bound(
     engine: str = "auto",
     explained: int = 32,
     ranges: str = "sharpened",
-    backend: str = "numpy",
-    device: str = "cpu",
+    backend: str | None = None,
+    device: str | None = None,
 ) -> BoundResult:
     """Bounds for :func:`fperr.certify`: stage 1 for every input, the later stages
     for those ``certified(y_ref, margin)`` rejects (see the module docstring);

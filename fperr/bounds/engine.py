@@ -219,8 +219,8 @@ def bound_run(
     rows: npt.NDArray[np.bool_] | None = None,
     anchors: Sequence[Anchor] | None = None,
     record: list[Anchor] | None = None,
-    backend: str = "numpy",
-    device: str = "cpu",
+    backend: str | None = None,
+    device: str | None = None,
 ) -> RunBound:
     """Enclose one run of ``model`` in ``arith`` against exact arithmetic.
 
@@ -260,8 +260,9 @@ def bound_run(
 
     ``backend`` and ``device`` (backward engine): where the backward rows live,
     ``"numpy"`` or ``"torch"`` on ``"cpu"`` or ``"cuda"`` (a CUDA device implies
-    torch; :mod:`.backend`).  The forward pass stays in numpy; bounds agree
-    between backends to about 1e-13 relative.
+    torch; :mod:`.backend`; None: ``FPERR_BACKEND`` / ``FPERR_DEVICE``, else numpy).
+    The forward pass stays in numpy; bounds agree between backends to about 1e-13
+    relative.
 
     ``layer_ariths`` is the deprecated name of ``keep`` (removed in 0.3).
 
@@ -590,8 +591,8 @@ def bound(
     engine: str = "auto",
     rows: npt.NDArray[np.bool_] | None = None,
     ranges: str = "sharpened",
-    backend: str = "numpy",
-    device: str = "cpu",
+    backend: str | None = None,
+    device: str | None = None,
 ) -> BoundResult:
     """Bound |y_low - y_ref| per input and output; see the module docstring.
 
