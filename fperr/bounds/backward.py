@@ -107,9 +107,10 @@ class Tape:
 
 
 def _contribute(step: Step, lam: Array, sink: Sink) -> None:
-    if step.boxes:  # layers that move values (flatten, concat) have none
+    boxes = step.live_boxes()  # zero boxes add nothing: skipped
+    if boxes:  # layers that move values (flatten, concat) have none
         alam = abs(lam)
-        for box, random in step.boxes:
+        for box, random in boxes:
             sink(step.group, random, alam, on(box))
     if step.signed is not None:
         N, R = lam.shape[:2]

@@ -109,6 +109,16 @@ class Step:
     # (N, n_out): units whose radius is already their backward bound (None: unknown)
     sharp: Mask | None = field(default=None, init=False)
     _radius: Array | None = field(default=None, init=False, repr=False)
+    _live: list[tuple[Array, bool]] | None = field(default=None, init=False, repr=False)
+
+    def live_boxes(self) -> list[tuple[Array, bool]]:
+        """The boxes that hold a nonzero radius somewhere (computed once): a ReLU's
+        rounding box is zero, and so is its remainder where no unit is unstable, and
+        a backward row would otherwise meet them in an absolute value and a GEMV
+        per row and step (a fifth of that work on the seed VGG-11-BN)."""
+        if self._live is None:
+            self._live = [(b, random) for b, random in self.boxes if np.any(b)]
+        return self._live
 
     def radius(self) -> Array:
         """(N, n_out) radius of the output error: image + boxes + signed (computed
