@@ -23,7 +23,7 @@ bfloat16 storage: certified fraction, certified-and-flipped inputs (must be 0),
 bounds below an observed error (must be 0), median bound / observed, seconds.
 
 Run: OMP_NUM_THREADS=1 python examples/seed/certify_seed.py [--n 10000] [--n-cert 100]
-     [--models resnet20 vgg11_bn ...]
+     [--models resnet20 vgg11_bn ...] [--ranges unstable] [--device cuda]
 Merges the rows into examples/seed/table5.json (rows of other models are kept)
 and regenerates the tables of examples/seed/README.md between its markers.
 """
@@ -141,13 +141,15 @@ def lemma(runs: dict[str, dict[str, Array]], out: dict[str, Any]) -> dict[str, A
 
 
 def certificates(model: fperr.Model, X: Array, y: npt.NDArray[np.int64], fmt: str,
-                 delta: Array, out: dict[str, Any]) -> None:  # fmt: skip
-    """fperr's certificates (deterministic, probabilistic) for ``fmt`` storage on X."""
+                 delta: Array, out: dict[str, Any], ranges: str = "sharpened",
+                 device: str = "cpu") -> None:  # fmt: skip
+    """fperr's certificates (deterministic, probabilistic) for ``fmt`` storage on X,
+    with the backward engine's ``ranges`` and its backward passes on ``device``."""
     low = Emulated.from_names(FORMATS[fmt], "binary32")
     gamma = None
     for method, tag in (("deterministic", "det"), ("probabilistic", "prob")):
         t = time.perf_counter()
-        res = fperr.certify(model, X, y, low=low, method=method)
+        res = fperr.certify(model, X, y, low=low, method=method, ranges=ranges, device=device)
         key = f"{fmt}_{tag}"
         out[f"seconds_{key}"] = time.perf_counter() - t
         out[f"certified_{key}"] = float(res.certified.mean())
@@ -160,6 +162,7 @@ def certificates(model: fperr.Model, X: Array, y: npt.NDArray[np.int64], fmt: st
         gamma = res.tolerance
     assert gamma is not None
     out[f"lemma_{fmt}_cert_subset"] = float(np.mean(gamma > 2 * delta[: len(X)]))
+    out["certify_ranges"], out["certify_device"] = ranges, device
 
 
 def imported(name: str, net: torch.nn.Module, shape: tuple[int, ...],
@@ -173,7 +176,8 @@ def imported(name: str, net: torch.nn.Module, shape: tuple[int, ...],
 
 
 def row(name: str, X: Array, y: npt.NDArray[np.int64], n_cert: int,
-        n_batch1: int | None = None) -> dict[str, Any]:  # fmt: skip
+        n_batch1: int | None = None, ranges: str = "sharpened",
+        device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     """One model's Table 5 row over X (accuracy, flips, lemma), certificates on X[:n_cert]."""
     net = load_weights(MODELS[name](), str(HERE / f"{name}.npz")).eval()
     out: dict[str, Any] = {"model": name, "inputs": len(X)}
@@ -192,7 +196,7 @@ def row(name: str, X: Array, y: npt.NDArray[np.int64], n_cert: int,
     out["certified_inputs"] = min(n_cert, len(X))
     for f in LOW if n_cert > 0 else ():
         try:
-            certificates(model, X[:n_cert], y[:n_cert], f, deltas[f], out)
+            certificates(model, X[:n_cert], y[:n_cert], f, deltas[f], out, ranges, device)
         except Exception as exc:  # noqa: BLE001  (the row says why; the other rows still run)
             out[f"certify_error_{f}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return out
@@ -311,6 +315,11 @@ def main(argv: list[str] | None = None) -> None:
     trained = [m for m in MODELS if (HERE / f"{m}.npz").exists()]
     ap.add_argument("--models", nargs="*", default=trained, choices=trained)
     ap.add_argument("--readme-only", action="store_true", help="rewrite README from table5.json")
+    ap.add_argument("--ranges", default="sharpened",
+                    choices=("sharpened", "interval", "unstable", "full"),
+                    help="the certificates' ranges (fperr.certify; default: fperr's)")  # fmt: skip
+    ap.add_argument("--device", default="cpu",
+                    help="the certificates' backward passes: cpu (numpy) or cuda (torch)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if not args.readme_only:
@@ -318,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"data: {source}; {len(X)} images", flush=True)
         rows = []
         for name in args.models:
-            rows.append(row(name, X, y, args.n_cert, args.n_batch1) | {"data": source})
+            rows.append(row(name, X, y, args.n_cert, args.n_batch1, args.ranges, args.device)
+                        | {"data": source})
             print(json.dumps(rows[-1]), flush=True)
             TABLE.write_text(json.dumps(merged(rows), indent=1) + "\n")
     rows = json.loads(TABLE.read_text())
