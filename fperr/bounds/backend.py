@@ -94,6 +94,10 @@ class Backend:
         """``rows @ mat`` for a scipy sparse ``mat`` (m, n) and rows (M, m)."""
         return np.asarray((mat.T @ rows.T).T)
 
+    def gemm(self, a: Any, b: Any) -> Any:
+        """``a @ b`` of numpy arrays in float64, as a numpy array, on the backend."""
+        return a @ b
+
     def conv2d(self, v: Any, w: Any, layer: Any) -> Any:
         """``layer``'s convolution of ``v`` (N, C, H, W) with kernel ``w``, no bias, in
         float64, as a numpy array, by the backend's kernel; None: it has none."""
@@ -196,6 +200,10 @@ class TorchBackend(Backend):
         sparse = self.torch.sparse_coo_tensor(index, self.torch.tensor(t.data), t.shape,
                                               check_invariants=True)  # fmt: skip
         return sparse.coalesce().to(self.device)
+
+    def gemm(self, a: Any, b: Any) -> Any:
+        # the forward pass's float64 magnitude products of dense layers
+        return self.host(self.fresh(a) @ self.fresh(b))
 
     def conv2d(self, v: Any, w: Any, layer: Any) -> Any:
         # the forward pass's exact convolutions (magnitudes, radii): 1.5-2.2x numpy's

@@ -369,7 +369,7 @@ def dense_apply(m: Array, v: Array) -> Array:
     cols = np.flatnonzero(m.any(axis=0))
     if 8 * cols.size < m.shape[1]:
         return np.asarray(v[:, cols] @ m[:, cols].T)
-    return np.asarray(v @ m.T)
+    return np.asarray(current().gemm(v, m.T))
 
 
 def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
@@ -385,8 +385,9 @@ def dense_local(layer: Dense, x: Array, r: Array, ctx: Context) -> Affine:
     wa = np.abs(w_hat)
     dx = _operand_error(mag, a)
     mag_op = mag if dx is None else mag + dx  # magnitudes of the operands as rounded
-    w_abs_mag = mag_op @ wa.T
-    w_abs_r = r @ wa.T
+    gemm = current().gemm  # float64 magnitudes: any order of the sums (the margin covers it)
+    w_abs_mag = gemm(mag_op, wa.T)
+    w_abs_r = gemm(r, wa.T)
     db = 0.0 if layer.bias is None else a.store(layer.bias) - layer.bias
     signed = None
     if a.operand_narrower:  # a chopping conversion: the weights' error is not known
