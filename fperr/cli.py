@@ -334,6 +334,10 @@ def bound_cmd(
         status(hint)
     report = result.to_dict(per_layer=per_layer)
     report["summary"]["fperr_version"] = __version__
+    from .bounds.backend import make as make_backend
+
+    engine_on = make_backend(backend, device)  # where the backward passes ran
+    report["summary"]["bound_backend"] = f"{engine_on.name}:{engine_on.device}"
     code, gate = _gate(report["summary"]["certified_fraction"], min_certified,
                        bool(result.certified.all()))  # fmt: skip
     if min_certified is not None:

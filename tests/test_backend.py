@@ -283,3 +283,29 @@ def test_the_environment_chooses_the_default_backend(monkeypatch):
     monkeypatch.setenv("FPERR_DEVICE", "tpu")
     with pytest.raises(FperrInputError, match="device"):
         make()
+
+
+def test_cli_runs_on_torch_and_says_where(tmp_path):
+    """fperr bound --backend torch: the same verdicts as numpy, the report naming the
+    backend; --device cuda without CUDA is one line and exit 2."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fperr.cli import cli
+
+    X = np.load(EXAMPLES / "digits.npz")["inputs"][:40]
+    np.save(tmp_path / "x.npy", X)
+    args = ["bound", "--model", str(EXAMPLES / "cnn.yaml"), "--inputs", str(tmp_path / "x.npy"),
+            "--json", "-q"]  # fmt: skip
+    reports = {}
+    for be in ("numpy", "torch"):
+        res = CliRunner().invoke(cli, [*args, "--backend", be])
+        assert res.exit_code in (0, 1), res.output
+        reports[be] = json.loads(res.stdout)
+        assert reports[be]["summary"]["bound_backend"] == f"{be}:cpu"
+    verdicts = [[s["certified"] for s in reports[be]["samples"]] for be in ("numpy", "torch")]
+    assert verdicts[0] == verdicts[1] and sum(verdicts[0]) >= 35
+    if not torch.cuda.is_available():
+        res = CliRunner().invoke(cli, [*args, "--device", "cuda"])
+        assert res.exit_code == 2 and "cuda" in res.output and "Traceback" not in res.output
