@@ -10,6 +10,15 @@ fperr`` imports neither torch, onnx nor matplotlib.
 
 from __future__ import annotations
 
+import os as _os
+
+# torch, where fperr imports it later (lazily), backs large CPU tensors with huge
+# pages as numpy does by default: without them each fresh tensor of the backward
+# rows is page-faulted in 4 kB at a time, and torch's CPU backend ran its
+# elementwise row work 2x slower than numpy (fperr.bounds.backend).  A value the
+# user set wins; it acts only if torch is imported after fperr.
+_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from . import examples
 from .arith import Emulated, Exact
 from .bounds import BoundResult, RunBound, bound, bound_run
