@@ -321,13 +321,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (implies torch)")
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    ON.update(backend=a.backend, device=a.device)
+    ON.update(backend="torch" if a.device != "cpu" else a.backend, device=a.device)
     if a.child_memory:
         child_memory(json.loads(a.child_memory))
         return
     load_torch()
     header()
-    print(f"bound engine's backward passes: backend {a.backend}, device {a.device} (the "
+    print(f"bound engine's backward passes: backend {ON['backend']}, device {a.device} (the "
           "baseline stays numpy float64 on the CPU)")
     widths, depths, n = ([256, 1024], [2, 4], 300) if a.quick else ([256, 1024, 2048], [2, 4, 8],
                                                                     1000)  # fmt: skip

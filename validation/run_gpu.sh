@@ -3,10 +3,10 @@
 # then validate the example models on CUDA into $OUT/results/<gpu-name>/
 # (kernels.json, probe.json, mlp.json, cnn.json, deep_tanh.json, summary.txt), run
 # the seed paper's models in every torch format (seed.json, examples/seed/seed_gpu.py),
-# time the bound engine's torch backend there (backend_speed.json) and certify the
-# seed VGG-11-BN's first test images with it (seed_full_ranges.jsonl).  Estimated
-# 6-10 minutes on one H100 with 16 cores (not yet run on a GPU; the last two steps
-# are capped at 10 and 4 minutes): the validation bounds run
+# time the bound engine's torch backend there (backend_speed.json, scaling_grid.txt)
+# and certify the seed VGG-11-BN's first test images with it (seed_full_ranges.jsonl).  Estimated
+# 6-12 minutes on one H100 with 16 cores (not yet run on a GPU; the last three steps
+# are capped at 10, 3 and 4 minutes): the validation bounds run
 # on the CPU cores (~0.15 s per deep_tanh input and arithmetic on one core)
 # while torch runs on the GPU.  Exit 0: no violation; 1: a bound or a certificate
 # was violated (read summary.txt); other: an error.
@@ -63,8 +63,15 @@ $PY examples/seed/seed_gpu.py --device "$DEVICE" --out "$OUT/results" ${INPUTS:+
 # the bound engine's backward passes on this device against numpy (issue 13): times and
 # the largest relative difference of the bounds (<= 1e-12, else exit 1); about 2 minutes
 label=$($PY -c "from fperr.hardware.suite import device_label; print(device_label('$DEVICE'))")
+mkdir -p "$OUT/results/$label"
 timeout 600 $PY benchmarks/backend_speed.py --n 1000 --seed-images 3 \
   --json "$OUT/results/$label/backend_speed.json" || status=$?
+# issue 13's grid (quick: widths 256/1024, depths 2/4, N=300) with the backward passes on
+# the device, against a numpy float64 forward pass on this machine's CPU; at most 3 minutes
+if [ "$DEVICE" != "cpu" ]; then
+  timeout 180 $PY benchmarks/scaling.py --quick --part grid --device "$DEVICE" \
+    > "$OUT/results/$label/scaling_grid.txt" 2>&1 || echo "scaling grid: stopped ($?)"
+fi
 # seed VGG-11-BN certificates with the backward passes on the device (issue 14): the first
 # 100 test images, deterministic, unstable ranges then full where undecided, 10 images per
 # call; one JSON line per image (on one CPU core: about 13-25 s per image); at most 4 minutes
