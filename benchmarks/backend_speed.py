@@ -6,7 +6,9 @@ difference of the bounds from numpy's (the issue asks for 1e-12: both compute
 in float64 and differ only in the order of the GEMMs' sums).  Models: He ReLU
 MLPs (input 256, 10 outputs, N inputs), the digits CNN with full ranges, and,
 with torch installed, the seed VGG-11-BN (examples/seed) on its first test
-images with unstable ranges (about 13 s per image on one CPU core).
+images with unstable ranges (about 16 s per image on one CPU core) and the seed
+ResNet-20 on 20 images, bfloat16, with interval ranges (a graph model: residual
+adds, average pooling; finite bounds to compare).
 
     OMP_NUM_THREADS=1 python benchmarks/backend_speed.py [--n 1000] [--seed-images 2]
         [--json out.json]
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fperr.arith import Emulated
 from fperr.bounds import bound
 from fperr.model import Model, load_model
 
@@ -65,19 +68,27 @@ def cases(n: int, seed_images: int) -> list[tuple[str, Callable[[], tuple[Model,
            ("digits CNN, 300 inputs, full ranges", cnn, {"ranges": "full"})]  # fmt: skip
     if seed_images > 0:
 
-        def vgg() -> tuple[Model, Any]:
-            import fperr
+        def seed_model(name: str, n_images: int) -> Callable[[], tuple[Model, Any]]:
+            def make() -> tuple[Model, Any]:
+                import fperr
 
-            sys.path.insert(0, str(EXAMPLES / "seed"))
-            from architectures import MODELS, load_weights
+                sys.path.insert(0, str(EXAMPLES / "seed"))
+                from architectures import MODELS, load_weights
 
-            net = load_weights(MODELS["vgg11_bn"](), str(EXAMPLES / "seed" / "vgg11_bn.npz"))
-            model = fperr.from_torch(net, input_shape=(1, 32, 32))
-            X = np.load(EXAMPLES / "seed" / "mnist_test_1000.npz")["inputs"][:seed_images]
-            return model, X.astype(np.float64)
+                net = load_weights(MODELS[name](), str(EXAMPLES / "seed" / f"{name}.npz"))
+                model = fperr.from_torch(net, input_shape=(1, 32, 32))
+                X = np.load(EXAMPLES / "seed" / "mnist_test_1000.npz")["inputs"][:n_images]
+                return model, X.astype(np.float64)
 
-        out.append((f"seed VGG-11-BN, {seed_images} images, unstable ranges", vgg,
-                    {"ranges": "unstable"}))  # fmt: skip
+            return make
+
+        out.append((f"seed VGG-11-BN, {seed_images} images, unstable ranges",
+                    seed_model("vgg11_bn", seed_images), {"ranges": "unstable"}))
+        # a graph (residual adds, global average pooling): forward steps and 10 rows;
+        # bfloat16 storage, whose interval-range bounds stay finite (binary16's overflow)
+        bf16 = Emulated.from_names("bfloat16", "binary32")
+        out.append(("seed ResNet-20, 20 images, bf16, interval",
+                    seed_model("resnet20", 20), {"ranges": "interval", "low": bf16}))  # fmt: skip
     return out
 
 
