@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from .arith import Emulated
 from .bounds import PROBABILISTIC_NOTE, BoundResult, bound
-from .bounds.backend import make as make_backend
+from .bounds.backend import resolve as resolve_backend
 from .bounds.cascade import cascade_bound, margin
 from .errors import FperrInputError
 from .layer_shares import LayerShares
@@ -367,7 +367,7 @@ def certify(
     A dask array ``X`` is certified block by block (:mod:`fperr.distributed`).
     """
     if type(X).__module__.startswith("dask.array"):  # dask: one certify per block of rows
-        if make_backend(backend, device).name != "numpy":
+        if resolve_backend(backend, device)[0] != "numpy":
             raise FperrInputError("dask arrays are certified on the numpy backend")
         from .distributed.arrays import certify_dask
 

@@ -293,6 +293,7 @@ def bound_cmd(
 
     from . import __version__
     from .arith import Emulated
+    from .bounds.backend import resolve as resolve_backend
     from .certify import certify
 
     def status(msg: str) -> None:
@@ -307,9 +308,7 @@ def bound_cmd(
         os.environ["FPERR_MAX_BYTES"] = memory
         max_bytes()  # a malformed budget fails here, as bad input
     if dask_command.wants_cluster(click.get_current_context().params):
-        from .bounds.backend import make as make_backend
-
-        if make_backend(backend, device).name != "numpy":
+        if resolve_backend(backend, device)[0] != "numpy":
             raise FperrInputError("--scheduler/--workers run the numpy backend on the CPU; "
                                   "drop --backend/--device")
         dask_command.main(click.get_current_context().params, status)
@@ -334,10 +333,7 @@ def bound_cmd(
         status(hint)
     report = result.to_dict(per_layer=per_layer)
     report["summary"]["fperr_version"] = __version__
-    from .bounds.backend import make as make_backend
-
-    engine_on = make_backend(backend, device)  # where the backward passes ran
-    report["summary"]["bound_backend"] = f"{engine_on.name}:{engine_on.device}"
+    report["summary"]["bound_backend"] = ":".join(resolve_backend(backend, device))
     code, gate = _gate(report["summary"]["certified_fraction"], min_certified,
                        bool(result.certified.all()))  # fmt: skip
     if min_certified is not None:

@@ -234,16 +234,24 @@ def current() -> Backend:
     return _CURRENT.get()
 
 
-def make(backend: str | None = None, device: str | None = None) -> Backend:
-    """A backend by name: ``"numpy"`` (CPU only) or ``"torch"`` on ``device``
-    (``"cpu"``, ``"cuda"``, ``"cuda:1"``); a CUDA device implies torch.  None: the
-    environment's ``FPERR_BACKEND`` and ``FPERR_DEVICE``, else numpy on the CPU.
-    Unknown names, a missing torch or an unavailable device are input errors."""
+def resolve(backend: str | None = None, device: str | None = None) -> tuple[str, str]:
+    """(backend, device) named by the arguments: ``"numpy"`` (CPU only) or
+    ``"torch"`` on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``); a device other
+    than the CPU implies torch.  None: the environment's ``FPERR_BACKEND`` and
+    ``FPERR_DEVICE``, else numpy on the CPU.  An unknown backend is an input error
+    (devices are checked by :func:`make`, which needs torch for it)."""
     backend = backend or os.environ.get("FPERR_BACKEND") or "numpy"
     device = device or os.environ.get("FPERR_DEVICE") or "cpu"
     if backend not in BACKENDS:
         raise FperrInputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if backend == "numpy" and device == "cpu":
+    return ("numpy" if backend == "numpy" and device == "cpu" else "torch"), device
+
+
+def make(backend: str | None = None, device: str | None = None) -> Backend:
+    """The backend :func:`resolve` names.  Unknown names, a missing torch or an
+    unavailable device are input errors."""
+    backend, device = resolve(backend, device)
+    if backend == "numpy":
         return _NUMPY
     from ..hardware.torch_env import require_torch, resolve_device
 

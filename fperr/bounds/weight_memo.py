@@ -60,13 +60,18 @@ def memo(kind: str, arrays: tuple[Any, ...], extra: Any, compute: Callable[[], T
     key = (kind, tuple(id(a) for a in arrays), extra)
     hit = table.get(key)
     if hit is None:
-        value = compute()
-        for v in value if isinstance(value, tuple) else (value,):
-            if hasattr(v, "setflags"):  # shared by every batch: nobody may write to it
-                v.setflags(write=False)
+        value = _read_only(compute())  # shared by every batch: nobody may write to it
         hit = (arrays, value)  # the arrays kept alive: their ids stay theirs
         table[key] = hit
     return hit[1]
+
+
+def _read_only(value: T) -> T:
+    """``value`` (an array or a tuple of them and numbers) with its arrays read-only."""
+    for v in value if isinstance(value, tuple) else (value,):
+        if hasattr(v, "setflags"):
+            v.setflags(write=False)
+    return value
 
 
 # -- across calls, by content --------------------------------------------------------
@@ -95,10 +100,7 @@ def by_content(kind: str, array: Any, extra: Any, compute: Callable[[], T]) -> T
         if key in _CONTENT:
             _CONTENT.move_to_end(key)
             return cast(T, _CONTENT[key])
-    value = compute()
-    for v in value if isinstance(value, tuple) else (value,):
-        if hasattr(v, "setflags"):
-            v.setflags(write=False)
+    value = _read_only(compute())  # shared by later calls
     with _CONTENT_LOCK:
         _CONTENT[key] = value
         while len(_CONTENT) > CONTENT_ENTRIES:
