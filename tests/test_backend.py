@@ -309,3 +309,26 @@ def test_cli_runs_on_torch_and_says_where(tmp_path):
     if not torch.cuda.is_available():
         res = CliRunner().invoke(cli, [*args, "--device", "cuda"])
         assert res.exit_code == 2 and "cuda" in res.output and "Traceback" not in res.output
+
+
+def test_an_adjoint_not_marked_portable_runs_on_a_host_copy():
+    """An operator's adjoint written for numpy only (not marked portable) still runs
+    on the torch backend: its rows go to numpy and its result comes back."""
+    from fperr.bounds.backend import apply_adjoint
+
+    d = np.array([[2.0, -1.0, 0.5]])
+    seen: list[type] = []
+
+    def numpy_only(lam):
+        seen.append(type(lam))
+        return np.multiply(lam, d[:, None, :])  # a numpy function: refuses no tensor here
+
+    rows = np.arange(6.0).reshape(1, 2, 3)
+    with using("torch") as b:
+        out = apply_adjoint(numpy_only, b.fresh(rows))
+        assert isinstance(out, torch.Tensor)
+        pair = apply_adjoint(lambda lam: [lam, 2 * lam], b.fresh(rows))
+    assert seen == [np.ndarray]
+    assert np.array_equal(out.numpy(), rows * d[:, None, :])
+    assert all(isinstance(p, torch.Tensor) for p in pair)
+    assert np.array_equal(pair[1].numpy(), 2 * rows)
