@@ -118,6 +118,7 @@ def describe(name: str, rep: Report, seconds: float) -> dict[str, Any]:
         "by_class": dict(classes(rep)),
         "max_ratio": {k: round(r, 4) for k, r in rep.max_ratio.items()},
         "crashes": dict(rep.crashes),
+        "torch_crashes": dict(rep.torch_crashes),
         "fperr_warnings": dict(rep.fperr_warnings),
     }
     print(
@@ -131,6 +132,8 @@ def describe(name: str, rep: Report, seconds: float) -> dict[str, Any]:
         print(f"{'':>24}{n:6d}  {k}")
     for k, n in rep.crashes.items():
         print(f"{'':>24}{n:6d}  crash {k[:100]}")
+    for k, n in rep.torch_crashes.items():
+        print(f"{'':>24}{n:6d}  torch crashed, model skipped: {k[:100]}")
     return out
 
 

@@ -82,6 +82,9 @@ class Report:
     certified: int = 0
     fperr_warnings: Counter[str] = field(default_factory=Counter)
     crashes: Counter[str] = field(default_factory=Counter)
+    # torch runs that ended their process (a torch kernel's crash, not fperr's: the
+    # model's torch check is skipped, counted here)
+    torch_crashes: Counter[str] = field(default_factory=Counter)
     max_ratio: dict[str, float] = field(default_factory=dict)  # largest observed / allowed
     violations: list[Violation] = field(default_factory=list)
 
@@ -93,6 +96,7 @@ class Report:
         self.certified += other.certified
         self.fperr_warnings.update(other.fperr_warnings)
         self.crashes.update(other.crashes)
+        self.torch_crashes.update(other.torch_crashes)
         for k, r in other.max_ratio.items():
             self.note_ratio(k, r)
         self.violations += other.violations
@@ -433,6 +437,7 @@ def summary(rep: Report, limit: int = 8) -> str:
         f"{len(rep.violations)} violations ({len(rep.new)} NEW); largest observed/allowed "
         + ", ".join(f"{k} {r:.3g}" for k, r in sorted(rep.max_ratio.items()))
     ]
+    lines += [f"torch crashed ({n}x): {k}" for k, n in rep.torch_crashes.items()]
     lines += [v.text() for v in rep.violations[:limit]]
     return "\n".join(lines)
 
@@ -456,24 +461,20 @@ def check_torch(case: Case, rep: Report) -> None:
     """torch CPU float16 / bfloat16 / float32 runs (whole batch and one input at a
     time) against fperr's bounds with a binary32 accumulator (what torch's CPU
     kernels use for reduced-precision inputs)."""
-    from .torch_reference import torch_run
+    from .torch_reference import batch_and_alone
+    from .torch_worker import KernelCrash, in_worker
 
     opts = Options(low=case.options.low, on=case.options.on, func_ulps=None,
                    engine=case.options.engine, cascade=case.options.cascade,
                    ranges=case.options.ranges)  # fmt: skip
     model = evaluated_model(case.model, opts.on)
     X = case.X
-    runs = {}
-    for fmt in (opts.low, "binary32"):
-        runs[fmt] = [torch_run(model.layers, model.input_shape, X, fmt)]
-        runs[fmt].append(
-            np.concatenate(
-                [
-                    torch_run(model.layers, model.input_shape, X[i : i + 1], fmt)
-                    for i in range(X.shape[0])
-                ]
-            )
-        )
+    try:  # in a child process: a torch kernel that ends its process is counted, not fatal
+        runs = {fmt: in_worker(batch_and_alone, model.layers, model.input_shape, X, fmt)
+                for fmt in (opts.low, "binary32")}  # fmt: skip
+    except KernelCrash as exc:
+        rep.torch_crashes[f"{exc}: {case.describe()}"] += 1
+        return
     base = model_classes(model.layers) | torch_classes(model.layers)
     rep.models += 1
     for i in range(X.shape[0]):

@@ -161,3 +161,13 @@ def torch_run(
     with torch.no_grad():
         y = net(x)
     return y.to(torch.float64).reshape(y.shape[0], -1).numpy()
+
+
+def batch_and_alone(
+    layers: Sequence[Any], input_shape: tuple[int, ...], X: npt.ArrayLike, fmt: str
+) -> list[npt.NDArray[np.float64]]:
+    """:func:`torch_run` on the whole batch and on one input at a time (the kernel,
+    and with it the summation order, may depend on the batch size)."""
+    X = np.asarray(X, dtype=np.float64)
+    alone = [torch_run(layers, input_shape, X[i : i + 1], fmt) for i in range(X.shape[0])]
+    return [torch_run(layers, input_shape, X, fmt), np.concatenate(alone)]
