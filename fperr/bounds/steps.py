@@ -45,6 +45,7 @@ from ..layers import (
 )
 from ..rounding import round as fround
 from .backend import current, on, portable
+from .conv_windows import windowed_adjoint
 from .enclosure import half_ulp, zero_error
 from .norm_ranges import Gains, conv_gains, conv_spectral, dense_gains
 from .rules import (
@@ -227,7 +228,15 @@ def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
 
     The GEMM is W_g^T G (every group at once), whose (M, C, kh kw, H' W') result
     reshapes to the patches without a copy; col2im is one strided add per kernel
-    offset."""
+    offset.  Rows that are zero outside small windows (most rows at the first
+    convolutions they meet) are pulled back on their windows
+    (:func:`.conv_windows.windowed_adjoint`)."""
+    windowed = windowed_adjoint(layer, g, in_shape, _dense_conv_adjoint)
+    return _dense_conv_adjoint(layer, g, in_shape) if windowed is None else windowed
+
+
+def _dense_conv_adjoint(layer: Any, g: Array, in_shape: tuple[int, ...]) -> Array:
+    """:func:`conv2d_adjoint` on every pixel: the backend's kernel, or the GEMM and col2im."""
     direct = current().conv2d_input(g, layer, in_shape)
     if direct is not None:
         return direct
