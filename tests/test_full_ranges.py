@@ -180,6 +180,9 @@ def test_ranges_carried_through_relu_and_max_pooling_are_the_sharpened_ones(meth
 
     model = load_example("cnn")
     X = digits()[0][:40]
+    # these carries alone: the exact images of linear maps of local errors, and their
+    # pointwise carries, have their own tests (test_carry_sharpness.py)
+    monkeypatch.setattr(B, "carry_sharpness", lambda step, source: None)
     carried = bound_run(model, X, LOW, engine="backward", ranges="full", method=method)
     pulled = {"rows": 0}
     real_sharpen = B.sharpen_radius
@@ -203,6 +206,7 @@ def test_ranges_carried_through_relu_and_max_pooling_are_the_sharpened_ones(meth
     assert pulled["rows"] == 0  # nothing carried: every wide unit got its rows
     np.testing.assert_allclose(carried.radius, every.radius, rtol=1e-12)
     monkeypatch.undo()
+    monkeypatch.setattr(B, "carry_sharpness", lambda step, source: None)
     marked = {"sharp": 0}
 
     def marking(tape, t, *args, **kw):

@@ -193,7 +193,12 @@ def test_runs_that_may_overflow_get_infinite_bounds_and_others_keep_theirs():
     assert np.all(np.isinf(b.bound[2]))
     rest = np.delete(np.arange(6), 2)
     assert np.all(np.isfinite(b.bound[rest]))
-    np.testing.assert_array_equal(b.bound[rest], quick_bound(model, X[rest], LOW, REF).bound)
+    # equal up to the float64 GEMMs' rounding, as test_bounds_do_not_depend_on_the_batch:
+    # BLAS may sum a row's products in another order when the batch has another
+    # number of rows (OpenBLAS on AMD EPYC does: its tail rows take another kernel),
+    # which the engine's evaluation margin covers; bit equality held only on some CPUs
+    np.testing.assert_allclose(b.bound[rest], quick_bound(model, X[rest], LOW, REF).bound,
+                               rtol=1e-12)  # fmt: skip
 
 
 def test_bounds_do_not_depend_on_the_batch(monkeypatch):

@@ -409,6 +409,8 @@ def forward_steps(
         if getattr(layer, "uses_spread", False) and ranges.anchors is not None:
             spreads = [ranges.spread(j + 1, x, r) for j, x, r in zip(ins, xs, rs, strict=True)]
         step = _step(layer, xs, rs, ctx, group, tape, srcs, ranges, outer, bad, spreads)
+        if len(srcs) == 1 and ranges.lam == 0 and ranges.enc is None:
+            carry_sharpness(step, tape.steps[srcs[0]])
         if step.gains and len(srcs) == 1 and ranges.enc is None:
             src = tape.steps[srcs[0]]
             e_in = euclid(rs[0].reshape(N, -1), src.enorm)
@@ -431,6 +433,32 @@ def forward_steps(
     tape.positions = where
     out = tape.steps[where[-1]]
     return out.value, out.radius().reshape(out.value.shape), bad
+
+
+def carry_sharpness(step: Step, source: Step) -> None:
+    """Mark the units of ``step`` (reading ``source`` alone) whose radius a backward
+    row cannot tighten, where ranges sum every source in absolute value (rows
+    with ``lam`` > 0 combine random ones in quadrature, which any row can
+    tighten): through a pointwise step (:attr:`Step.pointwise`) a row meets the
+    input unit's sources scaled by |d| and the step's own boxes, as the interval
+    image does; and a linear map of a ``local`` input (whose every error source
+    reaches one unit through pointwise steps only, as the input's own rounding
+    does) gives sum_j |a_ij| r_j per unit plus its own boxes, the row's bound:
+    its image is then taken with the exact weights (:attr:`Step.exact_image`, one
+    GEMM).  A step stays local through pointwise steps, and a linear map of an
+    exact input is local; a signed generator (parameter roundings, one vector
+    across the units) is not, since rows may cancel it.  Called on a new step,
+    before anything reads its radius."""
+    if step.pointwise is not None:
+        step.local = source.local and step.signed is None
+        if source.sharp is not None:
+            carried = step.pointwise(source.sharp)
+            step.sharp = carried if step.sharp is None else step.sharp | carried
+    elif step.exact_image is not None and source.local:
+        quiet = not np.any(source.radius())
+        step.set_image(np.zeros_like(step.image) if quiet else step.exact_image())
+        step.sharp = np.ones(step.image.shape, dtype=bool)
+        step.local = step.signed is None and quiet
 
 
 def sharpen_threshold(layer: Any) -> float | None:
@@ -530,6 +558,7 @@ def input_step(x: Array, ctx: Context) -> Step:
     box = np.abs(xs - x).reshape(x.shape[0], -1)
     step = Step(xs, identity, np.zeros_like(box), 0, [(box, False)])
     step.sharp = np.ones(box.shape, dtype=bool)  # a box is its own backward bound
+    step.local = True
     return step
 
 

@@ -58,7 +58,7 @@ from . import exponent_range as xr
 from .enclosure import zero_error
 from .engine import BoundResult, RunBound
 from .memory import keep_freed_heap, max_bytes
-from .rules import Context, affine_local, batchnorm_local, parameter_rounding
+from .rules import Context, affine_local, batchnorm_local, parameter_rounding, weight_rounding
 from .steps import exact_weight_image
 from .weight_memo import remembering
 
@@ -134,7 +134,6 @@ def affine_quick(
     w_lo, s_lo, z_lo = sums(lo.arith, q.low)
     w_rf, s_rf, z_rf = sums(rf.arith, q.ref)
     ones = np.ones((1, *q.ref.shape[1:]))
-    sigma = columns(q.sigma, q.ref)
     mag = np.abs(q.ref) + q.reach()  # every run's input, and the exact one
     bad = q.bad | xr.beyond_accumulator(layer, mag, lo.arith.storage, lo.arith.operand_format,
                                         lo.arith.accumulate)  # fmt: skip
@@ -163,11 +162,8 @@ def affine_quick(
                            rf, n, lambda: np.full(N, float(n)), b_rf)  # fmt: skip
     db_rf = _bias_error(rf.arith, bias)
     if not (np.array_equal(w_rf, weight) and not np.any(db_rf)):  # weights not in the format
-        mag_rf = other_weights_image(mag_lo, columns(per_input_sum(mag), mag_lo), fl, fr)
-        s, box = parameter_rounding(apply, q.ref, np.broadcast_to(sigma, q.ref.shape), w_rf,
-                                    weight, db_rf, mag_rf, sigma * t_rf1, n,
-                                    fr.smallest_normal)  # fmt: skip
-        ref_own = ref_own + per_input_max(np.abs(s) + box)
+        ref_own = ref_own + _reference_parameters(apply, w_rf, weight, db_rf, mag, q.sigma,
+                                                  top_mag_rf, float(np.max(t_rf1)), fr)  # fmt: skip
     # |W| T from |W_lo| T, and |W| rho_ref <= sigma |W| 1
     image = exact_weight_image(t_lo, columns(per_input_sum(q.total), t_lo), lo.arith)
     w_row = float(np.max(apply(np.abs(weight), ones), initial=0.0)) * (1 + gamma(n, 2.0**-53))
@@ -177,6 +173,25 @@ def affine_quick(
 
 
 _ZERO = np.zeros(())
+
+
+def _reference_parameters(apply: Apply, w_rf: Array, weight: Array, db: Array | float,
+                          mag: Array, sigma: Array, top_mag: Array, row_sum: float,
+                          f: Format) -> Array:  # fmt: skip
+    """(N,) >= every unit's |(W_ref - W) x_run + (b_ref - b)| for every reference run's
+    input x_run: within 2 sigma of ``c``, so |x_run| <= ``mag`` + sigma, and with no
+    GEMM: |W_ref - W| <= rho |W_ref| on the weights normal in the reference format
+    (the rho of :func:`.rules.parameter_rounding`), so the term is at most rho
+    (``top_mag`` + sigma ``row_sum``), ``top_mag`` >= every unit's |W_ref| ``mag`` and
+    ``row_sum`` >= every row sum of |W_ref|.  Only weights below the normal range
+    (rare) need a product of their own.  Worst case where the exact GEMM kept the
+    signs, but about 2^-24 relative, against gamma_n(2^-24) |W| |x| of the
+    accumulation beside it: a GEMM per layer for its cancellations bought nothing."""
+    _, rho, sub = weight_rounding(w_rf, weight, f.smallest_normal)
+    out = rho * (top_mag + sigma * row_sum) + float(np.max(np.abs(db), initial=0.0))
+    if sub is not None:  # |dW| |x_run| over those entries: one map
+        out = out + per_input_max(apply(sub, mag + columns(sigma, mag)))
+    return np.asarray(out)
 
 
 def _stored_abs(a: Emulated, bias: Array | None) -> Array | None:

@@ -311,7 +311,7 @@ def parameter_rounding(
     if some exist.  s is evaluated in float64:
     its error is at most gamma_{n+2}(2^-53) |dW| |x| (Higham 2002, eq. 3.5).
     """
-    dw, rho, sub = memo("rounding", (w_hat, w), tiny, lambda: _weight_rounding(w_hat, w, tiny))
+    dw, rho, sub = weight_rounding(w_hat, w, tiny)
     if dw is None:  # weights already in the format (a binary32 run of float32 weights)
         return np.zeros_like(w_abs_r) + db, np.zeros_like(w_abs_r)
     s = apply(dw, x) + db
@@ -320,6 +320,13 @@ def parameter_rounding(
     if sub is not None:  # 2 |dW| r + g64 |dW| |x| over these entries: one map
         box = box + apply(sub, 2 * r + g64 * np.abs(x))
     return s, box
+
+
+def weight_rounding(w_hat: Array, w: Array, tiny: float) -> tuple[Array | None, float,
+                                                                  Array | None]:  # fmt: skip
+    """(dW = W_hat - W or None where zero, rho >= |dW| / |W_hat| over the entries with
+    |W_hat| >= ``tiny``, |dW| on the others or None), once per call and weights."""
+    return memo("rounding", (w_hat, w), tiny, lambda: _weight_rounding(w_hat, w, tiny))
 
 
 def _weight_rounding(w_hat: Array, w: Array, tiny: float) -> tuple[Array | None, float,

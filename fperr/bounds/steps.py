@@ -56,6 +56,7 @@ from .rules import (
     batchnorm_local,
     centres,
     conv_local,
+    conv_with,
     dense_local,
     layer_norm_affine,
     layernorm_kernel,
@@ -82,6 +83,11 @@ def twice(lam: Array) -> list[Array]:
     return [lam, lam]
 
 
+def same_units(mask: Mask) -> Mask:
+    """A mask of units through a step that keeps every unit where it is."""
+    return mask
+
+
 def scaled_by(d: Array) -> Adjoint:
     """The adjoint of e_out = d e_in, d (N, n) per unit: rows times d."""
     return portable(lambda lam: lam * on(d)[:, None, :])
@@ -102,6 +108,16 @@ class Step:
     # maps whose image is exact and whose boxes are deterministic (ReLU, max pooling,
     # reshapes): the input's mask of units no backward row can tighten -> the output's
     carry: Callable[[Mask], Mask] | None = None
+    # steps each unit of which carries one input unit's error (scaled) and its own
+    # boxes, each input unit reaching one output unit (elementwise maps, batch norm,
+    # reshapes, max pooling without overlap): how a mask of units maps through; with
+    # deterministic ranges a unit whose radius is its backward bound stays so
+    # (:func:`.backward.carry_sharpness`)
+    pointwise: Callable[[Mask], Mask] | None = None
+    # a linear map of its one input (dense, convolution): its image |A| r with the
+    # exact weights (the step's own image bounds it from the rounded weights, which
+    # saves a GEMM), for the units :func:`.backward.carry_sharpness` spares rows
+    exact_image: Callable[[], Array] | None = None
     # bounds of the propagated error by the incoming error's Euclidean norm
     # (:mod:`.norm_ranges`); empty: the output's E restarts from its radius
     gains: tuple[Gains, ...] = ()
@@ -109,6 +125,9 @@ class Step:
     sharpened: bool = field(default=False, init=False)  # radius sharpened by backward rows
     # (N, n_out): units whose radius is already their backward bound (None: unknown)
     sharp: Mask | None = field(default=None, init=False)
+    # every source of error reaches each unit through pointwise steps only, and
+    # reaches only that unit: a linear map of it is its own backward bound
+    local: bool = field(default=False, init=False)
     _radius: Array | None = field(default=None, init=False, repr=False)
     _live: list[tuple[Array, bool]] | None = field(default=None, init=False, repr=False)
 
@@ -132,6 +151,11 @@ class Step:
                 r += np.abs(self.signed).reshape(r.shape)
             self._radius = r
         return self._radius
+
+    def set_image(self, image: Array) -> None:
+        """Another sound image of the incoming radius (before any radius was read)."""
+        self.image = image
+        self._radius = None
 
     def set_radius(self, r: Array) -> None:
         """A sharper sound radius for the output (the backward bound of each unit)."""
@@ -197,7 +221,8 @@ def dense_step(layer: Dense, x: Array, r: Array, ctx: Context, group: int) -> St
         N, R, m = lam.shape
         return (lam.reshape(N * R, m) @ on(w)).reshape(N, R, w.shape[1])
 
-    step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
+    step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z),
+                exact_image=lambda: current().gemm(_flat(r), np.abs(w).T))
     return _with_gains(step, *dense_gains(layer))
 
 
@@ -226,9 +251,9 @@ def conv2d_adjoint(layer: Conv2d, g: Array, in_shape: tuple[int, ...]) -> Array:
     """Adjoint of ``layer``'s convolution (no bias, exact weights): (M, C_out, H', W')
     -> (M, C, H, W), the transpose of im2col followed by the GEMM (col2im).
 
-    The GEMM is W_g^T G (every group at once), whose (M, C, kh kw, H' W') result
-    reshapes to the patches without a copy; col2im is one strided add per kernel
-    offset.  Rows that are zero outside small windows (most rows at the first
+    The GEMM is W_g^T G (every group and row at once), whose (C, kh kw, M, H' W')
+    result reshapes to the patches without a copy; col2im is one strided add per
+    kernel offset.  Rows that are zero outside small windows (most rows at the first
     convolutions they meet) are pulled back on their windows
     (:func:`.conv_windows.windowed_adjoint`)."""
     windowed = windowed_adjoint(layer, g, in_shape, _dense_conv_adjoint)
@@ -248,18 +273,19 @@ def _dense_conv_adjoint(layer: Any, g: Array, in_shape: tuple[int, ...]) -> Arra
     groups = layer.groups
     og = layer.weight.shape[0] // groups
     weight = on(layer.weight)  # converted once: its identity is the layer's array
-    if groups == 1:  # one plain GEMM per row block
-        d = weight.reshape(og, -1).T @ g.reshape(M, og, ho * wo)
-    else:  # (G, cg kh kw, og) @ (M, G, og, L): a batched GEMM over the groups
-        wt = weight.reshape(groups, og, -1).swapaxes(1, 2)
-        d = wt @ g.reshape(M, groups, og, ho * wo)
-    d = d.reshape(M, c, kh, kw, ho, wo)
-    xp = current().zeros((M, c, h + 2 * ph, w_ + 2 * pw))
+    b = current()
+    # one GEMM for all rows, (G, cg kh kw, og) @ (G, og, M L): the rows moved into the
+    # columns (a copy), where a GEMM per row would be small (1.2-1.8x slower at 8x8
+    # and 4x4 images, 64-128 channels)
+    L = ho * wo
+    gt = b.permute(g.reshape(M, groups, og, L), (1, 2, 0, 3)).reshape(groups, og, M * L)
+    d = (weight.reshape(groups, og, -1).swapaxes(1, 2) @ gt).reshape(c, kh, kw, M, ho, wo)
+    xp = b.zeros((c, M, h + 2 * ph, w_ + 2 * pw))
     for i in range(kh):
         for j in range(kw):
             hi, wj = i * dh, j * dw
-            xp[:, :, hi : hi + sh * ho : sh, wj : wj + sw * wo : sw] += d[:, :, i, j]
-    return xp[:, :, ph : ph + h, pw : pw + w_]
+            xp[:, :, hi : hi + sh * ho : sh, wj : wj + sw * wo : sw] += d[:, i, j]
+    return b.permute(xp[:, :, ph : ph + h, pw : pw + w_], (1, 0, 2, 3))
 
 
 def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> Step:
@@ -275,7 +301,8 @@ def conv2d_step(layer: Conv2d, x: Array, r: Array, ctx: Context, group: int) -> 
         return _rows(lambda v: conv2d_adjoint(layer, v.reshape(-1, *out_shape), in_shape),
                      lam, in_shape)  # fmt: skip
 
-    step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z))
+    step = Step(z, adjoint, image, group, _local_boxes(ctx, local, extra), _signed(signed, z),
+                exact_image=lambda: _flat(conv_with(layer, np.abs(layer.weight), r)))
     rows, op = conv_gains(layer)
     op = min(op, conv_spectral(layer, in_shape))
     per_channel = np.repeat(rows, int(np.prod(out_shape[1:])))  # (C, H', W') flattened
@@ -331,13 +358,14 @@ def pool_step(layer: Pool2d, x: Array, r: Array, ctx: Context, group: int,
     (kh, kw), (sh, sw) = layer.kernel, layer.stride
     windows = math.ceil(kh / sh) * math.ceil(kw / sw)
     return Step(y, adjoint_max, image, group, [(_flat(box), False)], carry=carry,
+                pointwise=carry if windows == 1 else None,
                 gains=(Gains(1.0, math.sqrt(windows), None),))
 
 
 def shape_step(layer: Any, x: Array, r: Array, ctx: Context, group: int) -> Step:
     """Flatten, reshape, dropout (inference): values move, errors keep their units."""
-    return Step(layer.forward(x, ctx.arith), identity, _flat(r), group,
-                carry=lambda sharp: sharp, gains=(Gains(1.0, 1.0, None),))
+    return Step(layer.forward(x, ctx.arith), identity, _flat(r), group, carry=same_units,
+                pointwise=same_units, gains=(Gains(1.0, 1.0, None),))
 
 
 # -- elementwise and normalisation -----------------------------------------------------
@@ -348,7 +376,7 @@ def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: 
     boxes = [(_flat(rem), False), (_flat(local), True)]
     exact = not np.any(local)  # ReLU, ReLU6: no rounding of their own, only the remainder
     step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes,
-                carry=(lambda sharp: sharp) if exact else None)
+                carry=same_units if exact else None, pointwise=same_units)
     _elementwise_gains(step, d)
     lipschitz = _activation_lipschitz(layer)
     if lipschitz is not None:  # |f(a') - f(a*)| <= L |a' - a*|, plus f's own rounding
@@ -381,7 +409,7 @@ def batchnorm_step(layer: BatchNorm, x: Array, r: Array, ctx: Context, group: in
     y, s, computed, params = batchnorm_local(layer, x, r, ctx)
     d = _flat(np.broadcast_to(s, x.shape))
     boxes = _local_boxes(ctx, computed, params)
-    step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes)
+    step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes, pointwise=same_units)
     return _elementwise_gains(step, d)
 
 
@@ -509,7 +537,7 @@ def concat_step(xs: list[Array], rs: list[Array], axis: int, group: int) -> Step
 def convert_step(x: Array, r: Array, old: Any, new: Any, group: int) -> Step:
     """Values move to another storage format between layers (kept in binary32)."""
     if new.contains(old):
-        return Step(x, identity, _flat(r), group)
+        return Step(x, identity, _flat(r), group, pointwise=same_units)
     y = fround(x, new)
     box = half_ulp(np.abs(x) + 2 * r, new)
-    return Step(y, identity, _flat(r), group, [(_flat(box), True)])
+    return Step(y, identity, _flat(r), group, [(_flat(box), True)], pointwise=same_units)

@@ -127,7 +127,11 @@ class Linear(Operator):
         flat = f.z.reshape(N, -1)
         signed = None if f.signed is None else _signed(f.signed.reshape(N, -1), flat)
         boxes = _local_boxes(ctx, f.local, f.extra)
-        return Step(f.z, adjoint, image.reshape(N, -1), group, boxes, signed)
+        def exact_image() -> Array:  # |W| r per token, the exact weights
+            return (r.reshape(N, T, self.n_in) @ np.abs(w).T).reshape(N, -1)
+
+        return Step(f.z, adjoint, image.reshape(N, -1), group, boxes, signed,
+                    exact_image=exact_image)
 
     def rule(self, enc: Enclosure, ctx: Context, index: int) -> Enclosure:
         """As :func:`~fperr.bounds.rules.dense_rule`, the map acting on the last axis."""
