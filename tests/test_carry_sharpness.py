@@ -88,10 +88,10 @@ def test_exact_input_through_a_block_is_local(monkeypatch):
     model, X = _float32_model(3), _inputs(6)
     _, _, tapes = _run(model, X, monkeypatch, True, ranges="full")
     steps = tapes[0].steps
-    assert steps[0].local and steps[1].local and steps[1].sharp.all()  # conv of exact input
-    assert all(st.local for st in steps[1:5])  # conv, batch norm, ReLU, max pooling
+    assert steps[0].local.all() and steps[1].sharp.all()  # conv of exact input
+    assert all(st.local.all() for st in steps[1:5])  # conv, batch norm, ReLU, max pooling
     assert all(st.sharp.all() for st in steps[1:8])  # and the second conv, BN, ReLU
-    assert not steps[5].local
+    assert not steps[5].local.any()
 
 
 def test_signed_parameter_roundings_are_not_local(monkeypatch):
@@ -100,7 +100,7 @@ def test_signed_parameter_roundings_are_not_local(monkeypatch):
     model, X = _float32_model(4), _inputs(3)
     _, _, tapes = _run(model, X, monkeypatch, True, arith=LOW, ranges="full")
     steps = tapes[0].steps
-    assert steps[1].signed is not None and steps[1].sharp.all() and not steps[1].local
+    assert steps[1].signed is not None and steps[1].sharp.all() and not steps[1].local.any()
     assert steps[5].sharp is None or not steps[5].sharp.all()  # the second convolution
 
 
@@ -118,3 +118,17 @@ def test_bounds_with_the_rule_hold_in_every_order(ranges):
     model, X = _float32_model(6), _inputs(8, seed=2)
     b = bound(model, X, LOW, REF, engine="backward", ranges=ranges)
     assert np.all(_observed(model, X) <= b.bound)
+
+
+@pytest.mark.parametrize("ranges", ["sharpened", "unstable", "full"])
+def test_locality_is_per_input_so_bounds_do_not_depend_on_the_batch(ranges, monkeypatch):
+    """Exact inputs next to inexact ones (whose rounding to binary32 makes the first
+    convolution's output not local, so the second's units get rows): each input's
+    bound, alone and in the batch."""
+    model = _float32_model(7)
+    X = np.concatenate([_inputs(2, seed=3), np.random.default_rng(4).normal(size=(2, 1, 12, 12))])
+    whole, _, tapes = _run(model, X, monkeypatch, True, ranges=ranges)
+    assert tapes[0].steps[1].local.tolist() == [True, True, False, False]
+    for i in range(4):
+        alone, _, _ = _run(model, X[i : i + 1], monkeypatch, True, ranges=ranges)
+        np.testing.assert_allclose(alone[0], whole[i], rtol=1e-12)

@@ -447,18 +447,31 @@ def carry_sharpness(step: Step, source: Step) -> None:
     its image is then taken with the exact weights (:attr:`Step.exact_image`, one
     GEMM).  A step stays local through pointwise steps, and a linear map of an
     exact input is local; a signed generator (parameter roundings, one vector
-    across the units) is not, since rows may cancel it.  Called on a new step,
+    across the units) is not, since rows may cancel it.  Locality is decided per
+    input (an input's rounding, a signed vector, may be zero for one input and not
+    another), so no input's bound depends on its batch.  Called on a new step,
     before anything reads its radius."""
     if step.pointwise is not None:
-        step.local = source.local and step.signed is None
+        step.local = None if source.local is None else source.local & _unsigned(step)
         if source.sharp is not None:
             carried = step.pointwise(source.sharp)
             step.sharp = carried if step.sharp is None else step.sharp | carried
-    elif step.exact_image is not None and source.local:
-        quiet = not np.any(source.radius())
-        step.set_image(np.zeros_like(step.image) if quiet else step.exact_image())
-        step.sharp = np.ones(step.image.shape, dtype=bool)
-        step.local = step.signed is None and quiet
+    elif step.exact_image is not None and source.local is not None and source.local.any():
+        loc = source.local[:, None]
+        r = source.radius()
+        exact = step.exact_image() if np.any(r[source.local]) else np.zeros_like(step.image)
+        step.set_image(np.where(loc, exact, step.image))
+        mask = np.broadcast_to(loc, step.image.shape)
+        step.sharp = mask.copy() if step.sharp is None else step.sharp | mask
+        step.local = source.local & ~np.any(r, axis=1) & _unsigned(step)
+
+
+def _unsigned(step: Step) -> npt.NDArray[np.bool_]:
+    """(N,) inputs whose signed generators at ``step`` are zero (or that has none)."""
+    N = step.value.shape[0]
+    if step.signed is None:
+        return np.ones(N, dtype=bool)
+    return ~np.any(step.signed.reshape(N, -1), axis=1)
 
 
 def sharpen_threshold(layer: Any) -> float | None:
@@ -558,7 +571,7 @@ def input_step(x: Array, ctx: Context) -> Step:
     box = np.abs(xs - x).reshape(x.shape[0], -1)
     step = Step(xs, identity, np.zeros_like(box), 0, [(box, False)])
     step.sharp = np.ones(box.shape, dtype=bool)  # a box is its own backward bound
-    step.local = True
+    step.local = np.ones(box.shape[0], dtype=bool)
     return step
 
 

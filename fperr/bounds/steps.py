@@ -125,9 +125,10 @@ class Step:
     sharpened: bool = field(default=False, init=False)  # radius sharpened by backward rows
     # (N, n_out): units whose radius is already their backward bound (None: unknown)
     sharp: Mask | None = field(default=None, init=False)
-    # every source of error reaches each unit through pointwise steps only, and
-    # reaches only that unit: a linear map of it is its own backward bound
-    local: bool = field(default=False, init=False)
+    # (N,) inputs every source of error of which reaches each unit through pointwise
+    # steps only, and only that unit: a linear map of them is its own backward bound
+    # (None: no input; per input, so that no bound depends on the batch)
+    local: npt.NDArray[np.bool_] | None = field(default=None, init=False)
     _radius: Array | None = field(default=None, init=False, repr=False)
     _live: list[tuple[Array, bool]] | None = field(default=None, init=False, repr=False)
 
