@@ -99,6 +99,8 @@ class Tape:
     sources: list[tuple[int, ...]] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # graph position -> step (0: entry)
     wide: npt.NDArray[np.bool_] | None = None  # inputs whose interval range grew wide
+    # per step, the step that contributes its boxes, and those boxes (:func:`absorbed`)
+    _folds: tuple[list[int | None], dict[int, list[tuple[int, bool, Array]]]] | None = None
 
     def add(self, step: Step, sources: tuple[int, ...]) -> int:
         self.steps.append(step)
@@ -106,12 +108,61 @@ class Tape:
         return len(self.steps) - 1
 
 
-def _contribute(step: Step, lam: Array, sink: Sink) -> None:
-    boxes = step.live_boxes()  # zero boxes add nothing: skipped
-    if boxes:  # layers that move values (flatten, concat) have none
+def absorber(tape: Tape, i: int) -> int | None:
+    """The step that contributes step ``i``'s boxes for it, if any: its only reader
+    on the tape as it stands (a pull-back never reaches steps added later) when that
+    reader scales rows by a d of its own (:attr:`Step.scale`: elementwise functions,
+    batch norm), since |lam d| box = |lam| (|d| box): one |lam| for both steps."""
+    return _folds(tape)[0][i]
+
+
+def absorbed(tape: Tape, j: int) -> list[tuple[int, bool, Array]]:
+    """(group, random, |d| box) of the boxes step ``j`` contributes for its source
+    (and, through it, for the source's own absorbed ones), once per tape length."""
+    by, cache = _folds(tape)
+    if j not in cache:
+        out: list[tuple[int, bool, Array]] = []
+        if j > 0 and by[tape.sources[j][0]] == j:
+            i = tape.sources[j][0]
+            src = tape.steps[i]
+            own = [(src.group, random, box) for box, random in src.live_boxes()]
+            ad = np.abs(np.asarray(tape.steps[j].scale))
+            out = [(g, random, ad * box) for g, random, box in own + absorbed(tape, i)]
+        cache[j] = out
+    return cache[j]
+
+
+def _folds(tape: Tape) -> tuple[list[int | None], dict[int, list[tuple[int, bool, Array]]]]:
+    """(absorber of each step, cache of :func:`absorbed`) for the tape's current length
+    (a step added later may read an earlier one: both are redone then)."""
+    n = len(tape.steps)
+    if tape._folds is None or len(tape._folds[0]) != n:
+        readers: list[list[int]] = [[] for _ in range(n)]
+        for j, srcs in enumerate(tape.sources):
+            for i in srcs:
+                readers[i].append(j)
+        by: list[int | None] = [None] * n
+        for i in range(1, n):  # a tape's entry may be an enclosing tape's step: left alone
+            if len(readers[i]) == 1:
+                j = readers[i][0]
+                st = tape.steps[j]
+                if st.scale is not None and st.branch is None and tape.sources[j] == (i,):
+                    by[i] = j
+        tape._folds = (by, {})
+    return tape._folds
+
+
+def _contribute(step: Step, lam: Array, sink: Sink,
+                boxes: list[tuple[int, bool, Array]] | None = None) -> None:  # fmt: skip
+    """Pass ``step``'s contributions to ``sink``: its boxes (or ``boxes``, given as
+    (group, random, box): its own and those it absorbed, :func:`absorbed`) and its
+    signed generators."""
+    if boxes is None:
+        boxes = [(step.group, random, box) for box, random in step.live_boxes()]
+    if boxes:  # zero boxes add nothing; layers that move values (flatten) have none
         alam = abs(lam)
-        for box, random in boxes:
-            sink(step.group, random, alam, on(box))
+        for group, random, box in boxes:
+            sink(group, random, alam, on(box))
     if step.signed is not None:
         N, R = lam.shape[:2]
         k = step.signed.shape[1]
@@ -152,7 +203,12 @@ def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None,
         if lam_i is None:  # no path from ``upto`` passes through step i
             continue
         step = tape.steps[i]
-        _contribute(step, lam_i, sink)
+        # its boxes and those it took for its source, unless its reader (pulled back
+        # here: not the first step) took them all
+        taken = i != last and absorber(tape, i) is not None
+        _contribute(step, lam_i, sink, [] if taken else [
+            (step.group, random, box) for box, random in step.live_boxes()
+        ] + absorbed(tape, i))  # fmt: skip
         if i == 0:
             return lam_i
         if skip_entry and step.branch is None and all(src == 0 for src in tape.sources[i]):

@@ -118,6 +118,9 @@ class Step:
     # exact weights (the step's own image bounds it from the rounded weights, which
     # saves a GEMM), for the units :func:`.backward.carry_sharpness` spares rows
     exact_image: Callable[[], Array] | None = None
+    # (N, n) the d of an adjoint lam -> lam d (elementwise functions, batch norm): a
+    # row meets its input's boxes as |lam| |d| box (:func:`.backward.absorbed`)
+    scale: Array | None = None
     # bounds of the propagated error by the incoming error's Euclidean norm
     # (:mod:`.norm_ranges`); empty: the output's E restarts from its radius
     gains: tuple[Gains, ...] = ()
@@ -377,7 +380,7 @@ def activation_step(layer: Activation, x: Array, r: Array, ctx: Context, group: 
     boxes = [(_flat(rem), False), (_flat(local), True)]
     exact = not np.any(local)  # ReLU, ReLU6: no rounding of their own, only the remainder
     step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes,
-                carry=same_units if exact else None, pointwise=same_units)
+                carry=same_units if exact else None, pointwise=same_units, scale=d)
     _elementwise_gains(step, d)
     lipschitz = _activation_lipschitz(layer)
     if lipschitz is not None:  # |f(a') - f(a*)| <= L |a' - a*|, plus f's own rounding
@@ -410,7 +413,8 @@ def batchnorm_step(layer: BatchNorm, x: Array, r: Array, ctx: Context, group: in
     y, s, computed, params = batchnorm_local(layer, x, r, ctx)
     d = _flat(np.broadcast_to(s, x.shape))
     boxes = _local_boxes(ctx, computed, params)
-    step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes, pointwise=same_units)
+    step = Step(y, scaled_by(d), np.abs(d) * _flat(r), group, boxes, pointwise=same_units,
+                scale=d)
     return _elementwise_gains(step, d)
 
 
