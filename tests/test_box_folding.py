@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_anchors import LOW
-from test_carry_sharpness import _float32_model
+from test_carry_sharpness import _float32_model, _run
 
 import fperr.bounds.backward as B
 from fperr.bounds import bound_run
@@ -74,23 +74,9 @@ def test_absorbed_boxes_give_the_same_bounds(name, method, ranges, monkeypatch):
     np.testing.assert_allclose(folded.per_layer, plain.per_layer, rtol=1e-9, atol=1e-300)
 
 
-def test_only_a_single_scaling_reader_absorbs():
+def test_only_a_single_scaling_reader_absorbs(monkeypatch):
     model, X = CASES["residual"]
-    tapes = []
-    forward = B.forward_steps
-
-    def keeping(graph, tape, *a, **k):
-        tapes.append(tape)
-        return forward(graph, tape, *a, **k)
-
-    import fperr.bounds.engine as E  # noqa: PLC0415
-
-    orig = E.forward_steps
-    E.forward_steps = keeping
-    try:
-        bound_run(model, X, LOW, engine="backward")
-    finally:
-        E.forward_steps = orig
+    _, _, tapes = _run(model, X, monkeypatch, True, arith=LOW)
     tape = tapes[0]
     by = [B.absorber(tape, i) for i in range(len(tape.steps))]
     assert by[0] is None  # the entry

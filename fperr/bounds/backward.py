@@ -124,10 +124,9 @@ def absorbed(tape: Tape, j: int) -> list[tuple[int, bool, Array]]:
         out: list[tuple[int, bool, Array]] = []
         if j > 0 and by[tape.sources[j][0]] == j:
             i = tape.sources[j][0]
-            src = tape.steps[i]
-            own = [(src.group, random, box) for box, random in src.live_boxes()]
             ad = np.abs(np.asarray(tape.steps[j].scale))
-            out = [(g, random, ad * box) for g, random, box in own + absorbed(tape, i)]
+            out = [(g, random, ad * box)
+                   for g, random, box in _boxes(tape.steps[i]) + absorbed(tape, i)]
         cache[j] = out
     return cache[j]
 
@@ -152,13 +151,16 @@ def _folds(tape: Tape) -> tuple[list[int | None], dict[int, list[tuple[int, bool
     return tape._folds
 
 
+def _boxes(step: Step) -> list[tuple[int, bool, Array]]:
+    """(group, random, box) of a step's own nonzero boxes."""
+    return [(step.group, random, box) for box, random in step.live_boxes()]
+
+
 def _contribute(step: Step, lam: Array, sink: Sink,
-                boxes: list[tuple[int, bool, Array]] | None = None) -> None:  # fmt: skip
-    """Pass ``step``'s contributions to ``sink``: its boxes (or ``boxes``, given as
-    (group, random, box): its own and those it absorbed, :func:`absorbed`) and its
-    signed generators."""
-    if boxes is None:
-        boxes = [(step.group, random, box) for box, random in step.live_boxes()]
+                boxes: list[tuple[int, bool, Array]]) -> None:  # fmt: skip
+    """Pass to ``sink`` the contributions of ``boxes`` ((group, random, box): the
+    step's own and those it absorbed, :func:`absorbed`; nonzero ones only) and of
+    ``step``'s signed generators, for rows ``lam`` at the step's output."""
     if boxes:  # zero boxes add nothing; layers that move values (flatten) have none
         alam = abs(lam)
         for group, random, box in boxes:
@@ -206,9 +208,7 @@ def pull_back(tape: Tape, lam: Array, sink: Sink, upto: int | None = None,
         # its boxes and those it took for its source, unless its reader (pulled back
         # here: not the first step) took them all
         taken = i != last and absorber(tape, i) is not None
-        _contribute(step, lam_i, sink, [] if taken else [
-            (step.group, random, box) for box, random in step.live_boxes()
-        ] + absorbed(tape, i))  # fmt: skip
+        _contribute(step, lam_i, sink, [] if taken else _boxes(step) + absorbed(tape, i))
         if i == 0:
             return lam_i
         if skip_entry and step.branch is None and all(src == 0 for src in tape.sources[i]):

@@ -61,6 +61,7 @@ class TorchWorker:
     def _start(self) -> Connection:
         import torch  # noqa: PLC0415
 
+        self.close()  # a child that ended between calls: its pipe too
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, torch.get_num_threads()),
@@ -71,8 +72,8 @@ class TorchWorker:
         return parent
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        conn = self._conn if self._proc is not None and self._proc.is_alive() else None
-        conn = conn or self._start()
+        alive = self._conn is not None and self._proc.is_alive()
+        conn = self._conn if alive else self._start()
         try:
             conn.send((fn, args))
             ok, value = conn.recv()
