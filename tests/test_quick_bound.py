@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from test_anchors import LOW, ORDERS, REF, _observed, deep_cnn
 
-import fperr.bounds.cascade as cascade
 import fperr.bounds.quick as quick
 from fperr import certify
 from fperr.arith import Emulated, Exact
@@ -162,27 +161,6 @@ def test_layers_without_a_quick_rule_leave_the_first_stage_to_the_engine():
     assert quick_bound(pooled, rng.uniform(0, 1, (2, 1, 4, 4)), LOW, REF) is None
     tf32 = Emulated.from_names("binary32", "binary32", "tf32")  # chopped operands
     assert quick_bound(Model("plain", (6,), tuple(base)), X, tf32, REF) is None
-
-
-def test_the_cascade_starts_from_the_quick_stage_and_keeps_its_verdicts(monkeypatch):
-    model = load_example("mlp")
-    X, labels = (a[:200] for a in digits())
-    calls = {"quick": 0}
-    real = quick.quick_bound
-
-    def counting(*args, **kw):
-        calls["quick"] += 1
-        return real(*args, **kw)
-
-    monkeypatch.setattr(cascade, "quick_bound", counting)
-    res = certify(model, X, labels)
-    assert calls["quick"] == 1
-    np.testing.assert_array_equal(res.y_low, model.forward(X, LOW))
-    first = real(model, X, LOW, REF)
-    assert np.all(res.bounds.bound <= first.bound)  # later stages only tighten
-    assert res.certified.sum() == certify(model, X, labels, cascade=False).certified.sum()
-    kept = certify(model, X[:20], keep={4: REF})  # mixed precision: the engine's first stage
-    assert calls["quick"] == 1 and kept.certified.shape == (20,)
 
 
 def test_runs_that_may_overflow_get_infinite_bounds_and_others_keep_theirs():

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from ..arith import Emulated
 from ..model import Model, check_inputs
+from .coarse import coarse_bound
 from .engine import BoundResult, RunBound, bound, resolve_engine, zonotope_fits
 from .quick import quick_bound
 from .weight_memo import remembering
@@ -98,9 +99,10 @@ def cascade_bound(
                             "ranges": ranges, "backend": backend, "device": device}  # fmt: skip
     low = low or Emulated.from_names("binary16", "binary32")
     reference = reference or Emulated.from_names("binary32", "binary32")
-    # the cheapest bound: both runs in one forward pass where every layer has a quick
-    # rule, else the backward engine's interval ranges (no backward pass at all)
-    result = None if keep else quick_bound(model, X, low, reference, method)
+    # the cheapest bounds: both runs in one forward pass, one number per input (stage 0)
+    # then one per unit for the inputs it leaves open, where every layer has such
+    # rules; else the backward engine's interval ranges (no backward pass at all)
+    result = None if keep else _first_stages(model, X, low, reference, method, certified)
     if result is None:
         first = {**opts, "ranges": "interval"}
         result = bound(model, X, low, reference, engine="backward",
@@ -117,6 +119,12 @@ def cascade_bound(
         # what the unstable units' rows leave open, every unit's rows may settle (under
         # the probabilistic method a second backward stage would bring its own event)
         stages.append(("backward", "full"))
+    # the inputs to explain are among those the first stages decide (the later ones
+    # give their inputs a breakdown); chosen now, their rows join the first backward
+    # stage's call where they would be pulled back by the same engine (one call fewer)
+    decided = certified(result.reference.output, margin(result))
+    picks = _explain_picks(result, np.flatnonzero(decided), explained)
+    only = _explain_rows(model, result, picks, engine)
     todo = np.arange(N)
     for stage, stage_ranges in stages:
         m = margin(result)
@@ -127,49 +135,100 @@ def cascade_bound(
         if not todo.size:
             break
         rows = rival_rows(result.reference.output[todo], m[todo]) if stage == "backward" else None
-        sharp = bound(model, X[todo], result.low_arith, result.reference_arith, engine=stage,
+        fold = picks.size > 0 and rows is not None and only is not None and (
+            stage_ranges == ranges)
+        idx = np.concatenate([todo, picks]) if fold else todo
+        if fold:
+            rows = np.concatenate([rows, only])
+        sharp = bound(model, X[idx], result.low_arith, result.reference_arith, engine=stage,
                       rows=rows, **{**opts, "ranges": stage_ranges})  # fmt: skip
+        n = todo.size
         result = replace(
             result,
-            low=_merge(result.low, sharp.low, todo),
-            reference=_merge(result.reference, sharp.reference, todo),
+            low=_merge(result.low, _part(sharp.low, slice(0, n)), todo),
+            reference=_merge(result.reference, _part(sharp.reference, slice(0, n)), todo),
         )
+        if fold:  # explained: their breakdown, their bounds unchanged
+            result = replace(
+                result,
+                low=_with_breakdown(result.low, _part(sharp.low, slice(n, None)), picks),
+                reference=_with_breakdown(result.reference,
+                                          _part(sharp.reference, slice(n, None)), picks),
+            )
+            picks = picks[:0]
     if progress is not None and todo.size:
         progress(2 * todo.size)
     # the breakdown as bound() would give it (the zonotope stage is for verdicts only)
-    return _explain(model, X, result, engine, opts, explained)
+    return _explain(model, X, result, engine, opts, picks, only)
 
 
-def _explain(
-    model: Model, X: Array, result: BoundResult, engine: str, opts: dict[str, Any], count: int
-) -> BoundResult:
-    """Give the ``count`` inputs with the least slack (gap over margin) among those
-    without a per-layer breakdown one: the breakdown of the sharp engine's bound
-    (their shares, the bound itself stays the cascade's), so that the report's
-    "worst layer" speaks for the inputs nearest to losing their certificate."""
-    per = result.low.per_layer.sum(axis=(1, 2)) + result.reference.per_layer.sum(axis=(1, 2))
-    bare = np.flatnonzero(per == 0)
-    if not bare.size or count <= 0:
-        return result
-    y, m = result.reference.output[bare], margin(result)[bare]
+def _part(run: RunBound, sel: slice) -> RunBound:
+    """The inputs ``sel`` of a run's bounds."""
+    return RunBound(run.output[sel], run.radius[sel], run.per_layer[sel],
+                    run.failure_probability)  # fmt: skip
+
+
+def _first_stages(model: Model, X: Array, low: Emulated, reference: Emulated, method: str,
+                  certified: Certifier) -> BoundResult | None:  # fmt: skip
+    """:mod:`.coarse` for every input and :mod:`.quick` for those it leaves undecided
+    (the smaller bound kept), or the quick stage alone where the coarse one has no
+    rule for some layer; None where neither applies."""
+    result = coarse_bound(model, X, low, reference, method)
+    if result is None:
+        return quick_bound(model, X, low, reference, method)
+    left = np.flatnonzero(~certified(result.reference.output, margin(result)))
+    if left.size:
+        finer = quick_bound(model, X[left], low, reference, method)
+        if finer is not None:
+            result = replace(result, low=_merge(result.low, finer.low, left),
+                             reference=_merge(result.reference, finer.reference, left))
+    return result
+
+
+def _explain_picks(result: BoundResult, candidates: npt.NDArray[np.intp],
+                   count: int) -> npt.NDArray[np.intp]:  # fmt: skip
+    """The ``count`` inputs with the least slack (gap over margin) among
+    ``candidates`` (those the first stages decide: no later stage gives them a
+    per-layer breakdown), in increasing order: :func:`_explain` gives them the sharp
+    engine's breakdown, so that the report's "worst layer" speaks for the inputs
+    nearest to losing their certificate."""
+    if not candidates.size or count <= 0:
+        return candidates[:0]
+    y, m = result.reference.output[candidates], margin(result)[candidates]
     k = np.argmax(y, axis=1)
-    rows = np.arange(bare.size)
+    rows = np.arange(candidates.size)
     slack = (y[rows, k][:, None] - y) / (m[rows, k][:, None] + m)
     slack[rows, k] = np.inf
-    pick = np.sort(bare[np.argsort(slack.min(axis=1), kind="stable")[:count]])
-    only: npt.NDArray[np.bool_] | None = None
+    return np.sort(candidates[np.argsort(slack.min(axis=1), kind="stable")[:count]])
+
+
+def _explain_rows(model: Model, result: BoundResult, picks: npt.NDArray[np.intp],
+                  engine: str) -> npt.NDArray[np.bool_] | None:  # fmt: skip
+    """The rows the breakdown of ``picks`` pulls back with the backward engine: each
+    input's output with the largest bound alone (the shares describe it,
+    layer_share), not K rows (61,504 of them through a convolution took 80 s); None
+    where the engine is the zonotope (every output at once)."""
+    if resolve_engine(model, engine) != "backward":
+        return None
     K = result.bound.shape[1]
-    if resolve_engine(model, engine) == "backward":
-        # the shares describe each input's output with the largest bound (layer_share):
-        # its row alone, not K rows (61,504 of them through a convolution took 80 s)
-        only = np.zeros((pick.size, K), dtype=bool)
-        only[np.arange(pick.size), np.argmax(result.bound[pick], axis=1)] = True
-    sharp = bound(model, X[pick], result.low_arith, result.reference_arith, engine=engine,
+    only = np.zeros((picks.size, K), dtype=bool)
+    only[np.arange(picks.size), np.argmax(result.bound[picks], axis=1)] = True
+    return only
+
+
+def _explain(model: Model, X: Array, result: BoundResult, engine: str, opts: dict[str, Any],
+             picks: npt.NDArray[np.intp], only: npt.NDArray[np.bool_] | None) -> BoundResult:
+    """Give ``picks`` (:func:`_explain_picks`) the breakdown of the sharp engine's
+    bound with ``only`` its rows (:func:`_explain_rows`): their shares, the bound
+    itself stays the cascade's."""
+    if not picks.size:
+        return result
+    sharp = bound(model, X[picks], result.low_arith, result.reference_arith, engine=engine,
                   rows=only, **opts)  # fmt: skip
     return replace(
         result,
-        low=_with_breakdown(result.low, sharp.low, pick),
-        reference=_with_breakdown(result.reference, sharp.reference, pick),
+        low=_with_breakdown(result.low, sharp.low, picks),
+        reference=_with_breakdown(result.reference, sharp.reference, picks),
     )
 
 

@@ -60,7 +60,7 @@ from .engine import BoundResult, RunBound
 from .memory import keep_freed_heap, max_bytes
 from .rules import Context, affine_local, batchnorm_local, parameter_rounding, weight_rounding
 from .steps import exact_weight_image
-from .weight_memo import remembering
+from .weight_memo import memo, remembering
 
 Array = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
@@ -105,6 +105,13 @@ def per_input_max(a: Array) -> Array:
     return np.asarray(a.reshape(a.shape[0], -1).max(axis=1, initial=0.0))
 
 
+def absmax(a: Array) -> Array:
+    """(N,) max |a| per input, from the largest and the smallest value (two reads, no
+    array of |a| written); NaN where any value is NaN."""
+    flat = a.reshape(a.shape[0], -1)
+    return np.asarray(np.maximum(flat.max(axis=1, initial=0.0), -flat.min(axis=1, initial=0.0)))
+
+
 def per_input_sum(a: Array) -> Array:
     return np.asarray(a.reshape(a.shape[0], -1).sum(axis=1))
 
@@ -139,34 +146,29 @@ def affine_quick(
                                         lo.arith.accumulate)  # fmt: skip
     bad |= xr.beyond_accumulator(layer, mag, rf.arith.storage, rf.arith.operand_format,
                                  rf.arith.accumulate)  # fmt: skip
-    wa = np.abs(w_lo)
+    # what the weights alone give, once per call (:mod:`.weight_memo`): a batch of a
+    # few inputs (the cascade's later calls) otherwise spends its time on them
+    wa = memo("abs", (w_lo,), None, lambda: np.abs(w_lo))
     mag_lo = apply(wa, mag)  # >= |W_lo| |x| for every run of either arithmetic
     t_lo = apply(wa, q.total)  # |W_lo| T >= |W_lo| rho_low
     fl, fr = lo.arith.operand_format, rf.arith.operand_format
     top_mag_rf = other_weights_image(per_input_max(mag_lo), per_input_sum(mag), fl, fr)
-    t_rf1 = apply(np.abs(w_rf), ones)  # sigma t_rf1 >= |W_ref| rho_ref
-    N = q.ref.shape[0]
+    shape = q.ref.shape[1:]
+    t_rf1 = memo("ones image", (w_rf, layer), shape,  # sigma t_rf1 >= |W_ref| rho_ref
+                 lambda: apply(np.abs(w_rf), ones))  # fmt: skip
     count = lambda: np.full(z_lo.shape, float(n))  # noqa: E731 - nonzero products <= n
     # the low run: its inputs within T of c (parameter_rounding's 2r), of v within 2T
     s, box = parameter_rounding(apply, q.ref, q.total / 2, w_lo, weight,
-                                _bias_error(lo.arith, bias), mag_lo, t_lo / 2, n,
+                                bias_error(lo.arith, bias), mag_lo, t_lo / 2, n,
                                 fl.smallest_normal)  # fmt: skip
-    own = affine_local(s_lo, z_lo, mag_lo, t_lo, _ZERO, lo, n, count, _stored_abs(lo.arith, bias))
+    own = affine_local(s_lo, z_lo, mag_lo, t_lo, _ZERO, lo, n, count, stored_abs(lo.arith, bias))
     own += np.abs(s) + box
-    # the reference runs (within 2 sigma of c): every term of affine_local grows with
-    # each argument, so its value at the per-input largest ones bounds every unit's
-    top_s = per_input_max(np.abs(s_rf))
-    top_z = top_s if z_rf is s_rf else per_input_max(np.abs(z_rf))  # no bias: one rounding
-    b_rf = None if bias is None else np.max(np.abs(rf.arith.store(bias)))
-    ref_own = affine_local(top_s, top_z, top_mag_rf, q.sigma * np.max(t_rf1), _ZERO,
-                           rf, n, lambda: np.full(N, float(n)), b_rf)  # fmt: skip
-    db_rf = _bias_error(rf.arith, bias)
-    if not (np.array_equal(w_rf, weight) and not np.any(db_rf)):  # weights not in the format
-        ref_own = ref_own + _reference_parameters(apply, w_rf, weight, db_rf, mag, q.sigma,
-                                                  top_mag_rf, float(np.max(t_rf1)), fr)  # fmt: skip
+    ref_own = reference_own(apply, s_rf, z_rf, w_rf, weight, bias, lambda: mag, q.sigma,
+                            top_mag_rf, float(np.max(t_rf1)), rf, n)  # fmt: skip
     # |W| T from |W_lo| T, and |W| rho_ref <= sigma |W| 1
     image = exact_weight_image(t_lo, columns(per_input_sum(q.total), t_lo), lo.arith)
-    w_row = float(np.max(apply(np.abs(weight), ones), initial=0.0)) * (1 + gamma(n, 2.0**-53))
+    w_row = memo("largest row", (weight, layer), shape, lambda: float(np.max(
+        apply(np.abs(weight), ones), initial=0.0)) * (1 + gamma(n, 2.0**-53)))
     total = image + own + columns(ref_own, own)
     new_sigma = q.sigma * w_row + ref_own
     return Quick(z_rf, z_lo, total, new_sigma, bad | not_finite(z_lo, z_rf, total))
@@ -175,8 +177,31 @@ def affine_quick(
 _ZERO = np.zeros(())
 
 
+def reference_own(apply: Apply, s_rf: Array, z_rf: Array, w_rf: Array, weight: Array,
+                  bias: Array | None, mag: Callable[[], Array], sigma: Array, top_mag: Array,
+                  row_sum: float, rf: Context, n: int) -> Array:  # fmt: skip
+    """(N,) >= every unit's local error of every reference run (inputs within 2
+    ``sigma`` of ``c``, magnitudes within ``mag()``, asked only where the reference
+    format holds some weight below its normal range): every term of affine_local
+    grows with each argument, so its value at the per-input largest ones bounds
+    every unit's.  ``top_mag`` >= every unit's |W_ref| ``mag``, ``row_sum`` >= every
+    row sum of |W_ref|."""
+    N = s_rf.shape[0]
+    top_s = absmax(s_rf)
+    top_z = top_s if z_rf is s_rf else absmax(z_rf)  # no bias: one rounding
+    b_rf = None if bias is None else np.max(np.abs(rf.arith.store(bias)))
+    out = affine_local(top_s, top_z, top_mag, sigma * row_sum, _ZERO, rf, n,
+                       lambda: np.full(N, float(n)), b_rf)  # fmt: skip
+    db_rf = bias_error(rf.arith, bias)
+    same = memo("equal", (w_rf, weight), None, lambda: bool(np.array_equal(w_rf, weight)))
+    if not (same and not np.any(db_rf)):  # weights not in the format
+        out = out + _reference_parameters(apply, w_rf, weight, db_rf, mag, sigma, top_mag,
+                                          row_sum, rf.arith.operand_format)  # fmt: skip
+    return np.asarray(out)
+
+
 def _reference_parameters(apply: Apply, w_rf: Array, weight: Array, db: Array | float,
-                          mag: Array, sigma: Array, top_mag: Array, row_sum: float,
+                          mag: Callable[[], Array], sigma: Array, top_mag: Array, row_sum: float,
                           f: Format) -> Array:  # fmt: skip
     """(N,) >= every unit's |(W_ref - W) x_run + (b_ref - b)| for every reference run's
     input x_run: within 2 sigma of ``c``, so |x_run| <= ``mag`` + sigma, and with no
@@ -190,15 +215,16 @@ def _reference_parameters(apply: Apply, w_rf: Array, weight: Array, db: Array | 
     _, rho, sub = weight_rounding(w_rf, weight, f.smallest_normal)
     out = rho * (top_mag + sigma * row_sum) + float(np.max(np.abs(db), initial=0.0))
     if sub is not None:  # |dW| |x_run| over those entries: one map
-        out = out + per_input_max(apply(sub, mag + columns(sigma, mag)))
+        m = mag()
+        out = out + per_input_max(apply(sub, m + columns(sigma, m)))
     return np.asarray(out)
 
 
-def _stored_abs(a: Emulated, bias: Array | None) -> Array | None:
+def stored_abs(a: Emulated, bias: Array | None) -> Array | None:
     return None if bias is None else np.abs(a.store(bias))
 
 
-def _bias_error(a: Emulated, bias: Array | None) -> Array | float:
+def bias_error(a: Emulated, bias: Array | None) -> Array | float:
     return 0.0 if bias is None else a.store(bias) - bias
 
 
