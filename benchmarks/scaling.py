@@ -4,7 +4,8 @@ Every ratio divides a time by a plain float64 forward chain of the same
 model and batch, measured in the same process at the same thread count:
 numpy matmul, bias add and relu; torch float64 ``conv2d``/``max_pool2d`` for
 convolutional models when torch imports (else fperr's exact forward).  Each
-time is the best of 3.  Depth counts weight layers.  Parts:
+time is the best of 3 (5 for certify), the baseline run in turn with what it
+divides (:func:`paired`).  Depth counts weight layers.  Parts:
 
 * grid: ``bound(model, X, engine="backward")`` / baseline for He-initialised
   ReLU MLPs (float32 weights), input dim 256, width {256, 1024,
@@ -69,6 +70,18 @@ def load_torch() -> None:
 
 def best(fn: Callable[[], Any], repeat: int = 3) -> float:
     return min(timeit.repeat(fn, number=1, repeat=repeat))
+
+
+def paired(base: Callable[[], Any], *fns: Callable[[], Any], repeat: int = 3) -> list[float]:
+    """Best times of ``base`` and each of ``fns``, run in turn ``repeat`` times: a
+    shared machine's speed drifts by 10-25% within a minute, and a ratio of two
+    times taken far apart carries that drift (the float64 forward pass of the
+    digits MLP took 6.3 to 8.5 ms in one sitting)."""
+    times = [[] for _ in range(len(fns) + 1)]
+    for _ in range(repeat):
+        for t, fn in zip(times, (base, *fns), strict=True):
+            t.append(best(fn, 1))
+    return [min(t) for t in times]
 
 
 # --------------------------------------------------------------------- models
@@ -163,9 +176,9 @@ def part_grid(widths: list[int], depths: list[int], n: int) -> None:
         for d in depths:
             model = relu_mlp(w, d)
             X = inputs(model, n)
-            t0 = best(baseline_fn(model, X))
             res: list[Any] = []
-            tb = best(lambda: res.append(bound(model, X, engine="backward", **ON)))  # noqa: B023
+            t0, tb = paired(baseline_fn(model, X),
+                            lambda: res.append(bound(model, X, engine="backward", **ON)))  # noqa: B023
             target = 30 if w <= 256 else 20
             r = tb / t0
             ratios[w, d] = r
@@ -203,11 +216,12 @@ def part_certify() -> None:
           f"{'no cascade s':>13} {'ratio':>8} {'certified (casc / no)':>22}")  # fmt: skip
     for name in ("mlp", "cnn"):
         model = load_model(EXAMPLES / f"{name}.yaml")
-        t0 = best(baseline_fn(model, X))
         out: dict[bool, Any] = {}
-        tc = best(lambda: out.__setitem__(True, certify(model, X, labels, **ON)))  # noqa: B023
-        tn = best(lambda: out.__setitem__(False, certify(model, X, labels, cascade=False,  # noqa: B023
-                                                         **ON)))
+        t0, tc, tn = paired(
+            baseline_fn(model, X),
+            lambda: out.__setitem__(True, certify(model, X, labels, **ON)),  # noqa: B023
+            lambda: out.__setitem__(False, certify(model, X, labels, cascade=False,  # noqa: B023
+                                                   **ON)), repeat=5)  # fmt: skip
         c, nc = int(out[True].certified.sum()), int(out[False].certified.sum())
         print(f"{name:>6} {t0 * 1e3:>11.2f} {tc:>10.2f} {tc / t0:>7.1f}x "
               f"{'yes' if tc / t0 <= 8 else 'NO':>4} {tn:>13.2f} {tn / t0:>7.1f}x "

@@ -47,6 +47,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "batch": {"batch": True},
     "batchnorm": {},
     "quick": {},
+    "quick_tiny": {"tails": True},
+    "quick_huge": {"batch": True},
     "wide": {},
 }
 TORCH_PROFILES = ("piecewise_linear", "smooth", "batchnorm", "quick", "wide")
@@ -58,13 +60,14 @@ def run_profile(
     total, repros = Report(), []
     failing: list[Case] = []
     seen: set[tuple[str, str]] = set()
-    opts = quick_options() if profile == "quick" else None
+    first_stages = profile.startswith("quick")
+    opts = quick_options() if first_stages else None
     if torch:
         opts = st.builds(
             Options,
             low=st.sampled_from(("binary16", "bfloat16")),
-            on=st.sampled_from(("logits",) if profile == "quick" else ("logits", "softmax")),
-            cascade=st.just(True) if profile == "quick" else st.just(False),
+            on=st.sampled_from(("logits",) if first_stages else ("logits", "softmax")),
+            cascade=st.just(first_stages),
         )
 
     @seed(rnd)

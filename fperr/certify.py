@@ -258,7 +258,9 @@ class CertifyResult:
             f"observed flips   {s['observed_flips']}"
             f" (certified and flipped: {s['certified_flips']})",
             f"median tolerance {s['median_tolerance']:.4g}   median bound {s['median_bound']:.4g}"
-            f"   median observed delta {s['median_observed_delta']:.4g}",
+            f"   median observed delta {s['median_observed_delta']:.4g}"
+            + ("\n                 (the cascade's: an input decided early keeps its cheap"
+               " bound; --no-cascade bounds every input sharply)" if self.cascaded else ""),
             f"worst layer      {s['worst_layer']}"
             f" ({100 * s['worst_layer_share']:.0f}% of the bound)" + _exact_note(s),
         ]

@@ -1,10 +1,12 @@
 """A cascade of bounds for certification: cheap first, sharp where undecided.
 
 Most inputs have a margin far above any rounding error, so a cheap sound
-bound already certifies them.  Stage 1 is :mod:`.quick` (both runs in one
-forward pass, about 8 forward passes' time on the digits models) where every
-layer has a quick rule, else the backward engine's forward interval range (no
-backward pass at all); an input it leaves undecided goes
+bound already certifies them.  Stage 0 is :mod:`.coarse` (both runs in one
+forward pass with one number per input and position, about 5 forward passes'
+time on the digits models) and stage 1 :mod:`.quick` (the same pass with one
+number per unit, about 10) for the inputs stage 0 leaves undecided, where
+every layer has their rules; else stage 1 is the backward engine's forward
+interval range (no backward pass at all).  An input they leave undecided goes
 to stage 2: the backward engine's rows for the reference class and only
 those competitors that stage 1 cannot rule out (with ``ranges="unstable"``
 and the deterministic method, an input still undecided gets them again with
@@ -15,10 +17,10 @@ ranges are sharper (much so in models with curved layers,
 for an output is the smallest of the stages', all being sound; a
 certificate from any stage is a certificate.
 
-Under the probabilistic method, stage 1 is deterministic (the quick stage) or
-sums every local term in absolute value: it holds always, or on the same
-events (one per dot product term) as the later stages, so an input's verdict
-rests on one output combination event, as without the cascade, and the
+Under the probabilistic method, stages 0 and 1 are deterministic (the coarse and
+quick stages) or sum every local term in absolute value: they hold always, or on
+the same events (one per dot product term) as the later stages, so an input's
+verdict rests on one output combination event, as without the cascade, and the
 failure probability is unchanged; stages 2 and
 3 would each bring their own, so a curved model skips stage 2 there.
 """

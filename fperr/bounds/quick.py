@@ -1,11 +1,13 @@
-"""The cascade's first stage: one forward pass that bounds both runs at once.
+"""The cascade's stage 1: one forward pass that bounds both runs at once, per unit.
 
 The backward engine bounds the low-precision run and the reference run one
 after the other, each around its own computed values, with two GEMMs of
 |W_hat| per layer and run (the magnitudes and the image of the radius) and a
 few dozen elementwise passes.  Most inputs of a data set have a margin far
 above either radius; for them a cheaper bound decides, and this module
-carries both runs through one pass.
+carries both runs through one pass (after :mod:`.coarse`, stage 0, which keeps
+one number per input where this module keeps one per unit, for the inputs that
+one leaves undecided).
 
 At every position it keeps the reference run's computed values ``c`` (the
 centre), the low run's computed values ``v`` (its outputs are reported, and

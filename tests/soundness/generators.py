@@ -84,6 +84,14 @@ PROFILES: dict[str, Profile] = {
     # tails of tanh / sigmoid / GELU (torch's vectorised kernels err most there)
     "batchnorm": Profile("batchnorm", first_batchnorm=True),
     "quick": Profile("quick", activations=("relu", "relu6"), quick_layers=True),
+    # the cascade's first stages (fperr.bounds.coarse, .quick) at the ends of the
+    # exponent range: subnormal products and sums, values near overflow
+    "quick_tiny": Profile("quick_tiny", weight_scales=(1e-3, 1e-2, 1e-20),
+                          data_scales=(1e-4, 1e-6, 1e-20, 1e-39), activations=("relu", "relu6"),
+                          quick_layers=True),  # fmt: skip
+    "quick_huge": Profile("quick_huge", weight_scales=(1.0, 30.0, 1e18),
+                          data_scales=(1e3, 3e4, 6e4, 1e19, 1e37), activations=("relu", "relu6"),
+                          quick_layers=True, overflow_row=True),  # fmt: skip
     # He-like weights (0.15 ~ sqrt(2 / 96)) so activations stay O(1) through the stack
     "wide": Profile("wide", weight_scales=(0.1, 0.15, 0.2), data_scales=(0.1, 1.0),
                     activations=("relu", "leaky_relu", "tanh"), wide=(64, 128)),

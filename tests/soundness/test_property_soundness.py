@@ -266,9 +266,18 @@ def test_batchnorm_kernels() -> None:
 
 
 def test_quick_stage() -> None:
-    """Models and options under which certify's first stage is the quick pass
-    (fperr.bounds.quick); most inputs keep its bound."""
+    """Models and options under which certify's first stages are the coarse and quick
+    passes (fperr.bounds.coarse, .quick); most inputs keep their bound."""
     sweep("quick", cases("quick", quick_options()), 150, check_case, None)
+
+
+def test_quick_stage_at_the_ends_of_the_range() -> None:
+    """The same with subnormal products and sums (and the kernels' tails), and with
+    values near overflow and a row that overflows binary16 (batch independence)."""
+    sweep("quick_tiny", cases("quick_tiny", quick_options()), 60,
+          lambda c: check_case(c, tails=True), None)  # fmt: skip
+    sweep("quick_huge", cases("quick_huge", quick_options()), 60,
+          lambda c: check_case(c, batch=True), None)  # fmt: skip
 
 
 def test_wide_layers() -> None:
