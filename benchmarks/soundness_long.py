@@ -88,6 +88,7 @@ def run_profile(
         total.merge(rep)
         if save and rep.violations:
             failing.append(case)
+            Path(save).mkdir(parents=True, exist_ok=True)
             with open(Path(save) / f"{'torch-' if torch else ''}{profile}.pkl", "wb") as f:
                 pickle.dump(failing, f)
         for v in rep.new:  # one reproduction per (check, first layer type) class

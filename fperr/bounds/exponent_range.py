@@ -113,8 +113,12 @@ def sum_bound(total: Array | float, n: int, u: float, absolute: Array | float = 
     (Higham 2002, Lemma 3.1 on the subset), and (1 + u)^n <= 1 + gamma_n.
     ``absolute``: the underflow terms (already times 1 + gamma_n)."""
     growth = 1 + gamma(n, u)
+    t = np.asarray(total)
     with np.errstate(invalid="ignore"):
-        return np.where(np.asarray(total) > 0, growth * np.asarray(total), 0.0) + absolute
+        # a total that is not a number stays NaN (it "may overflow", :func:`may_overflow`):
+        # mapped to 0 it hid, in a batch holding a NaN input, every other input's
+        # overflow from the engines' test of the batch's largest total first
+        return np.where(t <= 0, 0.0, growth * t) + absolute
 
 
 def may_overflow(total: Array | float, n: int, u: float, fmt: Format,
