@@ -1,11 +1,11 @@
 """The cascade's stage 0 (:mod:`fperr.bounds.coarse`): both runs bounded with one
 number per input and position.
 
-Oracles: emulated runs of both arithmetics in every summation order (and a
-float64 forward pass for the exact values), torch CPU runs in float16 and
-float32, exact rationals for the row norms and a direct float64 product (with
-its own error far below the margin) for the Cauchy-Schwarz magnitudes; the
-quick stage for how much looser this one is.
+Its soundness against emulated runs in every summation order, other formats and
+torch CPU runs is tested with stage 1's, in test_quick_bound.py.  Here: exact
+rationals for the row norms and a direct float64 product (with its own error far
+below the margin) for the Cauchy-Schwarz magnitudes; the quick stage for how much
+looser this one is; overflow, batches, and the cascade's use of it.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-import pytest
-from test_anchors import LOW, ORDERS, REF, _observed
-from test_quick_bound import CASES, conv_net, inputs, mlp
+from test_anchors import LOW, REF, _observed
+from test_quick_bound import conv_net
 
 import fperr.bounds.cascade as cascade
-import fperr.bounds.coarse as coarse
 from fperr import certify
-from fperr.arith import Emulated, Exact
+from fperr.arith import Emulated
 from fperr.bounds.coarse import coarse_bound, magnitude_image, per_input_norm, row_norms
 from fperr.bounds.quick import quick_bound
 from fperr.bounds.rules import conv_with
@@ -29,52 +27,6 @@ from fperr.examples import digits
 from fperr.examples import load as load_example
 from fperr.layers import Activation, BatchNorm, Dense, Pool2d, Residual
 from fperr.model import Model
-
-
-@pytest.mark.parametrize(("make", "seed", "act"), CASES)
-def test_coarse_bounds_enclose_every_order_of_both_runs(make, seed, act):
-    model = make(seed, act)
-    X = inputs(model, seed)
-    b = coarse_bound(model, X, LOW, REF)
-    assert b is not None and np.all(np.isfinite(b.bound))
-    np.testing.assert_array_equal(b.low.output, model.forward(X, LOW))
-    np.testing.assert_array_equal(b.reference.output, model.forward(X, REF))
-    assert np.all(_observed(model, X) <= b.bound)
-    exact = model.forward(X, Exact())
-    for order in ORDERS:
-        lo = model.forward(X, Emulated.from_names("binary16", "binary32", order=order))
-        rf = model.forward(X, Emulated.from_names("binary32", "binary32", order=order))
-        assert np.all(np.abs(lo - exact) <= b.low.radius)
-        assert np.all(np.abs(rf - exact) <= b.reference.radius)
-
-
-@pytest.mark.parametrize(("storage", "accumulate"), [
-    ("bfloat16", "binary32"), ("binary16", "binary16"), ("float8_e4m3fn", "binary32"),
-])  # fmt: skip
-def test_coarse_bounds_hold_in_other_formats(storage, accumulate):
-    model = conv_net(4)
-    X = inputs(model, 4)
-    low = Emulated.from_names(storage, accumulate)
-    b = coarse_bound(model, X, low, REF)
-    assert b is not None
-    for order in ORDERS:
-        lo = model.forward(X, Emulated.from_names(storage, accumulate, order=order))
-        for ref_order in ("blas", "sequential"):
-            rf = model.forward(X, Emulated.from_names("binary32", "binary32", order=ref_order))
-            assert np.all(np.abs(lo - rf) <= b.bound)
-
-
-def test_coarse_bounds_hold_against_torch_cpu():
-    pytest.importorskip("torch")
-    from soundness.torch_reference import torch_run  # noqa: PLC0415
-
-    for make, seed, act in CASES:
-        model = make(seed, act)
-        X = inputs(model, 10 + seed, 16)
-        b = coarse_bound(model, X, LOW, REF)
-        y16 = torch_run(model.layers, model.input_shape, X, "binary16")
-        y32 = torch_run(model.layers, model.input_shape, X, "binary32")
-        assert np.all(np.abs(y16 - y32) <= b.bound)
 
 
 def test_row_norms_are_never_below_the_exact_ones():
@@ -130,28 +82,6 @@ def test_coarse_is_looser_than_quick_but_decides_most_digits_inputs():
         gap = y[rows, k][:, None] - y - (m[rows, k][:, None] + m)
         gap[rows, k] = np.inf
         assert np.mean(~(gap > 0).all(axis=1)) <= 0.03
-
-
-def test_runs_that_may_overflow_get_infinite_bounds_and_others_keep_theirs():
-    model = mlp(6)
-    X = inputs(model, 6, 6)
-    X[2] *= 1e5  # binary16 overflows (its largest value is 65504)
-    b = coarse_bound(model, X, LOW, REF)
-    assert np.all(np.isinf(b.bound[2]))
-    rest = np.delete(np.arange(6), 2)
-    assert np.all(np.isfinite(b.bound[rest]))
-    # equal up to the float64 GEMMs' rounding (see test_quick_bound's twin)
-    np.testing.assert_allclose(b.bound[rest], coarse_bound(model, X[rest], LOW, REF).bound,
-                               rtol=1e-12)  # fmt: skip
-
-
-def test_bounds_do_not_depend_on_the_batch(monkeypatch):
-    model = conv_net(7)
-    X = inputs(model, 7, 20)
-    whole = coarse_bound(model, X, LOW, REF).bound
-    monkeypatch.setattr(coarse, "BATCH_ELEMENTS", 1)  # one input at a time
-    alone = coarse_bound(model, X, LOW, REF).bound
-    np.testing.assert_allclose(alone, whole, rtol=1e-12)
 
 
 def test_layers_without_a_coarse_rule_leave_stage_0_out():

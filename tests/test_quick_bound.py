@@ -1,5 +1,5 @@
-"""The cascade's first stage (:mod:`fperr.bounds.quick`): both runs bounded in one
-forward pass.
+"""The cascade's stage 1 (:mod:`fperr.bounds.quick`): both runs bounded in one
+forward pass; its soundness tests run on stage 0 (:mod:`fperr.bounds.coarse`) too.
 
 Oracles: emulated runs of both arithmetics in every summation order (and a
 float64 forward pass for the exact values: its own error is about 2^-40 of the
@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from test_anchors import LOW, ORDERS, REF, _observed, deep_cnn
 
+import fperr.bounds.coarse as coarse
 import fperr.bounds.quick as quick
 from fperr import certify
 from fperr.arith import Emulated, Exact
 from fperr.bounds import bound
+from fperr.bounds.coarse import coarse_bound
 from fperr.bounds.quick import quick_bound
 from fperr.examples import digits
 from fperr.examples import load as load_example
@@ -79,11 +81,16 @@ CASES = [(conv_net, 0, "relu"), (conv_net, 1, "relu6"), (mlp, 2, "relu"), (mlp, 
          (deep_cnn, 8, "relu"), (deep_cnn, 9, "relu6")]  # the last with batch norm
 
 
+# the cascade's stages 0 and 1 (fperr.bounds.coarse, .quick) hold to the same oracles
+STAGES = pytest.mark.parametrize("stage", [quick_bound, coarse_bound], ids=["quick", "coarse"])
+
+
+@STAGES
 @pytest.mark.parametrize(("make", "seed", "act"), CASES)
-def test_quick_bounds_enclose_every_order_of_both_runs(make, seed, act):
+def test_quick_bounds_enclose_every_order_of_both_runs(make, seed, act, stage):
     model = make(seed, act)
     X = inputs(model, seed)
-    b = quick_bound(model, X, LOW, REF)
+    b = stage(model, X, LOW, REF)
     assert b is not None and np.all(np.isfinite(b.bound))
     np.testing.assert_array_equal(b.low.output, model.forward(X, LOW))
     np.testing.assert_array_equal(b.reference.output, model.forward(X, REF))
@@ -99,11 +106,12 @@ def test_quick_bounds_enclose_every_order_of_both_runs(make, seed, act):
 @pytest.mark.parametrize(("storage", "accumulate"), [
     ("bfloat16", "binary32"), ("binary16", "binary16"), ("float8_e4m3fn", "binary32"),
 ])  # fmt: skip
-def test_quick_bounds_hold_in_other_formats(storage, accumulate):
+@STAGES
+def test_quick_bounds_hold_in_other_formats(storage, accumulate, stage):
     model = conv_net(4)
     X = inputs(model, 4)
     low = Emulated.from_names(storage, accumulate)
-    b = quick_bound(model, X, low, REF)
+    b = stage(model, X, low, REF)
     assert b is not None
     for order in ORDERS:
         lo = model.forward(X, Emulated.from_names(storage, accumulate, order=order))
@@ -112,14 +120,15 @@ def test_quick_bounds_hold_in_other_formats(storage, accumulate):
             assert np.all(np.abs(lo - rf) <= b.bound)
 
 
-def test_quick_bounds_hold_against_torch_cpu():
+@STAGES
+def test_quick_bounds_hold_against_torch_cpu(stage):
     pytest.importorskip("torch")
     from soundness.torch_reference import torch_run  # noqa: PLC0415
 
     for make, seed, act in CASES:
         model = make(seed, act)
         X = inputs(model, 10 + seed, 16)
-        b = quick_bound(model, X, LOW, REF)
+        b = stage(model, X, LOW, REF)
         y16 = torch_run(model.layers, model.input_shape, X, "binary16")
         y32 = torch_run(model.layers, model.input_shape, X, "binary32")
         assert np.all(np.abs(y16 - y32) <= b.bound)
@@ -163,11 +172,12 @@ def test_layers_without_a_quick_rule_leave_the_first_stage_to_the_engine():
     assert quick_bound(Model("plain", (6,), tuple(base)), X, tf32, REF) is None
 
 
-def test_runs_that_may_overflow_get_infinite_bounds_and_others_keep_theirs():
+@STAGES
+def test_runs_that_may_overflow_get_infinite_bounds_and_others_keep_theirs(stage):
     model = mlp(6)
     X = inputs(model, 6, 6)
     X[2] *= 1e5  # binary16 overflows (its largest value is 65504)
-    b = quick_bound(model, X, LOW, REF)
+    b = stage(model, X, LOW, REF)
     assert np.all(np.isinf(b.bound[2]))
     rest = np.delete(np.arange(6), 2)
     assert np.all(np.isfinite(b.bound[rest]))
@@ -175,14 +185,16 @@ def test_runs_that_may_overflow_get_infinite_bounds_and_others_keep_theirs():
     # BLAS may sum a row's products in another order when the batch has another
     # number of rows (OpenBLAS on AMD EPYC does: its tail rows take another kernel),
     # which the engine's evaluation margin covers; bit equality held only on some CPUs
-    np.testing.assert_allclose(b.bound[rest], quick_bound(model, X[rest], LOW, REF).bound,
+    np.testing.assert_allclose(b.bound[rest], stage(model, X[rest], LOW, REF).bound,
                                rtol=1e-12)  # fmt: skip
 
 
-def test_bounds_do_not_depend_on_the_batch(monkeypatch):
+@STAGES
+def test_bounds_do_not_depend_on_the_batch(monkeypatch, stage):
     model = conv_net(7)
     X = inputs(model, 7, 20)
-    whole = quick_bound(model, X, LOW, REF).bound
-    monkeypatch.setattr(quick, "BATCH_ELEMENTS", 1)  # one input at a time
-    alone = quick_bound(model, X, LOW, REF).bound
+    whole = stage(model, X, LOW, REF).bound
+    module = quick if stage is quick_bound else coarse
+    monkeypatch.setattr(module, "BATCH_ELEMENTS", 1)  # one input at a time
+    alone = stage(model, X, LOW, REF).bound
     np.testing.assert_allclose(alone, whole, rtol=1e-12)
