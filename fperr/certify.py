@@ -27,7 +27,7 @@ import numpy.typing as npt
 from .arith import Emulated
 from .bounds import PROBABILISTIC_NOTE, BoundResult, bound
 from .bounds.backend import resolve as resolve_backend
-from .bounds.cascade import cascade_bound, margin
+from .bounds.cascade import cascade_bound, explained_output, margin
 from .errors import FperrInputError
 from .layer_shares import LayerShares
 from .layers import Softmax
@@ -140,7 +140,7 @@ class CertifyResult:
         without a breakdown (the certification cascade gives one only to inputs
         bounded by a sharp stage, see :mod:`fperr.bounds.cascade`)."""
         b = self.bounds.bound
-        k = np.argmax(b, axis=1)
+        k = explained_output(b, self.y_ref)  # the largest B_k (the reference class on ties)
         per = self.bounds.per_layer[np.arange(b.shape[0]), :, k]  # (N, L + 1)
         tot = per.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore"):

@@ -186,9 +186,14 @@ def test_a_many_output_model_is_explained_at_its_largest_bound():
     Xw = rng.normal(size=(40, 12))
     res = certify(model, Xw)  # the cascade: 32 of the 40 inputs get a breakdown
     per = res.bounds.per_layer  # (N, L + 1, K)
-    k = np.argmax(res.bounds.bound, axis=1)
+    k = per.sum(axis=1).argmax(axis=1)  # the output each explained input's row is for
     explained = np.flatnonzero(per.sum(axis=(1, 2)) > 0)
     assert explained.size == 32
+    b = res.bounds.bound
+    assert np.all(b[explained, k[explained]] == b[explained].max(axis=1))  # a largest bound
+    # where several outputs share it (stage 0's one number per input): the reference class
+    tied = explained[(b[explained] == b[explained].max(axis=1)[:, None]).sum(axis=1) > 1]
+    assert tied.size and np.all(k[tied] == res.reference_class[tied])
     full = bound(model, Xw[explained], LOW, REF, engine="backward")
     for i, n in enumerate(explained):
         others = np.delete(per[n], k[n], axis=1)

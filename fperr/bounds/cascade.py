@@ -207,15 +207,26 @@ def _explain_picks(result: BoundResult, candidates: npt.NDArray[np.intp],
 def _explain_rows(model: Model, result: BoundResult, picks: npt.NDArray[np.intp],
                   engine: str) -> npt.NDArray[np.bool_] | None:  # fmt: skip
     """The rows the breakdown of ``picks`` pulls back with the backward engine: each
-    input's output with the largest bound alone (the shares describe it,
+    input's :func:`explained_output` alone (the shares describe it,
     layer_share), not K rows (61,504 of them through a convolution took 80 s); None
     where the engine is the zonotope (every output at once)."""
     if resolve_engine(model, engine) != "backward":
         return None
     K = result.bound.shape[1]
     only = np.zeros((picks.size, K), dtype=bool)
-    only[np.arange(picks.size), np.argmax(result.bound[picks], axis=1)] = True
+    k = explained_output(result.bound[picks], result.reference.output[picks])
+    only[np.arange(picks.size), k] = True
     return only
+
+
+def explained_output(bound: Array, y_ref: Array) -> npt.NDArray[np.intp]:
+    """Per input, the output whose bound a breakdown describes: the one with the
+    largest bound, and where several share it (stage 0's bound is one number per
+    input) the reference class, whose bound every certificate of the input uses."""
+    k = np.argmax(bound, axis=1)
+    ref = np.argmax(y_ref, axis=1)
+    rows = np.arange(bound.shape[0])
+    return np.asarray(np.where(bound[rows, ref] == bound[rows, k], ref, k))
 
 
 def _explain(model: Model, X: Array, result: BoundResult, engine: str, opts: dict[str, Any],
