@@ -139,9 +139,12 @@ class CertifyResult:
         """(N, L + 1): each layer's share of max_k B_k per input; NaN rows for inputs
         without a breakdown (the certification cascade gives one only to inputs
         bounded by a sharp stage, see :mod:`fperr.bounds.cascade`)."""
-        b = self.bounds.bound
-        k = explained_output(b, self.y_ref)  # the largest B_k (the reference class on ties)
-        per = self.bounds.per_layer[np.arange(b.shape[0]), :, k]  # (N, L + 1)
+        # the output with the largest bound among those with a breakdown (its sum: the
+        # sharp bound, where the cascade kept an earlier stage's; the reference class
+        # on ties)
+        full = self.bounds.per_layer.sum(axis=1)
+        k = explained_output(np.where(full > 0, full, -np.inf), self.y_ref)
+        per = self.bounds.per_layer[np.arange(full.shape[0]), :, k]  # (N, L + 1)
         tot = per.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore"):
             return np.asarray(np.where(tot > 0, per / np.where(tot > 0, tot, 1), np.nan))

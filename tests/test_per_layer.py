@@ -201,3 +201,28 @@ def test_a_many_output_model_is_explained_at_its_largest_bound():
         np.testing.assert_allclose(per[n][:, k[n]], full.per_layer[i][:, k[n]], rtol=1e-12)
     share = res.layer_share()
     assert np.isfinite(share[explained]).all()
+
+
+def test_a_few_output_model_is_explained_at_its_largest_sharp_bound():
+    """With few outputs, each explained input gets every output's row: stage 0's
+    bound is one number per input and cannot say which output is largest, the sharp
+    rows can, and layer_share reads the output whose sharp bound is largest (the
+    same the full engine would explain)."""
+    from fperr.bounds import bound
+    from fperr.examples import digits
+    from fperr.examples import load as load_example
+
+    model = load_example("mlp")
+    X = digits()[0][:300]
+    res = certify(model, X)
+    per = res.bounds.per_layer  # (N, L + 1, K)
+    rows = per.sum(axis=1) > 0  # (N, K): the outputs with a breakdown
+    explained = np.flatnonzero(rows.all(axis=1))  # every output's row
+    assert explained.size == 32  # (a later stage's inputs get their rivals' rows only)
+    sums = per[explained].sum(axis=1)  # (n, K): each output's sharp bound
+    full = bound(model, X[explained], LOW, REF, engine="backward")
+    np.testing.assert_allclose(sums, full.per_layer.sum(axis=1), rtol=1e-12)
+    k = np.argmax(full.bound, axis=1)
+    share = res.layer_share()[explained]
+    want = full.per_layer[np.arange(explained.size), :, k]
+    np.testing.assert_allclose(share, want / want.sum(axis=1, keepdims=True), rtol=1e-9)

@@ -206,22 +206,31 @@ def _explain_picks(result: BoundResult, candidates: npt.NDArray[np.intp],
 
 def _explain_rows(model: Model, result: BoundResult, picks: npt.NDArray[np.intp],
                   engine: str) -> npt.NDArray[np.bool_] | None:  # fmt: skip
-    """The rows the breakdown of ``picks`` pulls back with the backward engine: each
-    input's :func:`explained_output` alone (the shares describe it,
-    layer_share), not K rows (61,504 of them through a convolution took 80 s); None
-    where the engine is the zonotope (every output at once)."""
+    """The rows the breakdown of ``picks`` pulls back with the backward engine: every
+    output's for models with few (:data:`EXPLAIN_EVERY_OUTPUT`), else each input's
+    :func:`explained_output` alone (the shares describe it, layer_share), not K rows
+    (61,504 of them through a convolution took 80 s); None where the engine is the
+    zonotope (every output at once)."""
     if resolve_engine(model, engine) != "backward":
         return None
     K = result.bound.shape[1]
+    if K <= EXPLAIN_EVERY_OUTPUT:  # stage 0's bounds do not say which output is largest
+        return np.ones((picks.size, K), dtype=bool)
     only = np.zeros((picks.size, K), dtype=bool)
     k = explained_output(result.bound[picks], result.reference.output[picks])
     only[np.arange(picks.size), k] = True
     return only
 
 
+EXPLAIN_EVERY_OUTPUT = 16
+"""Up to this many outputs, an explained input gets every output's row (the sharp
+bounds then say which output is largest, as without the cascade); beyond, one
+row (:func:`explained_output`)."""
+
+
 def explained_output(bound: Array, y_ref: Array) -> npt.NDArray[np.intp]:
     """Per input, the output whose bound a breakdown describes: the one with the
-    largest bound, and where several share it (stage 0's bound is one number per
+    largest ``bound``, and where several share it (stage 0's bound is one number per
     input) the reference class, whose bound every certificate of the input uses."""
     k = np.argmax(bound, axis=1)
     ref = np.argmax(y_ref, axis=1)
